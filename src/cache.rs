@@ -1,0 +1,303 @@
+//! The token cache: one current token in an [`ArcSwapOption`], and single-flight fetching.
+//!
+//! Reading the current token is one atomic load (the service keeps an [`arc_swap::Cache`], which
+//! is cheaper still) and one comparison against the clock. No lock is taken on that path.
+//!
+//! When no valid token exists, callers go through [`TokenCache::acquire`]. The first one starts a
+//! *flight*: a Tokio task that calls the [`TokenSource`](crate::TokenSource), installs the token,
+//! and hands the outcome to every caller waiting on it. Later callers join the flight in progress.
+//! Because the fetch runs in its own task, a caller that is dropped cancels nothing; because the
+//! task carries a guard that resolves the flight when dropped, no waiter is stranded even if the
+//! source panics or the runtime shuts down.
+//!
+//! A 401 calls [`TokenCache::invalidate`] with the generation of the token that was rejected. The
+//! token is dropped only if it is still the current one, so a burst of 401s for one token causes
+//! one fetch, and a late 401 for an old token causes none.
+//!
+//! This module knows tokens and time, not HTTP requests.
+
+use std::{
+    fmt,
+    sync::{
+        Arc, Mutex, OnceLock, PoisonError,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use arc_swap::ArcSwapOption;
+use http::HeaderValue;
+use tokio::{sync::Notify, time::Instant};
+
+use crate::{Error, Token, source::DynTokenSource, stats::Counters};
+
+/// Longest lifetime the cache will compute with; keeps `Instant` arithmetic from overflowing.
+const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Timing settings of a cache; see [`AuthLayerBuilder`](crate::AuthLayerBuilder).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CacheSettings {
+    pub(crate) expiry_margin: Duration,
+    pub(crate) default_lifetime: Duration,
+    pub(crate) fetch_timeout: Duration,
+}
+
+/// A token as the cache holds it: with its pre-built header and the instant it stops being used.
+pub(crate) struct Entry {
+    pub(crate) token: Token,
+    /// `Bearer <token>`, built once, marked sensitive.
+    pub(crate) header: HeaderValue,
+    /// The token is used until this instant: its expiry less the margin.
+    pub(crate) valid_until: Instant,
+    /// Increases with every token installed; identifies the token a request carried.
+    pub(crate) generation: u64,
+    pub(crate) fetched_at: Instant,
+}
+
+impl Entry {
+    #[inline]
+    pub(crate) fn is_fresh(&self, now: Instant) -> bool {
+        now < self.valid_until
+    }
+}
+
+/// Shared state behind every clone of an [`AuthLayer`](crate::AuthLayer) and its services.
+pub(crate) struct TokenCache {
+    current: ArcSwapOption<Entry>,
+    /// The fetch in progress, if any. Locked only on the slow path, never across an await.
+    flight: Mutex<Option<Arc<Flight>>>,
+    source: Box<dyn DynTokenSource>,
+    settings: CacheSettings,
+    generation: AtomicU64,
+    pub(crate) counters: Counters,
+}
+
+/// One fetch and everyone waiting for it.
+struct Flight {
+    result: OnceLock<Result<Arc<Entry>, Error>>,
+    done: Notify,
+}
+
+enum Step {
+    Fresh(Arc<Entry>),
+    Wait(Arc<Flight>),
+}
+
+impl TokenCache {
+    pub(crate) fn new(source: Box<dyn DynTokenSource>, settings: CacheSettings) -> Self {
+        TokenCache {
+            current: ArcSwapOption::empty(),
+            flight: Mutex::new(None),
+            source,
+            settings,
+            generation: AtomicU64::new(0),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The slot the hot path reads.
+    pub(crate) fn current(&self) -> &ArcSwapOption<Entry> {
+        &self.current
+    }
+
+    /// The current token if it is still fresh.
+    pub(crate) fn fresh(&self) -> Option<Arc<Entry>> {
+        match &*self.current.load() {
+            Some(e) if e.is_fresh(Instant::now()) => Some(Arc::clone(e)),
+            _ => None,
+        }
+    }
+
+    /// The current entry, fresh or not.
+    pub(crate) fn peek(&self) -> Option<Arc<Entry>> {
+        self.current.load_full()
+    }
+
+    /// A fresh token: the current one, or the outcome of the fetch in flight, or of a new fetch.
+    ///
+    /// Cancellation-safe: dropping the returned future leaves the fetch running for others.
+    pub(crate) async fn acquire(self: Arc<Self>) -> Result<Arc<Entry>, Error> {
+        match self.join_or_start()? {
+            Step::Fresh(entry) => Ok(entry),
+            Step::Wait(flight) => {
+                self.counters.waiters.fetch_add(1, Relaxed);
+                flight.wait().await
+            }
+        }
+    }
+
+    fn join_or_start(self: &Arc<Self>) -> Result<Step, Error> {
+        if let Some(entry) = self.fresh() {
+            return Ok(Step::Fresh(entry));
+        }
+        let mut slot = self.flight.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(flight) = &*slot {
+            return Ok(Step::Wait(Arc::clone(flight)));
+        }
+        // A flight may have finished between the check above and taking the lock.
+        if let Some(entry) = self.fresh() {
+            return Ok(Step::Fresh(entry));
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let flight = Arc::new(Flight {
+            result: OnceLock::new(),
+            done: Notify::new(),
+        });
+        *slot = Some(Arc::clone(&flight));
+        drop(slot);
+        self.counters.fetches.fetch_add(1, Relaxed);
+        // The guard is built before the task so that a task dropped unpolled still resolves it.
+        let guard = FlightGuard {
+            cache: Arc::clone(self),
+            flight: Arc::clone(&flight),
+            finished: false,
+        };
+        runtime.spawn(guard.run());
+        Ok(Step::Wait(flight))
+    }
+
+    /// Forgets the current token if it is the one with `generation` (it was rejected).
+    /// Returns `true` if it was forgotten by this call.
+    pub(crate) fn invalidate(&self, generation: u64) -> bool {
+        self.invalidate_where(|e| e.generation == generation)
+    }
+
+    /// Forgets the current token if its access token is `token`'s.
+    pub(crate) fn invalidate_token(&self, token: &Token) -> bool {
+        self.invalidate_where(|e| e.token.access_token() == token.access_token())
+    }
+
+    fn invalidate_where(&self, rejected: impl Fn(&Entry) -> bool) -> bool {
+        let current = self.current.load();
+        if !current.as_deref().is_some_and(&rejected) {
+            return false;
+        }
+        let previous = self.current.compare_and_swap(&*current, None);
+        let swapped = match (&*previous, &*current) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        if swapped {
+            self.counters.invalidations.fetch_add(1, Relaxed);
+            tracing::debug!(target: "tower_bearer", "rejected token forgotten; next request fetches a new one");
+        }
+        swapped
+    }
+
+    /// Builds the entry for a fetched token and makes it current.
+    fn install(&self, token: Token) -> Result<Arc<Entry>, Error> {
+        let header = token.header_value("Bearer")?;
+        let now = Instant::now();
+        let lifetime = token
+            .expires_at()
+            .map_or(self.settings.default_lifetime, |at| {
+                at.saturating_duration_since(now)
+            })
+            .min(MAX_LIFETIME);
+        // A margin larger than half the lifetime would make short-lived tokens stale on arrival.
+        let margin = self.settings.expiry_margin.min(lifetime / 2);
+        let entry = Arc::new(Entry {
+            token,
+            header,
+            valid_until: now + (lifetime - margin),
+            generation: self.generation.fetch_add(1, Relaxed) + 1,
+            fetched_at: now,
+        });
+        self.current.store(Some(Arc::clone(&entry)));
+        Ok(entry)
+    }
+
+    fn complete(&self, flight: &Arc<Flight>, result: Result<Arc<Entry>, Error>) {
+        // The result is set before the slot is cleared and waiters are woken, so anyone who
+        // finds the slot empty also finds the new token in `current`.
+        let _ = flight.result.set(result);
+        {
+            let mut slot = self.flight.lock().unwrap_or_else(PoisonError::into_inner);
+            if slot.as_ref().is_some_and(|f| Arc::ptr_eq(f, flight)) {
+                *slot = None;
+            }
+        }
+        flight.done.notify_waiters();
+    }
+}
+
+impl Flight {
+    async fn wait(&self) -> Result<Arc<Entry>, Error> {
+        loop {
+            let notified = self.done.notified();
+            tokio::pin!(notified);
+            // Register before looking, so a completion between the look and the await is seen.
+            notified.as_mut().enable();
+            if let Some(result) = self.result.get() {
+                return result.clone();
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Runs a flight; if dropped before finishing (the source panicked, the runtime shut down), it
+/// resolves the flight with [`Error::Aborted`] so that no waiter hangs.
+struct FlightGuard {
+    cache: Arc<TokenCache>,
+    flight: Arc<Flight>,
+    finished: bool,
+}
+
+impl FlightGuard {
+    async fn run(mut self) {
+        let cache = Arc::clone(&self.cache);
+        let timeout = cache.settings.fetch_timeout;
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(timeout, cache.source.fetch_boxed()).await;
+        let result = match outcome {
+            Ok(Ok(token)) => cache.install(token),
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(Error::Timeout(timeout)),
+        };
+        match &result {
+            Ok(entry) => tracing::debug!(
+                target: "tower_bearer",
+                source = cache.source.type_name(),
+                elapsed = ?started.elapsed(),
+                usable_for = ?entry.valid_until.saturating_duration_since(Instant::now()),
+                generation = entry.generation,
+                "token fetched"
+            ),
+            Err(err) => {
+                cache.counters.fetch_failures.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    target: "tower_bearer",
+                    source = cache.source.type_name(),
+                    elapsed = ?started.elapsed(),
+                    error = %err,
+                    "token fetch failed"
+                );
+            }
+        }
+        self.finished = true;
+        cache.complete(&self.flight, result);
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.cache.complete(&self.flight, Err(Error::Aborted));
+        }
+    }
+}
+
+impl fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let current = self.current.load();
+        f.debug_struct("TokenCache")
+            .field("source", &self.source.type_name())
+            .field("settings", &self.settings)
+            .field(
+                "current",
+                &current.as_ref().map(|e| (e.generation, &e.token)),
+            )
+            .finish_non_exhaustive()
+    }
+}

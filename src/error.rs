@@ -1,0 +1,306 @@
+//! The crate's one error type.
+//!
+//! Every failure to obtain a token is an [`Error`]. It is `Clone`, because one failed fetch is
+//! handed to every caller that waited on it, and it never contains a secret: no access token,
+//! refresh token or client secret reaches its `Display` or `Debug` output.
+//!
+//! # Telling token errors from inner-service errors
+//!
+//! [`AuthService`](crate::AuthService) returns [`BoxError`](crate::BoxError), as tower
+//! middleware does. A failure to get a token is a boxed [`Error`]; anything else came from the
+//! wrapped service:
+//!
+//! ```
+//! use tower_bearer::{BoxError, Error};
+//!
+//! fn explain(err: &BoxError) -> &'static str {
+//!     match err.downcast_ref::<Error>() {
+//!         Some(e) if e.is_terminal() => "credentials rejected: re-authorize",
+//!         Some(_) => "could not get a token (try again later)",
+//!         None => "the request itself failed",
+//!     }
+//! }
+//! # let err: BoxError = Box::new(Error::Aborted);
+//! # assert_eq!(explain(&err), "could not get a token (try again later)");
+//! ```
+
+use std::{borrow::Cow, error::Error as StdError, fmt, sync::Arc, time::Duration};
+
+use http::StatusCode;
+
+/// Why a token could not be obtained.
+///
+/// Matchable, `Clone`, and free of secrets in both `Display` and `Debug`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is unusable: a malformed URL, a missing client id, and so on.
+    #[error("invalid configuration: {0}")]
+    Config(Cow<'static, str>),
+
+    /// The token endpoint answered with an OAuth 2.0 error response (RFC 6749 §5.2).
+    #[error(transparent)]
+    OAuth(#[from] OAuthError),
+
+    /// The token endpoint answered with something that is not a usable token response.
+    #[error("token endpoint answered HTTP {status}: {reason}{}", excerpt_suffix(.excerpt))]
+    UnexpectedResponse {
+        /// HTTP status of the response.
+        status: StatusCode,
+        /// What was wrong with it.
+        reason: Cow<'static, str>,
+        /// The start of the body, when it was not JSON, with anything secret removed.
+        excerpt: Option<String>,
+    },
+
+    /// The token request could not be sent or its response could not be read.
+    #[error("token request failed: {0}")]
+    Transport(#[source] TransportError),
+
+    /// Fetching a token took longer than the configured fetch timeout.
+    #[error("token fetch timed out after {0:?}")]
+    Timeout(Duration),
+
+    /// The access token cannot be sent in an HTTP header (it holds characters a header value
+    /// may not contain).
+    #[error("the access token contains characters that are not allowed in an HTTP header")]
+    InvalidToken,
+
+    /// A custom [`TokenSource`](crate::TokenSource) failed.
+    #[error("token source failed: {0}")]
+    Source(#[source] SourceError),
+
+    /// The fetch was abandoned before it finished: the token source panicked or the runtime
+    /// shut down.
+    #[error("token fetch was aborted before it finished")]
+    Aborted,
+
+    /// No Tokio runtime was running, so no fetch could be started.
+    #[error("tower-bearer needs a Tokio runtime to fetch tokens")]
+    NoRuntime,
+}
+
+fn excerpt_suffix(excerpt: &Option<String>) -> String {
+    match excerpt {
+        Some(e) => format!("; body starts: {e:?}"),
+        None => String::new(),
+    }
+}
+
+impl Error {
+    /// Wraps the error of a custom [`TokenSource`](crate::TokenSource).
+    ///
+    /// The error's `Display` must not contain a secret: it is shown to every caller that waited.
+    pub fn source_error(err: impl Into<crate::BoxError>) -> Self {
+        Error::Source(SourceError(Arc::from(err.into())))
+    }
+
+    pub(crate) fn config(message: impl Into<Cow<'static, str>>) -> Self {
+        Error::Config(message.into())
+    }
+
+    /// `true` when asking again with the same credentials cannot succeed: the endpoint rejected
+    /// the client or the grant (`invalid_client`, `invalid_grant`, `unauthorized_client`,
+    /// `unsupported_grant_type`, `invalid_scope`), or the configuration is invalid.
+    pub fn is_terminal(&self) -> bool {
+        match self {
+            Error::OAuth(e) => e.is_terminal(),
+            Error::Config(_) | Error::InvalidToken => true,
+            _ => false,
+        }
+    }
+
+    /// The OAuth error response, if the endpoint sent one.
+    pub fn oauth(&self) -> Option<&OAuthError> {
+        match self {
+            Error::OAuth(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// An OAuth 2.0 error response from a token endpoint (RFC 6749 §5.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthError {
+    status: StatusCode,
+    code: String,
+    description: Option<String>,
+    uri: Option<String>,
+}
+
+impl OAuthError {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: String,
+        description: Option<String>,
+        uri: Option<String>,
+    ) -> Self {
+        OAuthError {
+            status,
+            code,
+            description,
+            uri,
+        }
+    }
+
+    /// HTTP status of the error response (an endpoint may send `error` with 200).
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The `error` code, such as `invalid_client`.
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    /// The `error_description`, if any.
+    pub fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+
+    /// The `error_uri`, if any.
+    pub fn uri(&self) -> Option<&str> {
+        self.uri.as_deref()
+    }
+
+    /// `true` for errors that retrying with the same credentials cannot fix.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self.code.as_str(),
+            "invalid_client"
+                | "invalid_grant"
+                | "unauthorized_client"
+                | "unsupported_grant_type"
+                | "invalid_scope"
+                | "invalid_request"
+        )
+    }
+}
+
+impl fmt::Display for OAuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "token endpoint error `{}` (HTTP {})", self.code, self.status)?;
+        if let Some(d) = &self.description {
+            write!(f, ": {d}")?;
+        }
+        if let Some(u) = &self.uri {
+            write!(f, " (see {u})")?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for OAuthError {}
+
+/// A transport failure talking to the token endpoint.
+///
+/// Wraps the `reqwest` error with the request URL removed, since a URL can carry credentials
+/// (see [`ClientAuth::Query`](crate::ClientAuth::Query)).
+#[derive(Debug, Clone)]
+pub struct TransportError(Arc<reqwest::Error>);
+
+impl TransportError {
+    pub(crate) fn new(err: reqwest::Error) -> Self {
+        TransportError(Arc::new(err.without_url()))
+    }
+
+    /// `true` if the request timed out.
+    pub fn is_timeout(&self) -> bool {
+        self.0.is_timeout()
+    }
+
+    /// `true` if no connection could be made.
+    pub fn is_connect(&self) -> bool {
+        self.0.is_connect()
+    }
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+impl StdError for TransportError {}
+
+/// The error of a custom [`TokenSource`](crate::TokenSource), shared by every waiter.
+#[derive(Clone)]
+pub struct SourceError(Arc<dyn StdError + Send + Sync>);
+
+impl SourceError {
+    /// The wrapped error.
+    pub fn get_ref(&self) -> &(dyn StdError + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl fmt::Debug for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl StdError for SourceError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.0.source()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oauth_error_display_has_every_field() {
+        let e = OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_client".into(),
+            Some("unknown client".into()),
+            Some("https://idp/doc".into()),
+        );
+        assert_eq!(
+            e.to_string(),
+            "token endpoint error `invalid_client` (HTTP 400 Bad Request): unknown client (see https://idp/doc)"
+        );
+        assert!(e.is_terminal());
+        assert!(Error::from(e).is_terminal());
+    }
+
+    #[test]
+    fn transient_errors_are_not_terminal() {
+        let e = OAuthError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable".into(),
+            None,
+            None,
+        );
+        assert!(!e.is_terminal());
+        assert!(!Error::Timeout(Duration::from_secs(1)).is_terminal());
+        assert!(!Error::Aborted.is_terminal());
+    }
+
+    #[test]
+    fn unexpected_response_shows_excerpt_quoted() {
+        let e = Error::UnexpectedResponse {
+            status: StatusCode::BAD_GATEWAY,
+            reason: "body is not JSON".into(),
+            excerpt: Some("<html>".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "token endpoint answered HTTP 502 Bad Gateway: body is not JSON; body starts: \"<html>\""
+        );
+    }
+}

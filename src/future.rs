@@ -1,0 +1,257 @@
+//! [`ResponseFuture`]: the state machine of one request through [`AuthService`](crate::AuthService).
+//!
+//! ```text
+//!              token cached                 2xx, 403, ...
+//!   call ─────────────────────► Send ───────────────────────────► done
+//!     │                          │ 401 for the token it carried
+//!     │ no fresh token           ▼
+//!     └─► Acquire ──► Send     forget that token (if still current),
+//!                                and if the body can be replayed:
+//!                              Acquire ──► Ready ──► Resend ──► done (whatever it answers)
+//! ```
+//!
+//! `Acquire` waits for the cache's single-flight fetch (a boxed future: this is the slow path).
+//! `Ready` polls the inner service's readiness again before the resend, as the tower contract asks.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    task::{Context, Poll, ready},
+};
+
+use http::{Request, Response, StatusCode, header::AUTHORIZATION};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use crate::{
+    BoxError, Error,
+    cache::{Entry, TokenCache},
+    replay::{ReplayBody, ReplayRequest},
+};
+
+pub(crate) type Acquire = Pin<Box<dyn Future<Output = Result<Arc<Entry>, Error>> + Send>>;
+
+pin_project! {
+    /// Response future of [`AuthService`](crate::AuthService).
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+        B: ReplayBody,
+    {
+        #[pin]
+        state: State<S::Future, S, B>,
+        cache: Arc<TokenCache>,
+        // Generation of the token the request in flight carries.
+        generation: u64,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, S, B>
+    where
+        B: ReplayBody,
+    {
+        // Waiting for a token; `retry` is set when this is the wait before a resend.
+        Acquire {
+            token: Acquire,
+            request: Option<Request<B>>,
+            service: Option<S>,
+            keep_replay: bool,
+            resend: bool,
+        },
+        // The request is with the inner service; `replay` is kept for a resend after a 401.
+        Send {
+            #[pin]
+            fut: F,
+            replay: Option<(S, ReplayRequest<B>)>,
+        },
+        // Waiting for the inner service to be ready for the resend.
+        Ready {
+            request: Option<Request<B>>,
+            service: Option<S>,
+        },
+        // The resend: whatever it answers goes to the caller.
+        Resend {
+            #[pin]
+            fut: F,
+        },
+        Done,
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+    B: ReplayBody,
+{
+    /// The request was sent with a cached token.
+    pub(crate) fn sent(
+        fut: S::Future,
+        cache: Arc<TokenCache>,
+        generation: u64,
+        replay: Option<(S, ReplayRequest<B>)>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Send { fut, replay },
+            cache,
+            generation,
+        }
+    }
+
+    /// The request waits for a token; `service` is the readied inner service.
+    pub(crate) fn acquiring(
+        cache: Arc<TokenCache>,
+        request: Request<B>,
+        service: S,
+        keep_replay: bool,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Acquire {
+                token: Box::pin(Arc::clone(&cache).acquire()),
+                request: Some(request),
+                service: Some(service),
+                keep_replay,
+                resend: false,
+            },
+            cache,
+            generation: 0,
+        }
+    }
+}
+
+impl<S, B, ResBody> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    B: ReplayBody,
+{
+    type Output = Result<Response<ResBody>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let this = self.as_mut().project();
+            let next = match this.state.project() {
+                StateProj::Acquire {
+                    token,
+                    request,
+                    service,
+                    keep_replay,
+                    resend,
+                } => {
+                    let entry = match ready!(token.as_mut().poll(cx)) {
+                        Ok(entry) => entry,
+                        Err(err) => {
+                            self.set_done();
+                            return Poll::Ready(Err(err.into()));
+                        }
+                    };
+                    let (Some(mut request), Some(mut service)) = (request.take(), service.take())
+                    else {
+                        return Poll::Ready(Err(polled_after_completion()));
+                    };
+                    *this.generation = entry.generation;
+                    if *resend {
+                        request
+                            .headers_mut()
+                            .insert(AUTHORIZATION, entry.header.clone());
+                        State::Ready {
+                            request: Some(request),
+                            service: Some(service),
+                        }
+                    } else {
+                        let replay = if *keep_replay {
+                            let (sent, replay) = ReplayRequest::prepare(request);
+                            request = sent;
+                            replay
+                        } else {
+                            None
+                        };
+                        request
+                            .headers_mut()
+                            .insert(AUTHORIZATION, entry.header.clone());
+                        let fut = service.call(request);
+                        State::Send {
+                            fut,
+                            replay: replay.map(|r| (service, r)),
+                        }
+                    }
+                }
+                StateProj::Send { fut, replay } => {
+                    let response = match ready!(fut.poll(cx)) {
+                        Ok(response) => response,
+                        Err(err) => {
+                            self.set_done();
+                            return Poll::Ready(Err(err.into()));
+                        }
+                    };
+                    if !is_unauthorized(&response) {
+                        self.set_done();
+                        return Poll::Ready(Ok(response));
+                    }
+                    // Forget the rejected token only if nothing newer replaced it meanwhile.
+                    this.cache.invalidate(*this.generation);
+                    let resend = replay
+                        .take()
+                        .and_then(|(service, replay)| Some((service, replay.into_request()?)));
+                    let Some((service, request)) = resend else {
+                        self.set_done();
+                        return Poll::Ready(Ok(response));
+                    };
+                    drop(response);
+                    State::Acquire {
+                        token: Box::pin(Arc::clone(this.cache).acquire()),
+                        request: Some(request),
+                        service: Some(service),
+                        keep_replay: false,
+                        resend: true,
+                    }
+                }
+                StateProj::Ready { request, service } => {
+                    let Some(svc) = service.as_mut() else {
+                        return Poll::Ready(Err(polled_after_completion()));
+                    };
+                    if let Err(err) = ready!(svc.poll_ready(cx)) {
+                        self.set_done();
+                        return Poll::Ready(Err(err.into()));
+                    }
+                    let (Some(request), Some(mut service)) = (request.take(), service.take())
+                    else {
+                        return Poll::Ready(Err(polled_after_completion()));
+                    };
+                    this.cache.counters.retries.fetch_add(1, Relaxed);
+                    State::Resend {
+                        fut: service.call(request),
+                    }
+                }
+                StateProj::Resend { fut } => {
+                    let result = ready!(fut.poll(cx));
+                    self.set_done();
+                    return Poll::Ready(result.map_err(Into::into));
+                }
+                StateProj::Done => return Poll::Ready(Err(polled_after_completion())),
+            };
+            self.as_mut().project().state.set(next);
+        }
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+    B: ReplayBody,
+{
+    fn set_done(self: Pin<&mut Self>) {
+        self.project().state.set(State::Done);
+    }
+}
+
+/// A response that says the token was not accepted.
+fn is_unauthorized<T>(response: &Response<T>) -> bool {
+    response.status() == StatusCode::UNAUTHORIZED
+}
+
+fn polled_after_completion() -> BoxError {
+    "tower-bearer ResponseFuture polled after completion".into()
+}

@@ -1,0 +1,180 @@
+//! [`AuthLayer`] and its settings.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use tokio::time::Instant;
+use tower_layer::Layer;
+
+use crate::{
+    AuthService, Error, Stats, Token, TokenSource,
+    cache::{CacheSettings, TokenCache},
+};
+
+/// Default for [`AuthLayerBuilder::expiry_margin`].
+pub const DEFAULT_EXPIRY_MARGIN: Duration = Duration::from_secs(30);
+/// Default for [`AuthLayerBuilder::default_lifetime`].
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+/// Default for [`AuthLayerBuilder::fetch_timeout`].
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Layer that applies [`AuthService`]: every request gets `Authorization: Bearer <token>`.
+///
+/// All clones of a layer, and every service it makes, share one token cache: one token, at most
+/// one fetch in flight.
+///
+/// # Example
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{Request, Response};
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+/// use tower_bearer::{AuthLayer, StaticToken};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_bearer::BoxError> {
+/// let auth = AuthLayer::new(StaticToken::new("abc"));
+/// let api = service_fn(|req: Request<String>| async move {
+///     let header = req.headers()["authorization"].to_str().unwrap().to_owned();
+///     Ok::<_, Infallible>(Response::new(header))
+/// });
+/// let client = ServiceBuilder::new().layer(auth.clone()).service(api);
+///
+/// let response = client.oneshot(Request::new(String::new())).await?;
+/// assert_eq!(response.body(), "Bearer abc");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct AuthLayer {
+    cache: Arc<TokenCache>,
+    retry: bool,
+}
+
+impl AuthLayer {
+    /// A layer with default settings around `source`.
+    pub fn new(source: impl TokenSource) -> Self {
+        AuthLayer::builder(source).build()
+    }
+
+    /// Starts configuring a layer around `source`.
+    pub fn builder(source: impl TokenSource) -> AuthLayerBuilder {
+        AuthLayerBuilder {
+            source: Box::new(source),
+            settings: CacheSettings {
+                expiry_margin: DEFAULT_EXPIRY_MARGIN,
+                default_lifetime: DEFAULT_LIFETIME,
+                fetch_timeout: DEFAULT_FETCH_TIMEOUT,
+            },
+            retry: true,
+        }
+    }
+
+    /// A valid token from the shared cache, fetching one if needed, for code outside tower.
+    ///
+    /// Joins a fetch already in flight. Dropping the future cancels nothing for other callers.
+    pub async fn token(&self) -> Result<Token, Error> {
+        let entry = Arc::clone(&self.cache).acquire().await?;
+        Ok(entry.token.clone())
+    }
+
+    /// Tells the cache that `token` was rejected. If it is still the current token it is
+    /// forgotten and the next request fetches a new one; if a newer token already replaced it,
+    /// nothing happens. Returns `true` if the token was forgotten.
+    pub fn invalidate(&self, token: &Token) -> bool {
+        self.cache.invalidate_token(token)
+    }
+
+    /// What the layer has done so far.
+    pub fn stats(&self) -> Stats {
+        let mut stats = self.cache.counters.snapshot();
+        if let Some(entry) = self.cache.peek() {
+            let now = Instant::now();
+            stats.token_age = Some(now.saturating_duration_since(entry.fetched_at));
+            stats.token_usable_for = Some(entry.valid_until.saturating_duration_since(now));
+        }
+        stats
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService::new(inner, Arc::clone(&self.cache), self.retry)
+    }
+}
+
+impl fmt::Debug for AuthLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthLayer")
+            .field("cache", &self.cache)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+/// Settings of an [`AuthLayer`]; made by [`AuthLayer::builder`].
+///
+/// | setting | default | meaning |
+/// |---|---|---|
+/// | [`expiry_margin`](Self::expiry_margin) | 30 s | a token is replaced this long before it expires (at most half its lifetime) |
+/// | [`default_lifetime`](Self::default_lifetime) | 1 h | lifetime assumed when the endpoint sends no `expires_in` |
+/// | [`fetch_timeout`](Self::fetch_timeout) | 30 s | longest a token fetch may take before callers get [`Error::Timeout`] |
+/// | [`retry_unauthorized`](Self::retry_unauthorized) | on | after a 401, fetch a new token and resend once when the body allows |
+#[must_use]
+pub struct AuthLayerBuilder {
+    source: Box<dyn crate::source::DynTokenSource>,
+    settings: CacheSettings,
+    retry: bool,
+}
+
+impl AuthLayerBuilder {
+    /// Treat a token as expired this long before its real expiry, so that a request never
+    /// leaves with a token that expires on the way. Clamped to half the token's lifetime, so a
+    /// short-lived token is still used for the first half of its life.
+    pub fn expiry_margin(mut self, margin: Duration) -> Self {
+        self.settings.expiry_margin = margin;
+        self
+    }
+
+    /// The lifetime assumed for a token whose response had no `expires_in`. Finite, so such a
+    /// token is still renewed now and then; a 401 renews it at once in any case.
+    pub fn default_lifetime(mut self, lifetime: Duration) -> Self {
+        self.settings.default_lifetime = lifetime;
+        self
+    }
+
+    /// The longest a token fetch may run. Every caller waiting on it then gets
+    /// [`Error::Timeout`], and the next caller starts a new fetch.
+    pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.fetch_timeout = timeout;
+        self
+    }
+
+    /// Whether a request rejected with 401 is resent once with a new token (when its body can
+    /// be replayed). With it off, the 401 still makes the next request use a new token, and
+    /// requests skip the copy of their head that a resend needs.
+    pub fn retry_unauthorized(mut self, retry: bool) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Builds the layer.
+    pub fn build(self) -> AuthLayer {
+        AuthLayer {
+            cache: Arc::new(TokenCache::new(self.source, self.settings)),
+            retry: self.retry,
+        }
+    }
+}
+
+impl fmt::Debug for AuthLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthLayerBuilder")
+            .field("source", &self.source.type_name())
+            .field("settings", &self.settings)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}

@@ -1,0 +1,86 @@
+//! OAuth 2.0 bearer tokens for any [tower] HTTP or gRPC client: always valid, almost free per
+//! request, and fetched once no matter how many requests want one.
+//!
+//! [`AuthLayer`] wraps a `Service<http::Request<B>>` and sets `Authorization: Bearer <token>` on
+//! every request. The token lives in a lock-free cache; when it is missing or about to expire,
+//! exactly one fetch goes to the [`TokenSource`] and every waiting request shares its outcome. A
+//! `401 Unauthorized` makes the cache drop the token it rejected (only if it is still the current
+//! one) and the request is resent once with a new token when its body can be replayed.
+//!
+//! # Example
+//!
+//! ```
+//! use std::{convert::Infallible, time::Duration};
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_bearer::{AuthLayer, Token, source::from_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_bearer::BoxError> {
+//! // In production: ClientCredentials::builder("https://idp.example.com/oauth2/token")...
+//! let source = from_fn(|| async { Ok(Token::new("t0k3n").with_expires_in(Duration::from_secs(60))) });
+//! let auth = AuthLayer::new(source);
+//!
+//! // Any tower service taking http::Request: a hyper client, a tonic channel, ...
+//! let api = service_fn(|req: Request<String>| async move {
+//!     let ok = req.headers()["authorization"] == "Bearer t0k3n";
+//!     let status = if ok { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
+//!     Ok::<_, Infallible>(Response::builder().status(status).body(String::new()).unwrap())
+//! });
+//! let client = ServiceBuilder::new().layer(auth.clone()).service(api);
+//!
+//! let response = client.oneshot(Request::new(String::new())).await?;
+//! assert_eq!(response.status(), StatusCode::OK);
+//! assert_eq!(auth.stats().fetches, 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Modules
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`layer`] | [`AuthLayer`] and its settings |
+//! | [`service`] | [`AuthService`], the per-request hot path |
+//! | [`future`] | [`ResponseFuture`]: acquire → send → on 401 refresh → resend |
+//! | [`source`] | the [`TokenSource`] trait and [`ClientCredentials`], [`from_fn`](source::from_fn), [`StaticToken`] |
+//! | [`token`] | [`Token`] and the redacted, zeroized secret types |
+//! | [`replay`] | [`ReplayBody`]: which request bodies can be resent after a 401 |
+//! | [`error`] | the [`Error`] type |
+//! | [`stats`] | [`Stats`], the layer's counters |
+//!
+//! The cache (single-flight fetching) and the token-endpoint protocol are internal; their
+//! behaviour is described on [`AuthLayer`] and [`ClientCredentials`].
+//!
+//! # Runtime
+//!
+//! Fetches run as Tokio tasks, so the layer needs a Tokio runtime. Without one, requests fail
+//! with [`Error::NoRuntime`] rather than panicking.
+
+#![deny(missing_docs, unsafe_code)]
+#![warn(rust_2018_idioms, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod cache;
+pub mod error;
+pub mod future;
+pub mod layer;
+mod oauth;
+pub mod replay;
+pub mod service;
+pub mod source;
+pub mod stats;
+pub mod token;
+
+pub use error::{Error, OAuthError};
+pub use future::ResponseFuture;
+pub use layer::{AuthLayer, AuthLayerBuilder};
+pub use oauth::ClientAuth;
+pub use replay::ReplayBody;
+pub use service::AuthService;
+pub use source::{ClientCredentials, ClientCredentialsBuilder, StaticToken, TokenSource};
+pub use stats::Stats;
+pub use token::{AccessToken, ClientSecret, RefreshToken, Token};
+
+/// The boxed error type of [`AuthService`], as in tower.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -1,0 +1,258 @@
+//! Tokens and the secret types that carry them.
+//!
+//! Every secret ([`AccessToken`], [`RefreshToken`], [`ClientSecret`]) is held in a
+//! [`secrecy::SecretString`]: its `Debug` prints `[redacted]` and its memory is zeroized on drop.
+//! Reading the value takes an explicit call to `secret()`.
+//!
+//! The `Authorization` header for a token is built once, when the token enters the cache, from a
+//! buffer that is zeroized when the last request using it is gone, and it is marked sensitive so
+//! HTTP/2 HPACK never indexes it and `Debug` of the header map hides it.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_bearer::Token;
+//!
+//! let token = Token::new("eyJhbGciOi...")
+//!     .with_expires_in(Duration::from_secs(3600))
+//!     .with_scope("read write");
+//! assert_eq!(token.access_token().secret(), "eyJhbGciOi...");
+//! assert!(!format!("{token:?}").contains("eyJ"));
+//! ```
+
+use std::{fmt, time::Duration};
+
+use bytes::Bytes;
+use http::HeaderValue;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::time::Instant;
+use zeroize::Zeroizing;
+
+macro_rules! secret_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone)]
+        pub struct $name(SecretString);
+
+        impl $name {
+            /// Wraps a secret value.
+            pub fn new(value: impl Into<String>) -> Self {
+                $name(SecretString::from(value.into()))
+            }
+
+            /// The secret value. Keep it out of logs.
+            pub fn secret(&self) -> &str {
+                self.0.expose_secret()
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(concat!(stringify!($name), "([redacted])"))
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(value: String) -> Self {
+                $name::new(value)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(value: &str) -> Self {
+                $name::new(value)
+            }
+        }
+
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                self.secret() == other.secret()
+            }
+        }
+
+        impl Eq for $name {}
+    };
+}
+
+secret_type!(
+    /// An OAuth 2.0 access token.
+    AccessToken
+);
+secret_type!(
+    /// An OAuth 2.0 refresh token.
+    RefreshToken
+);
+secret_type!(
+    /// An OAuth 2.0 client secret.
+    ClientSecret
+);
+
+/// An access token with what the token endpoint said about it.
+#[derive(Clone)]
+pub struct Token {
+    access_token: AccessToken,
+    token_type: String,
+    expires_at: Option<Instant>,
+    refresh_token: Option<RefreshToken>,
+    scope: Option<String>,
+}
+
+impl Token {
+    /// A bearer token with no known expiry.
+    ///
+    /// The cache treats a token without expiry as valid for the layer's
+    /// [default lifetime](crate::AuthLayerBuilder::default_lifetime).
+    pub fn new(access_token: impl Into<String>) -> Self {
+        Token {
+            access_token: AccessToken::new(access_token),
+            token_type: "Bearer".to_owned(),
+            expires_at: None,
+            refresh_token: None,
+            scope: None,
+        }
+    }
+
+    /// Sets the expiry to `lifetime` from now (the `expires_in` of a token response).
+    pub fn with_expires_in(mut self, lifetime: Duration) -> Self {
+        self.expires_at = Some(Instant::now() + lifetime);
+        self
+    }
+
+    /// Sets the instant the token expires.
+    pub fn with_expires_at(mut self, at: Instant) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+
+    /// Sets the token type the endpoint reported (`Bearer` unless set).
+    pub fn with_token_type(mut self, token_type: impl Into<String>) -> Self {
+        self.token_type = token_type.into();
+        self
+    }
+
+    /// Sets the refresh token issued with this access token.
+    pub fn with_refresh_token(mut self, refresh_token: impl Into<RefreshToken>) -> Self {
+        self.refresh_token = Some(refresh_token.into());
+        self
+    }
+
+    /// Sets the scope the token was granted.
+    pub fn with_scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// The access token.
+    pub fn access_token(&self) -> &AccessToken {
+        &self.access_token
+    }
+
+    /// The token type as reported by the endpoint, such as `Bearer`.
+    pub fn token_type(&self) -> &str {
+        &self.token_type
+    }
+
+    /// When the token expires, if the endpoint said.
+    pub fn expires_at(&self) -> Option<Instant> {
+        self.expires_at
+    }
+
+    /// How long until the token expires, if the endpoint said (zero once expired).
+    pub fn expires_in(&self) -> Option<Duration> {
+        self.expires_at
+            .map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// The refresh token, if one was issued.
+    pub fn refresh_token(&self) -> Option<&RefreshToken> {
+        self.refresh_token.as_ref()
+    }
+
+    /// The granted scope, if the endpoint reported one.
+    pub fn scope(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+
+    /// Builds the header value `"{scheme} {access_token}"`, marked sensitive, from a buffer
+    /// that is zeroized when the last clone of the header is dropped.
+    pub(crate) fn header_value(&self, scheme: &str) -> Result<HeaderValue, crate::Error> {
+        let secret = self.access_token.secret();
+        let mut buf = Zeroizing::new(Vec::with_capacity(scheme.len() + 1 + secret.len()));
+        buf.extend_from_slice(scheme.as_bytes());
+        buf.push(b' ');
+        buf.extend_from_slice(secret.as_bytes());
+        let mut value = HeaderValue::from_maybe_shared(Bytes::from_owner(ZeroizeOnDrop(buf)))
+            .map_err(|_| crate::Error::InvalidToken)?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+}
+
+/// Owner of a header's bytes that wipes them when the last `Bytes` handle goes.
+struct ZeroizeOnDrop(Zeroizing<Vec<u8>>);
+
+impl AsRef<[u8]> for ZeroizeOnDrop {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("access_token", &self.access_token)
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in())
+            .field("refresh_token", &self.refresh_token)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let t = Token::new("access-SECRET")
+            .with_refresh_token("refresh-SECRET")
+            .with_expires_in(Duration::from_secs(60));
+        let dbg = format!("{t:?}");
+        assert!(!dbg.contains("SECRET"), "{dbg}");
+        assert!(dbg.contains("AccessToken([redacted])"), "{dbg}");
+        assert!(dbg.contains("RefreshToken([redacted])"), "{dbg}");
+        assert_eq!(
+            format!("{:?}", ClientSecret::new("x-SECRET")),
+            "ClientSecret([redacted])"
+        );
+    }
+
+    #[test]
+    fn header_is_sensitive_and_exact() {
+        let t = Token::new("abc.def");
+        let h = t.header_value("Bearer").unwrap();
+        assert_eq!(h.as_bytes(), b"Bearer abc.def");
+        assert!(h.is_sensitive());
+        assert!(!format!("{h:?}").contains("abc"));
+        assert_eq!(t.header_value("bearer").unwrap().as_bytes(), b"bearer abc.def");
+    }
+
+    #[test]
+    fn header_rejects_bad_characters_without_echoing_them() {
+        let err = Token::new("abc\ndef-SECRET")
+            .header_value("Bearer")
+            .unwrap_err();
+        assert!(matches!(err, crate::Error::InvalidToken));
+        assert!(!format!("{err} {err:?}").contains("SECRET"));
+    }
+
+    #[test]
+    fn expiry_counts_down() {
+        let t = Token::new("a").with_expires_in(Duration::from_secs(10));
+        let left = t.expires_in().unwrap();
+        assert!(left <= Duration::from_secs(10) && left > Duration::from_secs(9));
+        assert_eq!(Token::new("a").expires_in(), None);
+    }
+}
