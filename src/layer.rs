@@ -1,6 +1,6 @@
 //! [`AuthLayer`] and its settings.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{fmt, future::Future, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 use tower_layer::Layer;
@@ -73,9 +73,10 @@ impl AuthLayer {
     /// A valid token from the shared cache, fetching one if needed, for code outside tower.
     ///
     /// Joins a fetch already in flight. Dropping the future cancels nothing for other callers.
-    pub async fn token(&self) -> Result<Token, Error> {
-        let entry = Arc::clone(&self.cache).acquire().await?;
-        Ok(entry.token.clone())
+    /// The future borrows nothing from `self`, so it can be spawned.
+    pub fn token(&self) -> impl Future<Output = Result<Token, Error>> + Send + 'static {
+        let cache = Arc::clone(&self.cache);
+        async move { Ok(cache.acquire().await?.token.clone()) }
     }
 
     /// Tells the cache that `token` was rejected. If it is still the current token it is

@@ -178,15 +178,24 @@ fn excerpt(body: &[u8], secrets: &[&str]) -> Option<String> {
     }
     let text = String::from_utf8_lossy(body);
     let lower = text.to_ascii_lowercase();
-    if ["access_token", "refresh_token", "id_token"]
-        .iter()
-        .any(|field| lower.contains(field))
+    // A body that echoes a token, a secret parameter or an Authorization header is not shown.
+    if [
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "client_secret",
+        "basic ",
+        "bearer ",
+    ]
+    .iter()
+    .any(|field| lower.contains(field))
     {
-        return Some("[withheld: the body mentions a token]".to_owned());
+        return Some("[withheld: the body may echo a credential]".to_owned());
     }
     let mut text = text.into_owned();
     for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        text = text.replace(secret, "[redacted]");
+        let encoded: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        text = text.replace(secret, "[redacted]").replace(&encoded, "[redacted]");
     }
     let mut out: String = text
         .chars()
@@ -321,8 +330,8 @@ mod tests {
         let err = parse(
             StatusCode::BAD_REQUEST,
             Some("text/plain"),
-            b"rejected client secret hunter2-SECRET for client x",
-            &["hunter2-SECRET"],
+            b"rejected secret hunter2-SECRET (hunter2%2BSECRET) for client x",
+            &["hunter2-SECRET", "hunter2+SECRET"],
         )
         .unwrap_err();
         let shown = format!("{err} {err:?}");

@@ -1,0 +1,237 @@
+//! Single-flight fetching: however many callers wait, one fetch; every waiter gets its outcome;
+//! dropped callers strand nobody; failures poison nothing. All in paused Tokio time.
+
+mod support;
+
+use std::{
+    future::Future,
+    pin::pin,
+    task::{Context, Poll, Waker},
+    time::Duration,
+};
+
+use http::{Request, StatusCode};
+use http_body_util::Empty;
+use support::CountingSource;
+use tokio::task::JoinSet;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_bearer::{AuthLayer, BoxError, Error};
+
+type Body = Empty<bytes::Bytes>;
+
+fn request() -> Request<Body> {
+    Request::get("http://api.test/data").body(Body::new()).unwrap()
+}
+
+/// Sends `n` requests at once through clones of one service and returns their statuses.
+async fn burst<S>(svc: S, n: usize) -> Vec<StatusCode>
+where
+    S: Service<Request<Body>, Response = http::Response<String>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    let mut set = JoinSet::new();
+    for _ in 0..n {
+        let svc = svc.clone();
+        set.spawn(async move { svc.oneshot(request()).await.unwrap().status() });
+    }
+    set.join_all().await
+}
+
+#[tokio::test(start_paused = true)]
+async fn ten_thousand_callers_on_a_cold_cache_cause_one_fetch() {
+    let source = CountingSource::new(Duration::from_millis(5), Some(Duration::from_secs(60)));
+    let auth = AuthLayer::new(source.clone());
+    let svc = ServiceBuilder::new().layer(auth.clone()).service(source.api());
+
+    let statuses = burst(svc, 10_000).await;
+
+    assert_eq!(source.fetches(), 1);
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK));
+    assert_eq!(source.api().seen().iter().filter(|t| *t == "tok-1").count(), 10_000);
+    let stats = auth.stats();
+    assert_eq!(stats.fetches, 1);
+    assert_eq!(stats.waiters, 10_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ten_thousand_callers_at_expiry_cause_one_fetch() {
+    let source = CountingSource::new(Duration::from_millis(5), Some(Duration::from_secs(60)));
+    let auth = AuthLayer::builder(source.clone())
+        .expiry_margin(Duration::from_secs(10))
+        .build();
+    let svc = ServiceBuilder::new().layer(auth.clone()).service(source.api());
+
+    burst(svc.clone(), 1).await;
+    assert_eq!(source.fetches(), 1);
+
+    // Still inside the token's useful life: no fetch.
+    tokio::time::advance(Duration::from_secs(49)).await;
+    burst(svc.clone(), 100).await;
+    assert_eq!(source.fetches(), 1);
+
+    // Past expiry less the margin: everyone waits on one fetch.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let statuses = burst(svc, 10_000).await;
+    assert_eq!(source.fetches(), 2);
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK));
+    assert_eq!(source.api().seen().last().unwrap(), "tok-2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_caller_that_started_the_fetch_strands_nobody() {
+    let source = CountingSource::gated(Duration::ZERO, Some(Duration::from_secs(60)));
+    let auth = AuthLayer::new(source.clone());
+
+    // The first caller starts the fetch, then goes away.
+    let mut first = tokio_test::task::spawn(auth.token());
+    assert!(first.poll().is_pending());
+    tokio::task::yield_now().await;
+    assert_eq!(source.fetches(), 1);
+    drop(first);
+
+    // Others arrive while the fetch is still running.
+    let mut waiters = JoinSet::new();
+    for _ in 0..100 {
+        let auth = auth.clone();
+        waiters.spawn(async move { auth.token().await });
+    }
+    tokio::task::yield_now().await;
+    source.open_gate(1);
+    for token in waiters.join_all().await {
+        assert_eq!(token.unwrap().access_token().secret(), "tok-1");
+    }
+    assert_eq!(source.fetches(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_every_waiter_still_installs_the_token() {
+    let source = CountingSource::gated(Duration::ZERO, Some(Duration::from_secs(60)));
+    let auth = AuthLayer::new(source.clone());
+    let mut only = tokio_test::task::spawn(auth.token());
+    assert!(only.poll().is_pending());
+    drop(only);
+    source.open_gate(1);
+    // Let the fetch task finish with nobody waiting.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(auth.stats().token_age.is_some(), "fetched token was installed");
+    let token = auth.token().await.unwrap();
+    assert_eq!(token.access_token().secret(), "tok-1");
+    assert_eq!(source.fetches(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_fetch_reaches_every_waiter_then_the_next_call_succeeds() {
+    let source = CountingSource::new(Duration::from_millis(5), Some(Duration::from_secs(60)));
+    source.fail_fetch(1);
+    let auth = AuthLayer::new(source.clone());
+    let svc = ServiceBuilder::new().layer(auth.clone()).service(source.api());
+
+    let mut set = JoinSet::new();
+    for _ in 0..1_000 {
+        let svc = svc.clone();
+        set.spawn(async move { svc.oneshot(request()).await });
+    }
+    for result in set.join_all().await {
+        let err = result.unwrap_err();
+        let err = err.downcast_ref::<Error>().expect("a token error");
+        assert!(matches!(err, Error::Source(_)), "{err:?}");
+        assert!(err.to_string().contains("fetch 1 failed"), "{err}");
+    }
+    assert_eq!(source.fetches(), 1);
+    assert_eq!(source.api().requests(), 0, "no request left without a token");
+
+    // Not poisoned: the next call fetches again and succeeds.
+    let response = svc.oneshot(request()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(source.fetches(), 2);
+    let stats = auth.stats();
+    assert_eq!((stats.fetches, stats.fetch_failures), (2, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_source_gives_waiters_an_error_not_a_hang() {
+    let source = CountingSource::new(Duration::from_millis(1), Some(Duration::from_secs(60)));
+    source.panic_on_fetch(1);
+    let auth = AuthLayer::new(source.clone());
+
+    let mut set = JoinSet::new();
+    for _ in 0..10 {
+        let auth = auth.clone();
+        set.spawn(async move { auth.token().await });
+    }
+    for result in set.join_all().await {
+        assert!(matches!(result, Err(Error::Aborted)), "{result:?}");
+    }
+    let token = auth.token().await.unwrap();
+    assert_eq!(token.access_token().secret(), "tok-2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_fetch_times_out_for_every_waiter() {
+    let source = CountingSource::new(Duration::from_secs(3600), None);
+    let auth = AuthLayer::builder(source.clone())
+        .fetch_timeout(Duration::from_secs(5))
+        .build();
+    let mut set = JoinSet::new();
+    for _ in 0..10 {
+        let auth = auth.clone();
+        set.spawn(async move { (auth.token().await, tokio::time::Instant::now()) });
+    }
+    let start = tokio::time::Instant::now();
+    for (result, at) in set.join_all().await {
+        assert!(
+            matches!(result, Err(Error::Timeout(d)) if d == Duration::from_secs(5)),
+            "{result:?}"
+        );
+        assert_eq!(at - start, Duration::from_secs(5));
+    }
+    assert_eq!(source.fetches(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_short_lived_token_is_used_for_half_its_life_not_refetched_in_a_loop() {
+    // A 1-second token with the default 30-second margin.
+    let source = CountingSource::new(Duration::ZERO, Some(Duration::from_secs(1)));
+    let auth = AuthLayer::new(source.clone());
+    for _ in 0..100 {
+        auth.token().await.unwrap();
+    }
+    assert_eq!(source.fetches(), 1);
+    tokio::time::advance(Duration::from_millis(600)).await;
+    auth.token().await.unwrap();
+    assert_eq!(source.fetches(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_without_expiry_lives_for_the_default_lifetime() {
+    let source = CountingSource::new(Duration::ZERO, None);
+    let auth = AuthLayer::builder(source.clone())
+        .default_lifetime(Duration::from_secs(600))
+        .expiry_margin(Duration::from_secs(30))
+        .build();
+    auth.token().await.unwrap();
+    tokio::time::advance(Duration::from_secs(569)).await;
+    auth.token().await.unwrap();
+    assert_eq!(source.fetches(), 1);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    auth.token().await.unwrap();
+    assert_eq!(source.fetches(), 2);
+}
+
+#[test]
+fn without_a_runtime_the_caller_gets_an_error_not_a_panic() {
+    let source = CountingSource::new(Duration::ZERO, None);
+    let auth = AuthLayer::new(source.clone());
+    let mut fut = pin!(auth.token());
+    let mut cx = Context::from_waker(Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(Err(Error::NoRuntime)) => {}
+        other => panic!("expected NoRuntime, got {other:?}"),
+    }
+    assert_eq!(source.fetches(), 0);
+}

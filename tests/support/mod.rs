@@ -1,0 +1,366 @@
+//! Stand-ins shared by the integration tests: a counting token source, a protected API as a
+//! tower service, and a token endpoint over real HTTP on 127.0.0.1.
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    collections::HashSet,
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{Request as AxumRequest, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response as AxumResponse},
+};
+use http::{Request, Response};
+use tokio::sync::Semaphore;
+use tower_bearer::{Error, Token, TokenSource};
+
+// ---------------------------------------------------------------------------------------------
+// A token source that counts fetches.
+
+/// Issues `tok-1`, `tok-2`, ... after `latency`, each valid for `lifetime`.
+#[derive(Clone)]
+pub struct CountingSource {
+    pub state: Arc<SourceState>,
+}
+
+pub struct SourceState {
+    pub fetches: AtomicUsize,
+    pub latency: Duration,
+    pub lifetime: Option<Duration>,
+    /// Fetches whose number is in here fail.
+    pub fail_on: Mutex<HashSet<usize>>,
+    /// Fetches whose number is in here panic.
+    pub panic_on: Mutex<HashSet<usize>>,
+    /// When set, fetches wait for a permit before answering.
+    pub gate: Option<Semaphore>,
+    /// Tokens the protected API accepts.
+    pub api: ApiState,
+}
+
+impl CountingSource {
+    pub fn new(latency: Duration, lifetime: Option<Duration>) -> Self {
+        CountingSource {
+            state: Arc::new(SourceState {
+                fetches: AtomicUsize::new(0),
+                latency,
+                lifetime,
+                fail_on: Mutex::new(HashSet::new()),
+                panic_on: Mutex::new(HashSet::new()),
+                gate: None,
+                api: ApiState::default(),
+            }),
+        }
+    }
+
+    /// Fetches block until [`Self::open_gate`] lets them through.
+    pub fn gated(latency: Duration, lifetime: Option<Duration>) -> Self {
+        let mut s = Self::new(latency, lifetime);
+        Arc::get_mut(&mut s.state).unwrap().gate = Some(Semaphore::new(0));
+        s
+    }
+
+    pub fn open_gate(&self, permits: usize) {
+        self.state.gate.as_ref().unwrap().add_permits(permits);
+    }
+
+    pub fn fetches(&self) -> usize {
+        self.state.fetches.load(SeqCst)
+    }
+
+    pub fn fail_fetch(&self, n: usize) {
+        self.state.fail_on.lock().unwrap().insert(n);
+    }
+
+    pub fn panic_on_fetch(&self, n: usize) {
+        self.state.panic_on.lock().unwrap().insert(n);
+    }
+
+    /// The API that accepts exactly the tokens this source issued and has not revoked.
+    pub fn api(&self) -> ProtectedApi {
+        ProtectedApi {
+            state: self.state.clone(),
+        }
+    }
+}
+
+impl TokenSource for CountingSource {
+    async fn fetch(&self) -> Result<Token, Error> {
+        let n = self.state.fetches.fetch_add(1, SeqCst) + 1;
+        if let Some(gate) = &self.state.gate {
+            gate.acquire().await.unwrap().forget();
+        }
+        tokio::time::sleep(self.state.latency).await;
+        if self.state.panic_on.lock().unwrap().contains(&n) {
+            panic!("token source exploded on fetch {n}");
+        }
+        if self.state.fail_on.lock().unwrap().contains(&n) {
+            return Err(Error::source_error(format!("fetch {n} failed")));
+        }
+        let value = format!("tok-{n}");
+        self.state.api.valid.lock().unwrap().insert(value.clone());
+        let mut token = Token::new(value);
+        if let Some(lifetime) = self.state.lifetime {
+            token = token.with_expires_in(lifetime);
+        }
+        Ok(token)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A protected API as an in-process tower service.
+
+#[derive(Default)]
+pub struct ApiState {
+    pub valid: Mutex<HashSet<String>>,
+    pub requests: AtomicUsize,
+    pub unauthorized: AtomicUsize,
+    /// Answer every request with this status instead of checking the token.
+    pub force_status: Mutex<Option<StatusCode>>,
+    /// Time each request takes; the token is checked at the end of it.
+    pub latency: Mutex<Duration>,
+    /// Fail with a transport error instead of answering.
+    pub fail: AtomicBool,
+    /// Tokens seen, in order.
+    pub seen: Mutex<Vec<String>>,
+    /// Bodies seen, in order.
+    pub bodies: Mutex<Vec<String>>,
+}
+
+/// Answers 200 with the body it received when the bearer token is one the source issued and has
+/// not been revoked, 401 otherwise.
+#[derive(Clone)]
+pub struct ProtectedApi {
+    state: Arc<SourceState>,
+}
+
+impl ProtectedApi {
+    pub fn state(&self) -> &ApiState {
+        &self.state.api
+    }
+
+    pub fn revoke(&self, token: &str) {
+        self.state.api.valid.lock().unwrap().remove(token);
+    }
+
+    pub fn set_latency(&self, latency: Duration) {
+        *self.state.api.latency.lock().unwrap() = latency;
+    }
+
+    pub fn force_status(&self, status: Option<StatusCode>) {
+        *self.state.api.force_status.lock().unwrap() = status;
+    }
+
+    pub fn requests(&self) -> usize {
+        self.state.api.requests.load(SeqCst)
+    }
+
+    pub fn unauthorized(&self) -> usize {
+        self.state.api.unauthorized.load(SeqCst)
+    }
+
+    pub fn seen(&self) -> Vec<String> {
+        self.state.api.seen.lock().unwrap().clone()
+    }
+}
+
+/// The error the protected API fails with when told to.
+#[derive(Debug)]
+pub struct ApiDown;
+
+impl std::fmt::Display for ApiDown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("api down")
+    }
+}
+
+impl std::error::Error for ApiDown {}
+
+impl<B> tower::Service<Request<B>> for ProtectedApi
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: std::fmt::Debug,
+{
+    type Response = Response<String>;
+    type Error = ApiDown;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<String>, ApiDown>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ApiDown>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let state = self.state.clone();
+        Box::pin(async move {
+            use http_body_util::BodyExt;
+            let api = &state.api;
+            api.requests.fetch_add(1, SeqCst);
+            let latency = *api.latency.lock().unwrap();
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            if api.fail.load(SeqCst) {
+                return Err(ApiDown);
+            }
+            let token = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default()
+                .to_owned();
+            api.seen.lock().unwrap().push(token.clone());
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let body = String::from_utf8_lossy(&body).into_owned();
+            api.bodies.lock().unwrap().push(body.clone());
+            let forced = *api.force_status.lock().unwrap();
+            let status = match forced {
+                Some(status) => status,
+                None if api.valid.lock().unwrap().contains(&token) => StatusCode::OK,
+                None => StatusCode::UNAUTHORIZED,
+            };
+            if status == StatusCode::UNAUTHORIZED {
+                api.unauthorized.fetch_add(1, SeqCst);
+            }
+            Ok(Response::builder().status(status).body(body).unwrap())
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A token endpoint over real HTTP.
+
+/// One request the stand-in token endpoint received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Recorded {
+    /// The form body as pairs.
+    pub fn form(&self) -> Vec<(String, String)> {
+        form_pairs(self.body.as_bytes())
+    }
+
+    /// The URL query as pairs.
+    pub fn query_pairs(&self) -> Vec<(String, String)> {
+        form_pairs(self.query.as_deref().unwrap_or("").as_bytes())
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+fn form_pairs(raw: &[u8]) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(raw).into_owned().collect()
+}
+
+type Responder = Arc<dyn Fn(&Recorded) -> AxumResponse + Send + Sync>;
+
+#[derive(Clone)]
+struct EndpointState {
+    recorded: Arc<Mutex<Vec<Recorded>>>,
+    respond: Responder,
+}
+
+/// A token endpoint on 127.0.0.1 that records every request and answers with `respond`.
+/// Stops when dropped.
+pub struct StandInEndpoint {
+    pub addr: SocketAddr,
+    recorded: Arc<Mutex<Vec<Recorded>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StandInEndpoint {
+    pub async fn start(respond: impl Fn(&Recorded) -> AxumResponse + Send + Sync + 'static) -> Self {
+        let recorded = Arc::new(Mutex::new(Vec::new()));
+        let state = EndpointState {
+            recorded: recorded.clone(),
+            respond: Arc::new(respond),
+        };
+        let app = Router::new().fallback(record).with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        StandInEndpoint {
+            addr,
+            recorded,
+            task,
+        }
+    }
+
+    /// Answers every request with this JSON body and status.
+    pub async fn json(status: StatusCode, body: &'static str) -> Self {
+        Self::start(move |_| {
+            (
+                status,
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response()
+        })
+        .await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.recorded.lock().unwrap().clone()
+    }
+}
+
+impl Drop for StandInEndpoint {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn record(State(state): State<EndpointState>, req: AxumRequest) -> AxumResponse {
+    let (parts, body) = req.into_parts();
+    let body: Bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let recorded = Recorded {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    };
+    let response = (state.respond)(&recorded);
+    state.recorded.lock().unwrap().push(recorded);
+    response
+}
+
+/// A plain 200 JSON token response.
+pub fn token_json(token: &str, expires_in: u64) -> AxumResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        format!(r#"{{"access_token":"{token}","token_type":"Bearer","expires_in":{expires_in}}}"#),
+    )
+        .into_response()
+}
+
+pub fn infallible<T>(t: T) -> Result<T, Infallible> {
+    Ok(t)
+}

@@ -1,0 +1,232 @@
+//! 401 handling: refresh only if the rejected token is still current, one fetch per rejected
+//! token however many requests saw it, resend once when the body allows, never on 403.
+
+mod support;
+
+use std::{convert::Infallible, time::Duration};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use support::{ApiDown, CountingSource};
+use tokio::task::JoinSet;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_bearer::{AuthLayer, Error};
+
+fn post(body: &'static str) -> Request<Full<Bytes>> {
+    Request::post("http://api.test/items")
+        .header("x-request", "kept")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
+}
+
+fn source() -> CountingSource {
+    CountingSource::new(Duration::from_millis(5), Some(Duration::from_secs(3600)))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_thousand_requests_rejected_together_cause_one_refresh_and_all_succeed() {
+    let source = source();
+    let auth = AuthLayer::new(source.clone());
+    let api = source.api();
+    let svc = ServiceBuilder::new().layer(auth.clone()).service(api.clone());
+
+    // Warm the cache with tok-1.
+    assert_eq!(svc.clone().oneshot(post("warm")).await.unwrap().status(), StatusCode::OK);
+
+    // 1,000 requests are in flight with tok-1 when the server revokes it.
+    api.set_latency(Duration::from_millis(50));
+    let mut set = JoinSet::new();
+    for _ in 0..1_000 {
+        let svc = svc.clone();
+        set.spawn(async move { svc.oneshot(post("payload")).await.unwrap() });
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    api.revoke("tok-1");
+
+    for response in set.join_all().await {
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.body(), "payload", "the resend carried the same body");
+    }
+    assert_eq!(source.fetches(), 2, "one initial fetch, one refresh");
+    assert_eq!(api.unauthorized(), 1_000);
+    let seen = api.seen();
+    assert_eq!(seen.iter().filter(|t| *t == "tok-2").count(), 1_000);
+    let stats = auth.stats();
+    assert_eq!(stats.unauthorized, 1);
+    assert_eq!(stats.retries, 1_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_401_goes_back_to_the_caller_unchanged() {
+    let source = source();
+    let api = source.api();
+    api.force_status(Some(StatusCode::UNAUTHORIZED));
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::new(source.clone()))
+        .service(api.clone());
+
+    let response = svc.oneshot(post("once")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.body(), "once");
+    assert_eq!(api.requests(), 2, "sent once, resent once, then given up");
+    assert_eq!(api.seen(), ["tok-1", "tok-2"]);
+    assert_eq!(source.fetches(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn forbidden_never_refreshes() {
+    let source = source();
+    let api = source.api();
+    api.force_status(Some(StatusCode::FORBIDDEN));
+    let auth = AuthLayer::new(source.clone());
+    let svc = ServiceBuilder::new().layer(auth.clone()).service(api.clone());
+
+    for _ in 0..3 {
+        let response = svc.clone().oneshot(post("x")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    }
+    assert_eq!(api.requests(), 3);
+    assert_eq!(source.fetches(), 1);
+    assert_eq!(auth.stats().unauthorized, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_cannot_be_replayed_is_not_resent_but_the_next_request_gets_a_new_token() {
+    let source = source();
+    let api = source.api();
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::new(source.clone()))
+        .service(api.clone());
+    let streaming = || {
+        let body: BoxBody<Bytes, Infallible> = BoxBody::new(Full::new(Bytes::from("stream")));
+        Request::post("http://api.test/upload").body(body).unwrap()
+    };
+
+    assert_eq!(svc.clone().oneshot(streaming()).await.unwrap().status(), StatusCode::OK);
+    api.revoke("tok-1");
+    let response = svc.clone().oneshot(streaming()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(api.requests(), 2, "not resent");
+
+    let response = svc.oneshot(streaming()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(api.seen(), ["tok-1", "tok-1", "tok-2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_boxed_body_is_resent() {
+    let source = source();
+    let api = source.api();
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::new(source.clone()))
+        .service(api.clone());
+    let get = || {
+        let body: BoxBody<Bytes, Infallible> = BoxBody::new(http_body_util::Empty::new());
+        Request::get("http://api.test/items").body(body).unwrap()
+    };
+    assert_eq!(svc.clone().oneshot(get()).await.unwrap().status(), StatusCode::OK);
+    api.revoke("tok-1");
+    assert_eq!(svc.oneshot(get()).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(api.seen(), ["tok-1", "tok-1", "tok-2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_401_for_a_replaced_token_causes_no_fetch() {
+    let source = source();
+    let auth = AuthLayer::new(source.clone());
+    let api = source.api();
+    let svc = ServiceBuilder::new().layer(auth.clone()).service(api.clone());
+    svc.clone().oneshot(post("warm")).await.unwrap();
+
+    // A slow request leaves with tok-1 ...
+    api.set_latency(Duration::from_millis(100));
+    let slow = tokio::spawn(svc.clone().oneshot(post("slow")));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    // ... tok-1 is revoked and a fast request replaces it with tok-2 ...
+    api.revoke("tok-1");
+    api.set_latency(Duration::ZERO);
+    let fast = svc.clone().oneshot(post("fast")).await.unwrap();
+    assert_eq!(fast.status(), StatusCode::OK);
+    assert_eq!(source.fetches(), 2);
+
+    // ... so when the slow request's 401 for tok-1 arrives, it just resends with tok-2.
+    let slow = slow.await.unwrap().unwrap();
+    assert_eq!(slow.status(), StatusCode::OK);
+    assert_eq!(source.fetches(), 2, "no fetch for a token that was already replaced");
+    assert_eq!(auth.stats().unauthorized, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_retry_off_the_401_is_returned_and_the_next_request_recovers() {
+    let source = source();
+    let api = source.api();
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::builder(source.clone()).retry_unauthorized(false).build())
+        .service(api.clone());
+    svc.clone().oneshot(post("a")).await.unwrap();
+    api.revoke("tok-1");
+    assert_eq!(
+        svc.clone().oneshot(post("b")).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(svc.oneshot(post("c")).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(api.seen(), ["tok-1", "tok-1", "tok-2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn inner_errors_and_token_errors_are_told_apart() {
+    let source = source();
+    let api = source.api();
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::new(source.clone()))
+        .service(api.clone());
+
+    api.state().fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = svc.clone().oneshot(post("x")).await.unwrap_err();
+    assert!(err.downcast_ref::<Error>().is_none());
+    assert!(err.downcast_ref::<ApiDown>().is_some());
+
+    source.fail_fetch(2);
+    let auth_err = {
+        // A new layer whose first fetch (number 2 of this source) fails.
+        let svc = ServiceBuilder::new()
+            .layer(AuthLayer::new(source.clone()))
+            .service(api.clone());
+        svc.oneshot(post("y")).await.unwrap_err()
+    };
+    assert!(matches!(auth_err.downcast_ref::<Error>(), Some(Error::Source(_))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_resend_keeps_method_uri_and_headers() {
+    let source = source();
+    let api = source.api();
+    let seen_headers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorder = {
+        let seen_headers = seen_headers.clone();
+        tower::service_fn(move |req: Request<Full<Bytes>>| {
+            seen_headers.lock().unwrap().push((
+                req.method().clone(),
+                req.uri().clone(),
+                req.headers().get("x-request").cloned(),
+            ));
+            let mut api = api.clone();
+            async move { tower::Service::call(&mut api, req).await }
+        })
+    };
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::new(source.clone()))
+        .service(recorder);
+    svc.clone().oneshot(post("a")).await.unwrap();
+    source.api().revoke("tok-1");
+    let response = svc.oneshot(post("b")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = seen_headers.lock().unwrap();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[1], seen[2]);
+    assert_eq!(seen[2].0, http::Method::POST);
+    assert_eq!(seen[2].1, "http://api.test/items");
+    assert_eq!(seen[2].2.as_ref().unwrap(), "kept");
+    let _ = response.into_body().collect().await;
+}
