@@ -179,7 +179,11 @@ impl OAuthError {
 
 impl fmt::Display for OAuthError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "token endpoint error `{}` (HTTP {})", self.code, self.status)?;
+        write!(
+            f,
+            "token endpoint error `{}` (HTTP {})",
+            self.code, self.status
+        )?;
         if let Some(d) = &self.description {
             write!(f, ": {d}")?;
         }

@@ -236,7 +236,10 @@ mod tests {
         assert_eq!(h.as_bytes(), b"Bearer abc.def");
         assert!(h.is_sensitive());
         assert!(!format!("{h:?}").contains("abc"));
-        assert_eq!(t.header_value("bearer").unwrap().as_bytes(), b"bearer abc.def");
+        assert_eq!(
+            t.header_value("bearer").unwrap().as_bytes(),
+            b"bearer abc.def"
+        );
     }
 
     #[test]

@@ -147,10 +147,17 @@ async fn an_oauth_error_response_is_a_typed_error_with_every_field() {
 
 #[tokio::test]
 async fn an_error_inside_a_200_is_an_error() {
-    let endpoint =
-        StandInEndpoint::json(StatusCode::OK, r#"{"error":"invalid_scope","access_token":""}"#)
-            .await;
-    let err = builder(&endpoint).build().unwrap().fetch().await.unwrap_err();
+    let endpoint = StandInEndpoint::json(
+        StatusCode::OK,
+        r#"{"error":"invalid_scope","access_token":""}"#,
+    )
+    .await;
+    let err = builder(&endpoint)
+        .build()
+        .unwrap()
+        .fetch()
+        .await
+        .unwrap_err();
     assert_eq!(err.oauth().unwrap().code(), "invalid_scope");
 }
 
@@ -222,7 +229,12 @@ async fn an_error_page_shows_its_start_with_the_secret_cut_out() {
             .into_response()
     })
     .await;
-    let err = builder(&endpoint).build().unwrap().fetch().await.unwrap_err();
+    let err = builder(&endpoint)
+        .build()
+        .unwrap()
+        .fetch()
+        .await
+        .unwrap_err();
     match &err {
         Error::UnexpectedResponse {
             status, excerpt, ..
@@ -244,7 +256,12 @@ async fn a_body_over_one_mebibyte_is_refused() {
         ([(header::CONTENT_TYPE, "application/json")], big).into_response()
     })
     .await;
-    let err = builder(&endpoint).build().unwrap().fetch().await.unwrap_err();
+    let err = builder(&endpoint)
+        .build()
+        .unwrap()
+        .fetch()
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, Error::UnexpectedResponse { reason, .. } if reason.contains("larger than")),
         "{err:?}"
@@ -283,7 +300,12 @@ async fn redirects_are_not_followed() {
             .into_response()
     })
     .await;
-    let err = builder(&endpoint).build().unwrap().fetch().await.unwrap_err();
+    let err = builder(&endpoint)
+        .build()
+        .unwrap()
+        .fetch()
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, Error::UnexpectedResponse { status, .. } if *status == StatusCode::FOUND),
         "{err:?}"

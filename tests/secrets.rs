@@ -21,10 +21,8 @@ fn assert_clean(what: &str, text: &str) {
 
 #[tokio::test]
 async fn debug_of_every_public_type_is_redacted() {
-    let endpoint = StandInEndpoint::start(|_| {
-        support::token_json(&format!("access-{MARK}"), 3600)
-    })
-    .await;
+    let endpoint =
+        StandInEndpoint::start(|_| support::token_json(&format!("access-{MARK}"), 3600)).await;
     let builder = ClientCredentials::builder(endpoint.url("/token"))
         .client_id("client")
         .client_secret(format!("secret-{MARK}"))
@@ -45,12 +43,14 @@ async fn debug_of_every_public_type_is_redacted() {
 
     let svc = ServiceBuilder::new()
         .layer(auth.clone())
-        .service(tower::service_fn(|req: Request<Empty<bytes::Bytes>>| async move {
-            // The header the layer set is marked sensitive, so Debug of the request hides it.
-            assert!(req.headers()["authorization"].is_sensitive());
-            assert_clean("request headers", &format!("{:?}", req.headers()));
-            Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
-        }));
+        .service(tower::service_fn(
+            |req: Request<Empty<bytes::Bytes>>| async move {
+                // The header the layer set is marked sensitive, so Debug of the request hides it.
+                assert!(req.headers()["authorization"].is_sensitive());
+                assert_clean("request headers", &format!("{:?}", req.headers()));
+                Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+            },
+        ));
     assert_clean("AuthService", &format!("{svc:?}"));
     let response = svc.oneshot(Request::new(Empty::new())).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -76,7 +76,12 @@ async fn errors_never_carry_the_client_secret() {
             r#"{{"error":"invalid_client","error_description":"bad client"}}{}"#,
             if req.body.is_empty() { "" } else { " " }
         );
-        (StatusCode::UNAUTHORIZED, [("content-type", "application/json")], body).into_response()
+        (
+            StatusCode::UNAUTHORIZED,
+            [("content-type", "application/json")],
+            body,
+        )
+            .into_response()
     })
     .await;
     for auth in [ClientAuth::Basic, ClientAuth::Post, ClientAuth::Query] {

@@ -20,7 +20,9 @@ use tower_bearer::{AuthLayer, BoxError, Error};
 type Body = Empty<bytes::Bytes>;
 
 fn request() -> Request<Body> {
-    Request::get("http://api.test/data").body(Body::new()).unwrap()
+    Request::get("http://api.test/data")
+        .body(Body::new())
+        .unwrap()
 }
 
 /// Sends `n` requests at once through clones of one service and returns their statuses.
@@ -44,13 +46,18 @@ where
 async fn ten_thousand_callers_on_a_cold_cache_cause_one_fetch() {
     let source = CountingSource::new(Duration::from_millis(5), Some(Duration::from_secs(60)));
     let auth = AuthLayer::new(source.clone());
-    let svc = ServiceBuilder::new().layer(auth.clone()).service(source.api());
+    let svc = ServiceBuilder::new()
+        .layer(auth.clone())
+        .service(source.api());
 
     let statuses = burst(svc, 10_000).await;
 
     assert_eq!(source.fetches(), 1);
     assert!(statuses.iter().all(|s| *s == StatusCode::OK));
-    assert_eq!(source.api().seen().iter().filter(|t| *t == "tok-1").count(), 10_000);
+    assert_eq!(
+        source.api().seen().iter().filter(|t| *t == "tok-1").count(),
+        10_000
+    );
     let stats = auth.stats();
     assert_eq!(stats.fetches, 1);
     assert_eq!(stats.waiters, 10_000);
@@ -62,7 +69,9 @@ async fn ten_thousand_callers_at_expiry_cause_one_fetch() {
     let auth = AuthLayer::builder(source.clone())
         .expiry_margin(Duration::from_secs(10))
         .build();
-    let svc = ServiceBuilder::new().layer(auth.clone()).service(source.api());
+    let svc = ServiceBuilder::new()
+        .layer(auth.clone())
+        .service(source.api());
 
     burst(svc.clone(), 1).await;
     assert_eq!(source.fetches(), 1);
@@ -118,7 +127,10 @@ async fn dropping_every_waiter_still_installs_the_token() {
     for _ in 0..10 {
         tokio::task::yield_now().await;
     }
-    assert!(auth.stats().token_age.is_some(), "fetched token was installed");
+    assert!(
+        auth.stats().token_age.is_some(),
+        "fetched token was installed"
+    );
     let token = auth.token().await.unwrap();
     assert_eq!(token.access_token().secret(), "tok-1");
     assert_eq!(source.fetches(), 1);
@@ -129,7 +141,9 @@ async fn a_failed_fetch_reaches_every_waiter_then_the_next_call_succeeds() {
     let source = CountingSource::new(Duration::from_millis(5), Some(Duration::from_secs(60)));
     source.fail_fetch(1);
     let auth = AuthLayer::new(source.clone());
-    let svc = ServiceBuilder::new().layer(auth.clone()).service(source.api());
+    let svc = ServiceBuilder::new()
+        .layer(auth.clone())
+        .service(source.api());
 
     let mut set = JoinSet::new();
     for _ in 0..1_000 {
@@ -143,7 +157,11 @@ async fn a_failed_fetch_reaches_every_waiter_then_the_next_call_succeeds() {
         assert!(err.to_string().contains("fetch 1 failed"), "{err}");
     }
     assert_eq!(source.fetches(), 1);
-    assert_eq!(source.api().requests(), 0, "no request left without a token");
+    assert_eq!(
+        source.api().requests(),
+        0,
+        "no request left without a token"
+    );
 
     // Not poisoned: the next call fetches again and succeeds.
     let response = svc.oneshot(request()).await.unwrap();

@@ -29,10 +29,15 @@ async fn a_thousand_requests_rejected_together_cause_one_refresh_and_all_succeed
     let source = source();
     let auth = AuthLayer::new(source.clone());
     let api = source.api();
-    let svc = ServiceBuilder::new().layer(auth.clone()).service(api.clone());
+    let svc = ServiceBuilder::new()
+        .layer(auth.clone())
+        .service(api.clone());
 
     // Warm the cache with tok-1.
-    assert_eq!(svc.clone().oneshot(post("warm")).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        svc.clone().oneshot(post("warm")).await.unwrap().status(),
+        StatusCode::OK
+    );
 
     // 1,000 requests are in flight with tok-1 when the server revokes it.
     api.set_latency(Duration::from_millis(50));
@@ -46,7 +51,11 @@ async fn a_thousand_requests_rejected_together_cause_one_refresh_and_all_succeed
 
     for response in set.join_all().await {
         assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(response.body(), "payload", "the resend carried the same body");
+        assert_eq!(
+            response.body(),
+            "payload",
+            "the resend carried the same body"
+        );
     }
     assert_eq!(source.fetches(), 2, "one initial fetch, one refresh");
     assert_eq!(api.unauthorized(), 1_000);
@@ -80,7 +89,9 @@ async fn forbidden_never_refreshes() {
     let api = source.api();
     api.force_status(Some(StatusCode::FORBIDDEN));
     let auth = AuthLayer::new(source.clone());
-    let svc = ServiceBuilder::new().layer(auth.clone()).service(api.clone());
+    let svc = ServiceBuilder::new()
+        .layer(auth.clone())
+        .service(api.clone());
 
     for _ in 0..3 {
         let response = svc.clone().oneshot(post("x")).await.unwrap();
@@ -103,7 +114,10 @@ async fn a_body_that_cannot_be_replayed_is_not_resent_but_the_next_request_gets_
         Request::post("http://api.test/upload").body(body).unwrap()
     };
 
-    assert_eq!(svc.clone().oneshot(streaming()).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        svc.clone().oneshot(streaming()).await.unwrap().status(),
+        StatusCode::OK
+    );
     api.revoke("tok-1");
     let response = svc.clone().oneshot(streaming()).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
@@ -125,7 +139,10 @@ async fn an_empty_boxed_body_is_resent() {
         let body: BoxBody<Bytes, Infallible> = BoxBody::new(http_body_util::Empty::new());
         Request::get("http://api.test/items").body(body).unwrap()
     };
-    assert_eq!(svc.clone().oneshot(get()).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        svc.clone().oneshot(get()).await.unwrap().status(),
+        StatusCode::OK
+    );
     api.revoke("tok-1");
     assert_eq!(svc.oneshot(get()).await.unwrap().status(), StatusCode::OK);
     assert_eq!(api.seen(), ["tok-1", "tok-1", "tok-2"]);
@@ -136,7 +153,9 @@ async fn a_late_401_for_a_replaced_token_causes_no_fetch() {
     let source = source();
     let auth = AuthLayer::new(source.clone());
     let api = source.api();
-    let svc = ServiceBuilder::new().layer(auth.clone()).service(api.clone());
+    let svc = ServiceBuilder::new()
+        .layer(auth.clone())
+        .service(api.clone());
     svc.clone().oneshot(post("warm")).await.unwrap();
 
     // A slow request leaves with tok-1 ...
@@ -153,7 +172,11 @@ async fn a_late_401_for_a_replaced_token_causes_no_fetch() {
     // ... so when the slow request's 401 for tok-1 arrives, it just resends with tok-2.
     let slow = slow.await.unwrap().unwrap();
     assert_eq!(slow.status(), StatusCode::OK);
-    assert_eq!(source.fetches(), 2, "no fetch for a token that was already replaced");
+    assert_eq!(
+        source.fetches(),
+        2,
+        "no fetch for a token that was already replaced"
+    );
     assert_eq!(auth.stats().unauthorized, 1);
 }
 
@@ -162,7 +185,11 @@ async fn with_retry_off_the_401_is_returned_and_the_next_request_recovers() {
     let source = source();
     let api = source.api();
     let svc = ServiceBuilder::new()
-        .layer(AuthLayer::builder(source.clone()).retry_unauthorized(false).build())
+        .layer(
+            AuthLayer::builder(source.clone())
+                .retry_unauthorized(false)
+                .build(),
+        )
         .service(api.clone());
     svc.clone().oneshot(post("a")).await.unwrap();
     api.revoke("tok-1");
@@ -170,7 +197,10 @@ async fn with_retry_off_the_401_is_returned_and_the_next_request_recovers() {
         svc.clone().oneshot(post("b")).await.unwrap().status(),
         StatusCode::UNAUTHORIZED
     );
-    assert_eq!(svc.oneshot(post("c")).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        svc.oneshot(post("c")).await.unwrap().status(),
+        StatusCode::OK
+    );
     assert_eq!(api.seen(), ["tok-1", "tok-1", "tok-2"]);
 }
 
@@ -182,7 +212,9 @@ async fn inner_errors_and_token_errors_are_told_apart() {
         .layer(AuthLayer::new(source.clone()))
         .service(api.clone());
 
-    api.state().fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    api.state()
+        .fail
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let err = svc.clone().oneshot(post("x")).await.unwrap_err();
     assert!(err.downcast_ref::<Error>().is_none());
     assert!(err.downcast_ref::<ApiDown>().is_some());
@@ -195,7 +227,10 @@ async fn inner_errors_and_token_errors_are_told_apart() {
             .service(api.clone());
         svc.oneshot(post("y")).await.unwrap_err()
     };
-    assert!(matches!(auth_err.downcast_ref::<Error>(), Some(Error::Source(_))));
+    assert!(matches!(
+        auth_err.downcast_ref::<Error>(),
+        Some(Error::Source(_))
+    ));
 }
 
 #[tokio::test(start_paused = true)]

@@ -71,7 +71,9 @@ impl TokenEndpoint {
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("tower-bearer/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| Error::config(format!("cannot build the HTTP client: {}", e.without_url())))
+            .map_err(|e| {
+                Error::config(format!("cannot build the HTTP client: {}", e.without_url()))
+            })
     }
 
     /// Sends a token request with the grant's `params` and parses the answer.
@@ -132,7 +134,8 @@ impl TokenEndpoint {
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(Bytes::from_owner(ZeroizingString(body)));
         if self.auth == ClientAuth::Basic {
-            let (user, pass) = client_auth::basic_credentials(&self.client_id, secret.unwrap_or(""));
+            let (user, pass) =
+                client_auth::basic_credentials(&self.client_id, secret.unwrap_or(""));
             request.basic_auth(&*user, Some(&*pass))
         } else {
             request
@@ -252,7 +255,10 @@ mod tests {
             endpoint_url("ftp://idp/token", true),
             Err(Error::Config(_))
         ));
-        assert!(matches!(endpoint_url("not a url", true), Err(Error::Config(_))));
+        assert!(matches!(
+            endpoint_url("not a url", true),
+            Err(Error::Config(_))
+        ));
         assert!(matches!(
             endpoint_url("https://user:pw@idp/token", true),
             Err(Error::Config(_))

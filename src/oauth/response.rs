@@ -142,7 +142,10 @@ fn fields(content_type: Option<&str>, body: &[u8]) -> Option<Fields> {
     }
     let is_form = content_type
         .and_then(|ct| ct.split(';').next())
-        .is_some_and(|ct| ct.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+        .is_some_and(|ct| {
+            ct.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
     let looks_like_form = !body.is_empty()
         && !body.contains(&b'{')
         && !body.contains(&b'<')
@@ -195,7 +198,9 @@ fn excerpt(body: &[u8], secrets: &[&str]) -> Option<String> {
     let mut text = text.into_owned();
     for secret in secrets.iter().filter(|s| !s.is_empty()) {
         let encoded: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
-        text = text.replace(secret, "[redacted]").replace(&encoded, "[redacted]");
+        text = text
+            .replace(secret, "[redacted]")
+            .replace(&encoded, "[redacted]");
     }
     let mut out: String = text
         .chars()
@@ -225,40 +230,72 @@ mod tests {
 
     #[test]
     fn rfc_example() {
-        let t = ok(r#"{"access_token":"2YotnFZFEjr1zCsicMWpAA","token_type":"example",
+        let t = ok(
+            r#"{"access_token":"2YotnFZFEjr1zCsicMWpAA","token_type":"example",
                       "expires_in":3600,"refresh_token":"tGzv3JOkF0XG5Qx2TlKWIA",
-                      "example_parameter":"example_value"}"#);
+                      "example_parameter":"example_value"}"#,
+        );
         assert_eq!(t.access_token().secret(), "2YotnFZFEjr1zCsicMWpAA");
         assert_eq!(t.token_type(), "example");
         assert_eq!(secs(&t), 3600);
-        assert_eq!(t.refresh_token().unwrap().secret(), "tGzv3JOkF0XG5Qx2TlKWIA");
+        assert_eq!(
+            t.refresh_token().unwrap().secret(),
+            "tGzv3JOkF0XG5Qx2TlKWIA"
+        );
     }
 
     #[test]
     fn expires_in_as_string_fraction_missing_zero_or_junk() {
-        assert_eq!(secs(&ok(r#"{"access_token":"a","expires_in":"1200"}"#)), 1200);
+        assert_eq!(
+            secs(&ok(r#"{"access_token":"a","expires_in":"1200"}"#)),
+            1200
+        );
         assert_eq!(secs(&ok(r#"{"access_token":"a","expires_in":" 60 "}"#)), 60);
         assert_eq!(secs(&ok(r#"{"access_token":"a","expires_in":59.6}"#)), 60);
         assert_eq!(ok(r#"{"access_token":"a"}"#).expires_in(), None);
-        assert_eq!(ok(r#"{"access_token":"a","expires_in":0}"#).expires_in(), None);
-        assert_eq!(ok(r#"{"access_token":"a","expires_in":-5}"#).expires_in(), None);
-        assert_eq!(ok(r#"{"access_token":"a","expires_in":"soon"}"#).expires_in(), None);
-        assert_eq!(ok(r#"{"access_token":"a","expires_in":{}}"#).expires_in(), None);
+        assert_eq!(
+            ok(r#"{"access_token":"a","expires_in":0}"#).expires_in(),
+            None
+        );
+        assert_eq!(
+            ok(r#"{"access_token":"a","expires_in":-5}"#).expires_in(),
+            None
+        );
+        assert_eq!(
+            ok(r#"{"access_token":"a","expires_in":"soon"}"#).expires_in(),
+            None
+        );
+        assert_eq!(
+            ok(r#"{"access_token":"a","expires_in":{}}"#).expires_in(),
+            None
+        );
         let huge = ok(r#"{"access_token":"a","expires_in":1e300}"#);
         assert_eq!(secs(&huge), MAX_LIFETIME.as_secs());
     }
 
     #[test]
     fn token_type_any_case_or_missing() {
-        assert_eq!(ok(r#"{"access_token":"a","token_type":"bearer"}"#).token_type(), "bearer");
-        assert_eq!(ok(r#"{"access_token":"a","token_type":"BEARER"}"#).token_type(), "BEARER");
+        assert_eq!(
+            ok(r#"{"access_token":"a","token_type":"bearer"}"#).token_type(),
+            "bearer"
+        );
+        assert_eq!(
+            ok(r#"{"access_token":"a","token_type":"BEARER"}"#).token_type(),
+            "BEARER"
+        );
         assert_eq!(ok(r#"{"access_token":"a"}"#).token_type(), "Bearer");
     }
 
     #[test]
     fn scope_string_or_array() {
-        assert_eq!(ok(r#"{"access_token":"a","scope":"read write"}"#).scope(), Some("read write"));
-        assert_eq!(ok(r#"{"access_token":"a","scope":["read","write"]}"#).scope(), Some("read write"));
+        assert_eq!(
+            ok(r#"{"access_token":"a","scope":"read write"}"#).scope(),
+            Some("read write")
+        );
+        assert_eq!(
+            ok(r#"{"access_token":"a","scope":["read","write"]}"#).scope(),
+            Some("read write")
+        );
     }
 
     #[test]
@@ -304,18 +341,35 @@ mod tests {
 
     #[test]
     fn missing_or_empty_access_token() {
-        for body in [r#"{"token_type":"bearer"}"#, r#"{"access_token":""}"#, r#"{"access_token":7}"#] {
+        for body in [
+            r#"{"token_type":"bearer"}"#,
+            r#"{"access_token":""}"#,
+            r#"{"access_token":7}"#,
+        ] {
             let err = parse(StatusCode::OK, JSON, body.as_bytes(), &[]).unwrap_err();
-            assert!(matches!(err, Error::UnexpectedResponse { excerpt: None, .. }), "{body}: {err}");
+            assert!(
+                matches!(err, Error::UnexpectedResponse { excerpt: None, .. }),
+                "{body}: {err}"
+            );
         }
     }
 
     #[test]
     fn non_json_error_page_gives_status_and_excerpt() {
         let body = format!("<html><body>Bad Gateway {}</body></html>", "x".repeat(500));
-        let err = parse(StatusCode::BAD_GATEWAY, Some("text/html"), body.as_bytes(), &[]).unwrap_err();
+        let err = parse(
+            StatusCode::BAD_GATEWAY,
+            Some("text/html"),
+            body.as_bytes(),
+            &[],
+        )
+        .unwrap_err();
         match &err {
-            Error::UnexpectedResponse { status, excerpt: Some(ex), .. } => {
+            Error::UnexpectedResponse {
+                status,
+                excerpt: Some(ex),
+                ..
+            } => {
                 assert_eq!(*status, StatusCode::BAD_GATEWAY);
                 assert!(ex.starts_with("<html><body>Bad Gateway"));
                 assert_eq!(ex.chars().count(), EXCERPT_CHARS + 1);
@@ -362,8 +416,13 @@ mod tests {
 
     #[test]
     fn error_status_without_error_code() {
-        let err = parse(StatusCode::INTERNAL_SERVER_ERROR, JSON, br#"{"message":"boom"}"#, &[])
-            .unwrap_err();
+        let err = parse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            JSON,
+            br#"{"message":"boom"}"#,
+            &[],
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::UnexpectedResponse { status, .. } if status == 500));
     }
 }

@@ -77,7 +77,9 @@ struct ParamNames<'a>(&'a [(String, String)]);
 
 impl fmt::Debug for ParamNames<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.0.iter().map(|(k, _)| k)).finish()
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| k))
+            .finish()
     }
 }
 
@@ -204,7 +206,11 @@ mod tests {
 
     #[test]
     fn builds_with_required_fields() {
-        let cc = builder().scope("a b").param("audience", "x").build().unwrap();
+        let cc = builder()
+            .scope("a b")
+            .param("audience", "x")
+            .build()
+            .unwrap();
         let dbg = format!("{cc:?}");
         assert!(dbg.contains("audience") && !dbg.contains("SECRET"), "{dbg}");
     }
@@ -220,7 +226,10 @@ mod tests {
             .client_id("i")
             .build()
             .unwrap_err();
-        assert!(no_secret.to_string().contains("client secret"), "{no_secret}");
+        assert!(
+            no_secret.to_string().contains("client secret"),
+            "{no_secret}"
+        );
         let bad_url = ClientCredentials::builder("::")
             .client_id("i")
             .client_secret("s")

@@ -290,7 +290,9 @@ pub struct StandInEndpoint {
 }
 
 impl StandInEndpoint {
-    pub async fn start(respond: impl Fn(&Recorded) -> AxumResponse + Send + Sync + 'static) -> Self {
+    pub async fn start(
+        respond: impl Fn(&Recorded) -> AxumResponse + Send + Sync + 'static,
+    ) -> Self {
         let recorded = Arc::new(Mutex::new(Vec::new()));
         let state = EndpointState {
             recorded: recorded.clone(),
@@ -312,12 +314,7 @@ impl StandInEndpoint {
     /// Answers every request with this JSON body and status.
     pub async fn json(status: StatusCode, body: &'static str) -> Self {
         Self::start(move |_| {
-            (
-                status,
-                [(header::CONTENT_TYPE, "application/json")],
-                body,
-            )
-                .into_response()
+            (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
         })
         .await
     }
