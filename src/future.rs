@@ -247,6 +247,27 @@ where
     }
 }
 
+impl<S, B> std::fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+    B: ReplayBody,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Acquire { resend: false, .. } => "Acquire",
+            State::Acquire { resend: true, .. } => "Refresh",
+            State::Send { .. } => "Send",
+            State::Ready { .. } => "Ready",
+            State::Resend { .. } => "Resend",
+            State::Done => "Done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A response that says the token was not accepted.
 fn is_unauthorized<T>(response: &Response<T>) -> bool {
     response.status() == StatusCode::UNAUTHORIZED

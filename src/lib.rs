@@ -82,5 +82,9 @@ pub use source::{ClientCredentials, ClientCredentialsBuilder, StaticToken, Token
 pub use stats::Stats;
 pub use token::{AccessToken, ClientSecret, RefreshToken, Token};
 
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// The boxed error type of [`AuthService`], as in tower.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
