@@ -56,6 +56,8 @@
 //!
 //! Fetches run as Tokio tasks, so the layer needs a Tokio runtime. Without one, requests fail
 //! with [`Error::NoRuntime`] rather than panicking.
+//!
+//! [tower]: https://docs.rs/tower
 
 #![deny(missing_docs, unsafe_code)]
 #![warn(rust_2018_idioms, unreachable_pub)]

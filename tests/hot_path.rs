@@ -111,9 +111,16 @@ async fn layered(retry: bool, request: impl Fn() -> Request<&'static str>) -> us
 async fn a_cached_token_costs_no_allocation_beyond_the_header_insert() {
     let bare = || Request::get("http://api.test/").body("").unwrap();
     let floor = floor(bare);
-    assert!(floor > 0, "the first insert into an empty header map allocates, and is counted");
+    assert!(
+        floor > 0,
+        "the first insert into an empty header map allocates, and is counted"
+    );
     assert_eq!(layered(false, bare).await, floor, "retry off");
-    assert_eq!(layered(true, bare).await, floor, "retry on, a request with no headers");
+    assert_eq!(
+        layered(true, bare).await,
+        floor,
+        "retry on, a request with no headers"
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
