@@ -6,37 +6,23 @@
 //! cargo bench --bench hot_path
 //! ```
 
+#[path = "../tests/support/noop.rs"]
+mod noop;
+
 use std::{
-    convert::Infallible,
-    future::{Future, Ready, ready},
+    future::Future,
     pin::pin,
     task::{Context, Poll, Waker},
 };
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use http::{Request, Response};
+use http::Request;
+use noop::Noop;
 use tower::{Layer, Service};
 use tower_bearer::{AuthLayer, StaticToken};
 use tower_http::auth::AddAuthorizationLayer;
 
 const TOKEN: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJiZW5jaCJ9.c2lnbmF0dXJl";
-
-#[derive(Clone)]
-struct Noop;
-
-impl<B> Service<Request<B>> for Noop {
-    type Response = Response<()>;
-    type Error = Infallible;
-    type Future = Ready<Result<Response<()>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Request<B>) -> Self::Future {
-        ready(Ok(Response::new(())))
-    }
-}
 
 fn request() -> Request<&'static str> {
     Request::get("http://api.test/items").body("").unwrap()

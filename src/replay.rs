@@ -98,35 +98,27 @@ fn empty_never<D: Buf, E>() -> http_body_util::combinators::MapErr<Empty<D>, fn(
     Empty::new().map_err(|never: Infallible| match never {})
 }
 
-impl<D, E> ReplayBody for BoxBody<D, E>
-where
-    D: Buf + Send + Sync + 'static,
-    E: 'static,
-{
-    type Replay = ();
-    fn prepare_replay(self) -> (Self, Option<Self::Replay>) {
-        let empty = self.is_end_stream();
-        (self, empty.then_some(()))
-    }
-    fn replay((): ()) -> Option<Self> {
-        Some(BoxBody::new(empty_never::<D, E>()))
-    }
+/// Boxed bodies are replayed only when already known to be empty: nothing was kept of them.
+macro_rules! replay_if_empty {
+    ($($ty:ident: $($bound:ident)+),* $(,)?) => {$(
+        impl<D, E> ReplayBody for $ty<D, E>
+        where
+            D: Buf $(+ $bound)+ + 'static,
+            E: 'static,
+        {
+            type Replay = ();
+            fn prepare_replay(self) -> (Self, Option<Self::Replay>) {
+                let empty = self.is_end_stream();
+                (self, empty.then_some(()))
+            }
+            fn replay((): ()) -> Option<Self> {
+                Some($ty::new(empty_never::<D, E>()))
+            }
+        }
+    )*};
 }
 
-impl<D, E> ReplayBody for UnsyncBoxBody<D, E>
-where
-    D: Buf + Send + 'static,
-    E: 'static,
-{
-    type Replay = ();
-    fn prepare_replay(self) -> (Self, Option<Self::Replay>) {
-        let empty = self.is_end_stream();
-        (self, empty.then_some(()))
-    }
-    fn replay((): ()) -> Option<Self> {
-        Some(UnsyncBoxBody::new(empty_never::<D, E>()))
-    }
-}
+replay_if_empty!(BoxBody: Send Sync, UnsyncBoxBody: Send);
 
 /// Everything needed to send a request again, except the `Authorization` header.
 pub(crate) struct ReplayRequest<B: ReplayBody> {

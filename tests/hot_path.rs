@@ -2,16 +2,19 @@
 //! header map costs: counted with a counting global allocator, against the same request with a
 //! fixed header inserted by hand.
 
+#[path = "support/noop.rs"]
+mod noop;
+
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     cell::Cell,
-    convert::Infallible,
-    future::{Future, Ready, ready},
+    future::Future,
     pin::pin,
     task::{Context, Poll, Waker},
 };
 
-use http::{HeaderValue, Request, Response, header::AUTHORIZATION};
+use http::{HeaderValue, Request, header::AUTHORIZATION};
+use noop::Noop;
 use tower::{Layer, Service};
 use tower_bearer::{AuthLayer, StaticToken};
 
@@ -46,24 +49,6 @@ fn allocations<T>(f: impl FnOnce() -> T) -> (usize, T) {
     let out = f();
     COUNTING.with(|c| c.set(false));
     (ALLOCATIONS.with(Cell::get), out)
-}
-
-/// An inner service that answers at once and allocates nothing.
-#[derive(Clone)]
-struct Noop;
-
-impl<B> Service<Request<B>> for Noop {
-    type Response = Response<()>;
-    type Error = Infallible;
-    type Future = Ready<Result<Response<()>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Request<B>) -> Self::Future {
-        ready(Ok(Response::new(())))
-    }
 }
 
 fn run_once<S, B>(svc: &mut S, request: Request<B>)
