@@ -108,6 +108,16 @@ impl TokenCache {
         }
     }
 
+    /// The token source.
+    pub(crate) fn source(&self) -> &dyn DynTokenSource {
+        &*self.source
+    }
+
+    /// Forgets the current token and returns it.
+    pub(crate) fn take(&self) -> Option<Arc<Entry>> {
+        self.current.swap(None)
+    }
+
     /// The current entry, fresh or not.
     pub(crate) fn peek(&self) -> Option<Arc<Entry>> {
         self.current.load_full()

@@ -70,6 +70,19 @@ pub enum Error {
     #[error("token source failed: {0}")]
     Source(#[source] SourceError),
 
+    /// Authorization server metadata could not be discovered, or is unusable.
+    #[error("discovery failed: {0}")]
+    Discovery(Cow<'static, str>),
+
+    /// The token store could not load or save the token state.
+    #[error("token store failed: {0}")]
+    Store(#[source] StoreError),
+
+    /// The grant cannot go on without a new authorization by the user: there is no refresh
+    /// token, or the endpoint rejected it. Asking again does not help.
+    #[error("authorization required: {0}")]
+    AuthorizationRequired(Cow<'static, str>),
+
     /// The fetch was abandoned before it finished: the token source panicked or the runtime
     /// shut down.
     #[error("token fetch was aborted before it finished")]
@@ -105,7 +118,7 @@ impl Error {
     pub fn is_terminal(&self) -> bool {
         match self {
             Error::OAuth(e) => e.is_terminal(),
-            Error::Config(_) | Error::InvalidToken => true,
+            Error::Config(_) | Error::InvalidToken | Error::AuthorizationRequired(_) => true,
             _ => false,
         }
     }
@@ -232,6 +245,56 @@ impl fmt::Display for TransportError {
 }
 
 impl StdError for TransportError {}
+
+/// A failure of a [`TokenStore`](crate::store::TokenStore). Names the file and the operation,
+/// never the file's content.
+#[derive(Debug, Clone)]
+pub struct StoreError {
+    message: String,
+    io: Option<Arc<std::io::Error>>,
+}
+
+impl StoreError {
+    /// A store failure described by `message` (it must not contain a secret).
+    pub fn new(message: impl Into<String>) -> Self {
+        StoreError {
+            message: message.into(),
+            io: None,
+        }
+    }
+
+    pub(crate) fn io(what: &str, path: &std::path::Path, err: std::io::Error) -> Self {
+        StoreError {
+            message: format!("cannot {what} {}", path.display()),
+            io: Some(Arc::new(err)),
+        }
+    }
+
+    pub(crate) fn invalid(path: &std::path::Path, reason: &str) -> Self {
+        StoreError::new(format!("{}: {reason}", path.display()))
+    }
+
+    /// The I/O error behind this failure, if any.
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        self.io.as_deref()
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(io) = &self.io {
+            write!(f, ": {io}")?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for StoreError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.io.as_deref().map(|e| e as &(dyn StdError + 'static))
+    }
+}
 
 /// The error of a custom [`TokenSource`](crate::TokenSource), shared by every waiter.
 #[derive(Clone)]

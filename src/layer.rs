@@ -86,6 +86,17 @@ impl AuthLayer {
         self.cache.invalidate_token(token)
     }
 
+    /// Revokes what the layer holds (RFC 7009) and forgets it: the source's refresh token, if it
+    /// has one (its store is cleared), and the access token in use. For logout or shutdown.
+    ///
+    /// The tokens are forgotten locally even if the revocation endpoint fails; the error is
+    /// returned. Sources without a revocation endpoint only forget.
+    pub async fn revoke(&self) -> Result<(), Error> {
+        let current = self.cache.take();
+        let token = current.as_ref().map(|entry| &entry.token);
+        self.cache.source().revoke_boxed(token).await
+    }
+
     /// What the layer has done so far.
     pub fn stats(&self) -> Stats {
         let mut stats = self.cache.counters.snapshot();

@@ -48,6 +48,7 @@
 //! | [`replay`] | [`ReplayBody`]: which request bodies can be resent after a 401 |
 //! | [`error`] | the [`Error`] type |
 //! | [`stats`] | [`Stats`], the layer's counters |
+//! | [`store`] | [`TokenStore`](store::TokenStore): where refresh tokens persist ([`MemoryStore`](store::MemoryStore), [`FileStore`](store::FileStore)) |
 //!
 //! The cache (single-flight fetching) and the token-endpoint protocol are internal; their
 //! behaviour is described on [`AuthLayer`] and [`ClientCredentials`].
@@ -72,17 +73,21 @@ pub mod replay;
 pub mod service;
 pub mod source;
 pub mod stats;
+pub mod store;
 pub mod token;
 
 pub use error::{Error, OAuthError};
 pub use future::ResponseFuture;
 pub use layer::{AuthLayer, AuthLayerBuilder};
-pub use oauth::ClientAuth;
+pub use oauth::{ClientAuth, Pkce, ProviderMetadata};
 pub use replay::ReplayBody;
 pub use service::AuthService;
-pub use source::{ClientCredentials, ClientCredentialsBuilder, StaticToken, TokenSource};
+pub use source::{
+    AuthorizationCode, AuthorizationCodeBuilder, ClientCredentials, ClientCredentialsBuilder,
+    RefreshTokenGrant, RefreshTokenGrantBuilder, StaticToken, TokenSource,
+};
 pub use stats::Stats;
-pub use token::{AccessToken, ClientSecret, RefreshToken, Token};
+pub use token::{AccessToken, ClientSecret, PkceVerifier, RefreshToken, Token};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

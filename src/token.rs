@@ -87,6 +87,10 @@ secret_type!(
     /// An OAuth 2.0 client secret.
     ClientSecret
 );
+secret_type!(
+    /// A PKCE code verifier (RFC 7636); see [`Pkce`](crate::Pkce).
+    PkceVerifier
+);
 
 /// An access token with what the token endpoint said about it.
 #[derive(Clone)]

@@ -9,6 +9,7 @@ use std::borrow::Cow;
 /// | `Basic` (default) | `Authorization: Basic base64(urlencode(id) ":" urlencode(secret))` | `client_secret_basic` |
 /// | `Post` | `client_id` and `client_secret` in the form body | `client_secret_post` |
 /// | `Query` | every parameter in the URL query of an empty form POST | (none) |
+/// | `None` | only `client_id` in the form body: a public client | `none` |
 ///
 /// `Query` exists for endpoints documented that way (Casebook lists its parameters as query
 /// parameters). It puts the secret in the URL, where proxies and access logs may record it:
@@ -23,6 +24,8 @@ pub enum ClientAuth {
     Post,
     /// All parameters, credentials included, in the URL query string.
     Query,
+    /// A public client: `client_id` in the body and no secret (use PKCE with it).
+    None,
 }
 
 /// The user and password for HTTP Basic: each form-urlencoded first, as RFC 6749 §2.3.1 requires,

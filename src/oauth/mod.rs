@@ -14,9 +14,13 @@ use zeroize::Zeroizing;
 use crate::{ClientSecret, Error, Token, error::TransportError};
 
 mod client_auth;
+mod discovery;
+mod pkce;
 pub(crate) mod response;
 
 pub use client_auth::ClientAuth;
+pub use discovery::ProviderMetadata;
+pub use pkce::Pkce;
 
 /// Largest token-endpoint response body read; anything longer is an error.
 pub(crate) const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -24,6 +28,7 @@ pub(crate) const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Form parameters whose values are secrets: never logged, scrubbed from error excerpts.
 const SECRET_PARAMS: &[&str] = &[
     "client_secret",
+    "token",
     "refresh_token",
     "code",
     "code_verifier",
@@ -35,10 +40,178 @@ const SECRET_PARAMS: &[&str] = &[
 /// Parameters the grant or the client authentication sets; a user may not add them again.
 pub(crate) const RESERVED_PARAMS: &[&str] = &["grant_type", "client_id", "client_secret"];
 
+/// The client settings every grant's builder shares; see [`client_builder_methods`].
+pub(crate) struct EndpointConfig {
+    pub(crate) token_url: String,
+    pub(crate) client_id: Option<String>,
+    pub(crate) client_secret: Option<ClientSecret>,
+    pub(crate) scope: Option<String>,
+    /// Set by the user; wins over `discovered_auth`.
+    pub(crate) auth: Option<ClientAuth>,
+    /// Chosen from discovery metadata.
+    pub(crate) discovered_auth: Option<ClientAuth>,
+    pub(crate) params: Vec<(String, String)>,
+    pub(crate) http: Option<reqwest::Client>,
+    pub(crate) allow_http: bool,
+    pub(crate) revocation_url: Option<String>,
+}
+
+/// What [`EndpointConfig::build`] checked and made.
+pub(crate) struct BuiltEndpoint {
+    pub(crate) endpoint: TokenEndpoint,
+    pub(crate) scope: Option<String>,
+    pub(crate) params: Vec<(String, String)>,
+}
+
+impl EndpointConfig {
+    pub(crate) fn new(token_url: String) -> Self {
+        EndpointConfig {
+            token_url,
+            client_id: None,
+            client_secret: None,
+            scope: None,
+            auth: None,
+            discovered_auth: None,
+            params: Vec::new(),
+            http: None,
+            allow_http: false,
+            revocation_url: None,
+        }
+    }
+
+    /// Checks the settings. `grant` names the grant in messages; `reserved` are the form
+    /// parameters the grant sets itself.
+    pub(crate) fn build(self, grant: &str, reserved: &[&str]) -> Result<BuiltEndpoint, Error> {
+        let url = endpoint_url(&self.token_url, self.allow_http)?;
+        let auth = self.auth.or(self.discovered_auth).unwrap_or_default();
+        let client_id = self
+            .client_id
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| Error::config(format!("{grant} needs a client id")))?;
+        if auth != ClientAuth::None && self.client_secret.is_none() {
+            return Err(Error::config(format!(
+                "{grant} needs a client secret (or `.auth(ClientAuth::None)` for a public client)"
+            )));
+        }
+        if let Some((name, _)) = self.params.iter().find(|(k, _)| {
+            RESERVED_PARAMS.contains(&k.as_str()) || reserved.contains(&k.as_str()) || k == "scope"
+        }) {
+            return Err(Error::config(format!(
+                "parameter `{name}` is set by the grant or the builder, not by `.param()`"
+            )));
+        }
+        let revocation_url = self
+            .revocation_url
+            .map(|u| endpoint_url(&u, self.allow_http))
+            .transpose()?;
+        let http = match self.http {
+            Some(http) => http,
+            None => TokenEndpoint::default_http_client()?,
+        };
+        Ok(BuiltEndpoint {
+            endpoint: TokenEndpoint {
+                url,
+                revocation_url,
+                client_id,
+                client_secret: self.client_secret,
+                auth,
+                http,
+            },
+            scope: self.scope,
+            params: self.params,
+        })
+    }
+}
+
+impl fmt::Debug for EndpointConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointConfig")
+            .field("token_url", &self.token_url)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret)
+            .field("scope", &self.scope)
+            .field("auth", &self.auth.or(self.discovered_auth).unwrap_or_default())
+            .field("params", &ParamNames(&self.params))
+            .field("allow_http", &self.allow_http)
+            .field("revocation_url", &self.revocation_url)
+            .finish()
+    }
+}
+
+/// Shows parameter names only: a value may be sensitive.
+pub(crate) struct ParamNames<'a>(pub(crate) &'a [(String, String)]);
+
+impl fmt::Debug for ParamNames<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|(k, _)| k)).finish()
+    }
+}
+
+/// Setter methods shared by the grant builders, which hold an `EndpointConfig` in `config`.
+macro_rules! client_builder_methods {
+    () => {
+        /// The client identifier (required).
+        pub fn client_id(mut self, id: impl Into<String>) -> Self {
+            self.config.client_id = Some(id.into());
+            self
+        }
+
+        /// The client secret (required unless [`ClientAuth::None`](crate::ClientAuth::None)).
+        pub fn client_secret(mut self, secret: impl Into<String>) -> Self {
+            self.config.client_secret = Some(crate::ClientSecret::new(secret));
+            self
+        }
+
+        /// The `scope` to ask for, space-separated.
+        pub fn scope(mut self, scope: impl Into<String>) -> Self {
+            self.config.scope = Some(scope.into());
+            self
+        }
+
+        /// How the client authenticates; [`ClientAuth::Basic`](crate::ClientAuth::Basic) unless
+        /// set, or the method discovery found.
+        pub fn auth(mut self, auth: crate::ClientAuth) -> Self {
+            self.config.auth = Some(auth);
+            self
+        }
+
+        /// Adds a form parameter to every token request, such as `audience` or `resource`.
+        /// Repeatable; parameters are sent in the order added.
+        pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+            self.config.params.push((name.into(), value.into()));
+            self
+        }
+
+        /// Uses this HTTP client for token requests instead of the default one (which follows
+        /// no redirects and gives up connecting after 10 s).
+        pub fn http_client(mut self, client: reqwest::Client) -> Self {
+            self.config.http = Some(client);
+            self
+        }
+
+        /// Allows plain `http` token and revocation endpoints on non-loopback hosts. Credentials
+        /// and tokens then cross the network unencrypted. Loopback addresses (`127.0.0.0/8`,
+        /// `[::1]`, `localhost`) work over `http` without this.
+        pub fn allow_http(mut self, allow: bool) -> Self {
+            self.config.allow_http = allow;
+            self
+        }
+
+        /// The RFC 7009 revocation endpoint, used by
+        /// [`AuthLayer::revoke`](crate::AuthLayer::revoke).
+        pub fn revocation_url(mut self, url: impl Into<String>) -> Self {
+            self.config.revocation_url = Some(url.into());
+            self
+        }
+    };
+}
+pub(crate) use client_builder_methods;
+
 /// A token endpoint with its client credentials.
 #[derive(Clone)]
 pub(crate) struct TokenEndpoint {
     url: Url,
+    revocation_url: Option<Url>,
     client_id: String,
     client_secret: Option<ClientSecret>,
     auth: ClientAuth,
@@ -46,22 +219,6 @@ pub(crate) struct TokenEndpoint {
 }
 
 impl TokenEndpoint {
-    pub(crate) fn new(
-        url: Url,
-        client_id: String,
-        client_secret: Option<ClientSecret>,
-        auth: ClientAuth,
-        http: reqwest::Client,
-    ) -> Self {
-        TokenEndpoint {
-            url,
-            client_id,
-            client_secret,
-            auth,
-            http,
-        }
-    }
-
     /// The default HTTP client: no redirects (a redirect could carry credentials elsewhere),
     /// a connect timeout, and this crate's user agent. The overall time limit is the cache's
     /// fetch timeout.
@@ -78,7 +235,43 @@ impl TokenEndpoint {
 
     /// Sends a token request with the grant's `params` and parses the answer.
     pub(crate) async fn request(&self, params: &[(&str, &str)]) -> Result<Token, Error> {
-        let request = self.build_request(params);
+        let (status, content_type, body) = self.post(&self.url, params).await?;
+        response::parse(status, content_type.as_deref(), &body, &self.secrets(params))
+    }
+
+    /// `true` when a revocation endpoint is configured.
+    pub(crate) fn can_revoke(&self) -> bool {
+        self.revocation_url.is_some()
+    }
+
+    /// Revokes `token` at the RFC 7009 revocation endpoint; `hint` is `access_token` or
+    /// `refresh_token`. A token the server does not know counts as revoked (RFC 7009 §2.2).
+    pub(crate) async fn revoke(&self, token: &str, hint: &str) -> Result<(), Error> {
+        let Some(url) = &self.revocation_url else {
+            return Err(Error::config("no revocation endpoint is configured"));
+        };
+        let params = [("token", token), ("token_type_hint", hint)];
+        let (status, content_type, body) = self.post(url, &params).await?;
+        if status.is_success() {
+            return Ok(());
+        }
+        match response::parse(status, content_type.as_deref(), &body, &self.secrets(&params)) {
+            Err(err) => Err(err),
+            Ok(_) => Err(Error::UnexpectedResponse {
+                status,
+                reason: "revocation failed".into(),
+                excerpt: None,
+            }),
+        }
+    }
+
+    /// Posts a form with the client authentication and reads the answer (capped).
+    async fn post(
+        &self,
+        url: &Url,
+        params: &[(&str, &str)],
+    ) -> Result<(http::StatusCode, Option<String>, Zeroizing<Vec<u8>>), Error> {
+        let request = self.build_request(url, params);
         let response = request
             .send()
             .await
@@ -90,21 +283,25 @@ impl TokenEndpoint {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let body = read_capped(response, MAX_RESPONSE_BYTES).await?;
+        Ok((status, content_type, body))
+    }
 
+    /// Values in `params` and the client secret: cut out of any error excerpt.
+    fn secrets<'a>(&'a self, params: &[(&'a str, &'a str)]) -> Vec<&'a str> {
         let mut secrets: Vec<&str> = params
             .iter()
             .filter(|(k, _)| SECRET_PARAMS.contains(k))
             .map(|(_, v)| *v)
             .collect();
         secrets.extend(self.client_secret.as_ref().map(ClientSecret::secret));
-        response::parse(status, content_type.as_deref(), &body, &secrets)
+        secrets
     }
 
     /// The token request: form-encoded `params` plus the client authentication.
-    fn build_request(&self, params: &[(&str, &str)]) -> reqwest::RequestBuilder {
+    fn build_request(&self, url: &Url, params: &[(&str, &str)]) -> reqwest::RequestBuilder {
         // Room for the usual request, so the secret is not left behind in reallocated buffers.
         let mut form = form_urlencoded::Serializer::new(String::with_capacity(1024));
-        let mut url = self.url.clone();
+        let mut url = url.clone();
         let secret = self.client_secret.as_ref().map(ClientSecret::secret);
         match self.auth {
             ClientAuth::Basic => {
@@ -116,6 +313,10 @@ impl TokenEndpoint {
                 if let Some(secret) = secret {
                     form.append_pair("client_secret", secret);
                 }
+            }
+            ClientAuth::None => {
+                form.extend_pairs(params.iter().copied());
+                form.append_pair("client_id", &self.client_id);
             }
             ClientAuth::Query => {
                 let mut query = url.query_pairs_mut();
@@ -150,6 +351,7 @@ impl fmt::Debug for TokenEndpoint {
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret)
             .field("auth", &self.auth)
+            .field("revocation_url", &self.revocation_url.as_ref().map(Url::as_str))
             .finish()
     }
 }
@@ -164,7 +366,7 @@ impl AsRef<[u8]> for ZeroizingString {
 }
 
 /// Reads a response body, failing once it passes `cap` bytes. The buffer is zeroized on drop.
-async fn read_capped(
+pub(crate) async fn read_capped(
     mut response: reqwest::Response,
     cap: usize,
 ) -> Result<Zeroizing<Vec<u8>>, Error> {

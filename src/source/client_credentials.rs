@@ -3,8 +3,8 @@
 use std::fmt;
 
 use crate::{
-    ClientAuth, ClientSecret, Error, Token, TokenSource,
-    oauth::{self, TokenEndpoint},
+    Error, ProviderMetadata, Token, TokenSource,
+    oauth::{self, EndpointConfig, ParamNames, TokenEndpoint},
 };
 
 /// A [`TokenSource`] for the client credentials grant: the client authenticates as itself.
@@ -38,14 +38,16 @@ impl ClientCredentials {
     /// Starts a builder for the token endpoint at `token_url`.
     pub fn builder(token_url: impl Into<String>) -> ClientCredentialsBuilder {
         ClientCredentialsBuilder {
-            token_url: token_url.into(),
-            client_id: None,
-            client_secret: None,
-            scope: None,
-            auth: ClientAuth::default(),
-            params: Vec::new(),
-            http: None,
-            allow_http: false,
+            config: EndpointConfig::new(token_url.into()),
+        }
+    }
+
+    /// Starts a builder from an authorization server's metadata (see
+    /// [`ProviderMetadata::discover`]): its token and revocation endpoints, and the client
+    /// authentication it supports unless [`auth`](ClientCredentialsBuilder::auth) is set.
+    pub fn from_metadata(metadata: &ProviderMetadata) -> ClientCredentialsBuilder {
+        ClientCredentialsBuilder {
+            config: metadata.endpoint_config(),
         }
     }
 }
@@ -60,6 +62,17 @@ impl TokenSource for ClientCredentials {
         params.extend(self.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         self.endpoint.request(&params).await
     }
+
+    async fn revoke(&self, current: Option<&Token>) -> Result<(), Error> {
+        match current {
+            Some(token) if self.endpoint.can_revoke() => {
+                self.endpoint
+                    .revoke(token.access_token().secret(), "access_token")
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl fmt::Debug for ClientCredentials {
@@ -72,76 +85,14 @@ impl fmt::Debug for ClientCredentials {
     }
 }
 
-/// Shows parameter names only: a value may be sensitive.
-struct ParamNames<'a>(&'a [(String, String)]);
-
-impl fmt::Debug for ParamNames<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.0.iter().map(|(k, _)| k))
-            .finish()
-    }
-}
-
 /// Builds a [`ClientCredentials`] source; see [`ClientCredentials::builder`].
 #[must_use]
 pub struct ClientCredentialsBuilder {
-    token_url: String,
-    client_id: Option<String>,
-    client_secret: Option<ClientSecret>,
-    scope: Option<String>,
-    auth: ClientAuth,
-    params: Vec<(String, String)>,
-    http: Option<reqwest::Client>,
-    allow_http: bool,
+    config: EndpointConfig,
 }
 
 impl ClientCredentialsBuilder {
-    /// The client identifier (required).
-    pub fn client_id(mut self, id: impl Into<String>) -> Self {
-        self.client_id = Some(id.into());
-        self
-    }
-
-    /// The client secret (required).
-    pub fn client_secret(mut self, secret: impl Into<String>) -> Self {
-        self.client_secret = Some(ClientSecret::new(secret));
-        self
-    }
-
-    /// The `scope` to ask for, space-separated.
-    pub fn scope(mut self, scope: impl Into<String>) -> Self {
-        self.scope = Some(scope.into());
-        self
-    }
-
-    /// How the credentials are sent; [`ClientAuth::Basic`] unless set.
-    pub fn auth(mut self, auth: ClientAuth) -> Self {
-        self.auth = auth;
-        self
-    }
-
-    /// Adds a form parameter to every token request, such as `audience` or `resource`.
-    /// Repeatable; parameters are sent in the order added.
-    pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.params.push((name.into(), value.into()));
-        self
-    }
-
-    /// Uses this HTTP client for token requests instead of the default one (which follows no
-    /// redirects and gives up connecting after 10 s).
-    pub fn http_client(mut self, client: reqwest::Client) -> Self {
-        self.http = Some(client);
-        self
-    }
-
-    /// Allows a plain `http` token endpoint on a non-loopback host. Credentials and tokens then
-    /// cross the network unencrypted. Loopback addresses (`127.0.0.0/8`, `[::1]`, `localhost`)
-    /// work over `http` without this.
-    pub fn allow_http(mut self, allow: bool) -> Self {
-        self.allow_http = allow;
-        self
-    }
+    oauth::client_builder_methods!();
 
     /// Checks the settings and builds the source.
     ///
@@ -151,31 +102,11 @@ impl ClientCredentialsBuilder {
     /// [`allow_http`](Self::allow_http)), the client id or secret is missing, or a parameter
     /// would override one the grant sets.
     pub fn build(self) -> Result<ClientCredentials, Error> {
-        let url = oauth::endpoint_url(&self.token_url, self.allow_http)?;
-        let client_id = self
-            .client_id
-            .filter(|id| !id.is_empty())
-            .ok_or_else(|| Error::config("client_credentials needs a client id"))?;
-        let client_secret = self
-            .client_secret
-            .ok_or_else(|| Error::config("client_credentials needs a client secret"))?;
-        if let Some((name, _)) = self
-            .params
-            .iter()
-            .find(|(k, _)| oauth::RESERVED_PARAMS.contains(&k.as_str()) || k == "scope")
-        {
-            return Err(Error::config(format!(
-                "parameter `{name}` is set by the grant or the builder, not by `.param()`"
-            )));
-        }
-        let http = match self.http {
-            Some(http) => http,
-            None => TokenEndpoint::default_http_client()?,
-        };
+        let built = self.config.build("client_credentials", &[])?;
         Ok(ClientCredentials {
-            endpoint: TokenEndpoint::new(url, client_id, Some(client_secret), self.auth, http),
-            scope: self.scope,
-            params: self.params,
+            endpoint: built.endpoint,
+            scope: built.scope,
+            params: built.params,
         })
     }
 }
@@ -183,13 +114,7 @@ impl ClientCredentialsBuilder {
 impl fmt::Debug for ClientCredentialsBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientCredentialsBuilder")
-            .field("token_url", &self.token_url)
-            .field("client_id", &self.client_id)
-            .field("client_secret", &self.client_secret)
-            .field("scope", &self.scope)
-            .field("auth", &self.auth)
-            .field("params", &ParamNames(&self.params))
-            .field("allow_http", &self.allow_http)
+            .field("config", &self.config)
             .finish()
     }
 }

@@ -6,6 +6,8 @@
 //! | source | for |
 //! |---|---|
 //! | [`ClientCredentials`] | RFC 6749 §4.4: a service authenticating as itself |
+//! | [`RefreshTokenGrant`] | RFC 6749 §6: renewing with a refresh token, rotation-safe, persisted in a [`TokenStore`](crate::store::TokenStore) |
+//! | [`AuthorizationCode`] | RFC 6749 §4.1 + RFC 7636: exchanging a code (with PKCE) once, then a [`RefreshTokenGrant`] |
 //! | [`FromFn`] (via [`from_fn`]) | any async closure, such as a cloud SDK's credential provider |
 //! | [`StaticToken`] | a fixed token, for tests and long-lived API keys |
 //!
@@ -29,11 +31,15 @@ use std::{future::Future, pin::Pin, sync::Arc};
 
 use crate::{Error, Token};
 
+mod authorization_code;
 mod client_credentials;
 mod from_fn;
+mod refresh_token;
 mod static_token;
 
+pub use authorization_code::{AuthorizationCode, AuthorizationCodeBuilder};
 pub use client_credentials::{ClientCredentials, ClientCredentialsBuilder};
+pub use refresh_token::{RefreshTokenGrant, RefreshTokenGrantBuilder};
 pub use from_fn::{FromFn, from_fn};
 pub use static_token::StaticToken;
 
@@ -45,25 +51,42 @@ pub use static_token::StaticToken;
 pub trait TokenSource: Send + Sync + 'static {
     /// Fetches a new token.
     fn fetch(&self) -> impl Future<Output = Result<Token, Error>> + Send;
+
+    /// Revokes what this source holds (RFC 7009): the refresh token if it has one, else
+    /// `current`, the access token in use. Called by [`AuthLayer::revoke`](crate::AuthLayer::revoke).
+    /// The default does nothing.
+    fn revoke(&self, current: Option<&Token>) -> impl Future<Output = Result<(), Error>> + Send {
+        let _ = current;
+        std::future::ready(Ok(()))
+    }
 }
 
 impl<T: TokenSource> TokenSource for Arc<T> {
     fn fetch(&self) -> impl Future<Output = Result<Token, Error>> + Send {
         T::fetch(self)
     }
+
+    fn revoke(&self, current: Option<&Token>) -> impl Future<Output = Result<(), Error>> + Send {
+        T::revoke(self, current)
+    }
 }
 
-pub(crate) type BoxFetch<'a> = Pin<Box<dyn Future<Output = Result<Token, Error>> + Send + 'a>>;
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Object-safe form of [`TokenSource`], so the cache and layer need no type parameter.
 pub(crate) trait DynTokenSource: Send + Sync + 'static {
-    fn fetch_boxed(&self) -> BoxFetch<'_>;
+    fn fetch_boxed(&self) -> BoxFuture<'_, Result<Token, Error>>;
+    fn revoke_boxed<'a>(&'a self, current: Option<&'a Token>) -> BoxFuture<'a, Result<(), Error>>;
     fn type_name(&self) -> &'static str;
 }
 
 impl<T: TokenSource> DynTokenSource for T {
-    fn fetch_boxed(&self) -> BoxFetch<'_> {
+    fn fetch_boxed(&self) -> BoxFuture<'_, Result<Token, Error>> {
         Box::pin(self.fetch())
+    }
+
+    fn revoke_boxed<'a>(&'a self, current: Option<&'a Token>) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(self.revoke(current))
     }
 
     fn type_name(&self) -> &'static str {

@@ -1,0 +1,271 @@
+//! The refresh token grant (RFC 6749 §6), safe with servers that rotate refresh tokens.
+
+use std::{fmt, sync::Arc};
+
+use tokio::sync::Mutex;
+
+use crate::{
+    Error, ProviderMetadata, Token, TokenSource,
+    oauth::{self, EndpointConfig, ParamNames, TokenEndpoint},
+    store::{DynTokenStore, MemoryStore, StoredToken, TokenStore},
+};
+
+/// A [`TokenSource`] that renews the access token with a refresh token kept in a
+/// [`TokenStore`].
+///
+/// - **Rotation.** When a response carries a new refresh token, it replaces the old one; when it
+///   does not, the old one is kept.
+/// - **At most once.** A refresh token is never sent twice: fetches are serialized (the layer's
+///   single flight, and a lock here for sources shared by several layers), and a refresh runs
+///   in its own task, so a caller that gives up cannot cut it off between the server's answer
+///   and the save.
+/// - **Persisted first.** The new refresh token is saved before the access token it bought is
+///   handed out; if the save fails, the caller gets [`Error::Store`] and the token is not used.
+/// - **Resume.** A restarted process loads the store and goes on: it uses the stored access
+///   token while it lasts, then refreshes. No new authorization is needed.
+/// - **Terminal errors.** `invalid_grant`, `invalid_client` and `unauthorized_client` are
+///   returned as they are ([`Error::is_terminal`]) and remembered: the same refresh token is
+///   not sent again. Fetches fail at once until the store holds a different refresh token (a new
+///   authorization, perhaps by another process).
+///
+/// Get one from [`AuthorizationCode::exchange`](crate::AuthorizationCode::exchange), or build
+/// one over a store that already holds a refresh token:
+///
+/// ```
+/// use tower_bearer::{AuthLayer, RefreshTokenGrant, store::FileStore};
+///
+/// # fn main() -> Result<(), tower_bearer::Error> {
+/// let source = RefreshTokenGrant::builder("https://idp.example.com/oauth2/token")
+///     .client_id("my-app")
+///     .client_secret("s3cret")
+///     .store(FileStore::new("/var/lib/my-app/tokens.json"))
+///     .build()?;
+/// let layer = AuthLayer::new(source);
+/// # let _ = layer;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RefreshTokenGrant {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoint: TokenEndpoint,
+    scope: Option<String>,
+    params: Vec<(String, String)>,
+    store: Box<dyn DynTokenStore>,
+    state: Mutex<GrantState>,
+}
+
+#[derive(Default)]
+struct GrantState {
+    loaded: bool,
+    stored: Option<StoredToken>,
+    /// The stored access token was already given to the cache: the next fetch refreshes.
+    access_handed_out: bool,
+    /// The endpoint rejected the stored refresh token for good.
+    rejected: Option<Error>,
+}
+
+impl RefreshTokenGrant {
+    /// Starts a builder for the token endpoint at `token_url`.
+    pub fn builder(token_url: impl Into<String>) -> RefreshTokenGrantBuilder {
+        RefreshTokenGrantBuilder {
+            config: EndpointConfig::new(token_url.into()),
+            store: None,
+        }
+    }
+
+    /// Starts a builder from an authorization server's metadata.
+    pub fn from_metadata(metadata: &ProviderMetadata) -> RefreshTokenGrantBuilder {
+        RefreshTokenGrantBuilder {
+            config: metadata.endpoint_config(),
+            store: None,
+        }
+    }
+
+    pub(crate) fn from_exchange(
+        built: oauth::BuiltEndpoint,
+        store: Box<dyn DynTokenStore>,
+        stored: StoredToken,
+    ) -> Self {
+        RefreshTokenGrant {
+            inner: Arc::new(Inner {
+                endpoint: built.endpoint,
+                scope: built.scope,
+                params: built.params,
+                store,
+                state: Mutex::new(GrantState {
+                    loaded: true,
+                    stored: Some(stored),
+                    access_handed_out: false,
+                    rejected: None,
+                }),
+            }),
+        }
+    }
+}
+
+impl TokenSource for RefreshTokenGrant {
+    async fn fetch(&self) -> Result<Token, Error> {
+        let inner = Arc::clone(&self.inner);
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        runtime
+            .spawn(async move { inner.fetch().await })
+            .await
+            .map_err(|_| Error::Aborted)?
+    }
+
+    async fn revoke(&self, current: Option<&Token>) -> Result<(), Error> {
+        self.inner.revoke(current).await
+    }
+}
+
+impl Inner {
+    async fn fetch(&self) -> Result<Token, Error> {
+        let mut state = self.state.lock().await;
+        if !state.loaded || state.rejected.is_some() {
+            let stored = self.store.load_boxed().await?;
+            if let Some(rejected) = &state.rejected {
+                let same = stored.as_ref().and_then(StoredToken::refresh_token)
+                    == state.stored.as_ref().and_then(StoredToken::refresh_token);
+                if same {
+                    return Err(rejected.clone());
+                }
+            }
+            *state = GrantState {
+                loaded: true,
+                stored,
+                access_handed_out: false,
+                rejected: None,
+            };
+        }
+
+        if !state.access_handed_out {
+            if let Some(token) = state.stored.as_ref().and_then(StoredToken::live_access_token) {
+                state.access_handed_out = true;
+                return Ok(token);
+            }
+        }
+
+        let Some(refresh) = state
+            .stored
+            .as_ref()
+            .and_then(StoredToken::refresh_token)
+            .cloned()
+        else {
+            return Err(Error::AuthorizationRequired(
+                "the token store holds no refresh token; authorize first".into(),
+            ));
+        };
+
+        let mut params: Vec<(&str, &str)> = Vec::with_capacity(3 + self.params.len());
+        params.push(("grant_type", "refresh_token"));
+        params.push(("refresh_token", refresh.secret()));
+        if let Some(scope) = &self.scope {
+            params.push(("scope", scope));
+        }
+        params.extend(self.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+
+        match self.endpoint.request(&params).await {
+            Err(err) => {
+                if err.is_terminal() {
+                    tracing::warn!(target: "tower_bearer", error = %err, "refresh token rejected; a new authorization is required");
+                    state.rejected = Some(err.clone());
+                }
+                Err(err)
+            }
+            Ok(token) => {
+                let next = StoredToken::from_response(&token, Some(&refresh));
+                // The old refresh token is spent either way: keep the new one in memory even if
+                // the save fails, and never hand out the access token before the save succeeds.
+                state.stored = Some(next.clone());
+                state.access_handed_out = true;
+                self.store.save_boxed(&next).await?;
+                Ok(token)
+            }
+        }
+    }
+
+    async fn revoke(&self, current: Option<&Token>) -> Result<(), Error> {
+        let mut state = self.state.lock().await;
+        if !state.loaded {
+            state.stored = self.store.load_boxed().await?;
+            state.loaded = true;
+        }
+        if self.endpoint.can_revoke() {
+            // Revoking the refresh token also revokes the access tokens it bought (RFC 7009 §2.1)
+            // on most servers; revoke the access token in use as well for those that do not.
+            if let Some(rt) = state.stored.as_ref().and_then(StoredToken::refresh_token) {
+                self.endpoint.revoke(rt.secret(), "refresh_token").await?;
+            }
+            if let Some(token) = current {
+                self.endpoint
+                    .revoke(token.access_token().secret(), "access_token")
+                    .await?;
+            }
+        }
+        self.store.clear_boxed().await?;
+        *state = GrantState {
+            loaded: true,
+            ..GrantState::default()
+        };
+        Ok(())
+    }
+}
+
+impl fmt::Debug for RefreshTokenGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshTokenGrant")
+            .field("endpoint", &self.inner.endpoint)
+            .field("scope", &self.inner.scope)
+            .field("params", &ParamNames(&self.inner.params))
+            .field("store", &self.inner.store.type_name())
+            .finish()
+    }
+}
+
+/// Builds a [`RefreshTokenGrant`]; see [`RefreshTokenGrant::builder`].
+#[must_use]
+pub struct RefreshTokenGrantBuilder {
+    config: EndpointConfig,
+    store: Option<Box<dyn DynTokenStore>>,
+}
+
+impl RefreshTokenGrantBuilder {
+    oauth::client_builder_methods!();
+
+    /// Where the refresh token is kept; a new [`MemoryStore`] unless set.
+    pub fn store(mut self, store: impl TokenStore) -> Self {
+        self.store = Some(Box::new(store));
+        self
+    }
+
+    /// Checks the settings and builds the source. The store is read at the first fetch.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`], as for [`ClientCredentialsBuilder::build`](crate::ClientCredentialsBuilder::build).
+    pub fn build(self) -> Result<RefreshTokenGrant, Error> {
+        let built = self.config.build("refresh_token", &["refresh_token"])?;
+        Ok(RefreshTokenGrant {
+            inner: Arc::new(Inner {
+                endpoint: built.endpoint,
+                scope: built.scope,
+                params: built.params,
+                store: self.store.unwrap_or_else(|| Box::new(MemoryStore::new())),
+                state: Mutex::new(GrantState::default()),
+            }),
+        })
+    }
+}
+
+impl fmt::Debug for RefreshTokenGrantBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshTokenGrantBuilder")
+            .field("config", &self.config)
+            .field("store", &self.store.as_ref().map(|s| s.type_name()))
+            .finish()
+    }
+}

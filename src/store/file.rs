@@ -1,0 +1,244 @@
+//! A store that keeps tokens in a JSON file.
+
+use std::{
+    io::{self, Write},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::{StoredToken, TokenStore};
+use crate::{Error, error::StoreError};
+
+/// Version written to, and required in, the token file.
+const FORMAT_VERSION: u32 = 1;
+
+/// Keeps the token state in a JSON file.
+///
+/// Every save writes a new file next to the old one (created with mode 0600 on Unix), flushes it
+/// to disk, renames it over the old one and flushes the directory, so the file always holds
+/// either the old state or the new one, never a torn write. The file has a `version` field;
+/// a file of another version is an error rather than a guess.
+///
+/// ```json
+/// {
+///   "version": 1,
+///   "refresh_token": "...",
+///   "access_token": "...",
+///   "expires_at": 1767225600,
+///   "scope": "read",
+///   "token_type": "Bearer"
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    path: Arc<PathBuf>,
+}
+
+impl FileStore {
+    /// A store at `path`. The file need not exist yet; its directory must.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        FileStore {
+            path: Arc::new(path.into()),
+        }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&Path) -> io::Result<T> + Send + 'static,
+    ) -> Result<T, Error> {
+        let path = Arc::clone(&self.path);
+        let result = tokio::task::spawn_blocking(move || f(&path))
+            .await
+            .map_err(|_| Error::Aborted)?;
+        result.map_err(|e| Error::Store(StoreError::io(what, &self.path, e)))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct FileFormat {
+    version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    access_token: Option<String>,
+    /// Seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token_type: Option<String>,
+}
+
+impl Drop for FileFormat {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.refresh_token.zeroize();
+        self.access_token.zeroize();
+    }
+}
+
+impl TokenStore for FileStore {
+    async fn load(&self) -> Result<Option<StoredToken>, Error> {
+        let bytes = self
+            .blocking("read", |path| match std::fs::read(path) {
+                Ok(bytes) => Ok(Some(Zeroizing::new(bytes))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            })
+            .await?;
+        let Some(bytes) = bytes else {
+            return Ok(None);
+        };
+        let invalid = |reason: &str| Error::Store(StoreError::invalid(&self.path, reason));
+        let file: FileFormat = serde_json::from_slice(&bytes)
+            .map_err(|e| invalid(&format!("not a token file (line {}, column {})", e.line(), e.column())))?;
+        if file.version != FORMAT_VERSION {
+            return Err(invalid(&format!(
+                "format version {} (this crate reads version {FORMAT_VERSION})",
+                file.version
+            )));
+        }
+        let mut token = StoredToken::new();
+        if let Some(rt) = &file.refresh_token {
+            token = token.with_refresh_token(rt.as_str());
+        }
+        if let Some(at) = &file.access_token {
+            let expires_at = file
+                .expires_at
+                .and_then(|secs| UNIX_EPOCH.checked_add(Duration::from_secs(secs)));
+            token = token.with_access_token(at.as_str(), expires_at);
+        }
+        if let Some(scope) = &file.scope {
+            token = token.with_scope(scope.clone());
+        }
+        if let Some(t) = &file.token_type {
+            token = token.with_token_type(t.clone());
+        }
+        Ok(Some(token))
+    }
+
+    async fn save(&self, token: &StoredToken) -> Result<(), Error> {
+        let file = FileFormat {
+            version: FORMAT_VERSION,
+            refresh_token: token.refresh_token().map(|t| t.secret().to_owned()),
+            access_token: token.access_token().map(|t| t.secret().to_owned()),
+            expires_at: token
+                .expires_at()
+                .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs()),
+            scope: token.scope().map(str::to_owned),
+            token_type: token.token_type().map(str::to_owned),
+        };
+        let mut json = Zeroizing::new(Vec::with_capacity(512));
+        serde_json::to_writer_pretty(&mut *json, &file)
+            .map_err(|_| Error::Store(StoreError::invalid(&self.path, "cannot encode the token")))?;
+        json.push(b'\n');
+        self.blocking("write", move |path| write_atomically(path, &json))
+            .await
+    }
+
+    async fn clear(&self) -> Result<(), Error> {
+        self.blocking("remove", |path| match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+        .await
+    }
+}
+
+/// Writes `bytes` to `path` so that `path` holds either its old content or all of `bytes`.
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    // tempfile creates the file with mode 0600 on Unix.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tower-bearer-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> StoredToken {
+        StoredToken::new()
+            .with_refresh_token("rt-SECRET")
+            .with_access_token("at-SECRET", Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000)))
+            .with_scope("read")
+            .with_token_type("Bearer")
+    }
+
+    #[tokio::test]
+    async fn round_trips_and_versions_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path().join("t.json"));
+        assert_eq!(store.load().await.unwrap(), None);
+        store.save(&sample()).await.unwrap();
+        assert_eq!(store.load().await.unwrap(), Some(sample()));
+        let raw = std::fs::read_to_string(store.path()).unwrap();
+        assert!(raw.contains("\"version\": 1"), "{raw}");
+        store.clear().await.unwrap();
+        assert_eq!(store.load().await.unwrap(), None);
+        store.clear().await.unwrap();
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_file_is_private_and_no_temporary_file_is_left() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path().join("t.json"));
+        store.save(&sample()).await.unwrap();
+        store.save(&sample().with_scope("write")).await.unwrap();
+        let mode = std::fs::metadata(store.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["t.json"]);
+    }
+
+    #[tokio::test]
+    async fn unreadable_files_are_typed_errors_without_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.json");
+        std::fs::write(&path, r#"{"version": 9, "refresh_token": "rt-SECRET"}"#).unwrap();
+        let err = FileStore::new(&path).load().await.unwrap_err();
+        assert!(matches!(err, Error::Store(_)), "{err:?}");
+        assert!(err.to_string().contains("version 9"), "{err}");
+        assert!(!format!("{err} {err:?}").contains("SECRET"));
+
+        std::fs::write(&path, "refresh_token=rt-SECRET").unwrap();
+        let err = FileStore::new(&path).load().await.unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("SECRET"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_save_that_cannot_be_written_is_an_error() {
+        let store = FileStore::new("/nonexistent-dir-for-tower-bearer/t.json");
+        let err = store.save(&sample()).await.unwrap_err();
+        assert!(matches!(err, Error::Store(_)), "{err:?}");
+        assert!(err.to_string().contains("write"), "{err}");
+    }
+}

@@ -1,0 +1,196 @@
+//! Where refresh tokens (and the access tokens they bought) are kept between fetches and
+//! across restarts.
+//!
+//! A grant that rotates refresh tokens ([`RefreshTokenGrant`](crate::RefreshTokenGrant)) saves
+//! the new refresh token **before** it hands out the access token it bought, so a crash at any
+//! point leaves the store holding a refresh token the server still accepts. A store that fails
+//! to save is an error the caller sees ([`Error::Store`]), never a silent loss.
+//!
+//! | store | keeps tokens |
+//! |---|---|
+//! | [`MemoryStore`] | in memory, for one process (and tests) |
+//! | [`FileStore`] | in a JSON file, written atomically with mode 0600 |
+//!
+//! Implement [`TokenStore`] to keep them elsewhere (a database, a secrets manager).
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_bearer::Error> {
+//! use tower_bearer::store::{FileStore, StoredToken, TokenStore};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = FileStore::new(dir.path().join("tokens.json"));
+//! assert!(store.load().await?.is_none());
+//! store.save(&StoredToken::new().with_refresh_token("rt-1")).await?;
+//! let loaded = store.load().await?.unwrap();
+//! assert_eq!(loaded.refresh_token().unwrap().secret(), "rt-1");
+//! # Ok(())
+//! # }
+//! ```
+
+use std::{fmt, future::Future, pin::Pin, time::SystemTime};
+
+use crate::{AccessToken, Error, RefreshToken, Token};
+
+mod file;
+mod memory;
+
+pub use file::FileStore;
+pub use memory::MemoryStore;
+
+/// Persists the token state of a grant.
+pub trait TokenStore: Send + Sync + 'static {
+    /// The saved state, or `None` if nothing was saved yet.
+    fn load(&self) -> impl Future<Output = Result<Option<StoredToken>, Error>> + Send;
+
+    /// Replaces the saved state. Must be durable when the future completes.
+    fn save(&self, token: &StoredToken) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Removes the saved state (after revocation or logout).
+    fn clear(&self) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// What a [`TokenStore`] keeps: the refresh token and the last access token with its expiry.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct StoredToken {
+    refresh_token: Option<RefreshToken>,
+    access_token: Option<AccessToken>,
+    expires_at: Option<SystemTime>,
+    scope: Option<String>,
+    token_type: Option<String>,
+}
+
+impl StoredToken {
+    /// An empty state.
+    pub fn new() -> Self {
+        StoredToken::default()
+    }
+
+    /// Sets the refresh token.
+    pub fn with_refresh_token(mut self, token: impl Into<RefreshToken>) -> Self {
+        self.refresh_token = Some(token.into());
+        self
+    }
+
+    /// Sets the access token and when it expires (wall-clock time).
+    pub fn with_access_token(
+        mut self,
+        token: impl Into<AccessToken>,
+        expires_at: Option<SystemTime>,
+    ) -> Self {
+        self.access_token = Some(token.into());
+        self.expires_at = expires_at;
+        self
+    }
+
+    /// Sets the granted scope.
+    pub fn with_scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// Sets the token type.
+    pub fn with_token_type(mut self, token_type: impl Into<String>) -> Self {
+        self.token_type = Some(token_type.into());
+        self
+    }
+
+    /// The refresh token.
+    pub fn refresh_token(&self) -> Option<&RefreshToken> {
+        self.refresh_token.as_ref()
+    }
+
+    /// The last access token.
+    pub fn access_token(&self) -> Option<&AccessToken> {
+        self.access_token.as_ref()
+    }
+
+    /// When the last access token expires.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.expires_at
+    }
+
+    /// The granted scope.
+    pub fn scope(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+
+    /// The token type.
+    pub fn token_type(&self) -> Option<&str> {
+        self.token_type.as_deref()
+    }
+
+    /// The state after a token response: the new access token, and the new refresh token if
+    /// the response rotated it, else the one we had.
+    pub(crate) fn from_response(token: &Token, previous: Option<&RefreshToken>) -> Self {
+        let expires_at = token
+            .expires_in()
+            .and_then(|left| SystemTime::now().checked_add(left));
+        StoredToken {
+            refresh_token: token.refresh_token().or(previous).cloned(),
+            access_token: Some(token.access_token().clone()),
+            expires_at,
+            scope: token.scope().map(str::to_owned),
+            token_type: Some(token.token_type().to_owned()),
+        }
+    }
+
+    /// The stored access token as a [`Token`], if it has not expired.
+    pub(crate) fn live_access_token(&self) -> Option<Token> {
+        let access = self.access_token.as_ref()?;
+        let mut token = Token::new(access.secret());
+        if let Some(at) = self.expires_at {
+            let left = at.duration_since(SystemTime::now()).ok()?;
+            token = token.with_expires_in(left);
+        }
+        if let Some(t) = &self.token_type {
+            token = token.with_token_type(t.clone());
+        }
+        if let Some(s) = &self.scope {
+            token = token.with_scope(s.clone());
+        }
+        if let Some(r) = &self.refresh_token {
+            token = token.with_refresh_token(r.clone());
+        }
+        Some(token)
+    }
+}
+
+impl fmt::Debug for StoredToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredToken")
+            .field("refresh_token", &self.refresh_token)
+            .field("access_token", &self.access_token)
+            .field("expires_at", &self.expires_at)
+            .field("scope", &self.scope)
+            .field("token_type", &self.token_type)
+            .finish()
+    }
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Object-safe form of [`TokenStore`].
+pub(crate) trait DynTokenStore: Send + Sync + 'static {
+    fn load_boxed(&self) -> BoxFuture<'_, Result<Option<StoredToken>, Error>>;
+    fn save_boxed<'a>(&'a self, token: &'a StoredToken) -> BoxFuture<'a, Result<(), Error>>;
+    fn clear_boxed(&self) -> BoxFuture<'_, Result<(), Error>>;
+    fn type_name(&self) -> &'static str;
+}
+
+impl<T: TokenStore> DynTokenStore for T {
+    fn load_boxed(&self) -> BoxFuture<'_, Result<Option<StoredToken>, Error>> {
+        Box::pin(self.load())
+    }
+    fn save_boxed<'a>(&'a self, token: &'a StoredToken) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(self.save(token))
+    }
+    fn clear_boxed(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(self.clear())
+    }
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<T>()
+    }
+}
