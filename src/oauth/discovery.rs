@@ -5,7 +5,9 @@ use std::fmt;
 use serde::Deserialize;
 use url::Url;
 
-use super::{ClientAuth, EndpointConfig, MAX_RESPONSE_BYTES, TokenEndpoint, endpoint_url, read_capped};
+use super::{
+    ClientAuth, EndpointConfig, MAX_RESPONSE_BYTES, TokenEndpoint, endpoint_url, read_capped,
+};
 use crate::{Error, error::TransportError};
 
 /// What an authorization server publishes about itself.
@@ -88,7 +90,9 @@ impl ProviderMetadata {
                 ));
             }
             let mut metadata: ProviderMetadata = serde_json::from_slice(&body).map_err(|e| {
-                Error::Discovery(format!("{location} is not authorization server metadata: {e}").into())
+                Error::Discovery(
+                    format!("{location} is not authorization server metadata: {e}").into(),
+                )
             })?;
             if metadata.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
                 return Err(Error::Discovery(
@@ -198,11 +202,23 @@ mod tests {
     #[test]
     fn well_known_locations_follow_oidc_and_rfc8414() {
         let [oidc, rfc] = well_known_locations(&Url::parse("https://idp.example.com/o/").unwrap());
-        assert_eq!(oidc.as_str(), "https://idp.example.com/o/.well-known/openid-configuration");
-        assert_eq!(rfc.as_str(), "https://idp.example.com/.well-known/oauth-authorization-server/o");
+        assert_eq!(
+            oidc.as_str(),
+            "https://idp.example.com/o/.well-known/openid-configuration"
+        );
+        assert_eq!(
+            rfc.as_str(),
+            "https://idp.example.com/.well-known/oauth-authorization-server/o"
+        );
         let [oidc, rfc] = well_known_locations(&Url::parse("https://idp.example.com").unwrap());
-        assert_eq!(oidc.as_str(), "https://idp.example.com/.well-known/openid-configuration");
-        assert_eq!(rfc.as_str(), "https://idp.example.com/.well-known/oauth-authorization-server");
+        assert_eq!(
+            oidc.as_str(),
+            "https://idp.example.com/.well-known/openid-configuration"
+        );
+        assert_eq!(
+            rfc.as_str(),
+            "https://idp.example.com/.well-known/oauth-authorization-server"
+        );
     }
 
     fn metadata(methods: Option<&[&str]>) -> ProviderMetadata {

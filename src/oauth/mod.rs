@@ -130,7 +130,10 @@ impl fmt::Debug for EndpointConfig {
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret)
             .field("scope", &self.scope)
-            .field("auth", &self.auth.or(self.discovered_auth).unwrap_or_default())
+            .field(
+                "auth",
+                &self.auth.or(self.discovered_auth).unwrap_or_default(),
+            )
             .field("params", &ParamNames(&self.params))
             .field("allow_http", &self.allow_http)
             .field("revocation_url", &self.revocation_url)
@@ -143,7 +146,9 @@ pub(crate) struct ParamNames<'a>(pub(crate) &'a [(String, String)]);
 
 impl fmt::Debug for ParamNames<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.0.iter().map(|(k, _)| k)).finish()
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| k))
+            .finish()
     }
 }
 
@@ -236,7 +241,12 @@ impl TokenEndpoint {
     /// Sends a token request with the grant's `params` and parses the answer.
     pub(crate) async fn request(&self, params: &[(&str, &str)]) -> Result<Token, Error> {
         let (status, content_type, body) = self.post(&self.url, params).await?;
-        response::parse(status, content_type.as_deref(), &body, &self.secrets(params))
+        response::parse(
+            status,
+            content_type.as_deref(),
+            &body,
+            &self.secrets(params),
+        )
     }
 
     /// `true` when a revocation endpoint is configured.
@@ -255,7 +265,12 @@ impl TokenEndpoint {
         if status.is_success() {
             return Ok(());
         }
-        match response::parse(status, content_type.as_deref(), &body, &self.secrets(&params)) {
+        match response::parse(
+            status,
+            content_type.as_deref(),
+            &body,
+            &self.secrets(&params),
+        ) {
             Err(err) => Err(err),
             Ok(_) => Err(Error::UnexpectedResponse {
                 status,
@@ -351,7 +366,10 @@ impl fmt::Debug for TokenEndpoint {
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret)
             .field("auth", &self.auth)
-            .field("revocation_url", &self.revocation_url.as_ref().map(Url::as_str))
+            .field(
+                "revocation_url",
+                &self.revocation_url.as_ref().map(Url::as_str),
+            )
             .finish()
     }
 }

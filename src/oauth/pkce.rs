@@ -69,7 +69,10 @@ mod tests {
     #[test]
     fn rfc7636_appendix_b() {
         let pkce = Pkce::from_verifier("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk");
-        assert_eq!(pkce.challenge(), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
+        assert_eq!(
+            pkce.challenge(),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
     }
 
     #[test]
@@ -79,7 +82,10 @@ mod tests {
         assert_ne!(a.verifier(), b.verifier());
         let v = a.verifier().secret();
         assert_eq!(v.len(), 43);
-        assert!(v.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert!(
+            v.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
         assert!(!format!("{a:?}").contains(v));
     }
 }

@@ -79,8 +79,9 @@ impl AuthorizationCode {
         state: &str,
         pkce: Option<&Pkce>,
     ) -> Result<Url, Error> {
-        let mut url = Url::parse(authorization_endpoint)
-            .map_err(|e| Error::config(format!("authorization endpoint is not a valid URL: {e}")))?;
+        let mut url = Url::parse(authorization_endpoint).map_err(|e| {
+            Error::config(format!("authorization endpoint is not a valid URL: {e}"))
+        })?;
         {
             let mut query = url.query_pairs_mut();
             query

@@ -39,8 +39,8 @@ mod static_token;
 
 pub use authorization_code::{AuthorizationCode, AuthorizationCodeBuilder};
 pub use client_credentials::{ClientCredentials, ClientCredentialsBuilder};
-pub use refresh_token::{RefreshTokenGrant, RefreshTokenGrantBuilder};
 pub use from_fn::{FromFn, from_fn};
+pub use refresh_token::{RefreshTokenGrant, RefreshTokenGrantBuilder};
 pub use static_token::StaticToken;
 
 /// Fetches tokens. The layer's cache calls [`fetch`](TokenSource::fetch) when it needs a new token,

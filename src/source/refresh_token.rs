@@ -143,7 +143,11 @@ impl Inner {
         }
 
         if !state.access_handed_out {
-            if let Some(token) = state.stored.as_ref().and_then(StoredToken::live_access_token) {
+            if let Some(token) = state
+                .stored
+                .as_ref()
+                .and_then(StoredToken::live_access_token)
+            {
                 state.access_handed_out = true;
                 return Ok(token);
             }

@@ -101,8 +101,13 @@ impl TokenStore for FileStore {
             return Ok(None);
         };
         let invalid = |reason: &str| Error::Store(StoreError::invalid(&self.path, reason));
-        let file: FileFormat = serde_json::from_slice(&bytes)
-            .map_err(|e| invalid(&format!("not a token file (line {}, column {})", e.line(), e.column())))?;
+        let file: FileFormat = serde_json::from_slice(&bytes).map_err(|e| {
+            invalid(&format!(
+                "not a token file (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        })?;
         if file.version != FORMAT_VERSION {
             return Err(invalid(&format!(
                 "format version {} (this crate reads version {FORMAT_VERSION})",
@@ -141,8 +146,9 @@ impl TokenStore for FileStore {
             token_type: token.token_type().map(str::to_owned),
         };
         let mut json = Zeroizing::new(Vec::with_capacity(512));
-        serde_json::to_writer_pretty(&mut *json, &file)
-            .map_err(|_| Error::Store(StoreError::invalid(&self.path, "cannot encode the token")))?;
+        serde_json::to_writer_pretty(&mut *json, &file).map_err(|_| {
+            Error::Store(StoreError::invalid(&self.path, "cannot encode the token"))
+        })?;
         json.push(b'\n');
         self.blocking("write", move |path| write_atomically(path, &json))
             .await
@@ -183,7 +189,10 @@ mod tests {
     fn sample() -> StoredToken {
         StoredToken::new()
             .with_refresh_token("rt-SECRET")
-            .with_access_token("at-SECRET", Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000)))
+            .with_access_token(
+                "at-SECRET",
+                Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000)),
+            )
             .with_scope("read")
             .with_token_type("Bearer")
     }
@@ -210,7 +219,10 @@ mod tests {
         let store = FileStore::new(dir.path().join("t.json"));
         store.save(&sample()).await.unwrap();
         store.save(&sample().with_scope("write")).await.unwrap();
-        let mode = std::fs::metadata(store.path()).unwrap().permissions().mode();
+        let mode = std::fs::metadata(store.path())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()

@@ -361,3 +361,228 @@ pub fn token_json(token: &str, expires_in: u64) -> AxumResponse {
 pub fn infallible<T>(t: T) -> Result<T, Infallible> {
     Ok(t)
 }
+
+// ---------------------------------------------------------------------------------------------
+// A stand-in authorization server with refresh-token rotation, codes, PKCE, discovery and
+// revocation, on top of `StandInEndpoint`.
+
+/// The state of [`StandInIdp`]: what it issued, what was spent, and every misuse it saw.
+#[derive(Default)]
+pub struct IdpState {
+    /// Refresh tokens the server still accepts.
+    pub refresh_tokens: Mutex<HashSet<String>>,
+    /// Refresh tokens already used once.
+    pub spent: Mutex<HashSet<String>>,
+    /// Times a spent refresh token came back (the grant is then revoked whole).
+    pub reuse_detected: AtomicUsize,
+    /// Access tokens the server issued and has not revoked.
+    pub access_tokens: Mutex<HashSet<String>>,
+    /// Codes not yet exchanged, with their PKCE challenge.
+    pub codes: Mutex<std::collections::HashMap<String, Option<String>>>,
+    pub issued: AtomicUsize,
+    pub rotate: AtomicBool,
+    pub lifetime: AtomicUsize,
+    pub base: std::sync::OnceLock<String>,
+    /// Answer every token request with 500 while set.
+    pub down: AtomicBool,
+}
+
+/// A token endpoint at `/token`, revocation at `/revoke`, metadata at
+/// `/.well-known/openid-configuration`, issuer = the base URL.
+pub struct StandInIdp {
+    pub endpoint: StandInEndpoint,
+    pub state: Arc<IdpState>,
+}
+
+impl StandInIdp {
+    pub async fn start() -> Self {
+        let state = Arc::new(IdpState::default());
+        state.rotate.store(true, SeqCst);
+        state.lifetime.store(3600, SeqCst);
+        let handler = state.clone();
+        let endpoint = StandInEndpoint::start(move |req| handler.answer(req)).await;
+        state.base.set(format!("http://{}", endpoint.addr)).unwrap();
+        StandInIdp { endpoint, state }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        self.endpoint.url(path)
+    }
+
+    pub fn add_refresh_token(&self, rt: &str) {
+        self.state
+            .refresh_tokens
+            .lock()
+            .unwrap()
+            .insert(rt.to_owned());
+    }
+
+    pub fn add_code(&self, code: &str, challenge: Option<&str>) {
+        self.state
+            .codes
+            .lock()
+            .unwrap()
+            .insert(code.to_owned(), challenge.map(str::to_owned));
+    }
+
+    /// Requests to `path` so far.
+    pub fn requests_to(&self, path: &str) -> Vec<Recorded> {
+        self.endpoint
+            .recorded()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
+
+    /// The refresh tokens sent to `/token`, in order.
+    pub fn refresh_tokens_sent(&self) -> Vec<String> {
+        self.requests_to("/token")
+            .iter()
+            .filter_map(|r| {
+                r.form()
+                    .into_iter()
+                    .find(|(k, _)| k == "refresh_token")
+                    .map(|(_, v)| v)
+            })
+            .collect()
+    }
+
+    pub fn reuse_detected(&self) -> usize {
+        self.state.reuse_detected.load(SeqCst)
+    }
+
+    /// The protected API that accepts this server's live access tokens.
+    pub fn api(&self) -> IdpApi {
+        IdpApi {
+            state: self.state.clone(),
+        }
+    }
+}
+
+fn oauth_error(status: StatusCode, code: &str) -> AxumResponse {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!(r#"{{"error":"{code}"}}"#),
+    )
+        .into_response()
+}
+
+impl IdpState {
+    fn issue(&self, with_refresh: bool) -> AxumResponse {
+        let n = self.issued.fetch_add(1, SeqCst) + 1;
+        let at = format!("at-{n}");
+        self.access_tokens.lock().unwrap().insert(at.clone());
+        let mut body = serde_json::json!({
+            "access_token": at,
+            "token_type": "Bearer",
+            "expires_in": self.lifetime.load(SeqCst),
+        });
+        if with_refresh {
+            let rt = format!("rt-{n}");
+            self.refresh_tokens.lock().unwrap().insert(rt.clone());
+            body["refresh_token"] = rt.into();
+        }
+        axum::Json(body).into_response()
+    }
+
+    fn answer(&self, req: &Recorded) -> AxumResponse {
+        let form: std::collections::HashMap<String, String> = req.form().into_iter().collect();
+        match req.path.as_str() {
+            "/.well-known/openid-configuration" => {
+                let base = self.base.get().unwrap();
+                axum::Json(serde_json::json!({
+                    "issuer": base,
+                    "token_endpoint": format!("{base}/token"),
+                    "revocation_endpoint": format!("{base}/revoke"),
+                    "token_endpoint_auth_methods_supported": ["client_secret_post"],
+                }))
+                .into_response()
+            }
+            "/revoke" => {
+                let token = form.get("token").cloned().unwrap_or_default();
+                self.refresh_tokens.lock().unwrap().remove(&token);
+                self.access_tokens.lock().unwrap().remove(&token);
+                StatusCode::OK.into_response()
+            }
+            "/token" if self.down.load(SeqCst) => {
+                oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error")
+            }
+            "/token" => match form.get("grant_type").map(String::as_str) {
+                Some("refresh_token") => {
+                    let rt = form.get("refresh_token").cloned().unwrap_or_default();
+                    if self.spent.lock().unwrap().contains(&rt) {
+                        self.reuse_detected.fetch_add(1, SeqCst);
+                        self.refresh_tokens.lock().unwrap().clear();
+                        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+                    }
+                    if !self.refresh_tokens.lock().unwrap().contains(&rt) {
+                        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+                    }
+                    if self.rotate.load(SeqCst) {
+                        self.refresh_tokens.lock().unwrap().remove(&rt);
+                        self.spent.lock().unwrap().insert(rt);
+                        self.issue(true)
+                    } else {
+                        self.issue(false)
+                    }
+                }
+                Some("authorization_code") => {
+                    let code = form.get("code").cloned().unwrap_or_default();
+                    let Some(challenge) = self.codes.lock().unwrap().remove(&code) else {
+                        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+                    };
+                    if let Some(challenge) = challenge {
+                        let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+                        if tower_bearer::Pkce::from_verifier(verifier).challenge() != challenge {
+                            return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+                        }
+                    }
+                    self.issue(true)
+                }
+                Some("client_credentials") => self.issue(false),
+                _ => oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
+            },
+            _ => StatusCode::NOT_FOUND.into_response(),
+        }
+    }
+}
+
+/// A protected API (in-process tower service) that accepts the live access tokens of a
+/// [`StandInIdp`] and holds every request at a gate until the test opens it.
+#[derive(Clone)]
+pub struct IdpApi {
+    state: Arc<IdpState>,
+}
+
+impl<B: Send + 'static> tower::Service<Request<B>> for IdpApi {
+    type Response = Response<String>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<String>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let state = self.state.clone();
+        Box::pin(async move {
+            let token = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default();
+            let ok = state.access_tokens.lock().unwrap().contains(token);
+            let status = if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
+            Ok(Response::builder()
+                .status(status)
+                .body(token.to_owned())
+                .unwrap())
+        })
+    }
+}

@@ -1,0 +1,276 @@
+//! Refresh-token rotation, persistence and resume, against a stand-in server over HTTP that
+//! rotates refresh tokens and revokes the grant when one is reused.
+
+mod support;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering::SeqCst},
+};
+
+use http::{Request, StatusCode};
+use http_body_util::Empty;
+use support::StandInIdp;
+use tokio::task::JoinSet;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_bearer::{
+    AuthLayer, ClientAuth, Error, RefreshTokenGrant,
+    store::{FileStore, MemoryStore, StoredToken, TokenStore},
+};
+
+fn grant(idp: &StandInIdp, store: impl TokenStore) -> RefreshTokenGrant {
+    RefreshTokenGrant::builder(idp.url("/token"))
+        .client_id("app")
+        .client_secret("app-secret")
+        .auth(ClientAuth::Post)
+        .store(store)
+        .build()
+        .unwrap()
+}
+
+fn seeded(rt: &str) -> MemoryStore {
+    MemoryStore::with(StoredToken::new().with_refresh_token(rt))
+}
+
+async fn stored_refresh_token(store: &impl TokenStore) -> Option<String> {
+    store
+        .load()
+        .await
+        .unwrap()
+        .and_then(|s| s.refresh_token().map(|t| t.secret().to_owned()))
+}
+
+#[tokio::test]
+async fn a_rotated_refresh_token_replaces_the_old_one_in_the_store() {
+    let idp = StandInIdp::start().await;
+    idp.add_refresh_token("rt-0");
+    let store = seeded("rt-0");
+    let auth = AuthLayer::new(grant(&idp, store.clone()));
+
+    let token = auth.token().await.unwrap();
+    assert_eq!(token.access_token().secret(), "at-1");
+    assert_eq!(stored_refresh_token(&store).await.as_deref(), Some("rt-1"));
+
+    let [req] = idp.requests_to("/token").try_into().unwrap();
+    let form = req.form();
+    assert!(form.contains(&("grant_type".into(), "refresh_token".into())));
+    assert!(form.contains(&("refresh_token".into(), "rt-0".into())));
+    assert!(form.contains(&("client_id".into(), "app".into())));
+}
+
+#[tokio::test]
+async fn without_rotation_the_old_refresh_token_is_kept() {
+    let idp = StandInIdp::start().await;
+    idp.state.rotate.store(false, SeqCst);
+    idp.add_refresh_token("rt-0");
+    let store = seeded("rt-0");
+    let auth = AuthLayer::new(grant(&idp, store.clone()));
+    let first = auth.token().await.unwrap();
+    assert!(auth.invalidate(&first));
+    auth.token().await.unwrap();
+    assert_eq!(stored_refresh_token(&store).await.as_deref(), Some("rt-0"));
+    assert_eq!(idp.refresh_tokens_sent(), ["rt-0", "rt-0"]);
+}
+
+#[tokio::test]
+async fn ten_thousand_callers_never_send_a_refresh_token_twice() {
+    let idp = StandInIdp::start().await;
+    idp.add_refresh_token("rt-0");
+    let auth = AuthLayer::new(grant(&idp, seeded("rt-0")));
+
+    for round in 1..=3 {
+        let mut set = JoinSet::new();
+        for _ in 0..10_000 {
+            let auth = auth.clone();
+            set.spawn(async move { auth.token().await.unwrap() });
+        }
+        let tokens = set.join_all().await;
+        assert!(
+            tokens
+                .iter()
+                .all(|t| t.access_token() == tokens[0].access_token())
+        );
+        assert_eq!(tokens[0].access_token().secret(), format!("at-{round}"));
+        // As if the API had rejected it: the next round must refresh.
+        auth.invalidate(&tokens[0]);
+    }
+    assert_eq!(idp.refresh_tokens_sent(), ["rt-0", "rt-1", "rt-2"]);
+    assert_eq!(idp.reuse_detected(), 0);
+}
+
+#[tokio::test]
+async fn a_401_storm_refreshes_once_with_the_current_refresh_token() {
+    let idp = StandInIdp::start().await;
+    idp.add_refresh_token("rt-0");
+    let auth = AuthLayer::new(grant(&idp, seeded("rt-0")));
+    let svc = ServiceBuilder::new().layer(auth.clone()).service(idp.api());
+    let get = || {
+        Request::get("http://api.test/")
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+
+    assert_eq!(
+        svc.clone().oneshot(get()).await.unwrap().status(),
+        StatusCode::OK
+    );
+    // The server revokes the access token in use.
+    idp.state.access_tokens.lock().unwrap().remove("at-1");
+
+    let mut set = JoinSet::new();
+    for _ in 0..1_000 {
+        let svc = svc.clone();
+        set.spawn(async move { svc.oneshot(get()).await.unwrap() });
+    }
+    for response in set.join_all().await {
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.body(), "at-2");
+    }
+    assert_eq!(idp.refresh_tokens_sent(), ["rt-0", "rt-1"]);
+    assert_eq!(idp.reuse_detected(), 0);
+}
+
+#[tokio::test]
+async fn a_restarted_process_resumes_from_the_file_store() {
+    let idp = StandInIdp::start().await;
+    idp.add_refresh_token("rt-0");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    FileStore::new(&path)
+        .save(&StoredToken::new().with_refresh_token("rt-0"))
+        .await
+        .unwrap();
+
+    // First process: refreshes once, rotating rt-0 into rt-1.
+    {
+        let auth = AuthLayer::new(grant(&idp, FileStore::new(&path)));
+        assert_eq!(auth.token().await.unwrap().access_token().secret(), "at-1");
+    }
+    // Second process: uses the stored access token without asking the server ...
+    let auth = AuthLayer::new(grant(&idp, FileStore::new(&path)));
+    let token = auth.token().await.unwrap();
+    assert_eq!(token.access_token().secret(), "at-1");
+    assert_eq!(idp.requests_to("/token").len(), 1);
+    // ... and refreshes with the rotated refresh token when that one is rejected.
+    auth.invalidate(&token);
+    assert_eq!(auth.token().await.unwrap().access_token().secret(), "at-2");
+    assert_eq!(idp.refresh_tokens_sent(), ["rt-0", "rt-1"]);
+    assert_eq!(idp.reuse_detected(), 0);
+}
+
+#[tokio::test]
+async fn a_rejected_refresh_token_is_terminal_and_never_sent_again() {
+    let idp = StandInIdp::start().await;
+    let store = seeded("rt-unknown");
+    let auth = AuthLayer::new(grant(&idp, store.clone()));
+
+    for _ in 0..3 {
+        let err = auth.token().await.unwrap_err();
+        assert_eq!(err.oauth().map(|e| e.code()), Some("invalid_grant"));
+        assert!(err.is_terminal());
+    }
+    assert_eq!(idp.refresh_tokens_sent(), ["rt-unknown"]);
+
+    // Someone authorizes again and stores a new refresh token: the grant picks it up.
+    idp.add_refresh_token("rt-new");
+    store
+        .save(&StoredToken::new().with_refresh_token("rt-new"))
+        .await
+        .unwrap();
+    assert_eq!(auth.token().await.unwrap().access_token().secret(), "at-1");
+}
+
+#[tokio::test]
+async fn an_empty_store_asks_for_authorization() {
+    let idp = StandInIdp::start().await;
+    let auth = AuthLayer::new(grant(&idp, MemoryStore::new()));
+    let err = auth.token().await.unwrap_err();
+    assert!(matches!(err, Error::AuthorizationRequired(_)), "{err:?}");
+    assert!(err.is_terminal());
+    assert!(idp.requests_to("/token").is_empty());
+}
+
+/// A store whose saves fail while `broken` is set.
+#[derive(Clone, Default)]
+struct FlakyStore {
+    inner: MemoryStore,
+    broken: Arc<AtomicBool>,
+}
+
+impl TokenStore for FlakyStore {
+    async fn load(&self) -> Result<Option<StoredToken>, Error> {
+        self.inner.load().await
+    }
+    async fn save(&self, token: &StoredToken) -> Result<(), Error> {
+        if self.broken.load(SeqCst) {
+            return Err(Error::Store(tower_bearer::error::StoreError::new(
+                "disk full",
+            )));
+        }
+        self.inner.save(token).await
+    }
+    async fn clear(&self) -> Result<(), Error> {
+        self.inner.clear().await
+    }
+}
+
+#[tokio::test]
+async fn a_failed_save_is_an_error_and_the_token_is_not_used() {
+    let idp = StandInIdp::start().await;
+    idp.add_refresh_token("rt-0");
+    let store = FlakyStore::default();
+    store
+        .inner
+        .save(&StoredToken::new().with_refresh_token("rt-0"))
+        .await
+        .unwrap();
+    store.broken.store(true, SeqCst);
+    let auth = AuthLayer::new(grant(&idp, store.clone()));
+
+    let err = auth.token().await.unwrap_err();
+    assert!(matches!(err, Error::Store(_)), "{err:?}");
+    assert!(
+        auth.stats().token_age.is_none(),
+        "the bought token was not installed"
+    );
+
+    // Once the store works again, the grant goes on with the rotated token it kept in memory.
+    store.broken.store(false, SeqCst);
+    assert_eq!(auth.token().await.unwrap().access_token().secret(), "at-2");
+    assert_eq!(stored_refresh_token(&store).await.as_deref(), Some("rt-2"));
+    assert_eq!(idp.refresh_tokens_sent(), ["rt-0", "rt-1"]);
+    assert_eq!(idp.reuse_detected(), 0);
+}
+
+#[tokio::test]
+async fn revoke_revokes_the_refresh_token_and_clears_the_store() {
+    let idp = StandInIdp::start().await;
+    idp.add_refresh_token("rt-0");
+    let store = seeded("rt-0");
+    let source = RefreshTokenGrant::builder(idp.url("/token"))
+        .client_id("app")
+        .client_secret("app-secret")
+        .revocation_url(idp.url("/revoke"))
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let auth = AuthLayer::new(source);
+    auth.token().await.unwrap();
+
+    auth.revoke().await.unwrap();
+    let revoked: Vec<_> = idp
+        .requests_to("/revoke")
+        .iter()
+        .map(|r| r.form())
+        .collect();
+    assert_eq!(revoked.len(), 2);
+    assert!(revoked[0].contains(&("token".into(), "rt-1".into())));
+    assert!(revoked[0].contains(&("token_type_hint".into(), "refresh_token".into())));
+    assert!(revoked[1].contains(&("token".into(), "at-1".into())));
+    assert!(revoked[1].contains(&("token_type_hint".into(), "access_token".into())));
+    assert_eq!(store.load().await.unwrap(), None);
+    assert!(matches!(
+        auth.token().await.unwrap_err(),
+        Error::AuthorizationRequired(_)
+    ));
+}
