@@ -20,7 +20,7 @@ use std::{
     fmt,
     sync::{
         Arc, Mutex, OnceLock, PoisonError,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
 };
@@ -35,11 +35,15 @@ use crate::{Error, Token, source::DynTokenSource, stats::Counters};
 const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Timing settings of a cache; see [`AuthLayerBuilder`](crate::AuthLayerBuilder).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct CacheSettings {
     pub(crate) expiry_margin: Duration,
     pub(crate) default_lifetime: Duration,
     pub(crate) fetch_timeout: Duration,
+    /// The authentication scheme written before the token, `Bearer` by default.
+    pub(crate) scheme: Arc<str>,
+    /// How many requests may use one token; `None` for no limit.
+    pub(crate) max_uses: Option<u32>,
 }
 
 /// A token as the cache holds it: with its pre-built header and the instant it stops being used.
@@ -52,12 +56,31 @@ pub(crate) struct Entry {
     /// Increases with every token installed; identifies the token a request carried.
     pub(crate) generation: u64,
     pub(crate) fetched_at: Instant,
+    /// Uses left for a use-limited token; `None` when unlimited.
+    uses_left: Option<AtomicU32>,
 }
 
 impl Entry {
     #[inline]
     pub(crate) fn is_fresh(&self, now: Instant) -> bool {
         now < self.valid_until
+    }
+
+    /// Takes one use of the token: `true` if it may be sent (always, when unlimited).
+    #[inline]
+    pub(crate) fn claim(&self) -> bool {
+        match &self.uses_left {
+            None => true,
+            Some(left) => left
+                .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+                .is_ok(),
+        }
+    }
+
+    /// Fresh, and a use was claimed for the caller.
+    #[inline]
+    pub(crate) fn claim_fresh(&self, now: Instant) -> bool {
+        self.is_fresh(now) && self.claim()
     }
 }
 
@@ -100,15 +123,19 @@ impl TokenCache {
         &self.current
     }
 
-    /// The current token if it is still fresh.
-    pub(crate) fn fresh(&self) -> Option<Arc<Entry>> {
+    /// The current token if it is still fresh, with a use claimed for the caller.
+    fn fresh(&self) -> Option<Arc<Entry>> {
         match &*self.current.load() {
-            Some(e) if e.is_fresh(Instant::now()) => Some(Arc::clone(e)),
+            Some(e) if e.claim_fresh(Instant::now()) => Some(Arc::clone(e)),
             _ => None,
         }
     }
 
     /// The token source.
+    pub(crate) fn settings(&self) -> &CacheSettings {
+        &self.settings
+    }
+
     pub(crate) fn source(&self) -> &dyn DynTokenSource {
         &*self.source
     }
@@ -126,12 +153,24 @@ impl TokenCache {
     /// A fresh token: the current one, or the outcome of the fetch in flight, or of a new fetch.
     ///
     /// Cancellation-safe: dropping the returned future leaves the fetch running for others.
+    ///
+    /// With use-limited tokens every waiter claims a use of the fetched token; those who find
+    /// it used up wait for the next fetch, so there is still one fetch per use, never more.
     pub(crate) async fn acquire(self: Arc<Self>) -> Result<Arc<Entry>, Error> {
-        match self.join_or_start()? {
-            Step::Fresh(entry) => Ok(entry),
-            Step::Wait(flight) => {
-                self.counters.waiters.fetch_add(1, Relaxed);
-                flight.wait().await
+        let mut waited = false;
+        loop {
+            match self.join_or_start()? {
+                Step::Fresh(entry) => return Ok(entry),
+                Step::Wait(flight) => {
+                    if !waited {
+                        self.counters.waiters.fetch_add(1, Relaxed);
+                        waited = true;
+                    }
+                    let entry = flight.wait().await?;
+                    if entry.claim() {
+                        return Ok(entry);
+                    }
+                }
             }
         }
     }
@@ -196,7 +235,13 @@ impl TokenCache {
 
     /// Builds the entry for a fetched token and makes it current.
     fn install(&self, token: Token) -> Result<Arc<Entry>, Error> {
-        let header = token.header_value("Bearer")?;
+        let scheme = &*self.settings.scheme;
+        if scheme.is_empty() || !scheme.bytes().all(crate::challenge::is_tchar) {
+            return Err(Error::config(format!(
+                "authorization scheme {scheme:?} is not an HTTP token"
+            )));
+        }
+        let header = token.header_value(&self.settings.scheme)?;
         let now = Instant::now();
         let lifetime = token
             .expires_at()
@@ -212,6 +257,7 @@ impl TokenCache {
             valid_until: now + (lifetime - margin),
             generation: self.generation.fetch_add(1, Relaxed) + 1,
             fetched_at: now,
+            uses_left: self.settings.max_uses.map(AtomicU32::new),
         });
         self.current.store(Some(Arc::clone(&entry)));
         Ok(entry)

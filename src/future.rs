@@ -27,6 +27,7 @@ use tower_service::Service;
 use crate::{
     BoxError, Error,
     cache::{Entry, TokenCache},
+    challenge,
     replay::{ReplayBody, ReplayRequest},
 };
 
@@ -186,7 +187,7 @@ where
                             return Poll::Ready(Err(err.into()));
                         }
                     };
-                    if !is_unauthorized(&response) {
+                    if !rejects_token(&response, &this.cache.settings().scheme) {
                         self.set_done();
                         return Poll::Ready(Ok(response));
                     }
@@ -268,9 +269,11 @@ where
     }
 }
 
-/// A response that says the token was not accepted.
-fn is_unauthorized<T>(response: &Response<T>) -> bool {
+/// A response that says the token was not accepted: a 401 whose challenge (if any) does not
+/// name an error a new token cannot fix.
+fn rejects_token<T>(response: &Response<T>, scheme: &str) -> bool {
     response.status() == StatusCode::UNAUTHORIZED
+        && challenge::calls_for_new_token(response.headers(), scheme)
 }
 
 fn polled_after_completion() -> BoxError {

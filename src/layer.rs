@@ -65,6 +65,8 @@ impl AuthLayer {
                 expiry_margin: DEFAULT_EXPIRY_MARGIN,
                 default_lifetime: DEFAULT_LIFETIME,
                 fetch_timeout: DEFAULT_FETCH_TIMEOUT,
+                scheme: Arc::from("Bearer"),
+                max_uses: None,
             },
             retry: true,
         }
@@ -134,6 +136,8 @@ impl fmt::Debug for AuthLayer {
 /// | [`default_lifetime`](Self::default_lifetime) | 1 h | lifetime assumed when the endpoint sends no `expires_in` |
 /// | [`fetch_timeout`](Self::fetch_timeout) | 30 s | longest a token fetch may take before callers get [`Error::Timeout`] |
 /// | [`retry_unauthorized`](Self::retry_unauthorized) | on | after a 401, fetch a new token and resend once when the body allows |
+/// | [`scheme`](Self::scheme) | `Bearer` | the word before the token in the header |
+/// | [`max_token_uses`](Self::max_token_uses) | no limit | requests per token, for use-limited tokens |
 #[must_use]
 pub struct AuthLayerBuilder {
     source: Box<dyn crate::source::DynTokenSource>,
@@ -169,6 +173,24 @@ impl AuthLayerBuilder {
     /// requests skip the copy of their head that a resend needs.
     pub fn retry_unauthorized(mut self, retry: bool) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// The authentication scheme written before the token: `Bearer` unless set. Some APIs
+    /// want it spelled otherwise (Checkbook's documentation writes `bearer`).
+    ///
+    /// A scheme that is not an HTTP token (letters, digits and ``!#$%&'*+-.^_`|~``) is refused:
+    /// every fetch then fails with [`Error::Config`].
+    pub fn scheme(mut self, scheme: impl Into<String>) -> Self {
+        self.settings.scheme = Arc::from(scheme.into());
+        self
+    }
+
+    /// Use each token for at most `uses` requests, then fetch a new one: for APIs whose tokens
+    /// are good for a limited number of calls (Checkbook's `single-use` scope is `1`). Fetches
+    /// stay single-flight: one fetch per `uses` requests, never more. `0` means no limit.
+    pub fn max_token_uses(mut self, uses: u32) -> Self {
+        self.settings.max_uses = (uses > 0).then_some(uses);
         self
     }
 

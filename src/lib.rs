@@ -65,6 +65,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod cache;
+mod challenge;
 pub mod error;
 pub mod future;
 pub mod layer;

@@ -101,7 +101,7 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let fresh = match self.current.load() {
-            Some(entry) if entry.is_fresh(Instant::now()) => Some(entry),
+            Some(entry) if entry.claim_fresh(Instant::now()) => Some(entry),
             _ => None,
         };
         let Some(entry) = fresh else {

@@ -241,6 +241,27 @@ async fn a_token_without_expiry_lives_for_the_default_lifetime() {
     assert_eq!(source.fetches(), 2);
 }
 
+#[tokio::test(start_paused = true)]
+async fn use_limited_tokens_are_fetched_once_per_use_budget() {
+    for (uses, requests, fetches) in [(1, 100, 100), (3, 30, 10)] {
+        let source = CountingSource::new(Duration::from_millis(5), Some(Duration::from_secs(3600)));
+        let auth = AuthLayer::builder(source.clone())
+            .max_token_uses(uses)
+            .build();
+        let svc = ServiceBuilder::new().layer(auth).service(source.api());
+        let statuses = burst(svc, requests).await;
+        assert!(statuses.iter().all(|s| *s == StatusCode::OK));
+        assert_eq!(source.fetches(), fetches, "{uses} uses per token");
+        let mut seen = source.api().seen();
+        seen.sort();
+        let mut per_token = std::collections::HashMap::<String, u32>::new();
+        for token in seen {
+            *per_token.entry(token).or_default() += 1;
+        }
+        assert!(per_token.values().all(|n| *n == uses), "{per_token:?}");
+    }
+}
+
 #[test]
 fn without_a_runtime_the_caller_gets_an_error_not_a_panic() {
     let source = CountingSource::new(Duration::ZERO, None);

@@ -264,3 +264,49 @@ async fn the_resend_keeps_method_uri_and_headers() {
     assert_eq!(seen[2].1, "http://api.test/items");
     assert_eq!(seen[2].2.as_ref().unwrap(), "kept");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_challenge_naming_another_error_does_not_refresh() {
+    let source = source();
+    let api = source.api();
+    let auth = AuthLayer::new(source.clone());
+    let svc = ServiceBuilder::new()
+        .layer(auth.clone())
+        .service(api.clone());
+    svc.clone().oneshot(post("a")).await.unwrap();
+    api.revoke("tok-1");
+
+    *api.state().challenge.lock().unwrap() = Some(r#"Bearer error="invalid_request""#);
+    let response = svc.clone().oneshot(post("b")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        source.fetches(),
+        1,
+        "a new token cannot fix invalid_request"
+    );
+    assert_eq!(auth.stats().unauthorized, 0);
+
+    *api.state().challenge.lock().unwrap() =
+        Some(r#"Bearer realm="api", error="invalid_token", error_description="revoked""#);
+    let response = svc.oneshot(post("c")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(source.fetches(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_scheme_can_be_spelled_as_the_api_wants() {
+    let source = source();
+    let api = source.api();
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::builder(source.clone()).scheme("bearer").build())
+        .service(api.clone());
+    svc.oneshot(post("a")).await.unwrap();
+    assert_eq!(*api.state().authorization.lock().unwrap(), ["bearer tok-1"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_scheme_that_is_not_a_token_is_a_config_error() {
+    let auth = AuthLayer::builder(source()).scheme("Bearer token").build();
+    let err = auth.token().await.unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+}

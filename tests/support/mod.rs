@@ -137,6 +137,10 @@ pub struct ApiState {
     pub seen: Mutex<Vec<String>>,
     /// Bodies seen, in order.
     pub bodies: Mutex<Vec<String>>,
+    /// `WWW-Authenticate` sent with every 401.
+    pub challenge: Mutex<Option<&'static str>>,
+    /// `Authorization` headers seen, in order.
+    pub authorization: Mutex<Vec<String>>,
 }
 
 /// Answers 200 with the body it received when the bearer token is one the source issued and has
@@ -215,13 +219,20 @@ where
             if api.fail.load(SeqCst) {
                 return Err(ApiDown);
             }
-            let token = req
+            let authorization = req
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
                 .unwrap_or_default()
                 .to_owned();
+            api.authorization
+                .lock()
+                .unwrap()
+                .push(authorization.clone());
+            let token = authorization
+                .split_once(' ')
+                .map(|(_, t)| t.to_owned())
+                .unwrap_or_default();
             api.seen.lock().unwrap().push(token.clone());
             let body = req.into_body().collect().await.unwrap().to_bytes();
             let body = String::from_utf8_lossy(&body).into_owned();
@@ -232,10 +243,14 @@ where
                 None if api.valid.lock().unwrap().contains(&token) => StatusCode::OK,
                 None => StatusCode::UNAUTHORIZED,
             };
+            let mut response = Response::builder().status(status);
             if status == StatusCode::UNAUTHORIZED {
                 api.unauthorized.fetch_add(1, SeqCst);
+                if let Some(challenge) = *api.challenge.lock().unwrap() {
+                    response = response.header(header::WWW_AUTHENTICATE, challenge);
+                }
             }
-            Ok(Response::builder().status(status).body(body).unwrap())
+            Ok(response.body(body).unwrap())
         })
     }
 }
