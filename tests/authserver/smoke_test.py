@@ -125,8 +125,11 @@ def main():
     s, _, t = token(alice, basic=("rt-client", "rt-secret"))
     form = {"grant_type": "refresh_token", "refresh_token": t["refresh_token"]}
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        statuses = sorted(r[0] for r in pool.map(lambda _: token(form, basic=("rt-client", "rt-secret")), range(8)))
+        results = list(pool.map(lambda _: token(form, basic=("rt-client", "rt-secret")), range(8)))
+    statuses = sorted(r[0] for r in results)
     check(statuses == [200] + [400] * 7, "8 concurrent refreshes of one RT: one 200, seven 400", statuses)
+    winner = next(r[2] for r in results if r[0] == 200)
+    check(whoami(winner["access_token"])[0] == 401, "... and the reuse revoked the winner's new access token")
 
     # authorization code via /test/code
     s, _, c = request("POST", "/test/code", {"client_id": "ac-client", "redirect_uri": REDIRECT_URI})
@@ -152,6 +155,13 @@ def main():
     code = request("POST", "/test/code", pkce)[2]["code"]
     s, _, e = token({**exchange, "code": code}, basic=("ac-client", "ac-secret"))
     check(s == 400 and e["error"] == "invalid_request", "PKCE missing verifier -> invalid_request", e)
+
+    plain = {**pkce, "code_challenge": verifier, "code_challenge_method": "plain"}
+    code = request("POST", "/test/code", plain)[2]["code"]
+    s, _, t = token({**exchange, "code": code, "code_verifier": verifier}, basic=("ac-client", "ac-secret"))
+    check(s == 200, "code exchange with PKCE plain", t)
+    s, _, _ = request("POST", "/o/token", {"grant_type": "client_credentials"}, basic=("cc-post", "post-secret"))
+    check(s == 404, "/o/token without trailing slash -> 404")
 
     # RFC 7009 revocation
     s, _, t = token({"grant_type": "client_credentials"}, basic=("cc-post", "post-secret"))
