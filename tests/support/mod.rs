@@ -601,3 +601,25 @@ impl<B: Send + 'static> tower::Service<Request<B>> for IdpApi {
         })
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The real authorization server (django-oauth-toolkit) that `scripts/test` starts.
+
+/// Base URL of the real authorization server, or `None` (with a message) when it is not
+/// running. Panics instead when `TOWER_BEARER_REQUIRE_AUTHSERVER=1`: there, skipping is a
+/// failure.
+pub fn authserver(test: &str) -> Option<String> {
+    match std::env::var("TOWER_BEARER_AUTHSERVER") {
+        Ok(url) if !url.is_empty() => Some(url.trim_end_matches('/').to_owned()),
+        _ if std::env::var("TOWER_BEARER_REQUIRE_AUTHSERVER").as_deref() == Ok("1") => {
+            panic!("{test}: TOWER_BEARER_AUTHSERVER is not set but TOWER_BEARER_REQUIRE_AUTHSERVER=1")
+        }
+        _ => {
+            eprintln!(
+                "skipping {test}: no authorization server (TOWER_BEARER_AUTHSERVER unset); \
+                 run scripts/test to start django-oauth-toolkit and run every test"
+            );
+            None
+        }
+    }
+}
