@@ -59,7 +59,7 @@ pin_project! {
             token: Acquire,
             request: Option<Request<B>>,
             service: Option<S>,
-            keep_replay: bool,
+            replay_limit: Option<usize>,
             resend: bool,
         },
         // The request is with the inner service; `replay` is kept for a resend after a 401.
@@ -106,14 +106,14 @@ where
         cache: Arc<TokenCache>,
         request: Request<B>,
         service: S,
-        keep_replay: bool,
+        replay_limit: Option<usize>,
     ) -> Self {
         ResponseFuture {
             state: State::Acquire {
                 token: Box::pin(Arc::clone(&cache).acquire()),
                 request: Some(request),
                 service: Some(service),
-                keep_replay,
+                replay_limit,
                 resend: false,
             },
             cache,
@@ -138,7 +138,7 @@ where
                     token,
                     request,
                     service,
-                    keep_replay,
+                    replay_limit,
                     resend,
                 } => {
                     let entry = match ready!(token.as_mut().poll(cx)) {
@@ -162,8 +162,8 @@ where
                             service: Some(service),
                         }
                     } else {
-                        let replay = if *keep_replay {
-                            let (sent, replay) = ReplayRequest::prepare(request);
+                        let replay = if let Some(limit) = *replay_limit {
+                            let (sent, replay) = ReplayRequest::prepare(request, limit);
                             request = sent;
                             replay
                         } else {
@@ -205,7 +205,7 @@ where
                         token: Box::pin(Arc::clone(this.cache).acquire()),
                         request: Some(request),
                         service: Some(service),
-                        keep_replay: false,
+                        replay_limit: None,
                         resend: true,
                     }
                 }

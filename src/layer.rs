@@ -14,6 +14,8 @@ use crate::{
 pub const DEFAULT_EXPIRY_MARGIN: Duration = Duration::from_secs(30);
 /// Default for [`AuthLayerBuilder::default_lifetime`].
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+/// Default for [`AuthLayerBuilder::replay_limit`].
+pub const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
 /// Default for [`AuthLayerBuilder::fetch_timeout`].
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -49,6 +51,7 @@ pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct AuthLayer {
     cache: Arc<TokenCache>,
     retry: bool,
+    replay_limit: usize,
 }
 
 impl AuthLayer {
@@ -69,6 +72,7 @@ impl AuthLayer {
                 max_uses: None,
             },
             retry: true,
+            replay_limit: DEFAULT_REPLAY_LIMIT,
         }
     }
 
@@ -115,7 +119,12 @@ impl<S> Layer<S> for AuthLayer {
     type Service = AuthService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AuthService::new(inner, Arc::clone(&self.cache), self.retry)
+        AuthService::new(
+            inner,
+            Arc::clone(&self.cache),
+            self.retry,
+            self.replay_limit,
+        )
     }
 }
 
@@ -124,6 +133,7 @@ impl fmt::Debug for AuthLayer {
         f.debug_struct("AuthLayer")
             .field("cache", &self.cache)
             .field("retry", &self.retry)
+            .field("replay_limit", &self.replay_limit)
             .finish()
     }
 }
@@ -136,6 +146,7 @@ impl fmt::Debug for AuthLayer {
 /// | [`default_lifetime`](Self::default_lifetime) | 1 h | lifetime assumed when the endpoint sends no `expires_in` |
 /// | [`fetch_timeout`](Self::fetch_timeout) | 30 s | longest a token fetch may take before callers get [`Error::Timeout`] |
 /// | [`retry_unauthorized`](Self::retry_unauthorized) | on | after a 401, fetch a new token and resend once when the body allows |
+/// | [`replay_limit`](Self::replay_limit) | 64 KiB | most bytes of a streaming body kept for a resend |
 /// | [`scheme`](Self::scheme) | `Bearer` | the word before the token in the header |
 /// | [`max_token_uses`](Self::max_token_uses) | no limit | requests per token, for use-limited tokens |
 #[must_use]
@@ -143,6 +154,7 @@ pub struct AuthLayerBuilder {
     source: Box<dyn crate::source::DynTokenSource>,
     settings: CacheSettings,
     retry: bool,
+    replay_limit: usize,
 }
 
 impl AuthLayerBuilder {
@@ -176,6 +188,15 @@ impl AuthLayerBuilder {
         self
     }
 
+    /// The most bytes of a streaming request body kept so the request can be resent after a
+    /// 401 (see [`ReplayableBody`](crate::replay::ReplayableBody)); a body that streams more is
+    /// sent once and not resent. Bodies already in memory (`Full`, `String`, ...) are resent
+    /// whatever their size.
+    pub fn replay_limit(mut self, bytes: usize) -> Self {
+        self.replay_limit = bytes;
+        self
+    }
+
     /// The authentication scheme written before the token: `Bearer` unless set. Some APIs
     /// want it spelled otherwise (Checkbook's documentation writes `bearer`).
     ///
@@ -199,6 +220,7 @@ impl AuthLayerBuilder {
         AuthLayer {
             cache: Arc::new(TokenCache::new(self.source, self.settings)),
             retry: self.retry,
+            replay_limit: self.replay_limit,
         }
     }
 }

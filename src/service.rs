@@ -40,6 +40,7 @@ pub struct AuthService<S> {
     current: arc_swap::Cache<CacheRef, Option<Arc<Entry>>>,
     cache: Arc<TokenCache>,
     retry: bool,
+    replay_limit: usize,
 }
 
 /// Lets an [`arc_swap::Cache`] read the shared cache's current-token slot.
@@ -55,12 +56,13 @@ impl Deref for CacheRef {
 }
 
 impl<S> AuthService<S> {
-    pub(crate) fn new(inner: S, cache: Arc<TokenCache>, retry: bool) -> Self {
+    pub(crate) fn new(inner: S, cache: Arc<TokenCache>, retry: bool, replay_limit: usize) -> Self {
         AuthService {
             inner,
             current: arc_swap::Cache::new(CacheRef(Arc::clone(&cache))),
             cache,
             retry,
+            replay_limit,
         }
     }
 
@@ -108,13 +110,19 @@ where
             // Slow path: wait for a token. The readied service moves into the future.
             let clone = self.inner.clone();
             let inner = mem::replace(&mut self.inner, clone);
-            return ResponseFuture::acquiring(Arc::clone(self.cache()), request, inner, self.retry);
+            let replay_limit = self.retry.then_some(self.replay_limit);
+            return ResponseFuture::acquiring(
+                Arc::clone(self.cache()),
+                request,
+                inner,
+                replay_limit,
+            );
         };
         let generation = entry.generation;
         let header = entry.header.clone();
 
         let (mut request, replay) = if self.retry {
-            ReplayRequest::prepare(request)
+            ReplayRequest::prepare(request, self.replay_limit)
         } else {
             (request, None)
         };
@@ -140,6 +148,7 @@ impl<S: Clone> Clone for AuthService<S> {
             current: self.current.clone(),
             cache: Arc::clone(&self.cache),
             retry: self.retry,
+            replay_limit: self.replay_limit,
         }
     }
 }

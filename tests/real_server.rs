@@ -86,7 +86,10 @@ async fn first_refresh_token(base: &str) -> String {
         ],
     )
     .await;
-    json["refresh_token"].as_str().expect("a refresh token").to_owned()
+    json["refresh_token"]
+        .as_str()
+        .expect("a refresh token")
+        .to_owned()
 }
 
 fn client_credentials(base: &str, id: &str, secret: &str, auth: ClientAuth) -> AuthLayer {
@@ -103,7 +106,12 @@ fn client_credentials(base: &str, id: &str, secret: &str, auth: ClientAuth) -> A
 #[tokio::test]
 async fn client_credentials_with_basic_and_a_special_character_secret() {
     let base = server_or_skip!("client_credentials_with_basic_and_a_special_character_secret");
-    let auth = client_credentials(&base, "cc-basic", "basic:s3cret/with+special%&=", ClientAuth::Basic);
+    let auth = client_credentials(
+        &base,
+        "cc-basic",
+        "basic:s3cret/with+special%&=",
+        ClientAuth::Basic,
+    );
     let (status, json) = whoami(&auth, &base).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json["client_id"], "cc-basic");
@@ -153,7 +161,11 @@ async fn a_short_lived_token_is_renewed_once_for_many_concurrent_callers() {
             set.spawn(async move { auth.token().await.unwrap() });
         }
         let tokens = set.join_all().await;
-        assert!(tokens.iter().all(|t| t.access_token() == tokens[0].access_token()));
+        assert!(
+            tokens
+                .iter()
+                .all(|t| t.access_token() == tokens[0].access_token())
+        );
         assert_eq!(auth.stats().fetches, round, "one fetch per token lifetime");
         // The server accepts it.
         assert_eq!(whoami(&auth, &base).await.0, StatusCode::OK);
@@ -169,21 +181,38 @@ async fn a_short_lived_token_is_renewed_once_for_many_concurrent_callers() {
 async fn a_server_side_revocation_is_recovered_transparently() {
     let base = server_or_skip!("a_server_side_revocation_is_recovered_transparently");
     // A client of its own, so revoking its tokens disturbs no other test.
-    let auth = client_credentials(&base, "cc-basic", "basic:s3cret/with+special%&=", ClientAuth::Post);
+    let auth = client_credentials(
+        &base,
+        "cc-basic",
+        "basic:s3cret/with+special%&=",
+        ClientAuth::Post,
+    );
     assert_eq!(whoami(&auth, &base).await.0, StatusCode::OK);
     let first = auth.token().await.unwrap();
 
-    form_post(&format!("{base}/test/revoke-all"), ("x", "x"), &[("client_id", "cc-basic")]).await;
+    form_post(
+        &format!("{base}/test/revoke-all"),
+        ("x", "x"),
+        &[("client_id", "cc-basic")],
+    )
+    .await;
     assert_eq!(
         whoami_with(&base, first.access_token().secret()).await,
         StatusCode::UNAUTHORIZED
     );
 
     let (status, json) = whoami(&auth, &base).await;
-    assert_eq!(status, StatusCode::OK, "the 401 was retried with a new token");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the 401 was retried with a new token"
+    );
     assert_eq!(json["client_id"], "cc-basic");
     let stats = auth.stats();
-    assert_eq!((stats.fetches, stats.unauthorized, stats.retries), (2, 1, 1));
+    assert_eq!(
+        (stats.fetches, stats.unauthorized, stats.retries),
+        (2, 1, 1)
+    );
 }
 
 #[tokio::test]
@@ -210,7 +239,11 @@ async fn refresh_tokens_rotate_and_are_never_reused() {
             set.spawn(async move { auth.token().await.unwrap() });
         }
         let tokens = set.join_all().await;
-        assert!(tokens.iter().all(|t| t.access_token() == tokens[0].access_token()));
+        assert!(
+            tokens
+                .iter()
+                .all(|t| t.access_token() == tokens[0].access_token())
+        );
         let (status, json) = whoami(&auth, &base).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(json["username"], "alice");
@@ -314,14 +347,19 @@ async fn an_authorization_code_with_pkce_is_exchanged_and_renewed() {
     assert_eq!(whoami(&auth, &base).await.0, StatusCode::OK);
 
     // The code was single-use.
-    let err = flow().exchange(code, Some(pkce.verifier())).await.unwrap_err();
+    let err = flow()
+        .exchange(code, Some(pkce.verifier()))
+        .await
+        .unwrap_err();
     assert_eq!(err.oauth().unwrap().code(), "invalid_grant");
 }
 
 #[tokio::test]
 async fn discovery_configures_the_grant_and_revocation() {
     let base = server_or_skip!("discovery_configures_the_grant_and_revocation");
-    let metadata = ProviderMetadata::discover(&format!("{base}/o")).await.unwrap();
+    let metadata = ProviderMetadata::discover(&format!("{base}/o"))
+        .await
+        .unwrap();
     assert_eq!(metadata.token_endpoint(), format!("{base}/o/token/"));
     assert!(metadata.revocation_endpoint().is_some());
 
@@ -344,7 +382,8 @@ async fn discovery_configures_the_grant_and_revocation() {
 #[tokio::test]
 async fn revoking_a_refresh_grant_ends_it() {
     let base = server_or_skip!("revoking_a_refresh_grant_ends_it");
-    let store = MemoryStore::with(StoredToken::new().with_refresh_token(first_refresh_token(&base).await));
+    let store =
+        MemoryStore::with(StoredToken::new().with_refresh_token(first_refresh_token(&base).await));
     let auth = AuthLayer::new(
         RefreshTokenGrant::builder(format!("{base}/o/token/"))
             .client_id("rt-client")
@@ -362,5 +401,8 @@ async fn revoking_a_refresh_grant_ends_it() {
         whoami_with(&base, token.access_token().secret()).await,
         StatusCode::UNAUTHORIZED
     );
-    assert!(matches!(auth.token().await.unwrap_err(), Error::AuthorizationRequired(_)));
+    assert!(matches!(
+        auth.token().await.unwrap_err(),
+        Error::AuthorizationRequired(_)
+    ));
 }

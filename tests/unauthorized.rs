@@ -103,11 +103,11 @@ async fn forbidden_never_refreshes() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_body_that_cannot_be_replayed_is_not_resent_but_the_next_request_gets_a_new_token() {
+async fn a_body_over_the_replay_limit_is_not_resent_but_the_next_request_gets_a_new_token() {
     let source = source();
     let api = source.api();
     let svc = ServiceBuilder::new()
-        .layer(AuthLayer::new(source.clone()))
+        .layer(AuthLayer::builder(source.clone()).replay_limit(4).build())
         .service(api.clone());
     let streaming = || {
         let body: BoxBody<Bytes, Infallible> = BoxBody::new(Full::new(Bytes::from("stream")));
@@ -126,6 +126,51 @@ async fn a_body_that_cannot_be_replayed_is_not_resent_but_the_next_request_gets_
     let response = svc.oneshot(streaming()).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(api.seen(), ["tok-1", "tok-1", "tok-2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streaming_body_within_the_limit_is_resent_with_the_same_bytes() {
+    use tower_bearer::replay::ReplayableBody;
+    let source = source();
+    let api = source.api();
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::new(source.clone()))
+        .service(api.clone());
+    // A body that arrives in many chunks, as a proxied upload would.
+    let upload = || {
+        let chunks: Vec<Result<http_body::Frame<Bytes>, Infallible>> = (0..100)
+            .map(|i| Ok(http_body::Frame::data(Bytes::from(format!("{i:03},")))))
+            .collect();
+        let body = http_body_util::StreamBody::new(stream_of(chunks));
+        Request::post("http://api.test/upload")
+            .body(ReplayableBody::new(body))
+            .unwrap()
+    };
+    assert_eq!(
+        svc.clone().oneshot(upload()).await.unwrap().status(),
+        StatusCode::OK
+    );
+    api.revoke("tok-1");
+    let response = svc.oneshot(upload()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let expected: String = (0..100).map(|i| format!("{i:03},")).collect();
+    assert_eq!(response.body(), &expected);
+    assert_eq!(api.seen(), ["tok-1", "tok-1", "tok-2"]);
+}
+
+/// A stream over a vector, for `StreamBody`.
+fn stream_of<T: Unpin>(items: Vec<T>) -> impl futures_core::Stream<Item = T> + Unpin {
+    struct Iter<T>(std::vec::IntoIter<T>);
+    impl<T: Unpin> futures_core::Stream for Iter<T> {
+        type Item = T;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<T>> {
+            std::task::Poll::Ready(self.0.next())
+        }
+    }
+    Iter(items.into_iter())
 }
 
 #[tokio::test(start_paused = true)]

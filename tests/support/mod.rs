@@ -612,7 +612,9 @@ pub fn authserver(test: &str) -> Option<String> {
     match std::env::var("TOWER_BEARER_AUTHSERVER") {
         Ok(url) if !url.is_empty() => Some(url.trim_end_matches('/').to_owned()),
         _ if std::env::var("TOWER_BEARER_REQUIRE_AUTHSERVER").as_deref() == Ok("1") => {
-            panic!("{test}: TOWER_BEARER_AUTHSERVER is not set but TOWER_BEARER_REQUIRE_AUTHSERVER=1")
+            panic!(
+                "{test}: TOWER_BEARER_AUTHSERVER is not set but TOWER_BEARER_REQUIRE_AUTHSERVER=1"
+            )
         }
         _ => {
             eprintln!(

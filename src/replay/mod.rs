@@ -4,11 +4,16 @@
 //! layer calls [`prepare_replay`](ReplayBody::prepare_replay) before the first send and keeps what
 //! it returns; after a 401 it calls [`replay`](ReplayBody::replay) to get the body for the resend.
 //!
-//! Implemented here for the bodies clients use: `()`, `String`, `Vec<u8>`, `Bytes`, static
-//! strings and slices, `http_body_util::{Full, Empty}` (cloned: a reference-count increment for
-//! `Bytes`), and the boxed bodies `BoxBody` / `UnsyncBoxBody`, which are replayed only when
-//! they are already known to be empty. A body that cannot be replayed is still sent once; on a
-//! 401 the response goes back to the caller and the next request uses the new token.
+//! Implemented here for the bodies clients use:
+//!
+//! | body | replayed by |
+//! |---|---|
+//! | `()`, `String`, `Vec<u8>`, `Bytes`, `&'static str`, `&'static [u8]`, `Full<D>` | cloning it (a reference-count increment for `Bytes`) |
+//! | `Empty<D>` | making another |
+//! | [`ReplayableBody<B>`], `BoxBody<Bytes, E>`, `UnsyncBoxBody<Bytes, E>` | keeping the bytes as they stream out, up to the [replay limit](crate::AuthLayerBuilder::replay_limit) (64 KiB by default) |
+//!
+//! A body that cannot be replayed (or streamed past the limit) is still sent once; on a 401 the
+//! response goes back to the caller and the next request uses the new token.
 //!
 //! # Your own body type
 //!
@@ -20,7 +25,7 @@
 //!
 //! impl ReplayBody for JsonBody {
 //!     type Replay = JsonBody;
-//!     fn prepare_replay(self) -> (Self, Option<Self::Replay>) {
+//!     fn prepare_replay(self, _limit: usize) -> (Self, Option<Self::Replay>) {
 //!         (self.clone(), Some(self))
 //!     }
 //!     fn replay(kept: Self::Replay) -> Option<Self> {
@@ -32,6 +37,10 @@
 use std::convert::Infallible;
 
 use bytes::{Buf, Bytes};
+
+mod body;
+
+pub use body::{ReplayHandle, ReplayableBody};
 use http::{Extensions, HeaderMap, Method, Request, Uri, Version};
 use http_body::Body;
 use http_body_util::{
@@ -45,8 +54,8 @@ pub trait ReplayBody: Sized {
     type Replay;
 
     /// Called before the first send: returns the body to send and, if the body can be sent
-    /// again, what to keep for that.
-    fn prepare_replay(self) -> (Self, Option<Self::Replay>);
+    /// again, what to keep for that. A streaming body keeps at most `limit` bytes.
+    fn prepare_replay(self, limit: usize) -> (Self, Option<Self::Replay>);
 
     /// Builds the body for the second send, or `None` if it can no longer be built.
     fn replay(kept: Self::Replay) -> Option<Self>;
@@ -57,7 +66,7 @@ macro_rules! replay_by_clone {
         impl ReplayBody for $ty {
             type Replay = $ty;
             #[inline]
-            fn prepare_replay(self) -> (Self, Option<Self::Replay>) {
+            fn prepare_replay(self, _limit: usize) -> (Self, Option<Self::Replay>) {
                 (self.clone(), Some(self))
             }
             #[inline]
@@ -73,7 +82,7 @@ replay_by_clone!((), String, Vec<u8>, Bytes, &'static str, &'static [u8]);
 impl<D: Clone> ReplayBody for Full<D> {
     type Replay = Full<D>;
     #[inline]
-    fn prepare_replay(self) -> (Self, Option<Self::Replay>) {
+    fn prepare_replay(self, _limit: usize) -> (Self, Option<Self::Replay>) {
         (self.clone(), Some(self))
     }
     #[inline]
@@ -85,7 +94,7 @@ impl<D: Clone> ReplayBody for Full<D> {
 impl<D> ReplayBody for Empty<D> {
     type Replay = ();
     #[inline]
-    fn prepare_replay(self) -> (Self, Option<Self::Replay>) {
+    fn prepare_replay(self, _limit: usize) -> (Self, Option<Self::Replay>) {
         (self, Some(()))
     }
     #[inline]
@@ -94,31 +103,67 @@ impl<D> ReplayBody for Empty<D> {
     }
 }
 
-fn empty_never<D: Buf, E>() -> http_body_util::combinators::MapErr<Empty<D>, fn(Infallible) -> E> {
-    Empty::new().map_err(|never: Infallible| match never {})
+impl<B> ReplayBody for ReplayableBody<B>
+where
+    B: Body,
+    B::Data: Buf,
+{
+    type Replay = ReplayHandle<B>;
+    fn prepare_replay(self, limit: usize) -> (Self, Option<Self::Replay>) {
+        let (body, handle) = self.capture(limit);
+        (body, Some(handle))
+    }
+    fn replay(kept: Self::Replay) -> Option<Self> {
+        ReplayableBody::replay(kept)
+    }
 }
 
-/// Boxed bodies are replayed only when already known to be empty: nothing was kept of them.
-macro_rules! replay_if_empty {
+/// What is kept of a boxed body: nothing if it was empty, else its stream.
+pub enum BoxedReplay<B> {
+    /// The body was empty.
+    Empty,
+    /// The body streamed; these are its kept bytes.
+    Streamed(ReplayHandle<B>),
+}
+
+impl<B> std::fmt::Debug for BoxedReplay<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BoxedReplay::Empty => f.write_str("Empty"),
+            BoxedReplay::Streamed(_) => f.write_str("Streamed"),
+        }
+    }
+}
+
+/// Boxed bodies: an empty one is replayed by making another; a streaming one is kept as it
+/// streams, up to the limit.
+macro_rules! replay_boxed {
     ($($ty:ident: $($bound:ident)+),* $(,)?) => {$(
-        impl<D, E> ReplayBody for $ty<D, E>
+        impl<E> ReplayBody for $ty<Bytes, E>
         where
-            D: Buf $(+ $bound)+ + 'static,
             E: 'static,
         {
-            type Replay = ();
-            fn prepare_replay(self) -> (Self, Option<Self::Replay>) {
-                let empty = self.is_end_stream();
-                (self, empty.then_some(()))
+            type Replay = BoxedReplay<$ty<Bytes, E>>;
+            fn prepare_replay(self, limit: usize) -> (Self, Option<Self::Replay>) {
+                if self.is_end_stream() {
+                    return (self, Some(BoxedReplay::Empty));
+                }
+                let (body, handle) = ReplayableBody::new(self).capture(limit);
+                ($ty::new(body), Some(BoxedReplay::Streamed(handle)))
             }
-            fn replay((): ()) -> Option<Self> {
-                Some($ty::new(empty_never::<D, E>()))
+            fn replay(kept: Self::Replay) -> Option<Self> {
+                match kept {
+                    BoxedReplay::Empty => Some($ty::new(
+                        Empty::<Bytes>::new().map_err(|never: Infallible| match never {}),
+                    )),
+                    BoxedReplay::Streamed(handle) => ReplayableBody::replay(handle).map($ty::new),
+                }
             }
         }
     )*};
 }
 
-replay_if_empty!(BoxBody: Send Sync, UnsyncBoxBody: Send);
+replay_boxed!(BoxBody: Send Sync, UnsyncBoxBody: Send);
 
 /// Everything needed to send a request again, except the `Authorization` header.
 pub(crate) struct ReplayRequest<B: ReplayBody> {
@@ -132,9 +177,9 @@ pub(crate) struct ReplayRequest<B: ReplayBody> {
 
 impl<B: ReplayBody> ReplayRequest<B> {
     /// Splits off a copy of `request` for a possible resend, if its body allows one.
-    pub(crate) fn prepare(request: Request<B>) -> (Request<B>, Option<Self>) {
+    pub(crate) fn prepare(request: Request<B>, limit: usize) -> (Request<B>, Option<Self>) {
         let (parts, body) = request.into_parts();
-        let (body, kept) = body.prepare_replay();
+        let (body, kept) = body.prepare_replay(limit);
         let replay = kept.map(|body| ReplayRequest {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
@@ -176,7 +221,7 @@ mod tests {
             .header("x-trace", "1")
             .body(Full::new(Bytes::from_static(b"payload")))
             .unwrap();
-        let (sent, replay) = ReplayRequest::prepare(req);
+        let (sent, replay) = ReplayRequest::prepare(req, 64 * 1024);
         assert_eq!(collect(sent.into_body()).await, "payload");
         let again = replay.unwrap().into_request().unwrap();
         assert_eq!(again.method(), Method::POST);
@@ -186,15 +231,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn boxed_bodies_replay_only_when_empty() {
+    async fn boxed_bodies_replay_empty_or_streamed_within_the_limit() {
         let empty: BoxBody<Bytes, Infallible> = BoxBody::new(Empty::new());
-        let (_, replay) = ReplayRequest::prepare(Request::new(empty));
+        let (_, replay) = ReplayRequest::prepare(Request::new(empty), 1024);
         let again = replay.unwrap().into_request().unwrap();
         assert!(collect(again.into_body()).await.is_empty());
 
         let full: BoxBody<Bytes, Infallible> = BoxBody::new(Full::new(Bytes::from("x")));
-        let (_, replay) = ReplayRequest::prepare(Request::new(full));
-        assert!(replay.is_none());
+        let (sent, replay) = ReplayRequest::prepare(Request::new(full), 1024);
+        assert_eq!(collect(sent.into_body()).await, "x");
+        let again = replay.unwrap().into_request().unwrap();
+        assert_eq!(collect(again.into_body()).await, "x");
+
+        let big: BoxBody<Bytes, Infallible> = BoxBody::new(Full::new(Bytes::from("0123456789")));
+        let (sent, replay) = ReplayRequest::prepare(Request::new(big), 4);
+        assert_eq!(collect(sent.into_body()).await, "0123456789");
+        assert!(replay.unwrap().into_request().is_none(), "over the limit");
     }
 
     #[test]
@@ -203,7 +255,7 @@ mod tests {
         struct Tag(u8);
         let mut req = Request::new(String::from("b"));
         req.extensions_mut().insert(Tag(7));
-        let (_, replay) = ReplayRequest::prepare(req);
+        let (_, replay) = ReplayRequest::prepare(req, 64 * 1024);
         let again = replay.unwrap().into_request().unwrap();
         assert_eq!(again.extensions().get::<Tag>(), Some(&Tag(7)));
         assert_eq!(again.body(), "b");
