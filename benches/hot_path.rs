@@ -25,7 +25,7 @@ use tower_http::auth::AddAuthorizationLayer;
 const TOKEN: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJiZW5jaCJ9.c2lnbmF0dXJl";
 
 fn request() -> Request<&'static str> {
-    Request::get("http://api.test/items").body("").unwrap()
+    Request::get("https://api.test/items").body("").unwrap()
 }
 
 /// One request: ready, call, poll the future to completion.

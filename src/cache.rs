@@ -40,8 +40,11 @@ pub(crate) struct CacheSettings {
     pub(crate) expiry_margin: Duration,
     pub(crate) default_lifetime: Duration,
     pub(crate) fetch_timeout: Duration,
-    /// The authentication scheme written before the token, `Bearer` by default.
+    /// The authentication scheme written before the token, `Bearer` by default; empty for the
+    /// token alone.
     pub(crate) scheme: Arc<str>,
+    /// The header the token goes in, `Authorization` by default.
+    pub(crate) header_name: http::HeaderName,
     /// How many requests may use one token; `None` for no limit.
     pub(crate) max_uses: Option<u32>,
 }
@@ -236,7 +239,7 @@ impl TokenCache {
     /// Builds the entry for a fetched token and makes it current.
     fn install(&self, token: Token) -> Result<Arc<Entry>, Error> {
         let scheme = &*self.settings.scheme;
-        if scheme.is_empty() || !scheme.bytes().all(crate::challenge::is_tchar) {
+        if !scheme.bytes().all(crate::challenge::is_tchar) {
             return Err(Error::config(format!(
                 "authorization scheme {scheme:?} is not an HTTP token"
             )));

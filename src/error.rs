@@ -83,6 +83,18 @@ pub enum Error {
     #[error("authorization required: {0}")]
     AuthorizationRequired(Cow<'static, str>),
 
+    /// The request would carry the token over plain `http` to a host that is not a loopback
+    /// address. Use `https`, or allow it with
+    /// [`AuthLayerBuilder::allow_http`](crate::AuthLayerBuilder::allow_http).
+    #[error(
+        "refusing to send a bearer token over plain http to {host}: use https, \
+         or AuthLayerBuilder::allow_http(true)"
+    )]
+    InsecureRequest {
+        /// The host the request was for.
+        host: String,
+    },
+
     /// The fetch was abandoned before it finished: the token source panicked or the runtime
     /// shut down.
     #[error("token fetch was aborted before it finished")]
@@ -118,7 +130,10 @@ impl Error {
     pub fn is_terminal(&self) -> bool {
         match self {
             Error::OAuth(e) => e.is_terminal(),
-            Error::Config(_) | Error::InvalidToken | Error::AuthorizationRequired(_) => true,
+            Error::Config(_)
+            | Error::InvalidToken
+            | Error::AuthorizationRequired(_)
+            | Error::InsecureRequest { .. } => true,
             _ => false,
         }
     }

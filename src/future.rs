@@ -20,7 +20,7 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use http::{Request, Response, StatusCode, header::AUTHORIZATION};
+use http::StatusCode;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
@@ -28,21 +28,22 @@ use crate::{
     BoxError, Error,
     cache::{Entry, TokenCache},
     challenge,
-    replay::{ReplayBody, ReplayRequest},
+    message::{AuthRequest, AuthResponse},
 };
 
 pub(crate) type Acquire = Pin<Box<dyn Future<Output = Result<Arc<Entry>, Error>> + Send>>;
 
 pin_project! {
     /// Response future of [`AuthService`](crate::AuthService).
-    pub struct ResponseFuture<S, B>
+    pub struct ResponseFuture<S, R>
     where
-        S: Service<Request<B>>,
-        B: ReplayBody,
+        S: Service<R>,
+        R: AuthRequest,
     {
         #[pin]
-        state: State<S::Future, S, B>,
-        cache: Arc<TokenCache>,
+        state: State<S::Future, S, R>,
+        // `None` for requests sent without the token, or refused.
+        cache: Option<Arc<TokenCache>>,
         // Generation of the token the request in flight carries.
         generation: u64,
     }
@@ -50,14 +51,14 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, S, B>
+    enum State<F, S, R>
     where
-        B: ReplayBody,
+        R: AuthRequest,
     {
-        // Waiting for a token; `retry` is set when this is the wait before a resend.
+        // Waiting for a token; `resend` is set when this is the wait before a resend.
         Acquire {
             token: Acquire,
-            request: Option<Request<B>>,
+            request: Option<R>,
             service: Option<S>,
             replay_limit: Option<usize>,
             resend: bool,
@@ -66,45 +67,67 @@ pin_project! {
         Send {
             #[pin]
             fut: F,
-            replay: Option<(S, ReplayRequest<B>)>,
+            replay: Option<(S, R::Replay)>,
         },
         // Waiting for the inner service to be ready for the resend.
         Ready {
-            request: Option<Request<B>>,
+            request: Option<R>,
             service: Option<S>,
         },
-        // The resend: whatever it answers goes to the caller.
+        // The resend, or a request sent without the token: whatever it answers goes to the caller.
         Resend {
             #[pin]
             fut: F,
+        },
+        // The request was refused before it was sent.
+        Refused {
+            error: Option<Error>,
         },
         Done,
     }
 }
 
-impl<S, B> ResponseFuture<S, B>
+impl<S, R> ResponseFuture<S, R>
 where
-    S: Service<Request<B>>,
-    B: ReplayBody,
+    S: Service<R>,
+    R: AuthRequest,
 {
     /// The request was sent with a cached token.
     pub(crate) fn sent(
         fut: S::Future,
         cache: Arc<TokenCache>,
         generation: u64,
-        replay: Option<(S, ReplayRequest<B>)>,
+        replay: Option<(S, R::Replay)>,
     ) -> Self {
         ResponseFuture {
             state: State::Send { fut, replay },
-            cache,
+            cache: Some(cache),
             generation,
+        }
+    }
+
+    /// The request was sent without the token (another origin).
+    pub(crate) fn passed(fut: S::Future) -> Self {
+        ResponseFuture {
+            state: State::Resend { fut },
+            cache: None,
+            generation: 0,
+        }
+    }
+
+    /// The request was not sent.
+    pub(crate) fn refused(error: Error) -> Self {
+        ResponseFuture {
+            state: State::Refused { error: Some(error) },
+            cache: None,
+            generation: 0,
         }
     }
 
     /// The request waits for a token; `service` is the readied inner service.
     pub(crate) fn acquiring(
         cache: Arc<TokenCache>,
-        request: Request<B>,
+        request: R,
         service: S,
         replay_limit: Option<usize>,
     ) -> Self {
@@ -116,19 +139,20 @@ where
                 replay_limit,
                 resend: false,
             },
-            cache,
+            cache: Some(cache),
             generation: 0,
         }
     }
 }
 
-impl<S, B, ResBody> Future for ResponseFuture<S, B>
+impl<S, R> Future for ResponseFuture<S, R>
 where
-    S: Service<Request<B>, Response = Response<ResBody>>,
+    S: Service<R>,
+    S::Response: AuthResponse,
     S::Error: Into<BoxError>,
-    B: ReplayBody,
+    R: AuthRequest,
 {
-    type Output = Result<Response<ResBody>, BoxError>;
+    type Output = Result<S::Response, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
@@ -153,17 +177,21 @@ where
                         return Poll::Ready(Err(polled_after_completion()));
                     };
                     *this.generation = entry.generation;
+                    let header_name = match this.cache {
+                        Some(cache) => cache.settings().header_name.clone(),
+                        None => return Poll::Ready(Err(polled_after_completion())),
+                    };
                     if *resend {
                         request
                             .headers_mut()
-                            .insert(AUTHORIZATION, entry.header.clone());
+                            .insert(header_name, entry.header.clone());
                         State::Ready {
                             request: Some(request),
                             service: Some(service),
                         }
                     } else {
                         let replay = if let Some(limit) = *replay_limit {
-                            let (sent, replay) = ReplayRequest::prepare(request, limit);
+                            let (sent, replay) = request.prepare_replay(limit);
                             request = sent;
                             replay
                         } else {
@@ -171,7 +199,7 @@ where
                         };
                         request
                             .headers_mut()
-                            .insert(AUTHORIZATION, entry.header.clone());
+                            .insert(header_name, entry.header.clone());
                         let fut = service.call(request);
                         State::Send {
                             fut,
@@ -187,22 +215,25 @@ where
                             return Poll::Ready(Err(err.into()));
                         }
                     };
-                    if !rejects_token(&response, &this.cache.settings().scheme) {
+                    let Some(cache) = this.cache.as_ref() else {
+                        return Poll::Ready(Err(polled_after_completion()));
+                    };
+                    if !rejects_token(&response, &cache.settings().scheme) {
                         self.set_done();
                         return Poll::Ready(Ok(response));
                     }
                     // Forget the rejected token only if nothing newer replaced it meanwhile.
-                    this.cache.invalidate(*this.generation);
+                    cache.invalidate(*this.generation);
                     let resend = replay
                         .take()
-                        .and_then(|(service, replay)| Some((service, replay.into_request()?)));
+                        .and_then(|(service, replay)| Some((service, R::replay(replay)?)));
                     let Some((service, request)) = resend else {
                         self.set_done();
                         return Poll::Ready(Ok(response));
                     };
                     drop(response);
                     State::Acquire {
-                        token: Box::pin(Arc::clone(this.cache).acquire()),
+                        token: Box::pin(Arc::clone(cache).acquire()),
                         request: Some(request),
                         service: Some(service),
                         replay_limit: None,
@@ -221,7 +252,9 @@ where
                     else {
                         return Poll::Ready(Err(polled_after_completion()));
                     };
-                    this.cache.counters.retries.fetch_add(1, Relaxed);
+                    if let Some(cache) = this.cache.as_ref() {
+                        cache.counters.retries.fetch_add(1, Relaxed);
+                    }
                     State::Resend {
                         fut: service.call(request),
                     }
@@ -231,6 +264,14 @@ where
                     self.set_done();
                     return Poll::Ready(result.map_err(Into::into));
                 }
+                StateProj::Refused { error } => {
+                    let error = error.take();
+                    self.set_done();
+                    return Poll::Ready(Err(match error {
+                        Some(error) => error.into(),
+                        None => polled_after_completion(),
+                    }));
+                }
                 StateProj::Done => return Poll::Ready(Err(polled_after_completion())),
             };
             self.as_mut().project().state.set(next);
@@ -238,20 +279,20 @@ where
     }
 }
 
-impl<S, B> ResponseFuture<S, B>
+impl<S, R> ResponseFuture<S, R>
 where
-    S: Service<Request<B>>,
-    B: ReplayBody,
+    S: Service<R>,
+    R: AuthRequest,
 {
     fn set_done(self: Pin<&mut Self>) {
         self.project().state.set(State::Done);
     }
 }
 
-impl<S, B> std::fmt::Debug for ResponseFuture<S, B>
+impl<S, R> std::fmt::Debug for ResponseFuture<S, R>
 where
-    S: Service<Request<B>>,
-    B: ReplayBody,
+    S: Service<R>,
+    R: AuthRequest,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match &self.state {
@@ -260,6 +301,7 @@ where
             State::Send { .. } => "Send",
             State::Ready { .. } => "Ready",
             State::Resend { .. } => "Resend",
+            State::Refused { .. } => "Refused",
             State::Done => "Done",
         };
         f.debug_struct("ResponseFuture")
@@ -270,10 +312,20 @@ where
 }
 
 /// A response that says the token was not accepted: a 401 whose challenge (if any) does not
-/// name an error a new token cannot fix.
-fn rejects_token<T>(response: &Response<T>, scheme: &str) -> bool {
-    response.status() == StatusCode::UNAUTHORIZED
-        && challenge::calls_for_new_token(response.headers(), scheme)
+/// name an error a new token cannot fix, or a gRPC `UNAUTHENTICATED` (status 16), which comes
+/// as HTTP 200 with `grpc-status: 16` in a trailers-only response.
+fn rejects_token(response: &impl AuthResponse, scheme: &str) -> bool {
+    match response.status() {
+        StatusCode::UNAUTHORIZED => challenge::calls_for_new_token(response.headers(), scheme),
+        StatusCode::OK => {
+            let headers = response.headers();
+            !headers.is_empty()
+                && headers
+                    .get("grpc-status")
+                    .is_some_and(|v| v.as_bytes() == b"16")
+        }
+        _ => false,
+    }
 }
 
 fn polled_after_completion() -> BoxError {

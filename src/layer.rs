@@ -8,6 +8,7 @@ use tower_layer::Layer;
 use crate::{
     AuthService, Error, Stats, Token, TokenSource,
     cache::{CacheSettings, TokenCache},
+    origin::{Origin, OriginPolicy},
 };
 
 /// Default for [`AuthLayerBuilder::expiry_margin`].
@@ -52,6 +53,7 @@ pub struct AuthLayer {
     cache: Arc<TokenCache>,
     retry: bool,
     replay_limit: usize,
+    policy: Arc<OriginPolicy>,
 }
 
 impl AuthLayer {
@@ -69,10 +71,12 @@ impl AuthLayer {
                 default_lifetime: DEFAULT_LIFETIME,
                 fetch_timeout: DEFAULT_FETCH_TIMEOUT,
                 scheme: Arc::from("Bearer"),
+                header_name: http::header::AUTHORIZATION,
                 max_uses: None,
             },
             retry: true,
             replay_limit: DEFAULT_REPLAY_LIMIT,
+            policy: OriginPolicy::default(),
         }
     }
 
@@ -124,6 +128,7 @@ impl<S> Layer<S> for AuthLayer {
             Arc::clone(&self.cache),
             self.retry,
             self.replay_limit,
+            Arc::clone(&self.policy),
         )
     }
 }
@@ -148,6 +153,9 @@ impl fmt::Debug for AuthLayer {
 /// | [`retry_unauthorized`](Self::retry_unauthorized) | on | after a 401, fetch a new token and resend once when the body allows |
 /// | [`replay_limit`](Self::replay_limit) | 64 KiB | most bytes of a streaming body kept for a resend |
 /// | [`scheme`](Self::scheme) | `Bearer` | the word before the token in the header |
+/// | [`header_name`](Self::header_name) | `Authorization` | the header the token goes in |
+/// | [`origin`](Self::origin) | every origin | limits where the token goes |
+/// | [`allow_http`](Self::allow_http) | off | plain `http` to non-loopback hosts |
 /// | [`max_token_uses`](Self::max_token_uses) | no limit | requests per token, for use-limited tokens |
 #[must_use]
 pub struct AuthLayerBuilder {
@@ -155,6 +163,7 @@ pub struct AuthLayerBuilder {
     settings: CacheSettings,
     retry: bool,
     replay_limit: usize,
+    policy: OriginPolicy,
 }
 
 impl AuthLayerBuilder {
@@ -197,8 +206,36 @@ impl AuthLayerBuilder {
         self
     }
 
-    /// The authentication scheme written before the token: `Bearer` unless set. Some APIs
-    /// want it spelled otherwise (Checkbook's documentation writes `bearer`).
+    /// Limits the token to requests for `origin` (`scheme://host[:port]`); repeatable. Requests
+    /// to other origins pass through untouched. Unset, every request gets the token (see
+    /// [`crate::origin`] for why, and for requests addressed by path alone).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if `origin` is not an `http` or `https` URL without a path.
+    pub fn origin(mut self, origin: &str) -> Result<Self, Error> {
+        self.policy.origins.push(Origin::parse(origin)?);
+        Ok(self)
+    }
+
+    /// Allows sending the token over plain `http` to hosts that are not loopback addresses.
+    /// Without it such requests fail with [`Error::InsecureRequest`]; loopback addresses
+    /// (`127.0.0.0/8`, `[::1]`, `localhost`) never need it.
+    pub fn allow_http(mut self, allow: bool) -> Self {
+        self.policy.allow_http = allow;
+        self
+    }
+
+    /// The header the token goes in: `Authorization` unless set. For an API that wants, say,
+    /// `X-Api-Token: <token>`, set the header and an empty [`scheme`](Self::scheme).
+    pub fn header_name(mut self, name: http::HeaderName) -> Self {
+        self.settings.header_name = name;
+        self
+    }
+
+    /// The authentication scheme written before the token: `Bearer` unless set; empty for the
+    /// token alone. Some APIs want it spelled otherwise (Checkbook's documentation writes
+    /// `bearer`).
     ///
     /// A scheme that is not an HTTP token (letters, digits and ``!#$%&'*+-.^_`|~``) is refused:
     /// every fetch then fails with [`Error::Config`].
@@ -221,6 +258,7 @@ impl AuthLayerBuilder {
             cache: Arc::new(TokenCache::new(self.source, self.settings)),
             retry: self.retry,
             replay_limit: self.replay_limit,
+            policy: Arc::new(self.policy),
         }
     }
 }

@@ -45,7 +45,9 @@
 //! | [`future`] | [`ResponseFuture`]: acquire → send → on 401 refresh → resend |
 //! | [`source`] | the [`TokenSource`] trait and [`ClientCredentials`], [`from_fn`](source::from_fn), [`StaticToken`] |
 //! | [`token`] | [`Token`] and the redacted, zeroized secret types |
-//! | [`replay`] | [`ReplayBody`]: which request bodies can be resent after a 401 |
+//! | [`replay`] | [`ReplayBody`], [`ReplayableBody`](replay::ReplayableBody): which request bodies can be resent after a 401 |
+//! | [`message`] | [`AuthRequest`], [`AuthResponse`]: `http` and `reqwest` requests and responses |
+//! | [`origin`] | where a token may go: origin limits, no plain `http` beyond loopback |
 //! | [`error`] | the [`Error`] type |
 //! | [`stats`] | [`Stats`], the layer's counters |
 //! | [`store`] | [`TokenStore`](store::TokenStore): where refresh tokens persist ([`MemoryStore`](store::MemoryStore), [`FileStore`](store::FileStore)) |
@@ -69,7 +71,9 @@ mod challenge;
 pub mod error;
 pub mod future;
 pub mod layer;
+pub mod message;
 mod oauth;
+pub mod origin;
 pub mod replay;
 pub mod service;
 pub mod source;
@@ -80,6 +84,7 @@ pub mod token;
 pub use error::{Error, OAuthError};
 pub use future::ResponseFuture;
 pub use layer::{AuthLayer, AuthLayerBuilder};
+pub use message::{AuthRequest, AuthResponse};
 pub use oauth::{ClientAuth, Pkce, ProviderMetadata};
 pub use replay::ReplayBody;
 pub use service::AuthService;

@@ -8,7 +8,7 @@ use std::{
 };
 
 use arc_swap::ArcSwapOption;
-use http::{Request, Response, header::AUTHORIZATION};
+use http::HeaderName;
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -16,11 +16,15 @@ use crate::{
     BoxError,
     cache::{Entry, TokenCache},
     future::ResponseFuture,
-    replay::{ReplayBody, ReplayRequest},
+    message::{AuthRequest, AuthResponse},
+    origin::{Decision, OriginPolicy},
 };
 
 /// Middleware that sets `Authorization: Bearer <token>` on every request, fetching and
 /// refreshing the token as needed. Made by [`AuthLayer`](crate::AuthLayer).
+///
+/// It serves `http::Request<B>` (hyper, axum, tonic: any `B` that implements
+/// [`ReplayBody`](crate::ReplayBody)) and `reqwest::Request`; see [`AuthRequest`].
 ///
 /// # Errors
 ///
@@ -41,6 +45,8 @@ pub struct AuthService<S> {
     cache: Arc<TokenCache>,
     retry: bool,
     replay_limit: usize,
+    header_name: HeaderName,
+    policy: Arc<OriginPolicy>,
 }
 
 /// Lets an [`arc_swap::Cache`] read the shared cache's current-token slot.
@@ -56,13 +62,21 @@ impl Deref for CacheRef {
 }
 
 impl<S> AuthService<S> {
-    pub(crate) fn new(inner: S, cache: Arc<TokenCache>, retry: bool, replay_limit: usize) -> Self {
+    pub(crate) fn new(
+        inner: S,
+        cache: Arc<TokenCache>,
+        retry: bool,
+        replay_limit: usize,
+        policy: Arc<OriginPolicy>,
+    ) -> Self {
         AuthService {
             inner,
             current: arc_swap::Cache::new(CacheRef(Arc::clone(&cache))),
+            header_name: cache.settings().header_name.clone(),
             cache,
             retry,
             replay_limit,
+            policy,
         }
     }
 
@@ -80,28 +94,30 @@ impl<S> AuthService<S> {
     pub fn into_inner(self) -> S {
         self.inner
     }
-
-    fn cache(&self) -> &Arc<TokenCache> {
-        &self.cache
-    }
 }
 
-impl<S, B, ResBody> Service<Request<B>> for AuthService<S>
+impl<S, R> Service<R> for AuthService<S>
 where
-    S: Service<Request<B>, Response = Response<ResBody>> + Clone,
+    R: AuthRequest,
+    S: Service<R> + Clone,
+    S::Response: AuthResponse,
     S::Error: Into<BoxError>,
-    B: ReplayBody,
 {
-    type Response = Response<ResBody>;
+    type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S, B>;
+    type Future = ResponseFuture<S, R>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, request: R) -> Self::Future {
+        match self.policy.decide(request.target()) {
+            Decision::Attach => {}
+            Decision::PassThrough => return ResponseFuture::passed(self.inner.call(request)),
+            Decision::Refuse(err) => return ResponseFuture::refused(err),
+        }
         let fresh = match self.current.load() {
             Some(entry) if entry.claim_fresh(Instant::now()) => Some(entry),
             _ => None,
@@ -112,7 +128,7 @@ where
             let inner = mem::replace(&mut self.inner, clone);
             let replay_limit = self.retry.then_some(self.replay_limit);
             return ResponseFuture::acquiring(
-                Arc::clone(self.cache()),
+                Arc::clone(&self.cache),
                 request,
                 inner,
                 replay_limit,
@@ -122,12 +138,14 @@ where
         let header = entry.header.clone();
 
         let (mut request, replay) = if self.retry {
-            ReplayRequest::prepare(request, self.replay_limit)
+            request.prepare_replay(self.replay_limit)
         } else {
             (request, None)
         };
-        request.headers_mut().insert(AUTHORIZATION, header);
-        let cache = Arc::clone(self.cache());
+        request
+            .headers_mut()
+            .insert(self.header_name.clone(), header);
+        let cache = Arc::clone(&self.cache);
         match replay {
             None => ResponseFuture::sent(self.inner.call(request), cache, generation, None),
             Some(replay) => {
@@ -149,6 +167,8 @@ impl<S: Clone> Clone for AuthService<S> {
             cache: Arc::clone(&self.cache),
             retry: self.retry,
             replay_limit: self.replay_limit,
+            header_name: self.header_name.clone(),
+            policy: Arc::clone(&self.policy),
         }
     }
 }
@@ -157,7 +177,7 @@ impl<S: fmt::Debug> fmt::Debug for AuthService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthService")
             .field("inner", &self.inner)
-            .field("cache", self.cache())
+            .field("cache", &self.cache)
             .field("retry", &self.retry)
             .finish()
     }

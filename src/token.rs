@@ -178,13 +178,16 @@ impl Token {
         self.scope.as_deref()
     }
 
-    /// Builds the header value `"{scheme} {access_token}"`, marked sensitive, from a buffer
-    /// that is zeroized when the last clone of the header is dropped.
+    /// Builds the header value `"{scheme} {access_token}"` (the token alone for an empty
+    /// scheme), marked sensitive, from a buffer that is zeroized when the last clone of the
+    /// header is dropped.
     pub(crate) fn header_value(&self, scheme: &str) -> Result<HeaderValue, crate::Error> {
         let secret = self.access_token.secret();
         let mut buf = Zeroizing::new(Vec::with_capacity(scheme.len() + 1 + secret.len()));
-        buf.extend_from_slice(scheme.as_bytes());
-        buf.push(b' ');
+        if !scheme.is_empty() {
+            buf.extend_from_slice(scheme.as_bytes());
+            buf.push(b' ');
+        }
         buf.extend_from_slice(secret.as_bytes());
         let mut value = HeaderValue::from_maybe_shared(Bytes::from_owner(ZeroizeOnDrop(buf)))
             .map_err(|_| crate::Error::InvalidToken)?;

@@ -94,7 +94,7 @@ async fn layered(retry: bool, request: impl Fn() -> Request<&'static str>) -> us
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_cached_token_costs_no_allocation_beyond_the_header_insert() {
-    let bare = || Request::get("http://api.test/").body("").unwrap();
+    let bare = || Request::get("https://api.test/").body("").unwrap();
     let floor = floor(bare);
     assert!(
         floor > 0,
@@ -111,7 +111,7 @@ async fn a_cached_token_costs_no_allocation_beyond_the_header_insert() {
 #[tokio::test(flavor = "current_thread")]
 async fn with_retry_off_headers_cost_nothing_extra() {
     let with_headers = || {
-        Request::get("http://api.test/")
+        Request::get("https://api.test/")
             .header("accept", "application/json")
             .body("")
             .unwrap()
@@ -124,7 +124,7 @@ async fn with_retry_on_the_replay_copy_of_headers_is_the_only_extra_cost() {
     // The copy kept for a resend after a 401 clones the header map: the counter sees it, and
     // `retry_unauthorized(false)` is how to avoid it (see the README's settings table).
     let with_headers = || {
-        Request::get("http://api.test/")
+        Request::get("https://api.test/")
             .header("accept", "application/json")
             .body("")
             .unwrap()

@@ -105,7 +105,7 @@ async fn a_401_storm_refreshes_once_with_the_current_refresh_token() {
     let auth = AuthLayer::new(grant(&idp, seeded("rt-0")));
     let svc = ServiceBuilder::new().layer(auth.clone()).service(idp.api());
     let get = || {
-        Request::get("http://api.test/")
+        Request::get("https://api.test/")
             .body(Empty::<bytes::Bytes>::new())
             .unwrap()
     };

@@ -20,7 +20,7 @@ use tower_bearer::{AuthLayer, BoxError, Error};
 type Body = Empty<bytes::Bytes>;
 
 fn request() -> Request<Body> {
-    Request::get("http://api.test/data")
+    Request::get("https://api.test/data")
         .body(Body::new())
         .unwrap()
 }

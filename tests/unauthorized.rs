@@ -14,7 +14,7 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_bearer::{AuthLayer, Error};
 
 fn post(body: &'static str) -> Request<Full<Bytes>> {
-    Request::post("http://api.test/items")
+    Request::post("https://api.test/items")
         .header("x-request", "kept")
         .body(Full::new(Bytes::from_static(body.as_bytes())))
         .unwrap()
@@ -111,7 +111,7 @@ async fn a_body_over_the_replay_limit_is_not_resent_but_the_next_request_gets_a_
         .service(api.clone());
     let streaming = || {
         let body: BoxBody<Bytes, Infallible> = BoxBody::new(Full::new(Bytes::from("stream")));
-        Request::post("http://api.test/upload").body(body).unwrap()
+        Request::post("https://api.test/upload").body(body).unwrap()
     };
 
     assert_eq!(
@@ -142,7 +142,7 @@ async fn a_streaming_body_within_the_limit_is_resent_with_the_same_bytes() {
             .map(|i| Ok(http_body::Frame::data(Bytes::from(format!("{i:03},")))))
             .collect();
         let body = http_body_util::StreamBody::new(stream_of(chunks));
-        Request::post("http://api.test/upload")
+        Request::post("https://api.test/upload")
             .body(ReplayableBody::new(body))
             .unwrap()
     };
@@ -182,7 +182,7 @@ async fn an_empty_boxed_body_is_resent() {
         .service(api.clone());
     let get = || {
         let body: BoxBody<Bytes, Infallible> = BoxBody::new(http_body_util::Empty::new());
-        Request::get("http://api.test/items").body(body).unwrap()
+        Request::get("https://api.test/items").body(body).unwrap()
     };
     assert_eq!(
         svc.clone().oneshot(get()).await.unwrap().status(),
@@ -306,7 +306,7 @@ async fn the_resend_keeps_method_uri_and_headers() {
     assert_eq!(seen.len(), 3);
     assert_eq!(seen[1], seen[2]);
     assert_eq!(seen[2].0, http::Method::POST);
-    assert_eq!(seen[2].1, "http://api.test/items");
+    assert_eq!(seen[2].1, "https://api.test/items");
     assert_eq!(seen[2].2.as_ref().unwrap(), "kept");
 }
 

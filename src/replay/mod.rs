@@ -165,14 +165,24 @@ macro_rules! replay_boxed {
 
 replay_boxed!(BoxBody: Send Sync, UnsyncBoxBody: Send);
 
-/// Everything needed to send a request again, except the `Authorization` header.
-pub(crate) struct ReplayRequest<B: ReplayBody> {
+/// What is kept of an `http::Request` to send it again: its head and its body's
+/// [`ReplayBody::Replay`].
+pub struct ReplayRequest<B: ReplayBody> {
     method: Method,
     uri: Uri,
     version: Version,
     headers: HeaderMap,
     extensions: Extensions,
     body: B::Replay,
+}
+
+impl<B: ReplayBody> std::fmt::Debug for ReplayRequest<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplayRequest")
+            .field("method", &self.method)
+            .field("uri", &self.uri)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<B: ReplayBody> ReplayRequest<B> {

@@ -1,0 +1,181 @@
+//! The requests and responses the layer works with: `http::Request` / `http::Response` (hyper,
+//! axum, tonic, ...) and `reqwest::Request` / `reqwest::Response`.
+//!
+//! [`AuthRequest`] is what the layer needs of a request: its headers, where it goes, and how to
+//! send it again after a 401. [`AuthResponse`] is what it needs of a response: the status and
+//! headers that say whether the token was rejected.
+
+use http::{HeaderMap, Request, Response, StatusCode};
+
+use crate::replay::{ReplayBody, ReplayRequest};
+
+/// Where a request goes: scheme, host and port of an absolute URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    /// `http` or `https` (lower case).
+    pub scheme: &'a str,
+    /// The host, as written in the URL (no brackets around IPv6 addresses).
+    pub host: &'a str,
+    /// The port, or the scheme's default.
+    pub port: Option<u16>,
+}
+
+/// A request the layer can put a token on and send again.
+pub trait AuthRequest: Sized {
+    /// What is kept to send the request again.
+    type Replay;
+
+    /// The request's headers.
+    fn headers_mut(&mut self) -> &mut HeaderMap;
+
+    /// Where the request goes, if its URL is absolute. Requests with only a path (as a tonic
+    /// channel or a hyper connection sees them) return `None`.
+    fn target(&self) -> Option<Target<'_>>;
+
+    /// Splits off what is needed to send the request again, if it can be (its body allows, and
+    /// a streaming body stays within `limit` bytes).
+    fn prepare_replay(self, limit: usize) -> (Self, Option<Self::Replay>);
+
+    /// The request to send again, if it can still be built.
+    fn replay(kept: Self::Replay) -> Option<Self>;
+}
+
+/// A response the layer can inspect for a rejected token.
+pub trait AuthResponse {
+    /// The HTTP status.
+    fn status(&self) -> StatusCode;
+    /// The headers.
+    fn headers(&self) -> &HeaderMap;
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "https" => Some(443),
+        "http" => Some(80),
+        _ => None,
+    }
+}
+
+impl<B: ReplayBody> AuthRequest for Request<B> {
+    type Replay = ReplayRequest<B>;
+
+    #[inline]
+    fn headers_mut(&mut self) -> &mut HeaderMap {
+        Request::headers_mut(self)
+    }
+
+    #[inline]
+    fn target(&self) -> Option<Target<'_>> {
+        let uri = self.uri();
+        let scheme = uri.scheme_str()?;
+        let host = uri.host()?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        Some(Target {
+            scheme,
+            host,
+            port: uri.port_u16().or_else(|| default_port(scheme)),
+        })
+    }
+
+    #[inline]
+    fn prepare_replay(self, limit: usize) -> (Self, Option<Self::Replay>) {
+        ReplayRequest::prepare(self, limit)
+    }
+
+    fn replay(kept: Self::Replay) -> Option<Self> {
+        kept.into_request()
+    }
+}
+
+impl<B> AuthResponse for Response<B> {
+    #[inline]
+    fn status(&self) -> StatusCode {
+        Response::status(self)
+    }
+
+    #[inline]
+    fn headers(&self) -> &HeaderMap {
+        Response::headers(self)
+    }
+}
+
+/// reqwest requests are replayed with [`reqwest::Request::try_clone`]: any body but a stream.
+impl AuthRequest for reqwest::Request {
+    type Replay = reqwest::Request;
+
+    fn headers_mut(&mut self) -> &mut HeaderMap {
+        reqwest::Request::headers_mut(self)
+    }
+
+    fn target(&self) -> Option<Target<'_>> {
+        let url = self.url();
+        Some(Target {
+            scheme: url.scheme(),
+            host: url
+                .host_str()?
+                .trim_start_matches('[')
+                .trim_end_matches(']'),
+            port: url.port_or_known_default(),
+        })
+    }
+
+    fn prepare_replay(self, _limit: usize) -> (Self, Option<Self::Replay>) {
+        let copy = self.try_clone();
+        (self, copy)
+    }
+
+    fn replay(kept: Self::Replay) -> Option<Self> {
+        Some(kept)
+    }
+}
+
+impl AuthResponse for reqwest::Response {
+    fn status(&self) -> StatusCode {
+        reqwest::Response::status(self)
+    }
+
+    fn headers(&self) -> &HeaderMap {
+        reqwest::Response::headers(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_of_absolute_and_relative_uris() {
+        let req = Request::get("https://API.example.com/x").body(()).unwrap();
+        assert_eq!(
+            req.target(),
+            Some(Target {
+                scheme: "https",
+                host: "API.example.com",
+                port: Some(443)
+            })
+        );
+        let req = Request::get("http://[::1]:8080/x").body(()).unwrap();
+        assert_eq!(
+            req.target(),
+            Some(Target {
+                scheme: "http",
+                host: "::1",
+                port: Some(8080)
+            })
+        );
+        let req = Request::get("/pkg.Service/Method").body(()).unwrap();
+        assert_eq!(req.target(), None);
+        let req = reqwest::Request::new(http::Method::GET, "http://127.0.0.1:9/x".parse().unwrap());
+        assert_eq!(
+            req.target(),
+            Some(Target {
+                scheme: "http",
+                host: "127.0.0.1",
+                port: Some(9)
+            })
+        );
+    }
+}

@@ -1,0 +1,170 @@
+//! Where the token goes: origin limits, no plain http beyond loopback, the header it goes in,
+//! and gRPC's UNAUTHENTICATED treated like a 401.
+
+mod support;
+
+use std::{convert::Infallible, time::Duration};
+
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use support::CountingSource;
+use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower_bearer::{AuthLayer, Error};
+
+/// An API that echoes the Authorization (or X-Api-Token) header it got.
+fn echo() -> impl tower::Service<
+    Request<String>,
+    Response = Response<String>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    service_fn(|req: Request<String>| async move {
+        let seen = req
+            .headers()
+            .get("authorization")
+            .or_else(|| req.headers().get("x-api-token"))
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        Ok(Response::new(seen))
+    })
+}
+
+fn get(uri: &str) -> Request<String> {
+    Request::get(uri).body(String::new()).unwrap()
+}
+
+fn source() -> CountingSource {
+    CountingSource::new(Duration::ZERO, None)
+}
+
+#[tokio::test]
+async fn requests_to_other_origins_pass_through_without_the_token() {
+    let auth = AuthLayer::builder(source())
+        .origin("https://api.example.com")
+        .unwrap()
+        .build();
+    let svc = ServiceBuilder::new().layer(auth.clone()).service(echo());
+
+    let ours = svc
+        .clone()
+        .oneshot(get("https://api.example.com/v1/x"))
+        .await
+        .unwrap();
+    assert_eq!(ours.body(), "Bearer tok-1");
+    for other in [
+        "https://evil.example.com/v1/x",
+        "https://api.example.com:8443/v1/x",
+        "http://127.0.0.1/v1/x",
+    ] {
+        let response = svc.clone().oneshot(get(other)).await.unwrap();
+        assert_eq!(response.body(), "", "{other} must not get the token");
+    }
+    // A request addressed by path alone (as a tonic channel sees it) gets the token.
+    let relative = svc.oneshot(get("/pkg.Service/Method")).await.unwrap();
+    assert_eq!(relative.body(), "Bearer tok-1");
+    assert_eq!(auth.stats().fetches, 1);
+}
+
+#[tokio::test]
+async fn plain_http_beyond_loopback_is_refused_unless_allowed() {
+    let source = source();
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::new(source.clone()))
+        .service(echo());
+    let err = svc
+        .clone()
+        .oneshot(get("http://api.example.com/x"))
+        .await
+        .unwrap_err();
+    match err.downcast_ref::<Error>() {
+        Some(Error::InsecureRequest { host }) => assert_eq!(host, "api.example.com"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(err.to_string().contains("allow_http(true)"), "{err}");
+    assert_eq!(
+        source.fetches(),
+        0,
+        "nothing was fetched for a refused request"
+    );
+
+    for loopback in [
+        "http://127.0.0.1:8080/x",
+        "http://[::1]/x",
+        "http://localhost/x",
+    ] {
+        let response = svc.clone().oneshot(get(loopback)).await.unwrap();
+        assert_eq!(response.body(), "Bearer tok-1", "{loopback}");
+    }
+
+    let open = ServiceBuilder::new()
+        .layer(AuthLayer::builder(source).allow_http(true).build())
+        .service(echo());
+    let response = open.oneshot(get("http://api.example.com/x")).await.unwrap();
+    assert_eq!(response.body(), "Bearer tok-2");
+}
+
+#[tokio::test]
+async fn the_header_and_scheme_are_configurable() {
+    let svc = ServiceBuilder::new()
+        .layer(
+            AuthLayer::builder(source())
+                .header_name(HeaderName::from_static("x-api-token"))
+                .scheme("")
+                .build(),
+        )
+        .service(echo());
+    let response = svc.oneshot(get("https://api.example.com/x")).await.unwrap();
+    assert_eq!(response.body(), "tok-1");
+}
+
+#[test]
+fn an_origin_with_a_path_is_a_config_error() {
+    let err = AuthLayer::builder(source())
+        .origin("https://api.example.com/v1")
+        .unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_unauthenticated_refreshes_and_retries_like_a_401() {
+    let source = CountingSource::new(Duration::from_millis(1), Some(Duration::from_secs(3600)));
+    let api = source.api();
+    // A gRPC server answers an unknown token with a trailers-only response: HTTP 200 and
+    // grpc-status 16 in the headers.
+    let grpc = service_fn(move |req: Request<String>| {
+        let api = api.clone();
+        async move {
+            let response = api.oneshot(req).await.unwrap();
+            let mut out = Response::new(String::new());
+            if response.status() == StatusCode::UNAUTHORIZED {
+                out.headers_mut()
+                    .insert("grpc-status", HeaderValue::from_static("16"));
+            } else {
+                out.headers_mut()
+                    .insert("grpc-status", HeaderValue::from_static("0"));
+            }
+            Ok::<_, Infallible>(out)
+        }
+    });
+    let auth = AuthLayer::new(source.clone());
+    let svc = ServiceBuilder::new().layer(auth.clone()).service(grpc);
+    let call = || {
+        Request::post("/pkg.Service/Method")
+            .header("content-type", "application/grpc")
+            .body("message".to_owned())
+            .unwrap()
+    };
+
+    assert_eq!(
+        svc.clone().oneshot(call()).await.unwrap().headers()["grpc-status"],
+        "0"
+    );
+    source.api().revoke("tok-1");
+    let response = svc.oneshot(call()).await.unwrap();
+    assert_eq!(
+        response.headers()["grpc-status"],
+        "0",
+        "retried with a new token"
+    );
+    assert_eq!(source.fetches(), 2);
+    assert_eq!(auth.stats().retries, 1);
+}
