@@ -10,7 +10,7 @@
 //! |---|---|
 //! | `()`, `String`, `Vec<u8>`, `Bytes`, `&'static str`, `&'static [u8]`, `Full<D>` | cloning it (a reference-count increment for `Bytes`) |
 //! | `Empty<D>` | making another |
-//! | [`ReplayableBody<B>`], `BoxBody<Bytes, E>`, `UnsyncBoxBody<Bytes, E>` | keeping the bytes as they stream out, up to the [replay limit](crate::AuthLayerBuilder::replay_limit) (64 KiB by default) |
+//! | [`ReplayableBody<B>`], `BoxBody<Bytes, E>`, `UnsyncBoxBody<Bytes, E>`, `axum::body::Body` (feature `axum`), `tonic::body::Body` (feature `tonic`) | keeping the bytes as they stream out, up to the [replay limit](crate::AuthLayerBuilder::replay_limit) (64 KiB by default) |
 //!
 //! A body that cannot be replayed (or streamed past the limit) is still sent once; on a 401 the
 //! response goes back to the caller and the next request uses the new token.
@@ -164,6 +164,38 @@ macro_rules! replay_boxed {
 }
 
 replay_boxed!(BoxBody: Send Sync, UnsyncBoxBody: Send);
+
+/// Type-erased bodies of the frameworks (`axum::body::Body`, `tonic::body::Body`): an empty one
+/// is replayed by making another; a streaming one is kept as it streams, up to the limit.
+#[cfg(any(feature = "axum", feature = "tonic"))]
+macro_rules! replay_erased {
+    ($ty:ty, $empty:expr) => {
+        impl ReplayBody for $ty {
+            type Replay = BoxedReplay<$ty>;
+            fn prepare_replay(self, limit: usize) -> (Self, Option<Self::Replay>) {
+                if self.is_end_stream() {
+                    return (self, Some(BoxedReplay::Empty));
+                }
+                let (body, handle) = ReplayableBody::new(self).capture(limit);
+                (<$ty>::new(body), Some(BoxedReplay::Streamed(handle)))
+            }
+            fn replay(kept: Self::Replay) -> Option<Self> {
+                match kept {
+                    BoxedReplay::Empty => Some($empty),
+                    BoxedReplay::Streamed(handle) => ReplayableBody::replay(handle).map(<$ty>::new),
+                }
+            }
+        }
+    };
+}
+
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+replay_erased!(axum_core::body::Body, axum_core::body::Body::empty());
+
+#[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+replay_erased!(tonic::body::Body, tonic::body::Body::empty());
 
 /// What is kept of an `http::Request` to send it again: its head and its body's
 /// [`ReplayBody::Replay`].
