@@ -9,7 +9,9 @@
 //! and it looks at no more than [`MAX_HEADER_BYTES`] of a header and [`MAX_ITEMS`] challenges
 //! and parameters, so hostile headers cannot make it allocate without bound.
 
-use http::{HeaderMap, header::WWW_AUTHENTICATE};
+use http::{HeaderMap, StatusCode, header::WWW_AUTHENTICATE};
+
+use crate::message::AuthResponse;
 
 /// Longest header value parsed; the rest is ignored.
 pub(crate) const MAX_HEADER_BYTES: usize = 8 * 1024;
@@ -29,6 +31,23 @@ impl Challenge {
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A response that says the token was not accepted: a 401 whose challenge (if any) does not
+/// name an error a new token cannot fix, or a gRPC `UNAUTHENTICATED` (status 16), which comes
+/// as HTTP 200 with `grpc-status: 16` in a trailers-only response.
+pub(crate) fn rejects_token(response: &impl AuthResponse, scheme: &str) -> bool {
+    match response.status() {
+        StatusCode::UNAUTHORIZED => calls_for_new_token(response.headers(), scheme),
+        StatusCode::OK => {
+            let headers = response.headers();
+            !headers.is_empty()
+                && headers
+                    .get("grpc-status")
+                    .is_some_and(|v| v.as_bytes() == b"16")
+        }
+        _ => false,
     }
 }
 

@@ -20,7 +20,6 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use http::StatusCode;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
@@ -218,7 +217,7 @@ where
                     let Some(cache) = this.cache.as_ref() else {
                         return Poll::Ready(Err(polled_after_completion()));
                     };
-                    if !rejects_token(&response, &cache.settings().scheme) {
+                    if !challenge::rejects_token(&response, &cache.settings().scheme) {
                         self.set_done();
                         return Poll::Ready(Ok(response));
                     }
@@ -308,23 +307,6 @@ where
             .field("state", &state)
             .field("generation", &self.generation)
             .finish_non_exhaustive()
-    }
-}
-
-/// A response that says the token was not accepted: a 401 whose challenge (if any) does not
-/// name an error a new token cannot fix, or a gRPC `UNAUTHENTICATED` (status 16), which comes
-/// as HTTP 200 with `grpc-status: 16` in a trailers-only response.
-fn rejects_token(response: &impl AuthResponse, scheme: &str) -> bool {
-    match response.status() {
-        StatusCode::UNAUTHORIZED => challenge::calls_for_new_token(response.headers(), scheme),
-        StatusCode::OK => {
-            let headers = response.headers();
-            !headers.is_empty()
-                && headers
-                    .get("grpc-status")
-                    .is_some_and(|v| v.as_bytes() == b"16")
-        }
-        _ => false,
     }
 }
 

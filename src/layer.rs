@@ -107,6 +107,17 @@ impl AuthLayer {
         self.cache.source().revoke_boxed(token).await
     }
 
+    /// The same token cache as a `reqwest_middleware` middleware.
+    #[cfg(feature = "reqwest-middleware")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
+    pub fn middleware(&self) -> crate::middleware::AuthMiddleware {
+        crate::middleware::AuthMiddleware::new(
+            Arc::clone(&self.cache),
+            self.retry,
+            Arc::clone(&self.policy),
+        )
+    }
+
     /// What the layer has done so far.
     pub fn stats(&self) -> Stats {
         let mut stats = self.cache.counters.snapshot();

@@ -48,6 +48,7 @@
 //! | [`replay`] | [`ReplayBody`], [`ReplayableBody`](replay::ReplayableBody): which request bodies can be resent after a 401 |
 //! | [`message`] | [`AuthRequest`], [`AuthResponse`]: `http` and `reqwest` requests and responses |
 //! | [`origin`] | where a token may go: origin limits, no plain `http` beyond loopback |
+//! | `middleware` | `AuthMiddleware` for `reqwest_middleware` (feature `reqwest-middleware`) |
 //! | [`error`] | the [`Error`] type |
 //! | [`stats`] | [`Stats`], the layer's counters |
 //! | [`store`] | [`TokenStore`](store::TokenStore): where refresh tokens persist ([`MemoryStore`](store::MemoryStore), [`FileStore`](store::FileStore)) |
@@ -72,6 +73,9 @@ pub mod error;
 pub mod future;
 pub mod layer;
 pub mod message;
+#[cfg(feature = "reqwest-middleware")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
+pub mod middleware;
 mod oauth;
 pub mod origin;
 pub mod replay;
