@@ -33,6 +33,10 @@ use crate::{Error, Token, source::DynTokenSource, stats::Counters};
 
 /// Longest lifetime the cache will compute with; keeps `Instant` arithmetic from overflowing.
 const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// Longest refresh-ahead window.
+const REFRESH_WINDOW_MAX: Duration = Duration::from_secs(5 * 60);
+/// Longest `Retry-After` honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// Timing settings of a cache; see [`AuthLayerBuilder`](crate::AuthLayerBuilder).
 #[derive(Debug, Clone)]
@@ -47,6 +51,32 @@ pub(crate) struct CacheSettings {
     pub(crate) header_name: http::HeaderName,
     /// How many requests may use one token; `None` for no limit.
     pub(crate) max_uses: Option<u32>,
+    /// Refresh in the background before the token stops being used.
+    pub(crate) refresh_ahead: bool,
+    /// Backoff after failed fetches.
+    pub(crate) backoff: Backoff,
+    /// Seed of the jitter; random unless set (tests set it).
+    pub(crate) jitter_seed: Option<u64>,
+}
+
+/// Exponential backoff with full jitter: after the `n`th failure in a row, no new fetch for a
+/// random time between zero and `min(max, base * 2^(n-1))`, or for the server's `Retry-After`
+/// if that is longer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Backoff {
+    pub(crate) base: Duration,
+    pub(crate) max: Duration,
+}
+
+impl Backoff {
+    fn delay(&self, failures: u32, rng: &mut fastrand::Rng) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(20))
+            .min(self.max);
+        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(rng.u64(0..=nanos))
+    }
 }
 
 /// A token as the cache holds it: with its pre-built header and the instant it stops being used.
@@ -56,6 +86,8 @@ pub(crate) struct Entry {
     pub(crate) header: HeaderValue,
     /// The token is used until this instant: its expiry less the margin.
     pub(crate) valid_until: Instant,
+    /// From this instant a background refresh replaces the token before `valid_until`.
+    pub(crate) refresh_at: Instant,
     /// Increases with every token installed; identifies the token a request carried.
     pub(crate) generation: u64,
     pub(crate) fetched_at: Instant,
@@ -90,12 +122,31 @@ impl Entry {
 /// Shared state behind every clone of an [`AuthLayer`](crate::AuthLayer) and its services.
 pub(crate) struct TokenCache {
     current: ArcSwapOption<Entry>,
-    /// The fetch in progress, if any. Locked only on the slow path, never across an await.
-    flight: Mutex<Option<Arc<Flight>>>,
+    /// The fetch in progress and the last failure. Locked only on the slow path, never across
+    /// an await.
+    slow: Mutex<Slow>,
+    /// Nanoseconds since `epoch` before which no background refresh starts; `u64::MAX` while one
+    /// runs. Lets requests in the refresh window skip the lock with one atomic load.
+    next_background: AtomicU64,
+    epoch: Instant,
     source: Box<dyn DynTokenSource>,
     settings: CacheSettings,
     generation: AtomicU64,
     pub(crate) counters: Counters,
+}
+
+#[derive(Default)]
+struct Slow {
+    flight: Option<Arc<Flight>>,
+    failure: Option<Failure>,
+    rng: Option<fastrand::Rng>,
+}
+
+/// Failed fetches in a row, the last error, and when the next fetch may go out.
+struct Failure {
+    count: u32,
+    error: Error,
+    retry_at: Instant,
 }
 
 /// One fetch and everyone waiting for it.
@@ -111,9 +162,18 @@ enum Step {
 
 impl TokenCache {
     pub(crate) fn new(source: Box<dyn DynTokenSource>, settings: CacheSettings) -> Self {
+        let rng = match settings.jitter_seed {
+            Some(seed) => fastrand::Rng::with_seed(seed),
+            None => fastrand::Rng::new(),
+        };
         TokenCache {
             current: ArcSwapOption::empty(),
-            flight: Mutex::new(None),
+            slow: Mutex::new(Slow {
+                rng: Some(rng),
+                ..Slow::default()
+            }),
+            next_background: AtomicU64::new(0),
+            epoch: Instant::now(),
             source,
             settings,
             generation: AtomicU64::new(0),
@@ -180,24 +240,51 @@ impl TokenCache {
 
     fn join_or_start(self: &Arc<Self>) -> Result<Step, Error> {
         if let Some(entry) = self.fresh() {
+            let now = Instant::now();
+            if now >= entry.refresh_at {
+                self.refresh_ahead(now);
+            }
             return Ok(Step::Fresh(entry));
         }
-        let mut slot = self.flight.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(flight) = &*slot {
+        let mut slow = self.lock_slow();
+        if let Some(flight) = &slow.flight {
             return Ok(Step::Wait(Arc::clone(flight)));
         }
         // A flight may have finished between the check above and taking the lock.
         if let Some(entry) = self.fresh() {
             return Ok(Step::Fresh(entry));
         }
+        // Within the backoff after a failure, fail fast with the last error: the endpoint sees
+        // at most one attempt per backoff interval, however many callers there are.
+        if let Some(failure) = &slow.failure {
+            if Instant::now() < failure.retry_at {
+                return Err(failure.error.clone());
+            }
+        }
+        Ok(Step::Wait(self.start_flight(&mut slow, false)?))
+    }
+
+    fn lock_slow(&self) -> std::sync::MutexGuard<'_, Slow> {
+        self.slow.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts a fetch in its own task. Called with the slow lock held and no flight running.
+    fn start_flight(
+        self: &Arc<Self>,
+        slow: &mut Slow,
+        background: bool,
+    ) -> Result<Arc<Flight>, Error> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let flight = Arc::new(Flight {
             result: OnceLock::new(),
             done: Notify::new(),
         });
-        *slot = Some(Arc::clone(&flight));
-        drop(slot);
+        slow.flight = Some(Arc::clone(&flight));
+        self.next_background.store(u64::MAX, Relaxed);
         self.counters.fetches.fetch_add(1, Relaxed);
+        if background {
+            self.counters.background_refreshes.fetch_add(1, Relaxed);
+        }
         // The guard is built before the task so that a task dropped unpolled still resolves it.
         let guard = FlightGuard {
             cache: Arc::clone(self),
@@ -205,7 +292,32 @@ impl TokenCache {
             finished: false,
         };
         runtime.spawn(guard.run());
-        Ok(Step::Wait(flight))
+        Ok(flight)
+    }
+
+    /// Called by requests that found `entry` in its refresh window: starts one background
+    /// refresh, unless one runs or the backoff after a failed one has not passed. The caller
+    /// goes on with `entry`, which is still valid.
+    #[inline]
+    pub(crate) fn refresh_ahead(self: &Arc<Self>, now: Instant) {
+        let since = u64::try_from(now.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX - 1);
+        let next = self.next_background.load(Relaxed);
+        if since < next {
+            return;
+        }
+        if self
+            .next_background
+            .compare_exchange(next, u64::MAX, Relaxed, Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let mut slow = self.lock_slow();
+        if slow.flight.is_none() && self.start_flight(&mut slow, true).is_err() {
+            // No runtime: let a later request try again.
+            self.next_background.store(next, Relaxed);
+        }
     }
 
     /// Forgets the current token if it is the one with `generation` (it was rejected).
@@ -254,10 +366,28 @@ impl TokenCache {
             .min(MAX_LIFETIME);
         // A margin larger than half the lifetime would make short-lived tokens stale on arrival.
         let margin = self.settings.expiry_margin.min(lifetime / 2);
+        let usable = lifetime - margin;
+        let valid_until = now + usable;
+        // Refresh in the background during the last fifth of the token's use (at most 5
+        // minutes), starting at a random point of the window's first half so that a fleet of
+        // processes spreads its refreshes.
+        let refresh_at = if self.settings.refresh_ahead && self.settings.max_uses.is_none() {
+            let window = (usable / 5).min(REFRESH_WINDOW_MAX);
+            let jitter = {
+                let mut slow = self.lock_slow();
+                let rng = slow.rng.get_or_insert_with(fastrand::Rng::new);
+                let half = u64::try_from((window / 2).as_nanos()).unwrap_or(u64::MAX);
+                Duration::from_nanos(rng.u64(0..=half))
+            };
+            valid_until - window + jitter
+        } else {
+            valid_until + MAX_LIFETIME
+        };
         let entry = Arc::new(Entry {
             token,
             header,
-            valid_until: now + (lifetime - margin),
+            valid_until,
+            refresh_at,
             generation: self.generation.fetch_add(1, Relaxed) + 1,
             fetched_at: now,
             uses_left: self.settings.max_uses.map(AtomicU32::new),
@@ -267,13 +397,38 @@ impl TokenCache {
     }
 
     fn complete(&self, flight: &Arc<Flight>, result: Result<Arc<Entry>, Error>) {
-        // The result is set before the slot is cleared and waiters are woken, so anyone who
-        // finds the slot empty also finds the new token in `current`.
-        let _ = flight.result.set(result);
         {
-            let mut slot = self.flight.lock().unwrap_or_else(PoisonError::into_inner);
-            if slot.as_ref().is_some_and(|f| Arc::ptr_eq(f, flight)) {
-                *slot = None;
+            let mut slow = self.lock_slow();
+            let now = Instant::now();
+            let next_background = match &result {
+                Ok(_) => {
+                    slow.failure = None;
+                    0
+                }
+                Err(error) => {
+                    let count = slow.failure.as_ref().map_or(0, |f| f.count) + 1;
+                    let rng = slow.rng.get_or_insert_with(fastrand::Rng::new);
+                    let mut delay = self.settings.backoff.delay(count, rng);
+                    if let Some(retry_after) = error.retry_after() {
+                        delay = delay.max(retry_after.min(MAX_RETRY_AFTER));
+                    }
+                    let retry_at = now + delay;
+                    tracing::debug!(target: "tower_bearer", failures = count, backoff = ?delay, "next fetch after backoff");
+                    slow.failure = Some(Failure {
+                        count,
+                        error: error.clone(),
+                        retry_at,
+                    });
+                    u64::try_from(retry_at.saturating_duration_since(self.epoch).as_nanos())
+                        .unwrap_or(u64::MAX - 1)
+                }
+            };
+            // The result is set before the slot is cleared and waiters are woken, so anyone
+            // who finds the slot empty also finds the new token in `current`.
+            let _ = flight.result.set(result);
+            if slow.flight.as_ref().is_some_and(|f| Arc::ptr_eq(f, flight)) {
+                slow.flight = None;
+                self.next_background.store(next_background, Relaxed);
             }
         }
         flight.done.notify_waiters();
@@ -325,6 +480,9 @@ impl FlightGuard {
             ),
             Err(err) => {
                 cache.counters.fetch_failures.fetch_add(1, Relaxed);
+                if err.is_terminal() {
+                    cache.counters.terminal_failures.fetch_add(1, Relaxed);
+                }
                 tracing::warn!(
                     target: "tower_bearer",
                     source = cache.source.type_name(),

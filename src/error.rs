@@ -51,6 +51,8 @@ pub enum Error {
         reason: Cow<'static, str>,
         /// The start of the body, when it was not JSON, with anything secret removed.
         excerpt: Option<String>,
+        /// The `Retry-After` the endpoint sent with a 429 or 503.
+        retry_after: Option<Duration>,
     },
 
     /// The token request could not be sent or its response could not be read.
@@ -113,6 +115,16 @@ fn excerpt_suffix(excerpt: &Option<String>) -> String {
 }
 
 impl Error {
+    /// Records the endpoint's `Retry-After`.
+    pub(crate) fn with_retry_after(mut self, after: Option<Duration>) -> Self {
+        match &mut self {
+            Error::UnexpectedResponse { retry_after, .. } => *retry_after = after,
+            Error::OAuth(e) => e.retry_after = after,
+            _ => {}
+        }
+        self
+    }
+
     /// Wraps the error of a custom [`TokenSource`](crate::TokenSource).
     ///
     /// The error's `Display` must not contain a secret: it is shown to every caller that waited.
@@ -138,6 +150,33 @@ impl Error {
         }
     }
 
+    /// `true` for failures that may go away by themselves: network errors, timeouts, HTTP 5xx
+    /// and 429, and the OAuth errors `temporarily_unavailable` and `server_error`. The layer
+    /// retries these after its backoff; callers may too.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Transport(_) | Error::Timeout(_) | Error::Aborted => true,
+            Error::UnexpectedResponse { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            Error::OAuth(e) => {
+                matches!(e.code(), "temporarily_unavailable" | "server_error")
+                    || e.status().is_server_error()
+                    || e.status() == StatusCode::TOO_MANY_REQUESTS
+            }
+            _ => false,
+        }
+    }
+
+    /// How long the endpoint asked us to wait (`Retry-After` on a 429 or 503), if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::UnexpectedResponse { retry_after, .. } => *retry_after,
+            Error::OAuth(e) => e.retry_after,
+            _ => None,
+        }
+    }
+
     /// The OAuth error response, if the endpoint sent one.
     pub fn oauth(&self) -> Option<&OAuthError> {
         match self {
@@ -154,6 +193,7 @@ pub struct OAuthError {
     code: String,
     description: Option<String>,
     uri: Option<String>,
+    retry_after: Option<Duration>,
 }
 
 impl OAuthError {
@@ -168,6 +208,7 @@ impl OAuthError {
             code,
             description,
             uri,
+            retry_after: None,
         }
     }
 
@@ -379,6 +420,7 @@ mod tests {
             status: StatusCode::BAD_GATEWAY,
             reason: "body is not JSON".into(),
             excerpt: Some("<html>".into()),
+            retry_after: None,
         };
         assert_eq!(
             e.to_string(),

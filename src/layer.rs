@@ -7,7 +7,7 @@ use tower_layer::Layer;
 
 use crate::{
     AuthService, Error, Stats, Token, TokenSource,
-    cache::{CacheSettings, TokenCache},
+    cache::{Backoff, CacheSettings, TokenCache},
     origin::{Origin, OriginPolicy},
 };
 
@@ -17,6 +17,10 @@ pub const DEFAULT_EXPIRY_MARGIN: Duration = Duration::from_secs(30);
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 /// Default for [`AuthLayerBuilder::replay_limit`].
 pub const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
+/// Default for the first step of [`AuthLayerBuilder::backoff`].
+pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(200);
+/// Default for the longest step of [`AuthLayerBuilder::backoff`].
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Default for [`AuthLayerBuilder::fetch_timeout`].
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -73,6 +77,12 @@ impl AuthLayer {
                 scheme: Arc::from("Bearer"),
                 header_name: http::header::AUTHORIZATION,
                 max_uses: None,
+                refresh_ahead: true,
+                backoff: Backoff {
+                    base: DEFAULT_BACKOFF_BASE,
+                    max: DEFAULT_BACKOFF_MAX,
+                },
+                jitter_seed: None,
             },
             retry: true,
             replay_limit: DEFAULT_REPLAY_LIMIT,
@@ -162,6 +172,8 @@ impl fmt::Debug for AuthLayer {
 /// | [`default_lifetime`](Self::default_lifetime) | 1 h | lifetime assumed when the endpoint sends no `expires_in` |
 /// | [`fetch_timeout`](Self::fetch_timeout) | 30 s | longest a token fetch may take before callers get [`Error::Timeout`] |
 /// | [`retry_unauthorized`](Self::retry_unauthorized) | on | after a 401, fetch a new token and resend once when the body allows |
+/// | [`refresh_ahead`](Self::refresh_ahead) | on | refresh in the background in the last fifth of a token's life (at most 5 min), jittered |
+/// | [`backoff`](Self::backoff) | 200 ms, 30 s | exponential backoff with full jitter after failed fetches; `Retry-After` honoured |
 /// | [`replay_limit`](Self::replay_limit) | 64 KiB | most bytes of a streaming body kept for a resend |
 /// | [`scheme`](Self::scheme) | `Bearer` | the word before the token in the header |
 /// | [`header_name`](Self::header_name) | `Authorization` | the header the token goes in |
@@ -205,6 +217,37 @@ impl AuthLayerBuilder {
     /// requests skip the copy of their head that a resend needs.
     pub fn retry_unauthorized(mut self, retry: bool) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// Whether to refresh the token in the background before it stops being used: during the
+    /// last fifth of its useful life (at most 5 minutes), from a random point in the first half
+    /// of that window so that a fleet of processes spreads its refreshes. Requests keep using the
+    /// current token meanwhile, so in steady state no request waits for a fetch. On by default.
+    ///
+    /// If the background refresh fails while the current token is still valid, the token keeps
+    /// being used and the refresh is tried again after the [backoff](Self::backoff).
+    pub fn refresh_ahead(mut self, on: bool) -> Self {
+        self.settings.refresh_ahead = on;
+        self
+    }
+
+    /// Backoff after failed fetches: after the `n`th failure in a row, no new fetch goes out for
+    /// a random time between zero and `min(max, base * 2^(n-1))` (exponential backoff with full
+    /// jitter), or for the endpoint's `Retry-After` (on 429 and 503) if longer. Meanwhile
+    /// callers that need a token fail fast with the last error. Defaults: 200 ms and 30 s.
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.settings.backoff = Backoff {
+            base,
+            max: max.max(base),
+        };
+        self
+    }
+
+    /// Seeds the jitter of backoff and refresh-ahead, for reproducible tests.
+    #[doc(hidden)]
+    pub fn jitter_seed(mut self, seed: u64) -> Self {
+        self.settings.jitter_seed = Some(seed);
         self
     }
 

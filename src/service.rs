@@ -118,8 +118,9 @@ where
             Decision::PassThrough => return ResponseFuture::passed(self.inner.call(request)),
             Decision::Refuse(err) => return ResponseFuture::refused(err),
         }
+        let now = Instant::now();
         let fresh = match self.current.load() {
-            Some(entry) if entry.claim_fresh(Instant::now()) => Some(entry),
+            Some(entry) if entry.claim_fresh(now) => Some(entry),
             _ => None,
         };
         let Some(entry) = fresh else {
@@ -134,6 +135,10 @@ where
                 replay_limit,
             );
         };
+        if now >= entry.refresh_at {
+            // In the refresh window: one background refresh, this request goes on.
+            self.cache.refresh_ahead(now);
+        }
         let generation = entry.generation;
         let header = entry.header.clone();
 

@@ -12,6 +12,8 @@ use std::{
 pub(crate) struct Counters {
     pub(crate) fetches: AtomicU64,
     pub(crate) fetch_failures: AtomicU64,
+    pub(crate) terminal_failures: AtomicU64,
+    pub(crate) background_refreshes: AtomicU64,
     pub(crate) waiters: AtomicU64,
     pub(crate) invalidations: AtomicU64,
     pub(crate) retries: AtomicU64,
@@ -40,6 +42,11 @@ pub struct Stats {
     pub fetches: u64,
     /// Token fetches that ended in an error.
     pub fetch_failures: u64,
+    /// Of those, the ones the endpoint answered with a terminal error (rejected credentials or
+    /// grant); the others were transient (network, timeout, 5xx, 429).
+    pub terminal_failures: u64,
+    /// Fetches started in the background, ahead of expiry, while callers used the current token.
+    pub background_refreshes: u64,
     /// Callers (requests or [`token`](crate::AuthLayer::token) calls) that had to wait for a fetch.
     pub waiters: u64,
     /// Tokens forgotten because a response rejected them (401 or gRPC `UNAUTHENTICATED`).
@@ -57,6 +64,8 @@ impl Counters {
         Stats {
             fetches: self.fetches.load(Relaxed),
             fetch_failures: self.fetch_failures.load(Relaxed),
+            terminal_failures: self.terminal_failures.load(Relaxed),
+            background_refreshes: self.background_refreshes.load(Relaxed),
             waiters: self.waiters.load(Relaxed),
             unauthorized: self.invalidations.load(Relaxed),
             retries: self.retries.load(Relaxed),

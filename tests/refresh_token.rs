@@ -3,9 +3,12 @@
 
 mod support;
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering::SeqCst},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::SeqCst},
+    },
+    time::Duration,
 };
 
 use http::{Request, StatusCode};
@@ -162,7 +165,10 @@ async fn a_restarted_process_resumes_from_the_file_store() {
 async fn a_rejected_refresh_token_is_terminal_and_never_sent_again() {
     let idp = StandInIdp::start().await;
     let store = seeded("rt-unknown");
-    let auth = AuthLayer::new(grant(&idp, store.clone()));
+    // No backoff, so that each call below reaches the grant: it must answer from memory.
+    let auth = AuthLayer::builder(grant(&idp, store.clone()))
+        .backoff(Duration::ZERO, Duration::ZERO)
+        .build();
 
     for _ in 0..3 {
         let err = auth.token().await.unwrap_err();
@@ -225,7 +231,9 @@ async fn a_failed_save_is_an_error_and_the_token_is_not_used() {
         .await
         .unwrap();
     store.broken.store(true, SeqCst);
-    let auth = AuthLayer::new(grant(&idp, store.clone()));
+    let auth = AuthLayer::builder(grant(&idp, store.clone()))
+        .backoff(Duration::ZERO, Duration::ZERO)
+        .build();
 
     let err = auth.token().await.unwrap_err();
     assert!(matches!(err, Error::Store(_)), "{err:?}");

@@ -66,8 +66,10 @@ async fn ten_thousand_callers_on_a_cold_cache_cause_one_fetch() {
 #[tokio::test(start_paused = true)]
 async fn ten_thousand_callers_at_expiry_cause_one_fetch() {
     let source = CountingSource::new(Duration::from_millis(5), Some(Duration::from_secs(60)));
+    // Without refresh-ahead, to see the expiry itself (tests/reliability.rs has it on).
     let auth = AuthLayer::builder(source.clone())
         .expiry_margin(Duration::from_secs(10))
+        .refresh_ahead(false)
         .build();
     let svc = ServiceBuilder::new()
         .layer(auth.clone())
@@ -140,7 +142,8 @@ async fn dropping_every_waiter_still_installs_the_token() {
 async fn a_failed_fetch_reaches_every_waiter_then_the_next_call_succeeds() {
     let source = CountingSource::new(Duration::from_millis(5), Some(Duration::from_secs(60)));
     source.fail_fetch(1);
-    let auth = AuthLayer::new(source.clone());
+    // A fixed jitter seed keeps the backoff below reproducible.
+    let auth = AuthLayer::builder(source.clone()).jitter_seed(7).build();
     let svc = ServiceBuilder::new()
         .layer(auth.clone())
         .service(source.api());
@@ -163,7 +166,14 @@ async fn a_failed_fetch_reaches_every_waiter_then_the_next_call_succeeds() {
         "no request left without a token"
     );
 
-    // Not poisoned: the next call fetches again and succeeds.
+    // Within the backoff, callers fail fast with the same error and no new fetch goes out.
+    let err = svc.clone().oneshot(request()).await.unwrap_err();
+    assert!(err.to_string().contains("fetch 1 failed"), "{err}");
+    assert_eq!(source.fetches(), 1);
+
+    // Not poisoned: after the backoff (200 ms at most for a first failure) the next call
+    // fetches again and succeeds.
+    tokio::time::advance(Duration::from_millis(200)).await;
     let response = svc.oneshot(request()).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(source.fetches(), 2);
@@ -185,6 +195,7 @@ async fn a_panicking_source_gives_waiters_an_error_not_a_hang() {
     for result in set.join_all().await {
         assert!(matches!(result, Err(Error::Aborted)), "{result:?}");
     }
+    tokio::time::advance(Duration::from_millis(200)).await;
     let token = auth.token().await.unwrap();
     assert_eq!(token.access_token().secret(), "tok-2");
 }

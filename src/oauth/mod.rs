@@ -240,13 +240,14 @@ impl TokenEndpoint {
 
     /// Sends a token request with the grant's `params` and parses the answer.
     pub(crate) async fn request(&self, params: &[(&str, &str)]) -> Result<Token, Error> {
-        let (status, content_type, body) = self.post(&self.url, params).await?;
+        let (status, content_type, body, retry_after) = self.post(&self.url, params).await?;
         response::parse(
             status,
             content_type.as_deref(),
             &body,
             &self.secrets(params),
         )
+        .map_err(|e| e.with_retry_after(retry_after))
     }
 
     /// `true` when a revocation endpoint is configured.
@@ -261,7 +262,7 @@ impl TokenEndpoint {
             return Err(Error::config("no revocation endpoint is configured"));
         };
         let params = [("token", token), ("token_type_hint", hint)];
-        let (status, content_type, body) = self.post(url, &params).await?;
+        let (status, content_type, body, retry_after) = self.post(url, &params).await?;
         if status.is_success() {
             return Ok(());
         }
@@ -271,21 +272,18 @@ impl TokenEndpoint {
             &body,
             &self.secrets(&params),
         ) {
-            Err(err) => Err(err),
+            Err(err) => Err(err.with_retry_after(retry_after)),
             Ok(_) => Err(Error::UnexpectedResponse {
                 status,
                 reason: "revocation failed".into(),
                 excerpt: None,
+                retry_after: None,
             }),
         }
     }
 
     /// Posts a form with the client authentication and reads the answer (capped).
-    async fn post(
-        &self,
-        url: &Url,
-        params: &[(&str, &str)],
-    ) -> Result<(http::StatusCode, Option<String>, Zeroizing<Vec<u8>>), Error> {
+    async fn post(&self, url: &Url, params: &[(&str, &str)]) -> Result<Posted, Error> {
         let request = self.build_request(url, params);
         let response = request
             .send()
@@ -297,8 +295,16 @@ impl TokenEndpoint {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let retry_after = match status {
+            http::StatusCode::TOO_MANY_REQUESTS | http::StatusCode::SERVICE_UNAVAILABLE => response
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after),
+            _ => None,
+        };
         let body = read_capped(response, MAX_RESPONSE_BYTES).await?;
-        Ok((status, content_type, body))
+        Ok((status, content_type, body, retry_after))
     }
 
     /// Values in `params` and the client secret: cut out of any error excerpt.
@@ -374,6 +380,27 @@ impl fmt::Debug for TokenEndpoint {
     }
 }
 
+/// Status, content type, body and `Retry-After` of a token-endpoint response.
+type Posted = (
+    http::StatusCode,
+    Option<String>,
+    Zeroizing<Vec<u8>>,
+    Option<std::time::Duration>,
+);
+
+/// `Retry-After` as delay-seconds or an HTTP date (RFC 9110 §10.2.3).
+fn parse_retry_after(value: &str) -> Option<std::time::Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(std::time::Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
 /// Owner of a request body that wipes it when reqwest is done with it.
 struct ZeroizingString(Zeroizing<String>);
 
@@ -393,6 +420,7 @@ pub(crate) async fn read_capped(
         status,
         reason: format!("response body is larger than {cap} bytes").into(),
         excerpt: None,
+        retry_after: None,
     };
     let declared = response
         .headers()
@@ -460,6 +488,24 @@ pub(crate) fn is_loopback(url: &Url) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_seconds_or_date() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO),
+            "a date in the past means now"
+        );
+        let later = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(90));
+        let d = parse_retry_after(&later).unwrap();
+        assert!(
+            d > Duration::from_secs(80) && d <= Duration::from_secs(90),
+            "{d:?}"
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
 
     #[test]
     fn endpoint_url_rules() {

@@ -86,6 +86,7 @@ pub(crate) fn parse(
                 status,
                 reason: reason.into(),
                 excerpt: excerpt(body, secrets),
+                retry_after: None,
             });
         }
     };
@@ -104,6 +105,7 @@ pub(crate) fn parse(
             status,
             reason: "error response without an OAuth `error` code".into(),
             excerpt: None,
+            retry_after: None,
         });
     }
 
@@ -133,6 +135,7 @@ fn unexpected(status: StatusCode, reason: &'static str) -> Error {
         status,
         reason: reason.into(),
         excerpt: None,
+        retry_after: None,
     }
 }
 

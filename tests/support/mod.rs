@@ -46,6 +46,8 @@ pub struct SourceState {
     pub panic_on: Mutex<HashSet<usize>>,
     /// When set, fetches wait for a permit before answering.
     pub gate: Option<Semaphore>,
+    /// While set, every fetch fails (an outage of the token endpoint).
+    pub down: AtomicBool,
     /// Tokens the protected API accepts.
     pub api: ApiState,
 }
@@ -60,6 +62,7 @@ impl CountingSource {
                 fail_on: Mutex::new(HashSet::new()),
                 panic_on: Mutex::new(HashSet::new()),
                 gate: None,
+                down: AtomicBool::new(false),
                 api: ApiState::default(),
             }),
         }
@@ -84,6 +87,11 @@ impl CountingSource {
         self.state.fail_on.lock().unwrap().insert(n);
     }
 
+    /// Makes every fetch fail (`true`) or work again (`false`).
+    pub fn set_down(&self, down: bool) {
+        self.state.down.store(down, SeqCst);
+    }
+
     pub fn panic_on_fetch(&self, n: usize) {
         self.state.panic_on.lock().unwrap().insert(n);
     }
@@ -105,6 +113,9 @@ impl TokenSource for CountingSource {
         tokio::time::sleep(self.state.latency).await;
         if self.state.panic_on.lock().unwrap().contains(&n) {
             panic!("token source exploded on fetch {n}");
+        }
+        if self.state.down.load(SeqCst) {
+            return Err(Error::source_error(format!("endpoint down (fetch {n})")));
         }
         if self.state.fail_on.lock().unwrap().contains(&n) {
             return Err(Error::source_error(format!("fetch {n} failed")));
