@@ -636,3 +636,67 @@ pub fn authserver(test: &str) -> Option<String> {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// A raw TCP endpoint for faults HTTP frameworks will not produce.
+
+/// What [`RawEndpoint`] does with each connection.
+#[derive(Clone)]
+pub enum RawFault {
+    /// Read the request, then never answer.
+    Hang,
+    /// Read the request, write these bytes, close the connection.
+    Write(&'static [u8]),
+}
+
+/// A loopback TCP server that misbehaves on purpose; counts connections. Stops when dropped.
+pub struct RawEndpoint {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawEndpoint {
+    pub async fn start(fault: RawFault) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                counter.fetch_add(1, SeqCst);
+                let fault = fault.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let _ = socket.read(&mut buf).await;
+                    match fault {
+                        RawFault::Hang => std::future::pending::<()>().await,
+                        RawFault::Write(bytes) => {
+                            let _ = socket.write_all(bytes).await;
+                            let _ = socket.shutdown().await;
+                        }
+                    }
+                });
+            }
+        });
+        RawEndpoint {
+            addr,
+            connections,
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for RawEndpoint {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
