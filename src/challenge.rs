@@ -274,6 +274,32 @@ mod tests {
         assert!(c.iter().all(|c| c.params.len() <= MAX_ITEMS));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1_000))]
+
+        /// Arbitrary bytes never panic, and what comes out is bounded.
+        #[test]
+        fn arbitrary_bytes_parse_within_bounds(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..10_000)) {
+            let challenges = parse(&bytes);
+            proptest::prop_assert!(challenges.len() <= MAX_ITEMS);
+            let kept: usize = challenges
+                .iter()
+                .map(|c| c.scheme.len() + c.params.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>())
+                .sum();
+            // Lossy UTF-8 can at most triple a byte; nothing beyond the parsed prefix is kept.
+            proptest::prop_assert!(kept <= 3 * bytes.len().min(MAX_HEADER_BYTES));
+        }
+
+        /// Text shaped like challenges round-trips the error code.
+        #[test]
+        fn bearer_errors_are_found(code in "[a-z_]{1,20}", realm in "[ -~&&[^\"\\\\]]{0,30}") {
+            let header = format!(r#"Basic realm="x", Bearer realm="{realm}", error="{code}""#);
+            let challenges = parse(header.as_bytes());
+            let bearer = challenges.iter().find(|c| c.scheme == "Bearer").unwrap();
+            proptest::prop_assert_eq!(bearer.param("error"), Some(code.as_str()));
+        }
+    }
+
     fn headers(values: &[&'static str]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for v in values {

@@ -417,6 +417,44 @@ mod tests {
         assert!(!format!("{err:?}").contains("abc"));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1_000))]
+
+        /// Arbitrary bodies, statuses and content types never panic, and a token, when one
+        /// comes out, is no larger than the body.
+        #[test]
+        fn arbitrary_responses_never_panic(
+            status in 100u16..600,
+            json in proptest::bool::ANY,
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..4_096),
+        ) {
+            let status = StatusCode::from_u16(status).unwrap();
+            let ct = if json { Some("application/json") } else { Some("application/x-www-form-urlencoded") };
+            if let Ok(token) = parse(status, ct, &body, &["secret"]) {
+                proptest::prop_assert!(token.access_token().secret().len() <= body.len());
+            }
+        }
+
+        /// JSON-shaped token responses with any field values parse or fail cleanly.
+        #[test]
+        fn json_token_shapes(
+            token in "[A-Za-z0-9._~+/-]{1,64}",
+            expires in proptest::option::of(proptest::num::i64::ANY),
+            kind in proptest::option::of("[A-Za-z]{0,10}"),
+        ) {
+            let mut body = serde_json::json!({ "access_token": token });
+            if let Some(e) = expires { body["expires_in"] = e.into(); }
+            if let Some(k) = &kind { body["token_type"] = k.clone().into(); }
+            let parsed = parse(StatusCode::OK, JSON, body.to_string().as_bytes(), &[]).unwrap();
+            proptest::prop_assert_eq!(parsed.access_token().secret(), token.as_str());
+            let left = parsed.expires_in();
+            match expires {
+                Some(e) if e > 0 => proptest::prop_assert!(left.is_some()),
+                _ => proptest::prop_assert!(left.is_none()),
+            }
+        }
+    }
+
     #[test]
     fn error_status_without_error_code() {
         let err = parse(
