@@ -28,6 +28,7 @@ use std::{
 use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 use tokio::{sync::Notify, time::Instant};
+use tracing::Instrument;
 
 use crate::{Error, Token, source::DynTokenSource, stats::Counters};
 
@@ -226,7 +227,7 @@ impl TokenCache {
                 Step::Fresh(entry) => return Ok(entry),
                 Step::Wait(flight) => {
                     if !waited {
-                        self.counters.waiters.fetch_add(1, Relaxed);
+                        self.counters.waited();
                         waited = true;
                     }
                     let entry = flight.wait().await?;
@@ -281,17 +282,20 @@ impl TokenCache {
         });
         slow.flight = Some(Arc::clone(&flight));
         self.next_background.store(u64::MAX, Relaxed);
-        self.counters.fetches.fetch_add(1, Relaxed);
-        if background {
-            self.counters.background_refreshes.fetch_add(1, Relaxed);
-        }
+        self.counters.fetch_started(background);
         // The guard is built before the task so that a task dropped unpolled still resolves it.
         let guard = FlightGuard {
             cache: Arc::clone(self),
             flight: Arc::clone(&flight),
             finished: false,
         };
-        runtime.spawn(guard.run());
+        let span = tracing::debug_span!(
+            target: "tower_bearer",
+            "token_fetch",
+            source = self.source.type_name(),
+            background,
+        );
+        runtime.spawn(guard.run().instrument(span));
         Ok(flight)
     }
 
@@ -342,7 +346,7 @@ impl TokenCache {
             _ => false,
         };
         if swapped {
-            self.counters.invalidations.fetch_add(1, Relaxed);
+            self.counters.rejected();
             tracing::debug!(target: "tower_bearer", "rejected token forgotten; next request fetches a new one");
         }
         swapped
@@ -469,6 +473,12 @@ impl FlightGuard {
             Ok(Err(err)) => Err(err),
             Err(_) => Err(Error::Timeout(timeout)),
         };
+        cache.counters.fetch_finished(
+            started.elapsed(),
+            result
+                .as_ref()
+                .map(|e| e.valid_until.saturating_duration_since(Instant::now())),
+        );
         match &result {
             Ok(entry) => tracing::debug!(
                 target: "tower_bearer",
@@ -479,10 +489,6 @@ impl FlightGuard {
                 "token fetched"
             ),
             Err(err) => {
-                cache.counters.fetch_failures.fetch_add(1, Relaxed);
-                if err.is_terminal() {
-                    cache.counters.terminal_failures.fetch_add(1, Relaxed);
-                }
                 tracing::warn!(
                     target: "tower_bearer",
                     source = cache.source.type_name(),

@@ -16,7 +16,7 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::{Arc, atomic::Ordering::Relaxed},
+    sync::Arc,
     task::{Context, Poll, ready},
 };
 
@@ -252,7 +252,7 @@ where
                         return Poll::Ready(Err(polled_after_completion()));
                     };
                     if let Some(cache) = this.cache.as_ref() {
-                        cache.counters.retries.fetch_add(1, Relaxed);
+                        cache.counters.retried();
                     }
                     State::Resend {
                         fut: service.call(request),

@@ -1,6 +1,6 @@
 //! [`AuthMiddleware`]: the layer's behaviour for `reqwest_middleware::ClientWithMiddleware`.
 
-use std::{fmt, sync::Arc, sync::atomic::Ordering::Relaxed};
+use std::{fmt, sync::Arc};
 
 use http::Extensions;
 use reqwest_middleware::{Middleware, Next, Result};
@@ -88,7 +88,7 @@ impl Middleware for AuthMiddleware {
         again
             .headers_mut()
             .insert(settings.header_name.clone(), entry.header.clone());
-        self.cache.counters.retries.fetch_add(1, Relaxed);
+        self.cache.counters.retried();
         next.run(again, extensions).await
     }
 }

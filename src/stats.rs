@@ -2,6 +2,18 @@
 //!
 //! They are plain relaxed atomics touched only off the hot path: when a fetch starts or fails,
 //! when a caller has to wait, when a 401 rejects the current token, and when a request is resent.
+//!
+//! With the `metrics` feature the same events go to the [`metrics`](https://docs.rs/metrics)
+//! facade, named in the OpenTelemetry style:
+//!
+//! | metric | kind | labels | meaning |
+//! |---|---|---|---|
+//! | `tower_bearer.token.fetches` | counter | `outcome` = `success`, `transient_error`, `terminal_error` | token fetches |
+//! | `tower_bearer.token.fetch.duration` | histogram (seconds) | `outcome` | how long fetches took |
+//! | `tower_bearer.token.lifetime` | gauge (seconds) | | how long the newest token will be used |
+//! | `tower_bearer.token.waiters` | counter | | callers that waited for a fetch |
+//! | `tower_bearer.token.rejected` | counter | | tokens dropped after a 401 or `UNAUTHENTICATED` |
+//! | `tower_bearer.requests.retried` | counter | | requests resent with a new token |
 
 use std::{
     sync::atomic::{AtomicU64, Ordering::Relaxed},
@@ -59,7 +71,68 @@ pub struct Stats {
     pub token_usable_for: Option<Duration>,
 }
 
+/// Outcome label of a fetch, for metrics.
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+fn outcome(result: &Result<(), &crate::Error>) -> &'static str {
+    match result {
+        Ok(()) => "success",
+        Err(e) if e.is_terminal() => "terminal_error",
+        Err(_) => "transient_error",
+    }
+}
+
 impl Counters {
+    pub(crate) fn waited(&self) {
+        self.waiters.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("tower_bearer.token.waiters").increment(1);
+    }
+
+    pub(crate) fn fetch_started(&self, background: bool) {
+        self.fetches.fetch_add(1, Relaxed);
+        if background {
+            self.background_refreshes.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A fetch ended after `elapsed`; on success the token is usable for `usable_for`.
+    pub(crate) fn fetch_finished(
+        &self,
+        elapsed: Duration,
+        result: Result<Duration, &crate::Error>,
+    ) {
+        if let Err(err) = result {
+            self.fetch_failures.fetch_add(1, Relaxed);
+            if err.is_terminal() {
+                self.terminal_failures.fetch_add(1, Relaxed);
+            }
+        }
+        #[cfg(feature = "metrics")]
+        {
+            let outcome = outcome(&result.map(|_| ()));
+            metrics::counter!("tower_bearer.token.fetches", "outcome" => outcome).increment(1);
+            metrics::histogram!("tower_bearer.token.fetch.duration", "outcome" => outcome)
+                .record(elapsed.as_secs_f64());
+            if let Ok(usable_for) = result {
+                metrics::gauge!("tower_bearer.token.lifetime").set(usable_for.as_secs_f64());
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = elapsed;
+    }
+
+    pub(crate) fn rejected(&self) {
+        self.invalidations.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("tower_bearer.token.rejected").increment(1);
+    }
+
+    pub(crate) fn retried(&self) {
+        self.retries.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("tower_bearer.requests.retried").increment(1);
+    }
+
     pub(crate) fn snapshot(&self) -> Stats {
         Stats {
             fetches: self.fetches.load(Relaxed),
