@@ -158,3 +158,32 @@ async fn a_public_client_sends_its_id_and_no_secret() {
     assert!(!req.form().iter().any(|(k, _)| k == "client_secret"));
     assert_eq!(req.header("authorization"), None);
 }
+
+#[tokio::test]
+async fn resume_continues_from_the_store_without_an_exchange() {
+    let idp = StandInIdp::start().await;
+    idp.add_code("code-1", None);
+    let store = MemoryStore::new();
+    flow(&idp, store.clone())
+        .exchange("code-1", None)
+        .await
+        .unwrap();
+    // Later, in a new process: the same settings, no code.
+    let auth = AuthLayer::new(flow(&idp, store.clone()).resume());
+    let token = auth.token().await.unwrap();
+    assert_eq!(
+        token.access_token().secret(),
+        "at-1",
+        "the stored access token"
+    );
+    auth.invalidate(&token);
+    assert_eq!(auth.token().await.unwrap().access_token().secret(), "at-2");
+    assert_eq!(idp.refresh_tokens_sent(), ["rt-1"]);
+
+    // With nothing stored, resuming asks for an authorization.
+    let empty = AuthLayer::new(flow(&idp, MemoryStore::new()).resume());
+    assert!(matches!(
+        empty.token().await.unwrap_err(),
+        tower_bearer::Error::AuthorizationRequired(_)
+    ));
+}

@@ -5,7 +5,7 @@ use std::{
     fmt,
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
 };
 
 use bytes::{Buf, Bytes};
@@ -52,6 +52,8 @@ struct Shared<B> {
     overflow: bool,
     /// The original body, parked by a copy that was dropped before it ended.
     rest: Option<Pin<Box<B>>>,
+    /// A replay waiting for the first copy to let go of the original body.
+    waiting: Option<Waker>,
 }
 
 /// What the layer keeps to build the replay of a [`ReplayableBody`].
@@ -88,6 +90,7 @@ impl<B> ReplayableBody<B> {
             complete: false,
             overflow: false,
             rest: None,
+            waiting: None,
         }));
         self.shared = Some(Arc::clone(&shared));
         (self, ReplayHandle(shared))
@@ -149,10 +152,18 @@ where
         }
 
         if this.inner.is_none() {
-            this.inner = lock(&shared).rest.take();
+            let mut state = lock(&shared);
+            match state.rest.take() {
+                Some(rest) => this.inner = Some(rest),
+                None => {
+                    // The first copy still holds the original body (the connection is still
+                    // sending it): wait until it lets go, rather than end the body short.
+                    state.waiting = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+            }
         }
         let Some(inner) = this.inner.as_mut() else {
-            // The first copy still holds the original body: nothing more can be read here.
             return Poll::Ready(None);
         };
         let frame = match inner.as_mut().poll_frame(cx) {
@@ -165,6 +176,9 @@ where
                 state.complete = true;
                 this.inner = None;
                 this.trailers_sent = true;
+                if let Some(waker) = state.waiting.take() {
+                    waker.wake();
+                }
                 Poll::Ready(None)
             }
             Some(Err(err)) => Poll::Ready(Some(Err(err))),
@@ -191,6 +205,9 @@ where
                     state.complete = true;
                     this.inner = None;
                     this.trailers_sent = true;
+                    if let Some(waker) = state.waiting.take() {
+                        waker.wake();
+                    }
                     Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
                 }
             },
@@ -232,11 +249,18 @@ where
 
 impl<B> Drop for ReplayableBody<B> {
     fn drop(&mut self) {
-        // Park the original body so that a replay can go on reading it.
+        // Park the original body so that a replay can go on reading it, and wake the replay if
+        // it is waiting for it.
         if let (Some(shared), Some(inner)) = (&self.shared, self.inner.take()) {
-            let mut state = lock(shared);
-            if !state.complete {
-                state.rest = Some(inner);
+            let waiting = {
+                let mut state = lock(shared);
+                if !state.complete {
+                    state.rest = Some(inner);
+                }
+                state.waiting.take()
+            };
+            if let Some(waker) = waiting {
+                waker.wake();
             }
         }
     }
@@ -331,6 +355,25 @@ mod tests {
         drop(first);
         let (bytes, _) = all(ReplayableBody::replay(handle).unwrap()).await;
         assert_eq!(bytes, "123456");
+    }
+
+    #[tokio::test]
+    async fn a_replay_waits_for_the_first_copy_to_let_go_of_the_original() {
+        let (mut first, handle) =
+            ReplayableBody::new(chunked(&["a", "b", "c"], false)).capture(1024);
+        assert_eq!(
+            first.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "a"
+        );
+        let mut replay = tokio_test::task::spawn(all(ReplayableBody::replay(handle).unwrap()));
+        // The replay yields the kept "a", then must wait: the first copy still has the body.
+        assert!(replay.poll().is_pending());
+        drop(first);
+        assert!(replay.is_woken());
+        match replay.poll() {
+            Poll::Ready((bytes, _)) => assert_eq!(bytes, "abc"),
+            Poll::Pending => panic!("the replay must finish once the body is parked"),
+        }
     }
 
     #[tokio::test]

@@ -133,12 +133,24 @@ impl AuthorizationCode {
         let token = self.built.endpoint.request(&params).await?;
         let stored = StoredToken::from_response(&token, None);
         self.store.save_boxed(&stored).await?;
+        Ok(self.into_refresh_grant(Some(stored)))
+    }
+
+    /// The refresh-token grant over the same settings and store, without an exchange: for a
+    /// process that restarts after an earlier exchange saved its tokens in a persistent store.
+    /// The store is read at the first fetch; if it holds nothing, fetches fail with
+    /// [`Error::AuthorizationRequired`].
+    pub fn resume(self) -> RefreshTokenGrant {
+        self.into_refresh_grant(None)
+    }
+
+    fn into_refresh_grant(self, stored: Option<StoredToken>) -> RefreshTokenGrant {
         // Refreshes keep the granted scope: RFC 6749 §6 makes `scope` optional there.
         let built = oauth::BuiltEndpoint {
             scope: None,
             ..self.built
         };
-        Ok(RefreshTokenGrant::from_exchange(built, self.store, stored))
+        RefreshTokenGrant::from_parts(built, self.store, stored)
     }
 }
 

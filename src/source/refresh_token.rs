@@ -85,10 +85,12 @@ impl RefreshTokenGrant {
         }
     }
 
-    pub(crate) fn from_exchange(
+    /// A grant over `store`; `stored` is what an exchange just saved there, if anything (else
+    /// the store is read at the first fetch).
+    pub(crate) fn from_parts(
         built: oauth::BuiltEndpoint,
         store: Box<dyn DynTokenStore>,
-        stored: StoredToken,
+        stored: Option<StoredToken>,
     ) -> Self {
         RefreshTokenGrant {
             inner: Arc::new(Inner {
@@ -97,8 +99,8 @@ impl RefreshTokenGrant {
                 params: built.params,
                 store,
                 state: Mutex::new(GrantState {
-                    loaded: true,
-                    stored: Some(stored),
+                    loaded: stored.is_some(),
+                    stored,
                     access_handed_out: false,
                     rejected: None,
                 }),
@@ -253,15 +255,8 @@ impl RefreshTokenGrantBuilder {
     /// [`Error::Config`], as for [`ClientCredentialsBuilder::build`](crate::ClientCredentialsBuilder::build).
     pub fn build(self) -> Result<RefreshTokenGrant, Error> {
         let built = self.config.build("refresh_token", &["refresh_token"])?;
-        Ok(RefreshTokenGrant {
-            inner: Arc::new(Inner {
-                endpoint: built.endpoint,
-                scope: built.scope,
-                params: built.params,
-                store: self.store.unwrap_or_else(|| Box::new(MemoryStore::new())),
-                state: Mutex::new(GrantState::default()),
-            }),
-        })
+        let store = self.store.unwrap_or_else(|| Box::new(MemoryStore::new()));
+        Ok(RefreshTokenGrant::from_parts(built, store, None))
     }
 }
 
