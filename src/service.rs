@@ -36,7 +36,7 @@ use crate::{
 /// With a fresh token cached, `call` reads the token through a per-service
 /// [`arc_swap::Cache`] (one atomic load when the token has not changed), compares its expiry with
 /// the clock, clones the pre-built header value into the request and calls the inner service. No
-/// lock, no boxed future. When the body can be replayed (see [`ReplayBody`]), the request head is
+/// lock, no boxed future. When the body can be replayed (see [`ReplayBody`](crate::ReplayBody)), the request head is
 /// copied so that a 401 can be retried; turn that off with
 /// [`retry_unauthorized(false)`](crate::AuthLayerBuilder::retry_unauthorized).
 pub struct AuthService<S> {
