@@ -406,3 +406,18 @@ async fn revoking_a_refresh_grant_ends_it() {
         Error::AuthorizationRequired(_)
     ));
 }
+
+#[tokio::test]
+async fn a_reqwest_client_through_the_layer() {
+    let base = server_or_skip!("a_reqwest_client_through_the_layer");
+    let auth = client_credentials(&base, "cc-post", "post-secret", ClientAuth::Post);
+    let http = reqwest::Client::new();
+    let client = ServiceBuilder::new()
+        .layer(auth.clone())
+        .service(http.clone());
+    let request = http.get(format!("{base}/api/whoami")).build().unwrap();
+    let response = client.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let json: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(json["client_id"], "cc-post");
+}

@@ -1,0 +1,96 @@
+//! The `metrics` feature: fetches, rejections, resends and waits reach the metrics facade.
+#![cfg(feature = "metrics")]
+
+mod support;
+
+use std::time::Duration;
+
+use http::Request;
+use http_body_util::Empty;
+use metrics_util::{
+    CompositeKey, MetricKind,
+    debugging::{DebugValue, DebuggingRecorder},
+};
+use support::CountingSource;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_bearer::AuthLayer;
+
+fn counter(
+    snapshot: &[(
+        CompositeKey,
+        Option<metrics::Unit>,
+        Option<metrics::SharedString>,
+        DebugValue,
+    )],
+    name: &str,
+    label: Option<(&str, &str)>,
+) -> u64 {
+    snapshot
+        .iter()
+        .filter(|(key, ..)| key.kind() == MetricKind::Counter && key.key().name() == name)
+        .filter(|(key, ..)| {
+            label.is_none_or(|(k, v)| key.key().labels().any(|l| l.key() == k && l.value() == v))
+        })
+        .map(|(.., value)| match value {
+            DebugValue::Counter(n) => *n,
+            _ => 0,
+        })
+        .sum()
+}
+
+#[tokio::test(start_paused = true)]
+async fn fetches_rejections_and_resends_are_counted() {
+    // A global recorder: this file has this one test.
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder.install().unwrap();
+
+    let source = CountingSource::new(Duration::from_millis(1), Some(Duration::from_secs(3600)));
+    source.fail_fetch(1);
+    let auth = AuthLayer::builder(source.clone())
+        .backoff(Duration::ZERO, Duration::ZERO)
+        .build();
+    let svc = ServiceBuilder::new()
+        .layer(auth.clone())
+        .service(source.api());
+    let get = || {
+        Request::get("https://api.test/")
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+
+    assert!(svc.clone().oneshot(get()).await.is_err(), "fetch 1 fails");
+    svc.clone().oneshot(get()).await.unwrap();
+    source.api().revoke("tok-2");
+    svc.oneshot(get()).await.unwrap();
+
+    let snapshot = snapshotter.snapshot().into_vec();
+    assert_eq!(
+        counter(
+            &snapshot,
+            "tower_bearer.token.fetches",
+            Some(("outcome", "success"))
+        ),
+        2
+    );
+    assert_eq!(
+        counter(
+            &snapshot,
+            "tower_bearer.token.fetches",
+            Some(("outcome", "transient_error"))
+        ),
+        1
+    );
+    assert_eq!(counter(&snapshot, "tower_bearer.token.rejected", None), 1);
+    assert_eq!(counter(&snapshot, "tower_bearer.requests.retried", None), 1);
+    assert_eq!(counter(&snapshot, "tower_bearer.token.waiters", None), 3);
+    assert!(
+        snapshot
+            .iter()
+            .any(|(key, ..)| key.kind() == MetricKind::Histogram
+                && key.key().name() == "tower_bearer.token.fetch.duration")
+    );
+    assert!(snapshot.iter().any(|(key, _, _, value)| key.key().name()
+        == "tower_bearer.token.lifetime"
+        && matches!(value, DebugValue::Gauge(g) if g.into_inner() > 3500.0)));
+}
