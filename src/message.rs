@@ -32,6 +32,12 @@ pub trait AuthRequest: Sized {
     /// channel or a hyper connection sees them) return `None`.
     fn target(&self) -> Option<Target<'_>>;
 
+    /// The URL scheme alone, if the URL is absolute: a cheaper look than [`target`](Self::target)
+    /// for the common case where only the scheme matters.
+    fn scheme(&self) -> Option<&str> {
+        self.target().map(|t| t.scheme)
+    }
+
     /// Splits off what is needed to send the request again, if it can be (its body allows, and
     /// a streaming body stays within `limit` bytes).
     fn prepare_replay(self, limit: usize) -> (Self, Option<Self::Replay>);
@@ -78,6 +84,11 @@ impl<B: ReplayBody> AuthRequest for Request<B> {
             host,
             port: uri.port_u16().or_else(|| default_port(scheme)),
         })
+    }
+
+    #[inline]
+    fn scheme(&self) -> Option<&str> {
+        self.uri().scheme_str()
     }
 
     #[inline]

@@ -8,7 +8,6 @@ use reqwest_middleware::{Middleware, Next, Result};
 use crate::{
     cache::TokenCache,
     challenge,
-    message::AuthRequest,
     origin::{Decision, OriginPolicy},
 };
 
@@ -53,7 +52,7 @@ impl Middleware for AuthMiddleware {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> Result<reqwest::Response> {
-        match self.policy.decide(request.target()) {
+        match self.policy.decide(&request) {
             Decision::Attach => {}
             Decision::PassThrough => return next.run(request, extensions).await,
             Decision::Refuse(err) => return Err(reqwest_middleware::Error::middleware(err)),

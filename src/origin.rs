@@ -14,7 +14,10 @@
 
 use std::net::IpAddr;
 
-use crate::{Error, message::Target};
+use crate::{
+    Error,
+    message::{AuthRequest, Target},
+};
 
 /// An origin the layer may send the token to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,8 +79,17 @@ pub(crate) struct OriginPolicy {
 }
 
 impl OriginPolicy {
+    /// What to do with `request`. Without origins, an `https` or path-only request is decided
+    /// from its scheme alone, without parsing its host.
     #[inline]
-    pub(crate) fn decide(&self, target: Option<Target<'_>>) -> Decision {
+    pub(crate) fn decide(&self, request: &impl AuthRequest) -> Decision {
+        if self.origins.is_empty() && request.scheme().is_none_or(|s| s == "https") {
+            return Decision::Attach;
+        }
+        self.decide_target(request.target())
+    }
+
+    fn decide_target(&self, target: Option<Target<'_>>) -> Decision {
         let Some(target) = target else {
             return Decision::Attach;
         };
@@ -116,24 +128,24 @@ mod tests {
     #[test]
     fn without_origins_every_https_or_loopback_request_gets_the_token() {
         let policy = OriginPolicy::default();
-        assert!(matches!(policy.decide(None), Decision::Attach));
+        assert!(matches!(policy.decide_target(None), Decision::Attach));
         assert!(matches!(
-            policy.decide(target("https", "api.example.com", 443)),
+            policy.decide_target(target("https", "api.example.com", 443)),
             Decision::Attach
         ));
         assert!(matches!(
-            policy.decide(target("http", "127.0.0.1", 8080)),
+            policy.decide_target(target("http", "127.0.0.1", 8080)),
             Decision::Attach
         ));
         assert!(matches!(
-            policy.decide(target("http", "::1", 80)),
+            policy.decide_target(target("http", "::1", 80)),
             Decision::Attach
         ));
         assert!(matches!(
-            policy.decide(target("http", "LocalHost", 80)),
+            policy.decide_target(target("http", "LocalHost", 80)),
             Decision::Attach
         ));
-        match policy.decide(target("http", "api.example.com", 80)) {
+        match policy.decide_target(target("http", "api.example.com", 80)) {
             Decision::Refuse(err) => assert!(err.to_string().contains("allow_http"), "{err}"),
             _ => panic!("plain http to a remote host must be refused"),
         }
@@ -142,7 +154,7 @@ mod tests {
             ..OriginPolicy::default()
         };
         assert!(matches!(
-            open.decide(target("http", "api.example.com", 80)),
+            open.decide_target(target("http", "api.example.com", 80)),
             Decision::Attach
         ));
     }
@@ -157,11 +169,11 @@ mod tests {
             allow_http: false,
         };
         assert!(matches!(
-            policy.decide(target("https", "api.example.com", 443)),
+            policy.decide_target(target("https", "api.example.com", 443)),
             Decision::Attach
         ));
         assert!(matches!(
-            policy.decide(target("https", "other.example.com", 8443)),
+            policy.decide_target(target("https", "other.example.com", 8443)),
             Decision::Attach
         ));
         for (scheme, host, port) in [
@@ -172,14 +184,14 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    policy.decide(target(scheme, host, port)),
+                    policy.decide_target(target(scheme, host, port)),
                     Decision::PassThrough
                 ),
                 "{scheme}://{host}:{port}"
             );
         }
         // A path-only request has no origin to check: it gets the token.
-        assert!(matches!(policy.decide(None), Decision::Attach));
+        assert!(matches!(policy.decide_target(None), Decision::Attach));
     }
 
     #[test]

@@ -113,7 +113,7 @@ where
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        match self.policy.decide(request.target()) {
+        match self.policy.decide(&request) {
             Decision::Attach => {}
             Decision::PassThrough => return ResponseFuture::passed(self.inner.call(request)),
             Decision::Refuse(err) => return ResponseFuture::refused(err),
