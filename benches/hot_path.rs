@@ -4,7 +4,11 @@
 //!
 //! ```text
 //! cargo bench --bench hot_path
+//! scripts/instructions        # instructions per request, under valgrind's callgrind
 //! ```
+//!
+//! With `HOT_PATH_LOOP=<variant>:<n>` set, the binary skips criterion and just sends `n`
+//! requests through one variant: that is what `scripts/instructions` counts.
 
 #[path = "../tests/support/noop.rs"]
 mod noop;
@@ -15,7 +19,7 @@ use std::{
     task::{Context, Poll, Waker},
 };
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use http::Request;
 use noop::Noop;
 use tower::{Layer, Service};
@@ -46,11 +50,24 @@ where
     }
 }
 
-fn hot_path(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// A layered service with a cached token.
+fn auth_layer(rt: &tokio::runtime::Runtime, retry: bool) -> tower_bearer::AuthService<Noop> {
+    let auth = AuthLayer::builder(StaticToken::new(TOKEN))
+        .retry_unauthorized(retry)
+        .build();
+    rt.block_on(auth.token()).unwrap();
+    auth.layer(Noop)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+fn hot_path(c: &mut Criterion) {
+    let rt = runtime();
     let _guard = rt.enter();
     let mut group = c.benchmark_group("hot_path");
 
@@ -60,16 +77,41 @@ fn hot_path(c: &mut Criterion) {
     let mut fixed = AddAuthorizationLayer::bearer(TOKEN).layer(Noop);
     group.bench_function("add_authorization_static", |b| b.iter(|| one(&mut fixed)));
 
-    for (name, retry) in [("auth_layer_retry_off", false), ("auth_layer", true)] {
-        let auth = AuthLayer::builder(StaticToken::new(TOKEN))
-            .retry_unauthorized(retry)
-            .build();
-        rt.block_on(auth.token()).unwrap();
-        let mut svc = auth.layer(Noop);
-        group.bench_function(name, |b| b.iter(|| one(&mut svc)));
-    }
+    let mut svc = auth_layer(&rt, false);
+    group.bench_function("auth_layer_retry_off", |b| b.iter(|| one(&mut svc)));
+    let mut svc = auth_layer(&rt, true);
+    group.bench_function("auth_layer", |b| b.iter(|| one(&mut svc)));
     group.finish();
 }
 
+/// `HOT_PATH_LOOP=<variant>:<n>`: `n` requests through one variant, nothing else.
+fn run_loop(spec: &str) {
+    let (variant, n) = spec.split_once(':').expect("HOT_PATH_LOOP=<variant>:<n>");
+    let n: u64 = n.parse().expect("a request count");
+    let rt = runtime();
+    let _guard = rt.enter();
+    match variant {
+        "no_middleware" => (0..n).for_each(|_| one(&mut Noop)),
+        "add_authorization_static" => {
+            let mut svc = AddAuthorizationLayer::bearer(TOKEN).layer(Noop);
+            (0..n).for_each(|_| one(&mut svc));
+        }
+        "auth_layer_retry_off" | "auth_layer" => {
+            let mut svc = auth_layer(&rt, variant == "auth_layer");
+            (0..n).for_each(|_| one(&mut svc));
+        }
+        other => panic!("unknown variant {other}"),
+    }
+}
+
 criterion_group!(benches, hot_path);
-criterion_main!(benches);
+
+fn main() {
+    match std::env::var("HOT_PATH_LOOP") {
+        Ok(spec) => run_loop(&spec),
+        Err(_) => {
+            benches();
+            Criterion::default().configure_from_args().final_summary();
+        }
+    }
+}

@@ -131,3 +131,13 @@ async fn with_retry_on_the_replay_copy_of_headers_is_the_only_extra_cost() {
     };
     assert!(layered(true, with_headers).await > floor(with_headers));
 }
+
+#[test]
+fn response_future_size() {
+    use tower_bearer::{AuthService, ResponseFuture};
+    let size = std::mem::size_of::<ResponseFuture<Noop, Request<&'static str>>>();
+    let request = std::mem::size_of::<Request<&'static str>>();
+    eprintln!("ResponseFuture<Noop, Request<&str>>: {size} bytes (the request itself: {request})");
+    let _ = std::mem::size_of::<AuthService<Noop>>();
+    assert!(size <= 2 * request + 64, "{size} bytes");
+}
