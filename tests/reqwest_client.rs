@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use axum::{http::StatusCode, response::IntoResponse};
+use http::StatusCode;
 use support::{CountingSource, StandInEndpoint};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_bearer::AuthLayer;
@@ -13,20 +13,7 @@ use tower_bearer::AuthLayer;
 #[tokio::test]
 async fn a_reqwest_client_gets_the_token_and_recovers_from_a_revocation() {
     let source = CountingSource::new(Duration::ZERO, Some(Duration::from_secs(3600)));
-    let api = source.api();
-    let server = StandInEndpoint::start(move |req| {
-        let token = req
-            .header("authorization")
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default()
-            .to_owned();
-        if api.state().valid.lock().unwrap().contains(&token) {
-            (StatusCode::OK, req.body.clone()).into_response()
-        } else {
-            StatusCode::UNAUTHORIZED.into_response()
-        }
-    })
-    .await;
+    let server = StandInEndpoint::protected_api(&source).await;
 
     let auth = AuthLayer::new(source.clone());
     let client = ServiceBuilder::new()

@@ -5,27 +5,14 @@ mod support;
 
 use std::time::Duration;
 
-use axum::{http::StatusCode, response::IntoResponse};
+use http::StatusCode;
 use support::{CountingSource, StandInEndpoint};
 use tower_bearer::{AuthLayer, Error};
 
 #[tokio::test]
 async fn the_middleware_shares_the_layer_cache_and_retries_after_a_401() {
     let source = CountingSource::new(Duration::ZERO, Some(Duration::from_secs(3600)));
-    let api = source.api();
-    let server = StandInEndpoint::start(move |req| {
-        let token = req
-            .header("authorization")
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default()
-            .to_owned();
-        if api.state().valid.lock().unwrap().contains(&token) {
-            (StatusCode::OK, req.body.clone()).into_response()
-        } else {
-            StatusCode::UNAUTHORIZED.into_response()
-        }
-    })
-    .await;
+    let server = StandInEndpoint::protected_api(&source).await;
 
     let auth = AuthLayer::new(source.clone());
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())

@@ -345,6 +345,25 @@ impl StandInEndpoint {
         .await
     }
 
+    /// A protected API over HTTP: 200 echoing the body for a bearer token `source` issued and
+    /// has not revoked, 401 otherwise.
+    pub async fn protected_api(source: &CountingSource) -> Self {
+        let api = source.api();
+        Self::start(move |req| {
+            let token = req
+                .header("authorization")
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default()
+                .to_owned();
+            if api.state().valid.lock().unwrap().contains(&token) {
+                (StatusCode::OK, req.body.clone()).into_response()
+            } else {
+                StatusCode::UNAUTHORIZED.into_response()
+            }
+        })
+        .await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
