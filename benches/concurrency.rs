@@ -1,0 +1,2 @@
+//! Placeholder: replaced by the concurrency benchmark.
+fn main() {}
