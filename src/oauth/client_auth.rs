@@ -12,8 +12,9 @@ use std::borrow::Cow;
 /// | `None` | only `client_id` in the form body: a public client | `none` |
 ///
 /// `Query` exists for endpoints documented that way (Casebook lists its parameters as query
-/// parameters). It puts the secret in the URL, where proxies and access logs may record it:
-/// prefer `Post` or `Basic` whenever the endpoint accepts them.
+/// parameters). It puts the secret in the URL, where proxies and access logs may record it, and
+/// so may reqwest's own `log` output at debug level (this crate strips URLs from its errors and
+/// never logs them): prefer `Post` or `Basic` whenever the endpoint accepts them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum ClientAuth {
