@@ -1,2 +1,893 @@
-//! Placeholder: replaced by the concurrency benchmark.
-fn main() {}
+//! What happens when many callers want a token at the same moment: a benchmark with a printed
+//! Markdown report (not criterion).
+//!
+//! ```text
+//! cargo bench --bench concurrency                    # N = 1,000, 10,000, 100,000
+//! cargo bench --bench concurrency -- --test          # N = 1,000 once, quick (CI)
+//! cargo bench --bench concurrency -- --callers 5000,50000 --threads 4
+//! CONCURRENCY_CALLERS=1000,20000 CONCURRENCY_THREADS=2 cargo bench --bench concurrency
+//! ```
+//!
+//! The token source is in-process: `source::from_fn` around a 5 ms `tokio::time::sleep` (a token
+//! endpoint's latency), counting its fetches with an atomic. The runtime is a multi-threaded
+//! Tokio runtime on real time. For every N:
+//!
+//! 1. **cold start**: N callers call `auth.token()` at once on an empty cache;
+//! 2. **at expiry**: the same after the token expired, with `refresh_ahead(false)`;
+//! 3. **401 storm**: N requests in flight through `ServiceBuilder::new().layer(auth).service(api)`
+//!    all carry the token that the API then revokes; each gets a 401 and is resent once;
+//! 4. **at expiry, refresh-ahead on**: N requests spread evenly over one second across the
+//!    token's expiry, with the default `refresh_ahead(true)`: nobody should wait.
+//!
+//! Scenarios 1 and 2 also run two hand-written designs for comparison: a token behind a
+//! `tokio::sync::Mutex` (locked by every caller, which fetches when it finds none: the common
+//! naive single-flight), and the same without the lock (check, fetch if missing: a stampede).
+//!
+//! Each `AuthLayer` row must show exactly one token fetch (PASS/FAIL); the process exits with
+//! status 1 if any row fails. Caller latency is measured with `std::time::Instant` around each
+//! call; p50/p99 are nearest-rank percentiles of the sorted durations.
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    convert::Infallible,
+    fmt::{self, Write as _},
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering::Relaxed},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use http::{Request, Response, StatusCode, header};
+use tokio::sync::{Barrier, Semaphore, watch};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_bearer::{AuthLayer, Token, TokenSource, source::from_fn};
+
+/// Latency of the in-process token endpoint.
+const FETCH_LATENCY: Duration = Duration::from_millis(5);
+/// Lifetime of every token but the first one a scenario starts with.
+const LONG: Duration = Duration::from_secs(3600);
+/// Lifetime of the first token in scenario 2 (the expiry margin makes it usable for half).
+const SHORT: Duration = Duration::from_millis(20);
+/// Lifetime of the first token in scenario 4: usable 1 s (the margin is clamped to half),
+/// refreshed in the background from 0.8-0.9 s.
+const STEADY_FIRST: Duration = Duration::from_secs(2);
+/// Scenario 4: traffic starts this long after the first token was fetched ...
+const STEADY_FROM: Duration = Duration::from_millis(300);
+/// ... and is spread evenly over this long, so it crosses the token's expiry at 1.0 s.
+const STEADY_SPAN: Duration = Duration::from_secs(1);
+/// Longest any wait inside a scenario may take before it is reported as a failure.
+const DEADLINE: Duration = Duration::from_secs(60);
+const URL: &str = "https://api.test/items";
+
+// ---------------------------------------------------------------------------------------------
+// Heap accounting, for the bytes each waiting caller costs.
+
+/// The system allocator, counting the bytes currently allocated.
+struct Counting;
+
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+#[allow(clippy::cast_possible_wrap)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded unchanged to the system allocator.
+        let ptr = unsafe { System.alloc(layout) };
+        if !ptr.is_null() {
+            LIVE_BYTES.fetch_add(layout.size() as isize, Relaxed);
+        }
+        ptr
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded unchanged to the system allocator.
+        let ptr = unsafe { System.alloc_zeroed(layout) };
+        if !ptr.is_null() {
+            LIVE_BYTES.fetch_add(layout.size() as isize, Relaxed);
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE_BYTES.fetch_sub(layout.size() as isize, Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded unchanged to the system allocator.
+        let new = unsafe { System.realloc(ptr, layout, new_size) };
+        if !new.is_null() {
+            LIVE_BYTES.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
+        }
+        new
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+// ---------------------------------------------------------------------------------------------
+// Settings.
+
+struct Settings {
+    callers: Vec<usize>,
+    threads: usize,
+    cores: usize,
+    test: bool,
+}
+
+fn settings() -> Settings {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut test = false;
+    let mut callers = std::env::var("CONCURRENCY_CALLERS").ok();
+    let mut threads = std::env::var("CONCURRENCY_THREADS").ok();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((name, value)) => (name.to_owned(), Some(value.to_owned())),
+            None => (arg.clone(), None),
+        };
+        match name.as_str() {
+            "--test" => test = true,
+            "--callers" | "-n" => callers = inline.or_else(|| args.next()),
+            "--threads" => threads = inline.or_else(|| args.next()),
+            "--help" | "-h" => {
+                println!(
+                    "concurrency [--test] [--callers N[,N...]] [--threads T]\n\
+                     env: CONCURRENCY_CALLERS, CONCURRENCY_THREADS"
+                );
+                std::process::exit(0);
+            }
+            // `cargo bench` passes `--bench`; a name filter may follow. Neither means anything here.
+            _ => {}
+        }
+    }
+    let callers = if test {
+        vec![1_000]
+    } else {
+        callers.map_or_else(
+            || vec![1_000, 10_000, 100_000],
+            |list| {
+                list.split(',')
+                    .map(|n| n.trim().replace('_', ""))
+                    .map(|n| {
+                        n.parse()
+                            .expect("--callers: a comma-separated list of numbers")
+                    })
+                    .collect()
+            },
+        )
+    };
+    let threads = threads.map_or(cores, |t| t.parse().expect("--threads: a number"));
+    Settings {
+        callers,
+        threads: threads.max(1),
+        cores,
+        test,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results.
+
+/// Nearest-rank percentiles of a set of caller latencies.
+#[derive(Clone, Copy, Default)]
+struct Latency {
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+impl Latency {
+    fn of(mut samples: Vec<Duration>) -> Self {
+        if samples.is_empty() {
+            return Latency::default();
+        }
+        samples.sort_unstable();
+        let rank = |p: usize| samples[(samples.len() * p).div_ceil(100).max(1) - 1];
+        Latency {
+            p50: rank(50),
+            p99: rank(99),
+            max: samples[samples.len() - 1],
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Check {
+    Pass,
+    Fail,
+    /// A comparison design: reported, not judged.
+    Info,
+}
+
+struct Row {
+    callers: usize,
+    design: &'static str,
+    fetches: u64,
+    check: Check,
+    waited: Option<u64>,
+    latency: Latency,
+    wall: Duration,
+    notes: String,
+}
+
+struct Dur(Duration);
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nanos = self.0.as_nanos();
+        let secs = self.0.as_secs_f64();
+        if nanos < 1_000 {
+            write!(f, "{nanos} ns")
+        } else if nanos < 1_000_000 {
+            write!(f, "{:.1} µs", secs * 1e6)
+        } else if nanos < 1_000_000_000 {
+            write!(f, "{:.2} ms", secs * 1e3)
+        } else {
+            write!(f, "{secs:.2} s")
+        }
+    }
+}
+
+/// `100000` as `100,000`.
+fn thousands(n: impl Into<u128>) -> String {
+    let digits = n.into().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn print_table(title: &str, rows: &[Row]) {
+    let mut out = format!("\n### {title}\n\n");
+    out.push_str("| callers | design | token fetches | check | callers that waited | p50 | p99 | max | wall | notes |\n");
+    out.push_str("|---:|---|---:|---|---:|---:|---:|---:|---:|---|\n");
+    for row in rows {
+        let check = match row.check {
+            Check::Pass => "PASS",
+            Check::Fail => "**FAIL**",
+            Check::Info => "-",
+        };
+        let waited = row.waited.map_or_else(|| "-".to_owned(), thousands);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            thousands(row.callers as u128),
+            row.design,
+            thousands(row.fetches),
+            check,
+            waited,
+            Dur(row.latency.p50),
+            Dur(row.latency.p99),
+            Dur(row.latency.max),
+            Dur(row.wall),
+            row.notes,
+        );
+    }
+    print!("{out}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The token source and the layer.
+
+/// A 5 ms token endpoint issuing `tok-1`, `tok-2`, ...: the first valid for `first`, the others
+/// for an hour (so a scenario's measurement never runs into a second expiry). Fetches wait for
+/// a permit of `gate` when there is one.
+fn counted_source(
+    first: Duration,
+    gate: Option<Arc<Semaphore>>,
+) -> (impl TokenSource, Arc<AtomicU64>) {
+    let fetches = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&fetches);
+    let source = from_fn(move || {
+        let counter = Arc::clone(&counter);
+        let gate = gate.clone();
+        async move {
+            let n = counter.fetch_add(1, Relaxed) + 1;
+            if let Some(gate) = gate {
+                gate.acquire().await.expect("gate closed").forget();
+            }
+            tokio::time::sleep(FETCH_LATENCY).await;
+            let lifetime = if n == 1 { first } else { LONG };
+            Ok(Token::new(format!("tok-{n}")).with_expires_in(lifetime))
+        }
+    });
+    (source, fetches)
+}
+
+fn request() -> Request<String> {
+    Request::get(URL)
+        .body(String::new())
+        .expect("valid request")
+}
+
+/// Polls `done` every millisecond until it holds; `false` if it did not within [`DEADLINE`].
+async fn wait_until(mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > DEADLINE {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    true
+}
+
+// ---------------------------------------------------------------------------------------------
+// N callers at once.
+
+struct Storm {
+    latencies: Vec<Duration>,
+    errors: usize,
+    wall: Duration,
+}
+
+/// Spawns `n` callers, runs `prepare` once they are all spawned, then releases them together
+/// through a barrier. Each caller times its own `call`.
+async fn storm<F, Fut>(n: usize, call: F, prepare: impl Future<Output = ()>) -> Storm
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    let call = Arc::new(call);
+    let barrier = Arc::new(Barrier::new(n + 1));
+    let mut handles = Vec::with_capacity(n);
+    for _ in 0..n {
+        let call = Arc::clone(&call);
+        let barrier = Arc::clone(&barrier);
+        handles.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let start = Instant::now();
+            let ok = call().await;
+            (start, Instant::now(), ok)
+        }));
+    }
+    prepare.await;
+    barrier.wait().await;
+    let mut latencies = Vec::with_capacity(n);
+    let mut errors = 0;
+    // The first caller to start, not this task's wake-up, marks the release.
+    let mut released = None::<Instant>;
+    let mut last = None::<Instant>;
+    for handle in handles {
+        let (start, end, ok) = handle.await.expect("caller panicked");
+        latencies.push(end - start);
+        errors += usize::from(!ok);
+        released = Some(released.map_or(start, |r| r.min(start)));
+        last = Some(last.map_or(end, |l| l.max(end)));
+    }
+    Storm {
+        latencies,
+        errors,
+        wall: match (released, last) {
+            (Some(released), Some(last)) => last - released,
+            _ => Duration::ZERO,
+        },
+    }
+}
+
+fn errors_note(errors: usize) -> String {
+    if errors == 0 {
+        String::new()
+    } else {
+        format!("{} callers failed", thousands(errors as u128))
+    }
+}
+
+/// Scenarios 1 and 2 through `AuthLayer::token()`.
+async fn layer_storm(n: usize, expired: bool) -> Row {
+    let first = if expired { SHORT } else { LONG };
+    let (source, fetches) = counted_source(first, None);
+    let auth = AuthLayer::builder(source).refresh_ahead(false).build();
+    let mut prepared = true;
+    if expired {
+        auth.token().await.expect("first token");
+    }
+    let before = auth.stats();
+    let fetches_before = fetches.load(Relaxed);
+    let caller = auth.clone();
+    let watcher = auth.clone();
+    let result = storm(
+        n,
+        move || {
+            // `token()`'s future does not borrow `caller`, but its type still names the borrow
+            // (edition 2024 captures), so the call goes inside the returned future.
+            let auth = caller.clone();
+            async move { auth.token().await.is_ok() }
+        },
+        async {
+            if expired {
+                // Release the callers only once the first token is no longer used.
+                prepared = wait_until(|| {
+                    watcher
+                        .stats()
+                        .token_usable_for
+                        .is_none_or(|left| left.is_zero())
+                })
+                .await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        },
+    )
+    .await;
+    let after = auth.stats();
+    let fetched = fetches.load(Relaxed) - fetches_before;
+    let ok =
+        prepared && fetched == 1 && result.errors == 0 && after.fetches == fetched + before.fetches;
+    let mut notes = errors_note(result.errors);
+    if !prepared {
+        notes.push_str("first token never expired");
+    }
+    Row {
+        callers: n,
+        design: "`AuthLayer`",
+        fetches: fetched,
+        check: if ok { Check::Pass } else { Check::Fail },
+        waited: Some(after.waiters - before.waiters),
+        latency: Latency::of(result.latencies),
+        wall: result.wall,
+        notes,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The hand-written designs.
+
+async fn naive_fetch(fetches: &AtomicU64) -> (String, Instant) {
+    let n = fetches.fetch_add(1, Relaxed) + 1;
+    tokio::time::sleep(FETCH_LATENCY).await;
+    (format!("tok-{n}"), Instant::now() + LONG)
+}
+
+/// The common naive single-flight: every caller locks, and fetches under the lock if the token
+/// is missing or expired.
+#[derive(Default)]
+struct MutexCache {
+    slot: tokio::sync::Mutex<Option<(String, Instant)>>,
+    fetches: AtomicU64,
+}
+
+impl MutexCache {
+    async fn token(&self) -> String {
+        let mut slot = self.slot.lock().await;
+        if let Some((token, expires)) = &*slot {
+            if Instant::now() < *expires {
+                return token.clone();
+            }
+        }
+        let (token, expires) = naive_fetch(&self.fetches).await;
+        *slot = Some((token.clone(), expires));
+        token
+    }
+}
+
+/// No lock across the fetch: check, fetch if missing or expired. A stampede.
+#[derive(Default)]
+struct StampedeCache {
+    slot: RwLock<Option<(String, Instant)>>,
+    fetches: AtomicU64,
+}
+
+impl StampedeCache {
+    async fn token(&self) -> String {
+        if let Some((token, expires)) = &*self.slot.read().expect("not poisoned") {
+            if Instant::now() < *expires {
+                return token.clone();
+            }
+        }
+        let (token, expires) = naive_fetch(&self.fetches).await;
+        *self.slot.write().expect("not poisoned") = Some((token.clone(), expires));
+        token
+    }
+}
+
+/// An expired token, for scenario 2.
+fn expired_slot() -> Option<(String, Instant)> {
+    Some(("tok-0".to_owned(), Instant::now()))
+}
+
+async fn mutex_storm(n: usize, expired: bool) -> Row {
+    let cache = Arc::new(MutexCache::default());
+    if expired {
+        *cache.slot.lock().await = expired_slot();
+    }
+    let caller = Arc::clone(&cache);
+    let result = storm(
+        n,
+        move || {
+            let cache = Arc::clone(&caller);
+            async move { !cache.token().await.is_empty() }
+        },
+        async {},
+    )
+    .await;
+    Row {
+        callers: n,
+        design: "`tokio::sync::Mutex`",
+        fetches: cache.fetches.load(Relaxed),
+        check: Check::Info,
+        waited: None,
+        latency: Latency::of(result.latencies),
+        wall: result.wall,
+        notes: "every caller takes the lock in turn".to_owned(),
+    }
+}
+
+async fn stampede_storm(n: usize, expired: bool) -> Row {
+    let cache = Arc::new(StampedeCache::default());
+    if expired {
+        *cache.slot.write().expect("not poisoned") = expired_slot();
+    }
+    let caller = Arc::clone(&cache);
+    let result = storm(
+        n,
+        move || {
+            let cache = Arc::clone(&caller);
+            async move { !cache.token().await.is_empty() }
+        },
+        async {},
+    )
+    .await;
+    Row {
+        callers: n,
+        design: "no lock (stampede)",
+        fetches: cache.fetches.load(Relaxed),
+        check: Check::Info,
+        waited: None,
+        latency: Latency::of(result.latencies),
+        wall: result.wall,
+        notes: "one fetch per caller that found no token".to_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenario 3: a 401 storm.
+
+/// A protected API: 401 for the revoked token, 200 otherwise. Requests carrying `held` wait
+/// at a gate until the benchmark opens it, so that all of them are in flight with it.
+#[derive(Clone)]
+struct Api {
+    state: Arc<ApiState>,
+}
+
+struct ApiState {
+    held: String,
+    revoked: AtomicBool,
+    arrived: AtomicUsize,
+    gate: watch::Receiver<bool>,
+}
+
+impl tower::Service<Request<String>> for Api {
+    type Response = Response<()>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<()>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<String>) -> Self::Future {
+        let state = Arc::clone(&self.state);
+        let sent = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        Box::pin(async move {
+            let held = sent == state.held;
+            if held {
+                state.arrived.fetch_add(1, Relaxed);
+                let mut gate = state.gate.clone();
+                let _ = gate.wait_for(|open| *open).await;
+            }
+            let response = if held && state.revoked.load(Relaxed) {
+                Response::builder()
+                    .status(StatusCode::UNAUTHORIZED)
+                    .header(header::WWW_AUTHENTICATE, r#"Bearer error="invalid_token""#)
+                    .body(())
+            } else {
+                Response::builder().status(StatusCode::OK).body(())
+            };
+            Ok(response.expect("valid response"))
+        })
+    }
+}
+
+async fn unauthorized_storm(n: usize) -> Row {
+    let (source, fetches) = counted_source(LONG, None);
+    let auth = AuthLayer::new(source);
+    let old = auth.token().await.expect("first token");
+    let (open, gate) = watch::channel(false);
+    let state = Arc::new(ApiState {
+        held: format!("Bearer {}", old.access_token().secret()),
+        revoked: AtomicBool::new(false),
+        arrived: AtomicUsize::new(0),
+        gate,
+    });
+    let api = Api {
+        state: Arc::clone(&state),
+    };
+    let client = ServiceBuilder::new().layer(auth.clone()).service(api);
+    let before = auth.stats();
+    let fetches_before = fetches.load(Relaxed);
+
+    let mut handles = Vec::with_capacity(n);
+    for _ in 0..n {
+        let client = client.clone();
+        handles.push(tokio::spawn(async move {
+            let response = client.oneshot(request()).await;
+            let end = Instant::now();
+            (end, response.is_ok_and(|r| r.status() == StatusCode::OK))
+        }));
+    }
+    // All N are in flight with the old token: revoke it and let them through.
+    let in_flight = wait_until(|| state.arrived.load(Relaxed) == n).await;
+    let revoked_at = Instant::now();
+    state.revoked.store(true, Relaxed);
+    open.send_replace(true);
+
+    let mut latencies = Vec::with_capacity(n);
+    let mut errors = 0;
+    let mut last = revoked_at;
+    for handle in handles {
+        let (end, ok) = handle.await.expect("caller panicked");
+        latencies.push(end.saturating_duration_since(revoked_at));
+        errors += usize::from(!ok);
+        last = last.max(end);
+    }
+    let after = auth.stats();
+    let fetched = fetches.load(Relaxed) - fetches_before;
+    let rejected = after.unauthorized - before.unauthorized;
+    let retried = after.retries - before.retries;
+    let ok = in_flight && fetched == 1 && errors == 0 && rejected == 1 && retried == n as u64;
+    let mut notes = format!(
+        "{} × 401, {} resent, rejected token dropped {rejected}×, {} × 200",
+        thousands(n as u128),
+        thousands(retried),
+        thousands((n - errors) as u128),
+    );
+    if !in_flight {
+        notes.push_str("; not all requests were in flight");
+    }
+    Row {
+        callers: n,
+        design: "`AuthLayer`",
+        fetches: fetched,
+        check: if ok { Check::Pass } else { Check::Fail },
+        waited: Some(after.waiters - before.waiters),
+        latency: Latency::of(latencies),
+        wall: last - revoked_at,
+        notes,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenario 4: steady traffic across an expiry, refresh-ahead on.
+
+async fn steady_traffic(n: usize) -> Row {
+    let (source, fetches) = counted_source(STEADY_FIRST, None);
+    let auth = AuthLayer::new(source); // refresh_ahead(true) is the default
+    auth.token().await.expect("first token");
+    let fetched_at = Instant::now();
+    let usable = auth.stats().token_usable_for.unwrap_or_default();
+    let noop =
+        tower::service_fn(|_: Request<String>| async { Ok::<_, Infallible>(Response::new(())) });
+    let client = ServiceBuilder::new().layer(auth.clone()).service(noop);
+    let before = auth.stats();
+    let fetches_before = fetches.load(Relaxed);
+
+    let step = STEADY_SPAN / u32::try_from(n).expect("fewer than 2^32 callers");
+    let mut handles = Vec::with_capacity(n);
+    for i in 0..n {
+        let client = client.clone();
+        let at = fetched_at + STEADY_FROM + step * u32::try_from(i).expect("fewer callers");
+        handles.push(tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            let start = Instant::now();
+            let ok = client
+                .oneshot(request())
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK);
+            let end = Instant::now();
+            (end - start, start, end, ok)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(n);
+    let mut errors = 0;
+    let mut first = None::<Instant>;
+    let mut last = fetched_at;
+    for handle in handles {
+        let (latency, start, end, ok) = handle.await.expect("caller panicked");
+        latencies.push(latency);
+        errors += usize::from(!ok);
+        first = Some(first.map_or(start, |f| f.min(start)));
+        last = last.max(end);
+    }
+    let first = first.unwrap_or(fetched_at);
+    let after = auth.stats();
+    let fetched = fetches.load(Relaxed) - fetches_before;
+    let waited = after.waiters - before.waiters;
+    let background = after.background_refreshes - before.background_refreshes;
+    let expiry = fetched_at + usable;
+    let crossed = first < expiry && last > expiry;
+    let ok = fetched == 1 && background == 1 && waited == 0 && errors == 0 && crossed;
+    let mut notes = format!(
+        "{}/s from +{} to +{}, first token used until +{}; {background} background refresh",
+        thousands(n as u128),
+        Dur(first - fetched_at),
+        Dur(last - fetched_at),
+        Dur(usable),
+    );
+    if !crossed {
+        notes.push_str("; traffic did not cross the expiry");
+    }
+    if errors > 0 {
+        let _ = write!(notes, "; {}", errors_note(errors));
+    }
+    Row {
+        callers: n,
+        design: "`AuthLayer`",
+        fetches: fetched,
+        check: if ok { Check::Pass } else { Check::Fail },
+        waited: Some(waited),
+        latency: Latency::of(latencies),
+        wall: last - first,
+        notes,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bytes per waiting caller.
+
+fn live_bytes() -> isize {
+    LIVE_BYTES.load(Relaxed)
+}
+
+/// Heap bytes per caller while `n` callers wait on one fetch, and per idle Tokio task.
+async fn bytes_per_waiter(n: usize) -> Option<(f64, f64, usize)> {
+    // Idle tasks first: what a spawned task costs whatever it waits for.
+    let mut idle = Vec::with_capacity(n);
+    let start = live_bytes();
+    for _ in 0..n {
+        idle.push(tokio::spawn(std::future::pending::<()>()));
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let per_task = (live_bytes() - start) as f64 / n as f64;
+    for task in &idle {
+        task.abort();
+    }
+    for task in idle {
+        let _ = task.await;
+    }
+
+    let gate = Arc::new(Semaphore::new(0));
+    let (source, fetches) = counted_source(LONG, Some(Arc::clone(&gate)));
+    let auth = AuthLayer::new(source);
+    let future_size = std::mem::size_of_val(&auth.token());
+    let mut waiting = Vec::with_capacity(n);
+    let start = live_bytes();
+    for _ in 0..n {
+        waiting.push(tokio::spawn(auth.token()));
+    }
+    let all_waiting = wait_until(|| auth.stats().waiters == n as u64).await;
+    let per_waiter = (live_bytes() - start) as f64 / n as f64;
+    gate.add_permits(1);
+    for task in waiting {
+        let _ = task.await;
+    }
+    (all_waiting && fetches.load(Relaxed) == 1).then_some((per_waiter, per_task, future_size))
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn main() {
+    let settings = settings();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.threads)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let started = Instant::now();
+    let failed = runtime.block_on(run(&settings));
+    println!("\ntotal time: {}", Dur(started.elapsed()));
+    if failed {
+        println!("RESULT: FAIL");
+        std::process::exit(1);
+    }
+    println!("RESULT: PASS");
+}
+
+async fn run(settings: &Settings) -> bool {
+    println!("## Concurrency benchmark\n");
+    println!(
+        "machine: {} cores; runtime: multi-threaded Tokio, {} worker threads, real time; \
+         token endpoint: in-process, {} per fetch; {} build{}",
+        settings.cores,
+        settings.threads,
+        Dur(FETCH_LATENCY),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        if settings.test {
+            "; --test: N = 1,000 once"
+        } else {
+            ""
+        },
+    );
+    println!(
+        "latency: per caller, `std::time::Instant` around the call (scenario 3: from the \
+         revocation to the final response); wall: first caller's start to the last answer"
+    );
+    let mut failed = false;
+    let mut report = |title: &str, rows: Vec<Row>| {
+        failed |= rows.iter().any(|r| r.check == Check::Fail);
+        print_table(title, &rows);
+    };
+
+    let mut rows = Vec::new();
+    for &n in &settings.callers {
+        rows.push(layer_storm(n, false).await);
+        rows.push(mutex_storm(n, false).await);
+        rows.push(stampede_storm(n, false).await);
+    }
+    report(
+        "1. Cold start: N callers of `auth.token()` at once, empty cache",
+        rows,
+    );
+
+    let mut rows = Vec::new();
+    for &n in &settings.callers {
+        rows.push(layer_storm(n, true).await);
+        rows.push(mutex_storm(n, true).await);
+        rows.push(stampede_storm(n, true).await);
+    }
+    report(
+        "2. At expiry: N callers at once after the token expired, `refresh_ahead(false)`",
+        rows,
+    );
+
+    let mut rows = Vec::new();
+    for &n in &settings.callers {
+        rows.push(unauthorized_storm(n).await);
+    }
+    report(
+        "3. 401 storm: N requests in flight with a token the API then revokes",
+        rows,
+    );
+
+    let mut rows = Vec::new();
+    for &n in &settings.callers {
+        rows.push(steady_traffic(n).await);
+    }
+    report(
+        "4. At expiry, refresh-ahead on (default): N requests spread over 1 s across the expiry",
+        rows,
+    );
+
+    let n = settings.callers.iter().copied().max().unwrap_or(1_000);
+    match bytes_per_waiter(n).await {
+        Some((per_waiter, per_task, future_size)) => println!(
+            "\nmemory: {} callers waiting on one fetch (all waited, 1 fetch: PASS): \
+             {per_waiter:.0} heap bytes per waiting caller, its Tokio task included (an idle task: {per_task:.0} bytes; the \
+             `token()` future: {future_size} bytes)",
+            thousands(n as u128),
+        ),
+        None => {
+            println!("\nmemory: FAIL: the callers did not all wait on one fetch");
+            failed = true;
+        }
+    }
+    failed
+}

@@ -94,7 +94,7 @@ impl AuthLayer {
     ///
     /// Joins a fetch already in flight. Dropping the future cancels nothing for other callers.
     /// The future borrows nothing from `self`, so it can be spawned.
-    pub fn token(&self) -> impl Future<Output = Result<Token, Error>> + Send + 'static {
+    pub fn token(&self) -> impl Future<Output = Result<Token, Error>> + Send + use<> {
         let cache = Arc::clone(&self.cache);
         async move { Ok(cache.acquire().await?.token.clone()) }
     }
