@@ -95,11 +95,8 @@ struct Args {
 }
 
 fn auth_parser() -> impl TypedValueParser<Value = ClientAuth> {
-    PossibleValuesParser::new(["basic", "post", "query"]).map(|s| match s.as_str() {
-        "post" => ClientAuth::Post,
-        "query" => ClientAuth::Query,
-        _ => ClientAuth::Basic,
-    })
+    PossibleValuesParser::new(["basic", "post", "query"])
+        .try_map(|s| s.parse::<ClientAuth>().map_err(|e| e.to_string()))
 }
 
 /// Parses `10s`, `500ms`, `2m`, `1.5s` or a bare number of seconds.

@@ -259,6 +259,7 @@ impl TokenCache {
         // at most one attempt per backoff interval, however many callers there are.
         if let Some(failure) = &slow.failure {
             if Instant::now() < failure.retry_at {
+                self.counters.failed_fast.fetch_add(1, Relaxed);
                 return Err(failure.error.clone());
             }
         }

@@ -27,6 +27,7 @@ pub(crate) struct Counters {
     pub(crate) terminal_failures: AtomicU64,
     pub(crate) background_refreshes: AtomicU64,
     pub(crate) waiters: AtomicU64,
+    pub(crate) failed_fast: AtomicU64,
     pub(crate) invalidations: AtomicU64,
     pub(crate) retries: AtomicU64,
 }
@@ -61,6 +62,9 @@ pub struct Stats {
     pub background_refreshes: u64,
     /// Callers (requests or [`token`](crate::AuthLayer::token) calls) that had to wait for a fetch.
     pub waiters: u64,
+    /// Callers that got the last fetch error at once, during the backoff after a failure,
+    /// instead of a new fetch.
+    pub failed_fast: u64,
     /// Tokens forgotten because a response rejected them (401 or gRPC `UNAUTHENTICATED`).
     pub unauthorized: u64,
     /// Requests sent a second time with a new token after a rejection.
@@ -140,6 +144,7 @@ impl Counters {
             terminal_failures: self.terminal_failures.load(Relaxed),
             background_refreshes: self.background_refreshes.load(Relaxed),
             waiters: self.waiters.load(Relaxed),
+            failed_fast: self.failed_fast.load(Relaxed),
             unauthorized: self.invalidations.load(Relaxed),
             retries: self.retries.load(Relaxed),
             token_age: None,

@@ -29,6 +29,24 @@ pub enum ClientAuth {
     None,
 }
 
+impl std::str::FromStr for ClientAuth {
+    type Err = crate::Error;
+
+    /// `basic`, `post`, `query`, `none`, or the RFC 8414 names `client_secret_basic`,
+    /// `client_secret_post` (any case).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "basic" | "client_secret_basic" => Ok(ClientAuth::Basic),
+            "post" | "client_secret_post" => Ok(ClientAuth::Post),
+            "query" => Ok(ClientAuth::Query),
+            "none" => Ok(ClientAuth::None),
+            _ => Err(crate::Error::config(format!(
+                "unknown client authentication {s:?}: expected basic, post, query or none"
+            ))),
+        }
+    }
+}
+
 /// The user and password for HTTP Basic: each form-urlencoded first, as RFC 6749 §2.3.1 requires,
 /// so a secret holding `:`, `+`, `%`, `&` or `=` survives the trip.
 pub(crate) fn basic_credentials<'a>(id: &'a str, secret: &'a str) -> (Cow<'a, str>, Cow<'a, str>) {
@@ -53,6 +71,18 @@ mod tests {
         let (user, pass) = basic_credentials("my client", "s3cr3t:with/special+chars%&=");
         assert_eq!(user, "my+client");
         assert_eq!(pass, "s3cr3t%3Awith%2Fspecial%2Bchars%25%26%3D");
+    }
+
+    #[test]
+    fn parses_short_and_rfc8414_names() {
+        assert_eq!("Basic".parse::<ClientAuth>().unwrap(), ClientAuth::Basic);
+        assert_eq!(
+            "client_secret_post".parse::<ClientAuth>().unwrap(),
+            ClientAuth::Post
+        );
+        assert_eq!("query".parse::<ClientAuth>().unwrap(), ClientAuth::Query);
+        assert_eq!("none".parse::<ClientAuth>().unwrap(), ClientAuth::None);
+        assert!("private_key_jwt".parse::<ClientAuth>().is_err());
     }
 
     #[test]
