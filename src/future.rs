@@ -189,12 +189,9 @@ where
                             service: Some(service),
                         }
                     } else {
-                        let replay = if let Some(limit) = *replay_limit {
-                            let (sent, replay) = request.prepare_replay(limit);
-                            request = sent;
-                            replay
-                        } else {
-                            None
+                        let replay = match *replay_limit {
+                            Some(limit) => request.prepare_replay(limit),
+                            None => None,
                         };
                         request
                             .headers_mut()

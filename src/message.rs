@@ -38,9 +38,9 @@ pub trait AuthRequest: Sized {
         self.target().map(|t| t.scheme)
     }
 
-    /// Splits off what is needed to send the request again, if it can be (its body allows, and
-    /// a streaming body stays within `limit` bytes).
-    fn prepare_replay(self, limit: usize) -> (Self, Option<Self::Replay>);
+    /// Keeps what is needed to send the request again, if it can be (its body allows, and a
+    /// streaming body stays within `limit` bytes).
+    fn prepare_replay(&mut self, limit: usize) -> Option<Self::Replay>;
 
     /// The request to send again, if it can still be built.
     fn replay(kept: Self::Replay) -> Option<Self>;
@@ -92,7 +92,7 @@ impl<B: ReplayBody> AuthRequest for Request<B> {
     }
 
     #[inline]
-    fn prepare_replay(self, limit: usize) -> (Self, Option<Self::Replay>) {
+    fn prepare_replay(&mut self, limit: usize) -> Option<Self::Replay> {
         ReplayRequest::prepare(self, limit)
     }
 
@@ -133,9 +133,8 @@ impl AuthRequest for reqwest::Request {
         })
     }
 
-    fn prepare_replay(self, _limit: usize) -> (Self, Option<Self::Replay>) {
-        let copy = self.try_clone();
-        (self, copy)
+    fn prepare_replay(&mut self, _limit: usize) -> Option<Self::Replay> {
+        self.try_clone()
     }
 
     fn replay(kept: Self::Replay) -> Option<Self> {

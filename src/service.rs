@@ -142,10 +142,11 @@ where
         let generation = entry.generation;
         let header = entry.header.clone();
 
-        let (mut request, replay) = if self.retry {
+        let mut request = request;
+        let replay = if self.retry {
             request.prepare_replay(self.replay_limit)
         } else {
-            (request, None)
+            None
         };
         request
             .headers_mut()

@@ -81,7 +81,7 @@ impl<B> ReplayableBody<B> {
     }
 
     /// Starts keeping what is read, up to `limit` bytes, and returns the handle for a replay.
-    pub(crate) fn capture(mut self, limit: usize) -> (Self, ReplayHandle<B>) {
+    pub(crate) fn capture(&mut self, limit: usize) -> ReplayHandle<B> {
         let shared = Arc::new(Mutex::new(Shared {
             chunks: Vec::new(),
             len: 0,
@@ -93,7 +93,7 @@ impl<B> ReplayableBody<B> {
             waiting: None,
         }));
         self.shared = Some(Arc::clone(&shared));
-        (self, ReplayHandle(shared))
+        ReplayHandle(shared)
     }
 
     /// The copy for the second send, unless more than the limit was read.
@@ -325,7 +325,8 @@ mod tests {
     #[tokio::test]
     async fn many_chunks_and_trailers_are_replayed() {
         let chunks = ["a", "bb", "ccc", "dddd", "eeeee"];
-        let (first, handle) = ReplayableBody::new(chunked(&chunks, true)).capture(1024);
+        let mut first = ReplayableBody::new(chunked(&chunks, true));
+        let handle = first.capture(1024);
         let (bytes, trailers) = all(first).await;
         assert_eq!(bytes, "abbcccddddeeeee");
         assert_eq!(trailers.unwrap()["x-checksum"], "abc");
@@ -339,7 +340,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_the_server_never_read_is_replayed_from_the_original() {
-        let (first, handle) = ReplayableBody::new(chunked(&["x", "y", "z"], true)).capture(1024);
+        let mut first = ReplayableBody::new(chunked(&["x", "y", "z"], true));
+        let handle = first.capture(1024);
         drop(first); // the server answered 401 before reading the body
         let (bytes, trailers) = all(ReplayableBody::replay(handle).unwrap()).await;
         assert_eq!(bytes, "xyz");
@@ -348,8 +350,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_half_read_body_is_replayed_whole() {
-        let (mut first, handle) =
-            ReplayableBody::new(chunked(&["12", "34", "56"], false)).capture(1024);
+        let mut first = ReplayableBody::new(chunked(&["12", "34", "56"], false));
+        let handle = first.capture(1024);
         let frame = first.frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), "12");
         drop(first);
@@ -359,8 +361,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_replay_waits_for_the_first_copy_to_let_go_of_the_original() {
-        let (mut first, handle) =
-            ReplayableBody::new(chunked(&["a", "b", "c"], false)).capture(1024);
+        let mut first = ReplayableBody::new(chunked(&["a", "b", "c"], false));
+        let handle = first.capture(1024);
         assert_eq!(
             first.frame().await.unwrap().unwrap().into_data().unwrap(),
             "a"
@@ -378,8 +380,8 @@ mod tests {
 
     #[tokio::test]
     async fn past_the_limit_nothing_is_kept_and_no_replay_is_offered() {
-        let (first, handle) =
-            ReplayableBody::new(chunked(&["1234", "5678", "9"], false)).capture(8);
+        let mut first = ReplayableBody::new(chunked(&["1234", "5678", "9"], false));
+        let handle = first.capture(8);
         let (bytes, _) = all(first).await;
         assert_eq!(bytes, "123456789", "the first send is whole");
         assert!(ReplayableBody::replay(handle).is_none());

@@ -25,8 +25,8 @@
 //!
 //! impl ReplayBody for JsonBody {
 //!     type Replay = JsonBody;
-//!     fn prepare_replay(self, _limit: usize) -> (Self, Option<Self::Replay>) {
-//!         (self.clone(), Some(self))
+//!     fn prepare_replay(&mut self, _limit: usize) -> Option<Self::Replay> {
+//!         Some(self.clone())
 //!     }
 //!     fn replay(kept: Self::Replay) -> Option<Self> {
 //!         Some(kept)
@@ -53,9 +53,10 @@ pub trait ReplayBody: Sized {
     /// What is kept from the first send to build the second.
     type Replay;
 
-    /// Called before the first send: returns the body to send and, if the body can be sent
-    /// again, what to keep for that. A streaming body keeps at most `limit` bytes.
-    fn prepare_replay(self, limit: usize) -> (Self, Option<Self::Replay>);
+    /// Called before the first send: returns what to keep to send the body again, if it can
+    /// be. A streaming body may wrap itself in place to keep what it sends, at most `limit`
+    /// bytes.
+    fn prepare_replay(&mut self, limit: usize) -> Option<Self::Replay>;
 
     /// Builds the body for the second send, or `None` if it can no longer be built.
     fn replay(kept: Self::Replay) -> Option<Self>;
@@ -66,8 +67,8 @@ macro_rules! replay_by_clone {
         impl ReplayBody for $ty {
             type Replay = $ty;
             #[inline]
-            fn prepare_replay(self, _limit: usize) -> (Self, Option<Self::Replay>) {
-                (self.clone(), Some(self))
+            fn prepare_replay(&mut self, _limit: usize) -> Option<Self::Replay> {
+                Some(self.clone())
             }
             #[inline]
             fn replay(kept: Self::Replay) -> Option<Self> {
@@ -82,8 +83,8 @@ replay_by_clone!((), String, Vec<u8>, Bytes, &'static str, &'static [u8]);
 impl<D: Clone> ReplayBody for Full<D> {
     type Replay = Full<D>;
     #[inline]
-    fn prepare_replay(self, _limit: usize) -> (Self, Option<Self::Replay>) {
-        (self.clone(), Some(self))
+    fn prepare_replay(&mut self, _limit: usize) -> Option<Self::Replay> {
+        Some(self.clone())
     }
     #[inline]
     fn replay(kept: Self::Replay) -> Option<Self> {
@@ -94,8 +95,8 @@ impl<D: Clone> ReplayBody for Full<D> {
 impl<D> ReplayBody for Empty<D> {
     type Replay = ();
     #[inline]
-    fn prepare_replay(self, _limit: usize) -> (Self, Option<Self::Replay>) {
-        (self, Some(()))
+    fn prepare_replay(&mut self, _limit: usize) -> Option<Self::Replay> {
+        Some(())
     }
     #[inline]
     fn replay((): ()) -> Option<Self> {
@@ -109,9 +110,8 @@ where
     B::Data: Buf,
 {
     type Replay = ReplayHandle<B>;
-    fn prepare_replay(self, limit: usize) -> (Self, Option<Self::Replay>) {
-        let (body, handle) = self.capture(limit);
-        (body, Some(handle))
+    fn prepare_replay(&mut self, limit: usize) -> Option<Self::Replay> {
+        Some(self.capture(limit))
     }
     fn replay(kept: Self::Replay) -> Option<Self> {
         ReplayableBody::replay(kept)
@@ -144,12 +144,14 @@ macro_rules! replay_boxed {
             E: 'static,
         {
             type Replay = BoxedReplay<$ty<Bytes, E>>;
-            fn prepare_replay(self, limit: usize) -> (Self, Option<Self::Replay>) {
+            fn prepare_replay(&mut self, limit: usize) -> Option<Self::Replay> {
                 if self.is_end_stream() {
-                    return (self, Some(BoxedReplay::Empty));
+                    return Some(BoxedReplay::Empty);
                 }
-                let (body, handle) = ReplayableBody::new(self).capture(limit);
-                ($ty::new(body), Some(BoxedReplay::Streamed(handle)))
+                let mut body = ReplayableBody::new(std::mem::take(self));
+                let handle = body.capture(limit);
+                *self = $ty::new(body);
+                Some(BoxedReplay::Streamed(handle))
             }
             fn replay(kept: Self::Replay) -> Option<Self> {
                 match kept {
@@ -172,12 +174,14 @@ macro_rules! replay_erased {
     ($ty:ty, $empty:expr) => {
         impl ReplayBody for $ty {
             type Replay = BoxedReplay<$ty>;
-            fn prepare_replay(self, limit: usize) -> (Self, Option<Self::Replay>) {
+            fn prepare_replay(&mut self, limit: usize) -> Option<Self::Replay> {
                 if self.is_end_stream() {
-                    return (self, Some(BoxedReplay::Empty));
+                    return Some(BoxedReplay::Empty);
                 }
-                let (body, handle) = ReplayableBody::new(self).capture(limit);
-                (<$ty>::new(body), Some(BoxedReplay::Streamed(handle)))
+                let mut body = ReplayableBody::new(std::mem::take(self));
+                let handle = body.capture(limit);
+                *self = <$ty>::new(body);
+                Some(BoxedReplay::Streamed(handle))
             }
             fn replay(kept: Self::Replay) -> Option<Self> {
                 match kept {
@@ -218,19 +222,18 @@ impl<B: ReplayBody> std::fmt::Debug for ReplayRequest<B> {
 }
 
 impl<B: ReplayBody> ReplayRequest<B> {
-    /// Splits off a copy of `request` for a possible resend, if its body allows one.
-    pub(crate) fn prepare(request: Request<B>, limit: usize) -> (Request<B>, Option<Self>) {
-        let (parts, body) = request.into_parts();
-        let (body, kept) = body.prepare_replay(limit);
-        let replay = kept.map(|body| ReplayRequest {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
-            headers: parts.headers.clone(),
-            extensions: parts.extensions.clone(),
+    /// Keeps a copy of `request`'s head and what its body needs for a possible resend, if the
+    /// body allows one.
+    pub(crate) fn prepare(request: &mut Request<B>, limit: usize) -> Option<Self> {
+        let body = request.body_mut().prepare_replay(limit)?;
+        Some(ReplayRequest {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+            extensions: request.extensions().clone(),
             body,
-        });
-        (Request::from_parts(parts, body), replay)
+        })
     }
 
     /// The request to resend, if the body can still be built.
@@ -259,11 +262,11 @@ mod tests {
 
     #[tokio::test]
     async fn full_bodies_replay_the_same_bytes() {
-        let req = Request::post("http://a/x")
+        let mut sent = Request::post("http://a/x")
             .header("x-trace", "1")
             .body(Full::new(Bytes::from_static(b"payload")))
             .unwrap();
-        let (sent, replay) = ReplayRequest::prepare(req, 64 * 1024);
+        let replay = ReplayRequest::prepare(&mut sent, 64 * 1024);
         assert_eq!(collect(sent.into_body()).await, "payload");
         let again = replay.unwrap().into_request().unwrap();
         assert_eq!(again.method(), Method::POST);
@@ -275,18 +278,20 @@ mod tests {
     #[tokio::test]
     async fn boxed_bodies_replay_empty_or_streamed_within_the_limit() {
         let empty: BoxBody<Bytes, Infallible> = BoxBody::new(Empty::new());
-        let (_, replay) = ReplayRequest::prepare(Request::new(empty), 1024);
+        let replay = ReplayRequest::prepare(&mut Request::new(empty), 1024);
         let again = replay.unwrap().into_request().unwrap();
         assert!(collect(again.into_body()).await.is_empty());
 
         let full: BoxBody<Bytes, Infallible> = BoxBody::new(Full::new(Bytes::from("x")));
-        let (sent, replay) = ReplayRequest::prepare(Request::new(full), 1024);
+        let mut sent = Request::new(full);
+        let replay = ReplayRequest::prepare(&mut sent, 1024);
         assert_eq!(collect(sent.into_body()).await, "x");
         let again = replay.unwrap().into_request().unwrap();
         assert_eq!(collect(again.into_body()).await, "x");
 
         let big: BoxBody<Bytes, Infallible> = BoxBody::new(Full::new(Bytes::from("0123456789")));
-        let (sent, replay) = ReplayRequest::prepare(Request::new(big), 4);
+        let mut sent = Request::new(big);
+        let replay = ReplayRequest::prepare(&mut sent, 4);
         assert_eq!(collect(sent.into_body()).await, "0123456789");
         assert!(replay.unwrap().into_request().is_none(), "over the limit");
     }
@@ -297,7 +302,7 @@ mod tests {
         struct Tag(u8);
         let mut req = Request::new(String::from("b"));
         req.extensions_mut().insert(Tag(7));
-        let (_, replay) = ReplayRequest::prepare(req, 64 * 1024);
+        let replay = ReplayRequest::prepare(&mut req, 64 * 1024);
         let again = replay.unwrap().into_request().unwrap();
         assert_eq!(again.extensions().get::<Tag>(), Some(&Tag(7)));
         assert_eq!(again.body(), "b");
