@@ -224,6 +224,7 @@ where
                         .take()
                         .and_then(|(service, replay)| Some((service, R::replay(replay)?)));
                     let Some((service, request)) = resend else {
+                        cache.counters.not_resent();
                         self.set_done();
                         return Poll::Ready(Ok(response));
                     };

@@ -77,6 +77,7 @@ impl Middleware for AuthMiddleware {
         // Forget the rejected token only if nothing newer replaced it meanwhile.
         self.cache.invalidate(entry.generation);
         let Some(mut again) = again else {
+            self.cache.counters.not_resent();
             return Ok(response);
         };
         drop(response);

@@ -14,6 +14,7 @@
 //! | `tower_bearer.token.waiters` | counter | | callers that waited for a fetch |
 //! | `tower_bearer.token.rejected` | counter | | tokens dropped after a 401 or `UNAUTHENTICATED` |
 //! | `tower_bearer.requests.retried` | counter | | requests resent with a new token |
+//! | `tower_bearer.requests.not_resent` | counter | | rejected requests that could not be resent |
 
 use std::{
     sync::atomic::{AtomicU64, Ordering::Relaxed},
@@ -30,6 +31,7 @@ pub(crate) struct Counters {
     pub(crate) failed_fast: AtomicU64,
     pub(crate) invalidations: AtomicU64,
     pub(crate) retries: AtomicU64,
+    pub(crate) not_resent: AtomicU64,
 }
 
 /// A snapshot of what a layer (all its clones and services together) has done.
@@ -69,6 +71,9 @@ pub struct Stats {
     pub unauthorized: u64,
     /// Requests sent a second time with a new token after a rejection.
     pub retries: u64,
+    /// Rejected requests that could not be sent again (retry off, a body that cannot be
+    /// replayed, or one that streamed past the replay limit): the caller got the 401.
+    pub not_resent: u64,
     /// How long ago the current token was fetched, if there is one.
     pub token_age: Option<Duration>,
     /// How long the current token will still be used, if there is one.
@@ -131,6 +136,12 @@ impl Counters {
         metrics::counter!("tower_bearer.token.rejected").increment(1);
     }
 
+    pub(crate) fn not_resent(&self) {
+        self.not_resent.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("tower_bearer.requests.not_resent").increment(1);
+    }
+
     pub(crate) fn retried(&self) {
         self.retries.fetch_add(1, Relaxed);
         #[cfg(feature = "metrics")]
@@ -147,6 +158,7 @@ impl Counters {
             failed_fast: self.failed_fast.load(Relaxed),
             unauthorized: self.invalidations.load(Relaxed),
             retries: self.retries.load(Relaxed),
+            not_resent: self.not_resent.load(Relaxed),
             token_age: None,
             token_usable_for: None,
         }

@@ -106,8 +106,9 @@ async fn forbidden_never_refreshes() {
 async fn a_body_over_the_replay_limit_is_not_resent_but_the_next_request_gets_a_new_token() {
     let source = source();
     let api = source.api();
+    let auth = AuthLayer::builder(source.clone()).replay_limit(4).build();
     let svc = ServiceBuilder::new()
-        .layer(AuthLayer::builder(source.clone()).replay_limit(4).build())
+        .layer(auth.clone())
         .service(api.clone());
     let streaming = || {
         let body: BoxBody<Bytes, Infallible> = BoxBody::new(Full::new(Bytes::from("stream")));
@@ -122,6 +123,7 @@ async fn a_body_over_the_replay_limit_is_not_resent_but_the_next_request_gets_a_
     let response = svc.clone().oneshot(streaming()).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(api.requests(), 2, "not resent");
+    assert_eq!(auth.stats().not_resent, 1);
 
     let response = svc.oneshot(streaming()).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
