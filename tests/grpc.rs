@@ -6,10 +6,7 @@
 
 mod support;
 
-use std::{
-    sync::{Arc, atomic::Ordering::SeqCst},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use grpc_fixture::{
     EchoClient, Msg, Running,
@@ -27,32 +24,22 @@ use support::CountingSource;
 
 type Client = EchoClient<AuthService<Channel>>;
 
-/// The server's interceptor: records the `authorization` metadata of every call in the
-/// source's `ApiState` (`requests`, `authorization`, `seen`, `unauthorized`) and lets through
-/// only the tokens in `valid`.
+/// The server's interceptor: records the `authorization` metadata of every call and lets
+/// through only the tokens the source issued and has not revoked (`ProtectedApi::check`).
 fn check_token(
     source: &CountingSource,
 ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
     let api = source.api();
     move |request: Request<()>| {
-        let state = api.state();
-        state.requests.fetch_add(1, SeqCst);
         let authorization = request
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        let token = authorization
-            .strip_prefix("Bearer ")
-            .unwrap_or_default()
-            .to_owned();
-        state.authorization.lock().unwrap().push(authorization);
-        state.seen.lock().unwrap().push(token.clone());
-        if state.valid.lock().unwrap().contains(&token) {
+        if api.check(&authorization) {
             Ok(request)
         } else {
-            state.unauthorized.fetch_add(1, SeqCst);
             Err(Status::unauthenticated("invalid bearer token"))
         }
     }

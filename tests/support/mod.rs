@@ -189,6 +189,28 @@ impl ProtectedApi {
     pub fn seen(&self) -> Vec<String> {
         self.state.api.seen.lock().unwrap().clone()
     }
+
+    /// Records a request's `Authorization` value (count, header, token) and says whether the
+    /// token is one the source issued and has not revoked; counts a rejection otherwise.
+    /// Shared by the tower service below and the gRPC interceptor in tests/grpc.rs.
+    pub fn check(&self, authorization: &str) -> bool {
+        let api = &self.state.api;
+        api.requests.fetch_add(1, SeqCst);
+        let token = authorization
+            .split_once(' ')
+            .map(|(_, t)| t.to_owned())
+            .unwrap_or_default();
+        api.authorization
+            .lock()
+            .unwrap()
+            .push(authorization.to_owned());
+        api.seen.lock().unwrap().push(token.clone());
+        let ok = api.valid.lock().unwrap().contains(&token);
+        if !ok {
+            api.unauthorized.fetch_add(1, SeqCst);
+        }
+        ok
+    }
 }
 
 /// The error the protected API fails with when told to.
