@@ -136,11 +136,11 @@ pub(crate) struct TokenCache {
     pub(crate) counters: Counters,
 }
 
-#[derive(Default)]
 struct Slow {
     flight: Option<Arc<Flight>>,
     failure: Option<Failure>,
-    rng: Option<fastrand::Rng>,
+    /// Jitter of backoff and refresh-ahead.
+    rng: fastrand::Rng,
 }
 
 /// Failed fetches in a row, the last error, and when the next fetch may go out.
@@ -170,8 +170,9 @@ impl TokenCache {
         TokenCache {
             current: ArcSwapOption::empty(),
             slow: Mutex::new(Slow {
-                rng: Some(rng),
-                ..Slow::default()
+                flight: None,
+                failure: None,
+                rng,
             }),
             next_background: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -195,11 +196,12 @@ impl TokenCache {
         }
     }
 
-    /// The token source.
+    /// The settings the layer was built with.
     pub(crate) fn settings(&self) -> &CacheSettings {
         &self.settings
     }
 
+    /// The token source.
     pub(crate) fn source(&self) -> &dyn DynTokenSource {
         &*self.source
     }
@@ -380,7 +382,7 @@ impl TokenCache {
             let window = (usable / 5).min(REFRESH_WINDOW_MAX);
             let jitter = {
                 let mut slow = self.lock_slow();
-                let rng = slow.rng.get_or_insert_with(fastrand::Rng::new);
+                let rng = &mut slow.rng;
                 let half = u64::try_from((window / 2).as_nanos()).unwrap_or(u64::MAX);
                 Duration::from_nanos(rng.u64(0..=half))
             };
@@ -412,8 +414,7 @@ impl TokenCache {
                 }
                 Err(error) => {
                     let count = slow.failure.as_ref().map_or(0, |f| f.count) + 1;
-                    let rng = slow.rng.get_or_insert_with(fastrand::Rng::new);
-                    let mut delay = self.settings.backoff.delay(count, rng);
+                    let mut delay = self.settings.backoff.delay(count, &mut slow.rng);
                     if let Some(retry_after) = error.retry_after() {
                         delay = delay.max(retry_after.min(MAX_RETRY_AFTER));
                     }
