@@ -3,16 +3,9 @@
 
 mod support;
 
-use std::{
-    convert::Infallible,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
-use axum::{
-    http::{StatusCode, header},
-    response::IntoResponse,
-};
+use axum::{http::StatusCode, response::IntoResponse};
 use http::Request;
 use http_body_util::Empty;
 use support::{Recorded, StandInEndpoint};
@@ -152,19 +145,7 @@ async fn cas_identityserver_client_credentials() {
         json(serde_json::json!({"access_token": CAS_JWT, "expires_in": 1200, "token_type": "Bearer"}))
     })
     .await;
-    let api_seen = Arc::new(Mutex::new(Vec::new()));
-    let api = {
-        let api_seen = api_seen.clone();
-        tower::service_fn(move |req: Request<Empty<bytes::Bytes>>| {
-            api_seen.lock().unwrap().push(
-                req.headers()[header::AUTHORIZATION]
-                    .to_str()
-                    .unwrap()
-                    .to_owned(),
-            );
-            async { Ok::<_, Infallible>(http::Response::new(String::new())) }
-        })
-    };
+    let (api, api_seen) = support::recording_api::<Empty<bytes::Bytes>>();
     let auth = AuthLayer::new(
         ClientCredentials::builder(endpoint.url("/connect/token"))
             .client_id("api-fake-test.client")
@@ -254,19 +235,7 @@ async fn checkbook_single_use_tokens_with_a_lower_case_scheme() {
         .max_token_uses(1)
         .build();
 
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let api = {
-        let seen = seen.clone();
-        tower::service_fn(move |req: Request<Empty<bytes::Bytes>>| {
-            seen.lock().unwrap().push(
-                req.headers()[header::AUTHORIZATION]
-                    .to_str()
-                    .unwrap()
-                    .to_owned(),
-            );
-            async { Ok::<_, Infallible>(http::Response::new(String::new())) }
-        })
-    };
+    let (api, seen) = support::recording_api::<Empty<bytes::Bytes>>();
     let svc = ServiceBuilder::new().layer(auth.clone()).service(api);
     for _ in 0..3 {
         svc.clone()

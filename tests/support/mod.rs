@@ -741,3 +741,31 @@ impl Drop for RawEndpoint {
         self.task.abort();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// An API that records the Authorization header of every request and answers 200.
+
+/// The `Authorization` values seen by a [`recording_api`].
+pub type SeenHeaders = Arc<Mutex<Vec<String>>>;
+
+/// An in-process API that answers 200 and records each request's `Authorization` header.
+pub fn recording_api<B: Send + 'static>() -> (
+    impl tower::Service<Request<B>, Response = Response<String>, Error = Infallible, Future = impl Send>
+    + Clone
+    + Send,
+    SeenHeaders,
+) {
+    let seen = SeenHeaders::default();
+    let recorder = seen.clone();
+    let api = tower::service_fn(move |req: Request<B>| {
+        let value = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        recorder.lock().unwrap().push(value);
+        std::future::ready(Ok::<_, Infallible>(Response::new(String::new())))
+    });
+    (api, seen)
+}
