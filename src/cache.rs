@@ -17,17 +17,24 @@
 //! This module knows tokens and time, not HTTP requests.
 
 use std::{
+    collections::BTreeMap,
     fmt,
+    future::Future,
+    pin::Pin,
     sync::{
-        Arc, Mutex, OnceLock, PoisonError,
-        atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
+        Arc, Mutex, OnceLock, PoisonError, RwLock, Weak,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed},
     },
+    task::{Context, Wake, Waker},
     time::Duration,
 };
 
 use arc_swap::ArcSwapOption;
 use http::HeaderValue;
-use tokio::{sync::Notify, time::Instant};
+use tokio::{
+    sync::Notify,
+    time::{Instant, Sleep},
+};
 use tracing::Instrument;
 
 use crate::{Error, Token, source::DynTokenSource, stats::Counters};
@@ -94,6 +101,11 @@ pub(crate) struct Entry {
     pub(crate) fetched_at: Instant,
     /// Uses left for a use-limited token; `None` when unlimited.
     uses_left: Option<AtomicU32>,
+    /// `true` while a timer guarantees the token is before its refresh point (and so fresh) and
+    /// unlimited: a request may then use it without reading the clock. The timer clears it at
+    /// the refresh point (or at expiry), and so does a runtime shutting down; from then on,
+    /// requests compare `valid_until` and `refresh_at` with the clock.
+    clock_free: AtomicBool,
 }
 
 impl Entry {
@@ -118,10 +130,93 @@ impl Entry {
     pub(crate) fn claim_fresh(&self, now: Instant) -> bool {
         self.is_fresh(now) && self.claim()
     }
+
+    /// The hot path's check: `true` means fresh, not due for a refresh and unlimited, known
+    /// without reading the clock (one relaxed load of a flag nobody writes until the timer
+    /// fires).
+    #[inline]
+    pub(crate) fn clock_free(&self) -> bool {
+        self.clock_free.load(Relaxed)
+    }
+
+    /// The check when [`clock_free`](Self::clock_free) is `false`: reads the clock, claims a use,
+    /// and starts a background refresh in the refresh window. `false`: wait for a new token.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn check(&self, cache: &Arc<TokenCache>) -> bool {
+        let now = Instant::now();
+        if !self.claim_fresh(now) {
+            return false;
+        }
+        if now >= self.refresh_at {
+            cache.refresh_ahead(now);
+        }
+        true
+    }
 }
+
+/// Clears an entry's [`clock_free`](Entry::clock_free) flag when woken: the waker of the
+/// entry's timer. It runs inside the timer driver, before any task the same tick wakes, so a
+/// request can never see the flag set after the timer's deadline has been processed.
+struct ClearClockFree(Weak<Entry>);
+
+impl Wake for ClearClockFree {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(entry) = self.0.upgrade() {
+            entry.clock_free.store(false, Relaxed);
+        }
+    }
+}
+
+/// Arms the timer that clears `entry`'s `clock_free` flag at `deadline`, and sets the flag if
+/// the deadline is still ahead. Returns the timer, which must be kept: dropping it disarms it.
+/// A runtime that shuts down fires its timers, which clears the flag too.
+fn arm_clock_free(entry: &Arc<Entry>, deadline: Instant) -> Option<Pin<Box<Sleep>>> {
+    let mut timer = Box::pin(tokio::time::sleep_until(deadline));
+    let waker = Waker::from(Arc::new(ClearClockFree(Arc::downgrade(entry))));
+    // Set before the first poll: a deadline already past (or reached while polling) clears
+    // it again through the waker or the `Ready` below.
+    entry.clock_free.store(true, Relaxed);
+    if timer
+        .as_mut()
+        .poll(&mut Context::from_waker(&waker))
+        .is_ready()
+    {
+        entry.clock_free.store(false, Relaxed);
+        return None;
+    }
+    Some(timer)
+}
+
+/// Every live cache by id, so that a response future can find its cache after a 401 without
+/// holding an `Arc` to it: a clone per request would make every core increment and decrement
+/// one shared reference count, the contention the hot path is built to avoid. Read only on the
+/// slow path; ids are never reused.
+static CACHES: RwLock<BTreeMap<u64, Weak<TokenCache>>> = RwLock::new(BTreeMap::new());
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Keeps a [`TokenCache`] alive through an `Arc` with a reference count of its own: a service
+/// clones its own handle per request instead of the cache's shared `Arc`, which every core
+/// would write.
+pub(crate) struct CacheHandle(pub(crate) Arc<TokenCache>);
+
+impl CacheHandle {
+    pub(crate) fn new(cache: &Arc<TokenCache>) -> Arc<Self> {
+        Arc::new(CacheHandle(Arc::clone(cache)))
+    }
+}
+
+/// Names a [`TokenCache`] without keeping it alive; see [`TokenCache::find`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CacheId(u64);
 
 /// Shared state behind every clone of an [`AuthLayer`](crate::AuthLayer) and its services.
 pub(crate) struct TokenCache {
+    id: CacheId,
     current: ArcSwapOption<Entry>,
     /// The fetch in progress and the last failure. Locked only on the slow path, never across
     /// an await.
@@ -138,6 +233,8 @@ pub(crate) struct TokenCache {
 
 struct Slow {
     flight: Option<Arc<Flight>>,
+    /// The timer of the current entry's `clock_free` flag.
+    clock_timer: Option<Pin<Box<Sleep>>>,
     failure: Option<Failure>,
     /// Jitter of backoff and refresh-ahead.
     rng: fastrand::Rng,
@@ -162,15 +259,19 @@ enum Step {
 }
 
 impl TokenCache {
-    pub(crate) fn new(source: Box<dyn DynTokenSource>, settings: CacheSettings) -> Self {
+    /// A new cache, registered so that [`find`](Self::find) sees it while it lives.
+    pub(crate) fn new(source: Box<dyn DynTokenSource>, settings: CacheSettings) -> Arc<Self> {
         let rng = match settings.jitter_seed {
             Some(seed) => fastrand::Rng::with_seed(seed),
             None => fastrand::Rng::new(),
         };
-        TokenCache {
+        let id = CacheId(NEXT_ID.fetch_add(1, Relaxed));
+        let cache = Arc::new(TokenCache {
+            id,
             current: ArcSwapOption::empty(),
             slow: Mutex::new(Slow {
                 flight: None,
+                clock_timer: None,
                 failure: None,
                 rng,
             }),
@@ -180,7 +281,27 @@ impl TokenCache {
             settings,
             generation: AtomicU64::new(0),
             counters: Counters::default(),
-        }
+        });
+        CACHES
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.0, Arc::downgrade(&cache));
+        cache
+    }
+
+    /// This cache's id.
+    #[inline]
+    pub(crate) fn id(&self) -> CacheId {
+        self.id
+    }
+
+    /// The cache with this id, if it still lives.
+    pub(crate) fn find(id: CacheId) -> Option<Arc<TokenCache>> {
+        CACHES
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id.0)
+            .and_then(Weak::upgrade)
     }
 
     /// The slot the hot path reads.
@@ -398,7 +519,16 @@ impl TokenCache {
             generation: self.generation.fetch_add(1, Relaxed) + 1,
             fetched_at: now,
             uses_left: self.settings.max_uses.map(AtomicU32::new),
+            clock_free: AtomicBool::new(false),
         });
+        {
+            let mut slow = self.lock_slow();
+            slow.clock_timer = if entry.uses_left.is_none() {
+                arm_clock_free(&entry, refresh_at.min(valid_until))
+            } else {
+                None
+            };
+        }
         self.current.store(Some(Arc::clone(&entry)));
         Ok(entry)
     }
@@ -510,6 +640,15 @@ impl Drop for FlightGuard {
         if !self.finished {
             self.cache.complete(&self.flight, Err(Error::Aborted));
         }
+    }
+}
+
+impl Drop for TokenCache {
+    fn drop(&mut self) {
+        CACHES
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id.0);
     }
 }
 

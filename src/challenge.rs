@@ -9,7 +9,7 @@
 //! and it looks at no more than [`MAX_HEADER_BYTES`] of a header and [`MAX_ITEMS`] challenges
 //! and parameters, so hostile headers cannot make it allocate without bound.
 
-use http::{HeaderMap, StatusCode, header::WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderName, StatusCode, header::WWW_AUTHENTICATE};
 
 use crate::message::AuthResponse;
 
@@ -34,17 +34,31 @@ impl Challenge {
     }
 }
 
+/// `grpc-status`, the gRPC status of a trailers-only response.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// A response that says the token was not accepted: a 401 whose challenge (if any) does not
 /// name an error a new token cannot fix, or a gRPC `UNAUTHENTICATED` (status 16), which comes
 /// as HTTP 200 with `grpc-status: 16` in a trailers-only response.
 pub(crate) fn rejects_token(response: &impl AuthResponse, scheme: &str) -> bool {
     match response.status() {
         StatusCode::UNAUTHORIZED => calls_for_new_token(response.headers(), scheme),
+        _ => may_reject(response),
+    }
+}
+
+/// The hot path's first look at a response: `false` means [`rejects_token`] is `false` too, so
+/// most responses are decided here without the scheme (a status compare, and for a 200 with
+/// headers, one lookup of `grpc-status`).
+#[inline]
+pub(crate) fn may_reject(response: &impl AuthResponse) -> bool {
+    match response.status() {
+        StatusCode::UNAUTHORIZED => true,
         StatusCode::OK => {
             let headers = response.headers();
             !headers.is_empty()
                 && headers
-                    .get("grpc-status")
+                    .get(&GRPC_STATUS)
                     .is_some_and(|v| v.as_bytes() == b"16")
         }
         _ => false,

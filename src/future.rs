@@ -25,12 +25,31 @@ use tower_service::Service;
 
 use crate::{
     BoxError, Error,
-    cache::{Entry, TokenCache},
+    cache::{CacheHandle, CacheId, Entry, TokenCache},
     challenge,
     message::{AuthRequest, AuthResponse},
 };
 
 pub(crate) type Acquire = Pin<Box<dyn Future<Output = Result<Arc<Entry>, Error>> + Send>>;
+
+/// What a request waiting for a token keeps. Boxed: this is the slow path, and keeping it out
+/// of line keeps the hot path's future (and every move of it) small.
+struct Pending<S, R> {
+    cache: Arc<TokenCache>,
+    request: R,
+    service: S,
+    /// Keep what a resend after a 401 needs, streaming at most this many body bytes; `None`
+    /// for no resend.
+    replay_limit: Option<usize>,
+    /// This wait comes before a resend: the request already carries a rejected token.
+    resend: bool,
+}
+
+/// What a request that may be resent keeps: the readied service, what its
+/// [`AuthRequest::prepare_replay`] returned, and its service's handle on the cache, which keeps
+/// the cache alive for the resend even if every service and layer is dropped meanwhile (as
+/// `oneshot` does).
+pub(crate) type Replay<S, R> = (S, <R as AuthRequest>::Replay, Arc<CacheHandle>);
 
 pin_project! {
     /// Response future of [`AuthService`](crate::AuthService).
@@ -41,10 +60,6 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future, S, R>,
-        // `None` for requests sent without the token, or refused.
-        cache: Option<Arc<TokenCache>>,
-        // Generation of the token the request in flight carries.
-        generation: u64,
     }
 }
 
@@ -54,24 +69,24 @@ pin_project! {
     where
         R: AuthRequest,
     {
-        // Waiting for a token; `resend` is set when this is the wait before a resend.
+        // Waiting for a token.
         Acquire {
             token: Acquire,
-            request: Option<R>,
-            service: Option<S>,
-            replay_limit: Option<usize>,
-            resend: bool,
+            pending: Option<Box<Pending<S, R>>>,
         },
-        // The request is with the inner service; `replay` is kept for a resend after a 401.
+        // The request is with the inner service, carrying the token of `generation` from the
+        // cache `cache`; `replay` is kept for a resend after a 401. The cache is named, not
+        // held: an `Arc` cloned per request is a reference count every core would share.
         Send {
             #[pin]
             fut: F,
-            replay: Option<(S, R::Replay)>,
+            cache: CacheId,
+            generation: u64,
+            replay: Option<Replay<S, R>>,
         },
         // Waiting for the inner service to be ready for the resend.
         Ready {
-            request: Option<R>,
-            service: Option<S>,
+            pending: Option<Box<Pending<S, R>>>,
         },
         // The resend, or a request sent without the token: whatever it answers goes to the caller.
         Resend {
@@ -91,17 +106,21 @@ where
     S: Service<R>,
     R: AuthRequest,
 {
-    /// The request was sent with a cached token.
+    /// The request was sent with the token of `generation` from `cache`.
+    #[inline]
     pub(crate) fn sent(
         fut: S::Future,
-        cache: Arc<TokenCache>,
+        cache: CacheId,
         generation: u64,
-        replay: Option<(S, R::Replay)>,
+        replay: Option<Replay<S, R>>,
     ) -> Self {
         ResponseFuture {
-            state: State::Send { fut, replay },
-            cache: Some(cache),
-            generation,
+            state: State::Send {
+                fut,
+                cache,
+                generation,
+                replay,
+            },
         }
     }
 
@@ -109,8 +128,6 @@ where
     pub(crate) fn passed(fut: S::Future) -> Self {
         ResponseFuture {
             state: State::Resend { fut },
-            cache: None,
-            generation: 0,
         }
     }
 
@@ -118,8 +135,6 @@ where
     pub(crate) fn refused(error: Error) -> Self {
         ResponseFuture {
             state: State::Refused { error: Some(error) },
-            cache: None,
-            generation: 0,
         }
     }
 
@@ -133,13 +148,14 @@ where
         ResponseFuture {
             state: State::Acquire {
                 token: Box::pin(Arc::clone(&cache).acquire()),
-                request: Some(request),
-                service: Some(service),
-                replay_limit,
-                resend: false,
+                pending: Some(Box::new(Pending {
+                    cache,
+                    request,
+                    service,
+                    replay_limit,
+                    resend: false,
+                })),
             },
-            cache: Some(cache),
-            generation: 0,
         }
     }
 }
@@ -153,17 +169,81 @@ where
 {
     type Output = Result<S::Response, BoxError>;
 
+    /// The hot path, small enough to inline: a request sent with a cached token, answered with
+    /// anything but a rejection. Everything else is out of line.
+    #[inline(always)]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let StateProj::Send { fut, .. } = self.as_mut().project().state.project() {
+            return match ready!(fut.poll(cx)) {
+                // The state stays `Send`: the future is done, and polling it again is a misuse
+                // the `Future` contract leaves to the inner future to answer. Not setting
+                // `Done` saves dropping the state twice on every request.
+                Ok(response) if !challenge::may_reject(&response) => Poll::Ready(Ok(response)),
+                result => self.answered(result, cx),
+            };
+        }
+        self.poll_slow(cx)
+    }
+}
+
+impl<S, R> ResponseFuture<S, R>
+where
+    S: Service<R>,
+    S::Response: AuthResponse,
+    S::Error: Into<BoxError>,
+    R: AuthRequest,
+{
+    /// The request sent with a token was answered: pass the answer on, unless it rejects the
+    /// token and the request can be sent again.
+    #[cold]
+    #[inline(never)]
+    fn answered(
+        mut self: Pin<&mut Self>,
+        result: Result<S::Response, S::Error>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<S::Response, BoxError>> {
+        let response = match result {
+            Ok(response) if challenge::may_reject(&response) => response,
+            other => {
+                self.set_done();
+                return Poll::Ready(other.map_err(Into::into));
+            }
+        };
+        let StateProj::Send {
+            cache,
+            generation,
+            replay,
+            ..
+        } = self.as_mut().project().state.project()
+        else {
+            return Poll::Ready(Err(polled_after_completion()));
+        };
+        let (cache, generation, replay) = (*cache, *generation, replay.take());
+        match rejected::<S, R>(response, cache, generation, replay) {
+            Ok(response) => {
+                self.set_done();
+                Poll::Ready(Ok(response))
+            }
+            Err(next) => {
+                self.as_mut().project().state.set(next);
+                self.poll_slow(cx)
+            }
+        }
+    }
+
+    /// Every state but a request in flight with a cached token.
+    #[inline(never)]
+    fn poll_slow(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<S::Response, BoxError>> {
         loop {
-            let this = self.as_mut().project();
-            let next = match this.state.project() {
-                StateProj::Acquire {
-                    token,
-                    request,
-                    service,
-                    replay_limit,
-                    resend,
-                } => {
+            let next = match self.as_mut().project().state.project() {
+                StateProj::Send { fut, .. } => {
+                    let result = ready!(fut.poll(cx));
+                    return self.answered(result, cx);
+                }
+                StateProj::Acquire { token, pending } => {
                     let entry = match ready!(token.as_mut().poll(cx)) {
                         Ok(entry) => entry,
                         Err(err) => {
@@ -171,87 +251,56 @@ where
                             return Poll::Ready(Err(err.into()));
                         }
                     };
-                    let (Some(mut request), Some(mut service)) = (request.take(), service.take())
-                    else {
+                    let Some(mut pending) = pending.take() else {
                         return Poll::Ready(Err(polled_after_completion()));
                     };
-                    *this.generation = entry.generation;
-                    let header_name = match this.cache {
-                        Some(cache) => cache.settings().header_name.clone(),
-                        None => return Poll::Ready(Err(polled_after_completion())),
-                    };
-                    if *resend {
-                        request
+                    let header_name = pending.cache.settings().header_name.clone();
+                    if pending.resend {
+                        pending
+                            .request
                             .headers_mut()
                             .insert(header_name, entry.header.clone());
                         State::Ready {
-                            request: Some(request),
-                            service: Some(service),
+                            pending: Some(pending),
                         }
                     } else {
-                        let replay = match *replay_limit {
-                            Some(limit) => request.prepare_replay(limit),
-                            None => None,
-                        };
+                        let Pending {
+                            cache,
+                            mut request,
+                            mut service,
+                            replay_limit,
+                            resend: _,
+                        } = *pending;
+                        let replay = replay_limit.and_then(|limit| request.prepare_replay(limit));
                         request
                             .headers_mut()
                             .insert(header_name, entry.header.clone());
-                        let fut = service.call(request);
                         State::Send {
-                            fut,
-                            replay: replay.map(|r| (service, r)),
+                            fut: service.call(request),
+                            cache: cache.id(),
+                            generation: entry.generation,
+                            replay: replay.map(|r| (service, r, CacheHandle::new(&cache))),
                         }
                     }
                 }
-                StateProj::Send { fut, replay } => {
-                    let response = match ready!(fut.poll(cx)) {
-                        Ok(response) => response,
-                        Err(err) => {
-                            self.set_done();
-                            return Poll::Ready(Err(err.into()));
-                        }
-                    };
-                    let Some(cache) = this.cache.as_ref() else {
+                StateProj::Ready { pending } => {
+                    let Some(waiting) = pending.as_mut() else {
                         return Poll::Ready(Err(polled_after_completion()));
                     };
-                    if !challenge::rejects_token(&response, &cache.settings().scheme) {
-                        self.set_done();
-                        return Poll::Ready(Ok(response));
-                    }
-                    // Forget the rejected token only if nothing newer replaced it meanwhile.
-                    cache.invalidate(*this.generation);
-                    let resend = replay
-                        .take()
-                        .and_then(|(service, replay)| Some((service, R::replay(replay)?)));
-                    let Some((service, request)) = resend else {
-                        cache.counters.not_resent();
-                        self.set_done();
-                        return Poll::Ready(Ok(response));
-                    };
-                    drop(response);
-                    State::Acquire {
-                        token: Box::pin(Arc::clone(cache).acquire()),
-                        request: Some(request),
-                        service: Some(service),
-                        replay_limit: None,
-                        resend: true,
-                    }
-                }
-                StateProj::Ready { request, service } => {
-                    let Some(svc) = service.as_mut() else {
-                        return Poll::Ready(Err(polled_after_completion()));
-                    };
-                    if let Err(err) = ready!(svc.poll_ready(cx)) {
+                    if let Err(err) = ready!(waiting.service.poll_ready(cx)) {
                         self.set_done();
                         return Poll::Ready(Err(err.into()));
                     }
-                    let (Some(request), Some(mut service)) = (request.take(), service.take())
-                    else {
+                    let Some(pending) = pending.take() else {
                         return Poll::Ready(Err(polled_after_completion()));
                     };
-                    if let Some(cache) = this.cache.as_ref() {
-                        cache.counters.retried();
-                    }
+                    let Pending {
+                        cache,
+                        request,
+                        mut service,
+                        ..
+                    } = *pending;
+                    cache.counters.retried();
                     State::Resend {
                         fut: service.call(request),
                     }
@@ -276,11 +325,55 @@ where
     }
 }
 
+/// A response that may reject the token it carried: if it does, forget that token (if still
+/// current) and, when the request can be sent again, go on to the wait before the resend
+/// (`Err(next state)`); otherwise the response goes to the caller (`Ok`).
+#[cold]
+#[inline(never)]
+fn rejected<S, R>(
+    response: S::Response,
+    cache: CacheId,
+    generation: u64,
+    replay: Option<Replay<S, R>>,
+) -> Result<S::Response, State<S::Future, S, R>>
+where
+    S: Service<R>,
+    S::Response: AuthResponse,
+    R: AuthRequest,
+{
+    // A cache dropped meanwhile has no token to forget and none to fetch.
+    let Some(cache) = TokenCache::find(cache) else {
+        return Ok(response);
+    };
+    if !challenge::rejects_token(&response, &cache.settings().scheme) {
+        return Ok(response);
+    }
+    // Forget the rejected token only if nothing newer replaced it meanwhile.
+    cache.invalidate(generation);
+    let resend = replay.and_then(|(service, replay, _)| Some((service, R::replay(replay)?)));
+    let Some((service, request)) = resend else {
+        cache.counters.not_resent();
+        return Ok(response);
+    };
+    drop(response);
+    Err(State::Acquire {
+        token: Box::pin(Arc::clone(&cache).acquire()),
+        pending: Some(Box::new(Pending {
+            cache,
+            request,
+            service,
+            replay_limit: None,
+            resend: true,
+        })),
+    })
+}
+
 impl<S, R> ResponseFuture<S, R>
 where
     S: Service<R>,
     R: AuthRequest,
 {
+    #[inline]
     fn set_done(self: Pin<&mut Self>) {
         self.project().state.set(State::Done);
     }
@@ -293,8 +386,10 @@ where
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match &self.state {
-            State::Acquire { resend: false, .. } => "Acquire",
-            State::Acquire { resend: true, .. } => "Refresh",
+            State::Acquire {
+                pending: Some(p), ..
+            } if p.resend => "Refresh",
+            State::Acquire { .. } => "Acquire",
             State::Send { .. } => "Send",
             State::Ready { .. } => "Ready",
             State::Resend { .. } => "Resend",
@@ -303,7 +398,6 @@ where
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
-            .field("generation", &self.generation)
             .finish_non_exhaustive()
     }
 }

@@ -309,7 +309,7 @@ impl AuthLayerBuilder {
     /// Builds the layer.
     pub fn build(self) -> AuthLayer {
         AuthLayer {
-            cache: Arc::new(TokenCache::new(self.source, self.settings)),
+            cache: TokenCache::new(self.source, self.settings),
             retry: self.retry,
             replay_limit: self.replay_limit,
             policy: Arc::new(self.policy),

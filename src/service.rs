@@ -8,16 +8,16 @@ use std::{
 };
 
 use arc_swap::ArcSwapOption;
-use http::HeaderName;
-use tokio::time::Instant;
+use http::{HeaderName, HeaderValue};
 use tower_service::Service;
 
 use crate::{
     BoxError,
-    cache::{Entry, TokenCache},
+    cache::{CacheHandle, Entry, TokenCache},
     future::ResponseFuture,
     message::{AuthRequest, AuthResponse},
     origin::{Decision, OriginPolicy},
+    token,
 };
 
 /// Middleware that sets `Authorization: Bearer <token>` on every request, fetching and
@@ -42,11 +42,87 @@ use crate::{
 pub struct AuthService<S> {
     inner: S,
     current: arc_swap::Cache<CacheRef, Option<Arc<Entry>>>,
+    local: Local,
     cache: Arc<TokenCache>,
     retry: bool,
     replay_limit: usize,
     header_name: HeaderName,
     policy: Arc<OriginPolicy>,
+}
+
+/// Requests a service sends with shared copies before it makes its own.
+const PRIVATE_AFTER: u32 = 16;
+
+/// What every request of this service touches, in copies of its own once it is used enough.
+///
+/// Cloning a `HeaderValue` or an `Arc` increments a reference count. If every service cloned
+/// the cache's one header and one `Arc`, services driven from several cores would all write
+/// those counts, and their cache lines would bounce between cores on every request. So a
+/// service that keeps sending requests makes its own copy of the token's header and its own
+/// handle to the cache, after [`PRIVATE_AFTER`] requests (a service cloned for one request
+/// never pays for copies; a long-lived one pays one small allocation per token).
+struct Local {
+    /// Generation of the token `header` is for.
+    generation: u64,
+    header: HeaderValue,
+    /// Keeps the cache alive for a request that may be resent after a 401.
+    handle: Arc<CacheHandle>,
+    handle_private: bool,
+    /// Requests left until this service makes its own copies; 0 once it has, for this token.
+    countdown: u32,
+}
+
+impl Local {
+    fn new(cache: &Arc<TokenCache>) -> Self {
+        Local {
+            generation: 0,
+            header: HeaderValue::from_static(""),
+            handle: CacheHandle::new(cache),
+            handle_private: true,
+            countdown: PRIVATE_AFTER,
+        }
+    }
+
+    /// The header for `entry`.
+    #[inline]
+    fn header(&mut self, entry: &Entry) -> HeaderValue {
+        if self.generation == entry.generation && self.countdown == 0 {
+            return self.header.clone();
+        }
+        self.update(entry)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn update(&mut self, entry: &Entry) -> HeaderValue {
+        if self.generation != entry.generation {
+            self.generation = entry.generation;
+            self.header = entry.header.clone();
+            self.countdown = PRIVATE_AFTER;
+        }
+        self.countdown -= 1;
+        if self.countdown == 0 {
+            self.header = token::copy_header(&entry.header);
+            if !self.handle_private {
+                self.handle = CacheHandle::new(&self.handle.0);
+                self.handle_private = true;
+            }
+        }
+        self.header.clone()
+    }
+}
+
+impl Clone for Local {
+    /// The clone starts from this service's copies and makes its own if it is used enough.
+    fn clone(&self) -> Self {
+        Local {
+            generation: self.generation,
+            header: self.header.clone(),
+            handle: Arc::clone(&self.handle),
+            handle_private: false,
+            countdown: PRIVATE_AFTER,
+        }
+    }
 }
 
 /// Lets an [`arc_swap::Cache`] read the shared cache's current-token slot.
@@ -72,6 +148,7 @@ impl<S> AuthService<S> {
         AuthService {
             inner,
             current: arc_swap::Cache::new(CacheRef(Arc::clone(&cache))),
+            local: Local::new(&cache),
             header_name: cache.settings().header_name.clone(),
             cache,
             retry,
@@ -112,37 +189,22 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: R) -> Self::Future {
+    #[inline]
+    fn call(&mut self, mut request: R) -> Self::Future {
         match self.policy.decide(&request) {
             Decision::Attach => {}
             Decision::PassThrough => return ResponseFuture::passed(self.inner.call(request)),
             Decision::Refuse(err) => return ResponseFuture::refused(err),
         }
-        let now = Instant::now();
-        let fresh = match self.current.load() {
-            Some(entry) if entry.claim_fresh(now) => Some(entry),
-            _ => None,
+        // A timer keeps `clock_free` set while the token is fresh and not yet due for a refresh:
+        // then no clock read. Otherwise `check` compares with the clock, and in the refresh
+        // window starts one background refresh while this request goes on with the token.
+        let entry = match self.current.load() {
+            Some(entry) if entry.clock_free() || entry.check(&self.cache) => entry,
+            _ => return self.acquiring(request),
         };
-        let Some(entry) = fresh else {
-            // Slow path: wait for a token. The readied service moves into the future.
-            let clone = self.inner.clone();
-            let inner = mem::replace(&mut self.inner, clone);
-            let replay_limit = self.retry.then_some(self.replay_limit);
-            return ResponseFuture::acquiring(
-                Arc::clone(&self.cache),
-                request,
-                inner,
-                replay_limit,
-            );
-        };
-        if now >= entry.refresh_at {
-            // In the refresh window: one background refresh, this request goes on.
-            self.cache.refresh_ahead(now);
-        }
         let generation = entry.generation;
-        let header = entry.header.clone();
-
-        let mut request = request;
+        let header = self.local.header(entry);
         let replay = if self.retry {
             request.prepare_replay(self.replay_limit)
         } else {
@@ -151,7 +213,7 @@ where
         request
             .headers_mut()
             .insert(self.header_name.clone(), header);
-        let cache = Arc::clone(&self.cache);
+        let cache = self.cache.id();
         match replay {
             None => ResponseFuture::sent(self.inner.call(request), cache, generation, None),
             Some(replay) => {
@@ -159,9 +221,26 @@ where
                 let clone = self.inner.clone();
                 let mut inner = mem::replace(&mut self.inner, clone);
                 let fut = inner.call(request);
-                ResponseFuture::sent(fut, cache, generation, Some((inner, replay)))
+                let handle = Arc::clone(&self.local.handle);
+                ResponseFuture::sent(fut, cache, generation, Some((inner, replay, handle)))
             }
         }
+    }
+}
+
+impl<S: Clone> AuthService<S> {
+    /// Slow path: wait for a token. The readied service moves into the future.
+    #[cold]
+    #[inline(never)]
+    fn acquiring<R>(&mut self, request: R) -> ResponseFuture<S, R>
+    where
+        R: AuthRequest,
+        S: Service<R>,
+    {
+        let clone = self.inner.clone();
+        let inner = mem::replace(&mut self.inner, clone);
+        let replay_limit = self.retry.then_some(self.replay_limit);
+        ResponseFuture::acquiring(Arc::clone(&self.cache), request, inner, replay_limit)
     }
 }
 
@@ -170,6 +249,7 @@ impl<S: Clone> Clone for AuthService<S> {
         AuthService {
             inner: self.inner.clone(),
             current: self.current.clone(),
+            local: self.local.clone(),
             cache: Arc::clone(&self.cache),
             retry: self.retry,
             replay_limit: self.replay_limit,

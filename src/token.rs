@@ -189,11 +189,22 @@ impl Token {
             buf.push(b' ');
         }
         buf.extend_from_slice(secret.as_bytes());
-        let mut value = HeaderValue::from_maybe_shared(Bytes::from_owner(ZeroizeOnDrop(buf)))
-            .map_err(|_| crate::Error::InvalidToken)?;
-        value.set_sensitive(true);
-        Ok(value)
+        sensitive_header(buf).ok_or(crate::Error::InvalidToken)
     }
+}
+
+/// A copy of a token header in a buffer of its own, marked sensitive and zeroized when the
+/// copy's last clone is dropped.
+pub(crate) fn copy_header(value: &HeaderValue) -> HeaderValue {
+    sensitive_header(Zeroizing::new(value.as_bytes().to_vec())).unwrap_or_else(|| value.clone())
+}
+
+/// A sensitive header value over `buf`, wiped when the last `Bytes` handle goes; `None` if the
+/// bytes are not a valid header value.
+fn sensitive_header(buf: Zeroizing<Vec<u8>>) -> Option<HeaderValue> {
+    let mut value = HeaderValue::from_maybe_shared(Bytes::from_owner(ZeroizeOnDrop(buf))).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 /// Owner of a header's bytes that wipes them when the last `Bytes` handle goes.
