@@ -101,10 +101,11 @@ pub(crate) struct Entry {
     pub(crate) fetched_at: Instant,
     /// Uses left for a use-limited token; `None` when unlimited.
     uses_left: Option<AtomicU32>,
-    /// `true` while a timer guarantees the token is before its refresh point (and so fresh) and
-    /// unlimited: a request may then use it without reading the clock. The timer clears it at
-    /// the refresh point (or at expiry), and so does a runtime shutting down; from then on,
-    /// requests compare `valid_until` and `refresh_at` with the clock.
+    /// `true` while the token is current, before its refresh point (so fresh) and unlimited: a
+    /// request may use it without reading the clock or the shared slot. Cleared when the token
+    /// is replaced or forgotten, by a timer at the refresh point (or expiry), and by a runtime
+    /// shutting down (it fires its timers); from then on, requests look at the shared slot and
+    /// compare `valid_until` and `refresh_at` with the clock.
     clock_free: AtomicBool,
 }
 
@@ -131,9 +132,8 @@ impl Entry {
         self.is_fresh(now) && self.claim()
     }
 
-    /// The hot path's check: `true` means fresh, not due for a refresh and unlimited, known
-    /// without reading the clock (one relaxed load of a flag nobody writes until the timer
-    /// fires).
+    /// The hot path's check: `true` means current, fresh, not due for a refresh and unlimited,
+    /// known without reading the clock (one relaxed load of a flag written once per token).
     #[inline]
     pub(crate) fn clock_free(&self) -> bool {
         self.clock_free.load(Relaxed)
@@ -152,6 +152,14 @@ impl Entry {
             cache.refresh_ahead(now);
         }
         true
+    }
+}
+
+/// Marks an entry that is no longer current, so that services holding it look at the shared
+/// slot again (see `service::Local`).
+fn retire(entry: Option<&Entry>) {
+    if let Some(entry) = entry {
+        entry.clock_free.store(false, Relaxed);
     }
 }
 
@@ -329,7 +337,9 @@ impl TokenCache {
 
     /// Forgets the current token and returns it.
     pub(crate) fn take(&self) -> Option<Arc<Entry>> {
-        self.current.swap(None)
+        let taken = self.current.swap(None);
+        retire(taken.as_deref());
+        taken
     }
 
     /// The current entry, fresh or not.
@@ -470,6 +480,7 @@ impl TokenCache {
             _ => false,
         };
         if swapped {
+            retire(previous.as_deref());
             self.counters.rejected();
             tracing::debug!(target: "tower_bearer", "rejected token forgotten; next request fetches a new one");
         }
@@ -529,7 +540,8 @@ impl TokenCache {
                 None
             };
         }
-        self.current.store(Some(Arc::clone(&entry)));
+        let replaced = self.current.swap(Some(Arc::clone(&entry)));
+        retire(replaced.as_deref());
         Ok(entry)
     }
 

@@ -2,12 +2,10 @@
 
 use std::{
     fmt, mem,
-    ops::Deref,
     sync::Arc,
     task::{Context, Poll},
 };
 
-use arc_swap::ArcSwapOption;
 use http::{HeaderName, HeaderValue};
 use tower_service::Service;
 
@@ -33,15 +31,15 @@ use crate::{
 ///
 /// # Hot path
 ///
-/// With a fresh token cached, `call` reads the token through a per-service
-/// [`arc_swap::Cache`] (one atomic load when the token has not changed), compares its expiry with
-/// the clock, clones the pre-built header value into the request and calls the inner service. No
-/// lock, no boxed future. When the body can be replayed (see [`ReplayBody`](crate::ReplayBody)), the request head is
+/// With a fresh token cached, `call` checks one flag of the token this service last used (set
+/// while the token is current and before its refresh point: no clock read, no look at shared
+/// state), clones the service's copy of the pre-built header into the request and calls the
+/// inner service. No lock, no allocation, no boxed future, no reference count shared with other
+/// cores. When the body can be replayed (see [`ReplayBody`](crate::ReplayBody)), the request head is
 /// copied so that a 401 can be retried; turn that off with
 /// [`retry_unauthorized(false)`](crate::AuthLayerBuilder::retry_unauthorized).
 pub struct AuthService<S> {
     inner: S,
-    current: arc_swap::Cache<CacheRef, Option<Arc<Entry>>>,
     local: Local,
     cache: Arc<TokenCache>,
     retry: bool,
@@ -53,7 +51,14 @@ pub struct AuthService<S> {
 /// Requests a service sends with shared copies before it makes its own.
 const PRIVATE_AFTER: u32 = 16;
 
-/// What every request of this service touches, in copies of its own once it is used enough.
+/// This service's view of the cache: the token it last used, and its own copies of what every
+/// request touches.
+///
+/// The token is used as long as its [`clock_free`](Entry::clock_free) flag is set: the cache
+/// clears it when the token is replaced or forgotten, and a timer clears it at the token's
+/// refresh point. So a request reads one flag in memory no other core writes, instead of the
+/// shared slot and the clock; when the flag is down, it looks at the shared slot (and the
+/// clock) again.
 ///
 /// Cloning a `HeaderValue` or an `Arc` increments a reference count. If every service cloned
 /// the cache's one header and one `Arc`, services driven from several cores would all write
@@ -62,8 +67,12 @@ const PRIVATE_AFTER: u32 = 16;
 /// handle to the cache, after [`PRIVATE_AFTER`] requests (a service cloned for one request
 /// never pays for copies; a long-lived one pays one small allocation per token).
 struct Local {
+    /// The token this service uses without looking at the shared slot while its flag is up;
+    /// set once the service has its own copies for it.
+    entry: Option<Arc<Entry>>,
     /// Generation of the token `header` is for.
     generation: u64,
+    /// The header for that token: the cache's, or this service's copy once `countdown` is 0.
     header: HeaderValue,
     /// Keeps the cache alive for a request that may be resent after a 401.
     handle: Arc<CacheHandle>,
@@ -75,6 +84,7 @@ struct Local {
 impl Local {
     fn new(cache: &Arc<TokenCache>) -> Self {
         Local {
+            entry: None,
             generation: 0,
             header: HeaderValue::from_static(""),
             handle: CacheHandle::new(cache),
@@ -83,32 +93,44 @@ impl Local {
         }
     }
 
-    /// The header for `entry`.
+    /// The generation of a token the request may carry, whose header is then in `header`; or
+    /// `None` if the request must wait for a token.
     #[inline]
-    fn header(&mut self, entry: &Entry) -> HeaderValue {
-        if self.generation == entry.generation && self.countdown == 0 {
-            return self.header.clone();
+    fn token(&mut self, cache: &Arc<TokenCache>) -> Option<u64> {
+        match &self.entry {
+            Some(entry) if entry.clock_free() => Some(entry.generation),
+            _ => self.token_slow(cache),
         }
-        self.update(entry)
     }
 
+    /// Looks at the shared slot: a new token, a token in its refresh window (the clock is
+    /// read, and one background refresh starts), a use-limited token, or none.
     #[cold]
     #[inline(never)]
-    fn update(&mut self, entry: &Entry) -> HeaderValue {
-        if self.generation != entry.generation {
+    fn token_slow(&mut self, cache: &Arc<TokenCache>) -> Option<u64> {
+        let current = cache.current().load();
+        let entry = current.as_ref()?;
+        if entry.generation != self.generation {
+            self.entry = None;
             self.generation = entry.generation;
             self.header = entry.header.clone();
             self.countdown = PRIVATE_AFTER;
         }
-        self.countdown -= 1;
-        if self.countdown == 0 {
-            self.header = token::copy_header(&entry.header);
-            if !self.handle_private {
-                self.handle = CacheHandle::new(&self.handle.0);
-                self.handle_private = true;
+        if !entry.clock_free() && !entry.check(cache) {
+            return None;
+        }
+        if self.countdown > 0 {
+            self.countdown -= 1;
+            if self.countdown == 0 {
+                self.header = token::copy_header(&entry.header);
+                if !self.handle_private {
+                    self.handle = CacheHandle::new(&self.handle.0);
+                    self.handle_private = true;
+                }
+                self.entry = Some(Arc::clone(entry));
             }
         }
-        self.header.clone()
+        Some(entry.generation)
     }
 }
 
@@ -116,24 +138,13 @@ impl Clone for Local {
     /// The clone starts from this service's copies and makes its own if it is used enough.
     fn clone(&self) -> Self {
         Local {
+            entry: None,
             generation: self.generation,
             header: self.header.clone(),
             handle: Arc::clone(&self.handle),
             handle_private: false,
             countdown: PRIVATE_AFTER,
         }
-    }
-}
-
-/// Lets an [`arc_swap::Cache`] read the shared cache's current-token slot.
-#[derive(Clone)]
-pub(crate) struct CacheRef(pub(crate) Arc<TokenCache>);
-
-impl Deref for CacheRef {
-    type Target = ArcSwapOption<Entry>;
-
-    fn deref(&self) -> &Self::Target {
-        self.0.current()
     }
 }
 
@@ -147,7 +158,6 @@ impl<S> AuthService<S> {
     ) -> Self {
         AuthService {
             inner,
-            current: arc_swap::Cache::new(CacheRef(Arc::clone(&cache))),
             local: Local::new(&cache),
             header_name: cache.settings().header_name.clone(),
             cache,
@@ -196,15 +206,9 @@ where
             Decision::PassThrough => return ResponseFuture::passed(self.inner.call(request)),
             Decision::Refuse(err) => return ResponseFuture::refused(err),
         }
-        // A timer keeps `clock_free` set while the token is fresh and not yet due for a refresh:
-        // then no clock read. Otherwise `check` compares with the clock, and in the refresh
-        // window starts one background refresh while this request goes on with the token.
-        let entry = match self.current.load() {
-            Some(entry) if entry.clock_free() || entry.check(&self.cache) => entry,
-            _ => return self.acquiring(request),
+        let Some(generation) = self.local.token(&self.cache) else {
+            return self.acquiring(request);
         };
-        let generation = entry.generation;
-        let header = self.local.header(entry);
         let replay = if self.retry {
             request.prepare_replay(self.replay_limit)
         } else {
@@ -212,7 +216,7 @@ where
         };
         request
             .headers_mut()
-            .insert(self.header_name.clone(), header);
+            .insert(self.header_name.clone(), self.local.header.clone());
         let cache = self.cache.id();
         match replay {
             None => ResponseFuture::sent(self.inner.call(request), cache, generation, None),
@@ -248,7 +252,6 @@ impl<S: Clone> Clone for AuthService<S> {
     fn clone(&self) -> Self {
         AuthService {
             inner: self.inner.clone(),
-            current: self.current.clone(),
             local: self.local.clone(),
             cache: Arc::clone(&self.cache),
             retry: self.retry,
