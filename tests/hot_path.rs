@@ -10,13 +10,14 @@ use std::{
     cell::Cell,
     future::Future,
     pin::pin,
+    sync::{Arc, Mutex},
     task::{Context, Poll, Waker},
 };
 
 use http::{HeaderValue, Request, header::AUTHORIZATION};
 use noop::Noop;
 use tower::{Layer, Service};
-use tower_bearer::{AuthLayer, StaticToken};
+use tower_bearer::{AuthLayer, AuthService, StaticToken};
 
 struct CountingAllocator;
 
@@ -80,14 +81,28 @@ fn floor(request: impl Fn() -> Request<&'static str>) -> usize {
     .0
 }
 
-async fn layered(retry: bool, request: impl Fn() -> Request<&'static str>) -> usize {
+/// A service past its first requests, which make its own copy of the header (see
+/// `private_copies_*` below).
+async fn warm_service(
+    retry: bool,
+    request: impl Fn() -> Request<&'static str>,
+) -> AuthService<Noop> {
     let auth = AuthLayer::builder(StaticToken::new("cached-token-of-similar-length"))
         .retry_unauthorized(retry)
         .build();
     auth.token().await.unwrap();
     let mut svc = auth.layer(Noop);
-    // Warm the service's view of the cache.
-    run_once(&mut svc, request());
+    for _ in 0..WARM_UP {
+        run_once(&mut svc, request());
+    }
+    svc
+}
+
+/// Requests after which a service has made its own copies (the layer does it after 16).
+const WARM_UP: usize = 20;
+
+async fn layered(retry: bool, request: impl Fn() -> Request<&'static str>) -> usize {
+    let mut svc = warm_service(retry, &request).await;
     let req = request();
     allocations(move || run_once(&mut svc, req)).0
 }
@@ -106,6 +121,25 @@ async fn a_cached_token_costs_no_allocation_beyond_the_header_insert() {
         floor,
         "retry on, a request with no headers"
     );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_new_service_allocates_once_for_its_own_header_then_never() {
+    let bare = || Request::get("https://api.test/").body("").unwrap();
+    let floor = floor(bare);
+    let auth = AuthLayer::builder(StaticToken::new("cached-token-of-similar-length"))
+        .retry_unauthorized(false)
+        .build();
+    auth.token().await.unwrap();
+    let mut svc = auth.layer(Noop);
+    let requests: Vec<_> = (0..1_000).map(|_| bare()).collect();
+    let (counted, ()) = allocations(|| {
+        for request in requests {
+            run_once(&mut svc, request);
+        }
+    });
+    // The copy of the header: its buffer and the `Bytes` owner around it.
+    assert_eq!(counted, 1_000 * floor + 2);
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -132,9 +166,75 @@ async fn with_retry_on_the_replay_copy_of_headers_is_the_only_extra_cost() {
     assert!(layered(true, with_headers).await > floor(with_headers));
 }
 
+/// The bytes of the `Authorization` header each request carried, by address: which copy of the
+/// header it was.
+#[derive(Clone, Default)]
+struct HeaderCopies(Arc<Mutex<Vec<usize>>>);
+
+impl<B> Service<Request<B>> for HeaderCopies {
+    type Response = http::Response<()>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<http::Response<()>, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let value = &req.headers()[AUTHORIZATION];
+        assert_eq!(value, "Bearer tok");
+        self.0
+            .lock()
+            .unwrap()
+            .push(value.as_bytes().as_ptr() as usize);
+        std::future::ready(Ok(http::Response::new(())))
+    }
+}
+
+impl HeaderCopies {
+    fn last(&self) -> usize {
+        *self.0.lock().unwrap().last().unwrap()
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn private_copies_keep_cores_off_each_others_reference_counts() {
+    let auth = AuthLayer::new(StaticToken::new("tok"));
+    auth.token().await.unwrap();
+    let seen = HeaderCopies::default();
+    let mut first = auth.layer(seen.clone());
+    let request = || Request::get("https://api.test/").body("").unwrap();
+    run_once(&mut first, request());
+    let shared = seen.last();
+    for _ in 0..WARM_UP {
+        run_once(&mut first, request());
+    }
+    let own = seen.last();
+    assert_ne!(
+        own, shared,
+        "a busy service uses its own copy of the header"
+    );
+
+    // A clone starts with its parent's copy (a clone made for one request allocates nothing),
+    // then makes its own.
+    let mut clone = first.clone();
+    run_once(&mut clone, request());
+    assert_eq!(seen.last(), own);
+    for _ in 0..WARM_UP {
+        run_once(&mut clone, request());
+    }
+    let clone_own = seen.last();
+    assert_ne!(clone_own, own);
+    assert_ne!(clone_own, shared);
+    run_once(&mut clone, request());
+    assert_eq!(seen.last(), clone_own, "and keeps it");
+    run_once(&mut first, request());
+    assert_eq!(seen.last(), own);
+}
+
 #[test]
 fn response_future_size() {
-    use tower_bearer::{AuthService, ResponseFuture};
+    use tower_bearer::ResponseFuture;
     let size = std::mem::size_of::<ResponseFuture<Noop, Request<&'static str>>>();
     let request = std::mem::size_of::<Request<&'static str>>();
     eprintln!("ResponseFuture<Noop, Request<&str>>: {size} bytes (the request itself: {request})");

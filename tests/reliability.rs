@@ -166,3 +166,86 @@ async fn refresh_ahead_off_still_renews_at_expiry() {
     assert_eq!(source.fetches(), 2);
     assert_eq!(auth.stats().background_refreshes, 0);
 }
+
+/// Sends one request through `svc` (kept, not cloned: a long-lived service, which after its
+/// first requests reads only its own copy of the token's state) and returns the token it
+/// carried.
+async fn send<S>(svc: &mut S, api: &support::ProtectedApi) -> String
+where
+    S: tower::Service<Request<Body>, Response = http::Response<String>, Error = BoxError>,
+{
+    let response = svc.ready().await.unwrap().call(request()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    api.seen().last().unwrap().clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_lived_service_sees_expiry_and_revocation_at_once() {
+    let source = CountingSource::new(Duration::ZERO, Some(Duration::from_secs(100)));
+    let api = source.api();
+    let auth = AuthLayer::builder(source.clone())
+        .refresh_ahead(false)
+        .build();
+    let mut svc = ServiceBuilder::new()
+        .layer(auth.clone())
+        .service(api.clone());
+    for _ in 0..20 {
+        assert_eq!(send(&mut svc, &api).await, "tok-1");
+    }
+    // Usable until 70 s (100 s less the 30 s margin).
+    advance(Duration::from_secs(69)).await;
+    assert_eq!(send(&mut svc, &api).await, "tok-1");
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(send(&mut svc, &api).await, "tok-2", "expired at 70 s");
+    for _ in 0..20 {
+        assert_eq!(send(&mut svc, &api).await, "tok-2");
+    }
+    // Revoked: the next request is rejected and resent with a new token, and the one after
+    // uses that new token, not the one this service had cached.
+    api.revoke("tok-2");
+    assert_eq!(send(&mut svc, &api).await, "tok-3");
+    assert_eq!(send(&mut svc, &api).await, "tok-3");
+    assert_eq!(api.unauthorized(), 1);
+    // Forgotten by hand (`invalidate`): the same.
+    assert!(auth.invalidate(&tower_bearer::Token::new("tok-3")));
+    assert_eq!(send(&mut svc, &api).await, "tok-4");
+    assert_eq!(source.fetches(), 4);
+}
+
+/// The flag that spares a request the clock read is cleared by a timer of the runtime that
+/// fetched the token. A runtime that shuts down fires its timers, so requests made from another
+/// runtime afterwards still see the token expire.
+#[test]
+fn a_token_fetched_by_a_runtime_since_shut_down_still_expires() {
+    let paused = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    let source = CountingSource::new(Duration::ZERO, Some(Duration::from_secs(100)));
+    let api = source.api();
+    let auth = AuthLayer::builder(source.clone())
+        .refresh_ahead(false)
+        .build();
+    let mut svc = ServiceBuilder::new().layer(auth).service(api.clone());
+    let first = paused();
+    first.block_on(async {
+        for _ in 0..20 {
+            assert_eq!(send(&mut svc, &api).await, "tok-1");
+        }
+    });
+    drop(first);
+    paused().block_on(async {
+        assert_eq!(send(&mut svc, &api).await, "tok-1");
+        advance(Duration::from_secs(71)).await;
+        assert_eq!(send(&mut svc, &api).await, "tok-2");
+    });
+    assert_eq!(source.fetches(), 2);
+    assert_eq!(
+        api.unauthorized(),
+        0,
+        "no request carried the expired token"
+    );
+}
