@@ -1,7 +1,9 @@
 //! The token cache: one current token in an [`ArcSwapOption`], and single-flight fetching.
 //!
-//! Reading the current token is one atomic load (the service keeps an [`arc_swap::Cache`], which
-//! is cheaper still) and one comparison against the clock. No lock is taken on that path.
+//! Reading the current token is one atomic load and one comparison against the clock; services
+//! do better still: each keeps the entry it last used and checks its `clock_free` flag, which
+//! stays up while the entry is current and before its refresh point (the cache lowers it when
+//! the entry is replaced, a timer at the refresh point). No lock is taken on either path.
 //!
 //! When no valid token exists, callers go through [`TokenCache::acquire`]. The first one starts a
 //! *flight*: a Tokio task that calls the [`TokenSource`](crate::TokenSource), installs the token,
