@@ -23,9 +23,28 @@
 //! `tokio::sync::Mutex` (locked by every caller, which fetches when it finds none: the common
 //! naive single-flight), and the same without the lock (check, fetch if missing: a stampede).
 //!
+//! They also run the peer crate of the hot-path benchmark, `aliri_tokens` 0.3 (`TokenWatcher`),
+//! with the same 5 ms endpoint counting its fetches (an `AsyncTokenSource` issuing `tok-1`,
+//! `tok-2`, ..., no jitter, default backoff). Its design differs: a watcher fetches its first
+//! token when it is spawned, then a background task replaces the token when it becomes stale,
+//! on its own schedule; a caller only ever reads the current token and never triggers a fetch.
+//!
+//! - cold start: the callers share a `tokio::sync::OnceCell<TokenWatcher>`; the first one to
+//!   get there spawns the watcher (its first fetch), the others wait on the cell;
+//! - at expiry: aliri's lifetimes and clock are whole seconds, so its first token lives 2 s
+//!   (not 20 ms); the callers go at once when aliri's own clock says that token expired, and each
+//!   records whether the token it got was past its `expiry()` (and whether aliri's
+//!   `token_status()` said so: it says `Fresh` until the stale point). Two rows: aliri's
+//!   default `TokenLifetimeConfig` (stale after 75 % of the lifetime, but never before 30 s:
+//!   for a token shorter than 30 s the stale point falls after its expiry), and stale at 50 %
+//!   (`TokenLifetimeConfig::new(0.5, 0 s)`), which refreshes before expiry. What is reported is
+//!   what it did: fetches after the first token, when the refresh started, caller latency, and
+//!   how many callers got an expired token.
+//!
 //! Each `AuthLayer` row must show exactly one token fetch (PASS/FAIL); the process exits with
-//! status 1 if any row fails. Caller latency is measured with `std::time::Instant` around each
-//! call; p50/p99 are nearest-rank percentiles of the sorted durations.
+//! status 1 if any row fails. The comparison rows are reported, not judged. Caller latency is
+//! measured with `std::time::Instant` around each call; p50/p99 are nearest-rank percentiles of
+//! the sorted durations.
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
@@ -34,15 +53,20 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{
-        Arc, RwLock,
+        Arc, Mutex, RwLock,
         atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering::Relaxed},
     },
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
+use aliri_clock::{Clock as _, DurationSecs, UnixTime};
+use aliri_tokens::{
+    AccessToken, IdToken, TokenLifetimeConfig, TokenStatus, TokenWatcher, TokenWithLifetime,
+    backoff::ErrorBackoffConfig, jitter::NullJitter, sources::AsyncTokenSource,
+};
 use http::{Request, Response, StatusCode, header};
-use tokio::sync::{Barrier, Semaphore, watch};
+use tokio::sync::{Barrier, OnceCell, Semaphore, watch};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_bearer::{AuthLayer, Token, TokenSource, source::from_fn};
 
@@ -59,6 +83,8 @@ const STEADY_FIRST: Duration = Duration::from_secs(2);
 const STEADY_FROM: Duration = Duration::from_millis(300);
 /// ... and is spread evenly over this long, so it crosses the token's expiry at 1.0 s.
 const STEADY_SPAN: Duration = Duration::from_secs(1);
+/// Lifetime of aliri's first token in scenario 2: its lifetimes and its clock are whole seconds.
+const ALIRI_SHORT: DurationSecs = DurationSecs(2);
 /// Longest any wait inside a scenario may take before it is reported as a failure.
 const DEADLINE: Duration = Duration::from_secs(60);
 const URL: &str = "https://api.test/items";
@@ -550,6 +576,245 @@ async fn stampede_storm(n: usize, expired: bool) -> Row {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The peer crate: aliri_tokens.
+
+/// The 5 ms endpoint for aliri: `tok-1`, `tok-2`, ...; the first valid for `first`, the others
+/// for an hour; stale as `config` says.
+#[derive(Clone)]
+struct AliriSource {
+    first: DurationSecs,
+    config: TokenLifetimeConfig,
+    fetches: Arc<AtomicU64>,
+    /// When each fetch started.
+    started: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl AliriSource {
+    fn new(first: DurationSecs, config: TokenLifetimeConfig) -> Self {
+        AliriSource {
+            first,
+            config,
+            fetches: Arc::new(AtomicU64::new(0)),
+            started: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl AsyncTokenSource for AliriSource {
+    type Error = Infallible;
+
+    async fn request_token(&mut self) -> Result<TokenWithLifetime, Infallible> {
+        let n = self.fetches.fetch_add(1, Relaxed) + 1;
+        self.started
+            .lock()
+            .expect("not poisoned")
+            .push(Instant::now());
+        tokio::time::sleep(FETCH_LATENCY).await;
+        let lifetime = if n == 1 {
+            self.first
+        } else {
+            DurationSecs(LONG.as_secs())
+        };
+        Ok(self.config.create_token(
+            AccessToken::new(format!("tok-{n}")),
+            None::<IdToken>,
+            lifetime,
+        ))
+    }
+}
+
+/// Spawns a watcher: its first fetch, then its background refresh task.
+async fn spawn_watcher(source: AliriSource) -> TokenWatcher {
+    TokenWatcher::spawn_from_token_source(source, NullJitter, ErrorBackoffConfig::default())
+        .await
+        .unwrap_or_else(|never| match never {})
+}
+
+/// Scenario 1: the callers share a `OnceCell<TokenWatcher>`; the first spawns the watcher.
+async fn aliri_cold_start(n: usize) -> Row {
+    let source = AliriSource::new(DurationSecs(LONG.as_secs()), TokenLifetimeConfig::default());
+    let fetches = Arc::clone(&source.fetches);
+    let cell = Arc::new(OnceCell::<TokenWatcher>::new());
+    let waited = Arc::new(AtomicU64::new(0));
+    let (caller_cell, caller_waited) = (Arc::clone(&cell), Arc::clone(&waited));
+    let result = storm(
+        n,
+        move || {
+            let (cell, waited, source) = (
+                Arc::clone(&caller_cell),
+                Arc::clone(&caller_waited),
+                source.clone(),
+            );
+            async move {
+                if !cell.initialized() {
+                    waited.fetch_add(1, Relaxed);
+                }
+                let watcher = cell.get_or_init(|| spawn_watcher(source)).await;
+                let token = watcher.token().access_token().as_str().to_owned();
+                !token.is_empty()
+            }
+        },
+        async {},
+    )
+    .await;
+    Row {
+        callers: n,
+        design: "aliri_tokens `TokenWatcher` (in a `OnceCell`)",
+        fetches: fetches.load(Relaxed),
+        check: Check::Info,
+        waited: Some(waited.load(Relaxed)),
+        latency: Latency::of(result.latencies),
+        wall: result.wall,
+        notes: format!(
+            "the first caller spawns the watcher (its first fetch), the others wait on the cell{}",
+            if result.errors == 0 {
+                String::new()
+            } else {
+                format!("; {}", errors_note(result.errors))
+            }
+        ),
+    }
+}
+
+/// `t` as an offset from `from` (`UnixTime` is whole seconds since the epoch).
+fn offset(t: UnixTime, from: SystemTime) -> Duration {
+    SystemTime::from(t)
+        .duration_since(from)
+        .unwrap_or(Duration::ZERO)
+}
+
+/// Scenario 2: a 2 s first token, then N callers at once once aliri's clock says it expired.
+async fn aliri_at_expiry(n: usize, config: TokenLifetimeConfig, stale_at_half: bool) -> Row {
+    let source = AliriSource::new(ALIRI_SHORT, config);
+    let (fetches, started) = (Arc::clone(&source.fetches), Arc::clone(&source.started));
+    let requested = SystemTime::now();
+    let requested_at = Instant::now();
+    let watcher = spawn_watcher(source).await;
+    let (first_stale, first_expiry) = {
+        let first = watcher.token();
+        (first.stale(), first.expiry())
+    };
+    // Callers that got a token past its expiry, and those of them for which aliri's
+    // `token_status()` did not say `Expired`.
+    let expired = Arc::new(AtomicUsize::new(0));
+    let not_reported = Arc::new(AtomicUsize::new(0));
+    let (caller_watcher, caller_expired, caller_not_reported) = (
+        watcher.clone(),
+        Arc::clone(&expired),
+        Arc::clone(&not_reported),
+    );
+    let mut prepared = true;
+    let mut released = requested_at;
+    let result = storm(
+        n,
+        move || {
+            let (watcher, expired, not_reported) = (
+                caller_watcher.clone(),
+                Arc::clone(&caller_expired),
+                Arc::clone(&caller_not_reported),
+            );
+            async move {
+                let (token, past_expiry, status) = {
+                    let current = watcher.token();
+                    (
+                        current.access_token().as_str().to_owned(),
+                        aliri_clock::System.now() >= current.expiry(),
+                        current.token_status(),
+                    )
+                };
+                if past_expiry {
+                    expired.fetch_add(1, Relaxed);
+                    if !matches!(status, TokenStatus::Expired) {
+                        not_reported.fetch_add(1, Relaxed);
+                    }
+                }
+                !token.is_empty()
+            }
+        },
+        async {
+            // Release the callers once aliri's own clock says the first token expired.
+            prepared = wait_until(|| aliri_clock::System.now() >= first_expiry).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            released = Instant::now();
+        },
+    )
+    .await;
+    let fetched = fetches.load(Relaxed).saturating_sub(1);
+    let refresh = started
+        .lock()
+        .expect("not poisoned")
+        .get(1)
+        .map(|at| *at - requested_at);
+    let (expired, not_reported) = (expired.load(Relaxed), not_reported.load(Relaxed));
+    let mut notes = format!(
+        "{}first token stale at +{}, expired at +{}; ",
+        if stale_at_half {
+            "stale at 50 %: "
+        } else {
+            "default lifetime config: "
+        },
+        Dur(offset(first_stale, requested)),
+        Dur(offset(first_expiry, requested)),
+    );
+    match refresh {
+        Some(at) => {
+            let _ = write!(
+                notes,
+                "background refresh started at +{}, {} the callers (released at +{})",
+                Dur(at),
+                if at < released - requested_at {
+                    "before"
+                } else {
+                    "after"
+                },
+                Dur(released - requested_at),
+            );
+        }
+        None => {
+            let _ = write!(
+                notes,
+                "no refresh yet when the callers came (released at +{})",
+                Dur(released - requested_at),
+            );
+        }
+    }
+    let _ = write!(
+        notes,
+        "; **{} of {} callers got an expired token**",
+        thousands(expired as u128),
+        thousands(n as u128),
+    );
+    if not_reported > 0 {
+        let _ = write!(
+            notes,
+            " (for {} of them aliri's `token_status()` said `Fresh`)",
+            thousands(not_reported as u128),
+        );
+    }
+    if !prepared {
+        notes.push_str("; first token never expired");
+    }
+    if result.errors > 0 {
+        let _ = write!(notes, "; {}", errors_note(result.errors));
+    }
+    Row {
+        callers: n,
+        design: if stale_at_half {
+            "aliri_tokens `TokenWatcher`, stale at 50 %"
+        } else {
+            "aliri_tokens `TokenWatcher`, default config"
+        },
+        fetches: fetched,
+        check: Check::Info,
+        waited: None,
+        latency: Latency::of(result.latencies),
+        wall: result.wall,
+        notes,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Scenario 3: a 401 storm.
 
 /// A protected API: 401 for the revoked token, 200 otherwise. Requests carrying `held` wait
@@ -841,6 +1106,7 @@ async fn run(settings: &Settings) -> bool {
         rows.push(layer_storm(n, false).await);
         rows.push(mutex_storm(n, false).await);
         rows.push(stampede_storm(n, false).await);
+        rows.push(aliri_cold_start(n).await);
     }
     report(
         "1. Cold start: N callers of `auth.token()` at once, empty cache",
@@ -852,9 +1118,11 @@ async fn run(settings: &Settings) -> bool {
         rows.push(layer_storm(n, true).await);
         rows.push(mutex_storm(n, true).await);
         rows.push(stampede_storm(n, true).await);
+        rows.push(aliri_at_expiry(n, TokenLifetimeConfig::default(), false).await);
+        rows.push(aliri_at_expiry(n, TokenLifetimeConfig::new(0.5, DurationSecs(0)), true).await);
     }
     report(
-        "2. At expiry: N callers at once after the token expired, `refresh_ahead(false)`",
+        "2. At expiry: N callers at once after the token expired (`AuthLayer`: `refresh_ahead(false)`)",
         rows,
     );
 
