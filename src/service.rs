@@ -209,26 +209,24 @@ where
         let Some(generation) = self.local.token(&self.cache) else {
             return self.acquiring(request);
         };
-        let replay = if self.retry {
-            request.prepare_replay(self.replay_limit)
-        } else {
-            None
-        };
-        request
-            .headers_mut()
-            .insert(self.header_name.clone(), self.local.header.clone());
         let cache = self.cache.id();
-        match replay {
-            None => ResponseFuture::sent(self.inner.call(request), cache, generation, None),
-            Some(replay) => {
+        if self.retry {
+            if let Some(replay) = request.prepare_replay(self.replay_limit) {
+                request
+                    .headers_mut()
+                    .insert(self.header_name.clone(), self.local.header.clone());
                 // Keep the readied service for a possible resend; leave a clone behind.
                 let clone = self.inner.clone();
                 let mut inner = mem::replace(&mut self.inner, clone);
                 let fut = inner.call(request);
                 let handle = Arc::clone(&self.local.handle);
-                ResponseFuture::sent(fut, cache, generation, Some((inner, replay, handle)))
+                return ResponseFuture::sent(fut, cache, generation, Some((inner, replay, handle)));
             }
         }
+        request
+            .headers_mut()
+            .insert(self.header_name.clone(), self.local.header.clone());
+        ResponseFuture::sent(self.inner.call(request), cache, generation, None)
     }
 }
 

@@ -207,7 +207,9 @@ pub struct ReplayRequest<B: ReplayBody> {
     method: Method,
     uri: Uri,
     version: Version,
-    headers: HeaderMap,
+    /// `None` when the request had no headers: most reach the layer with none, and an empty
+    /// map costs a construction and a drop that nothing needs.
+    headers: Option<HeaderMap>,
     extensions: Extensions,
     body: B::Replay,
 }
@@ -224,18 +226,17 @@ impl<B: ReplayBody> std::fmt::Debug for ReplayRequest<B> {
 impl<B: ReplayBody> ReplayRequest<B> {
     /// Keeps a copy of `request`'s head and what its body needs for a possible resend, if the
     /// body allows one.
+    #[inline(always)]
     pub(crate) fn prepare(request: &mut Request<B>, limit: usize) -> Option<Self> {
         let body = request.body_mut().prepare_replay(limit)?;
         Some(ReplayRequest {
             method: request.method().clone(),
             uri: request.uri().clone(),
             version: request.version(),
-            // Most requests reach the layer with no headers yet: an empty map is made, not
-            // cloned (which would copy its empty tables).
             headers: if request.headers().is_empty() {
-                HeaderMap::new()
+                None
             } else {
-                request.headers().clone()
+                Some(request.headers().clone())
             },
             extensions: request.extensions().clone(),
             body,
@@ -249,7 +250,9 @@ impl<B: ReplayBody> ReplayRequest<B> {
         *request.method_mut() = self.method;
         *request.uri_mut() = self.uri;
         *request.version_mut() = self.version;
-        *request.headers_mut() = self.headers;
+        if let Some(headers) = self.headers {
+            *request.headers_mut() = headers;
+        }
         *request.extensions_mut() = self.extensions;
         Some(request)
     }
