@@ -193,50 +193,45 @@ where
     }
 }
 
-/// Hand-written: the header behind a `std::sync::Mutex`.
-#[derive(Clone)]
-struct StdMutexAuth<S> {
-    cache: Arc<Mutex<Cached>>,
+/// The `std` locks the hand-written designs put the header behind.
+trait Lock: Send + Sync {
+    /// The header, if the token has not expired: lock (or read-lock), compare the expiry with
+    /// `Instant::now()`, clone the header, unlock.
+    fn header(&self) -> Option<HeaderValue>;
+}
+
+impl Lock for Mutex<Cached> {
+    fn header(&self) -> Option<HeaderValue> {
+        let cached = self.lock().unwrap();
+        (Instant::now() < cached.expires).then(|| cached.header.clone())
+    }
+}
+
+impl Lock for RwLock<Cached> {
+    fn header(&self) -> Option<HeaderValue> {
+        let cached = self.read().unwrap();
+        (Instant::now() < cached.expires).then(|| cached.header.clone())
+    }
+}
+
+/// Hand-written: the header behind a `std::sync::Mutex` or `std::sync::RwLock` (`L`).
+struct LockedAuth<L, S> {
+    cache: Arc<L>,
     inner: S,
 }
 
-impl<S, B> Service<Request<B>> for StdMutexAuth<S>
-where
-    S: Service<Request<B>>,
-    S::Error: Into<BoxError>,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = Attached<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let header = {
-            let cached = self.cache.lock().unwrap();
-            if Instant::now() >= cached.expires {
-                return Attached::Expired;
-            }
-            cached.header.clone()
-        };
-        req.headers_mut().insert(AUTHORIZATION, header);
-        Attached::Sent {
-            inner: self.inner.call(req),
+impl<L, S: Clone> Clone for LockedAuth<L, S> {
+    fn clone(&self) -> Self {
+        LockedAuth {
+            cache: Arc::clone(&self.cache),
+            inner: self.inner.clone(),
         }
     }
 }
 
-/// Hand-written: the header behind a `std::sync::RwLock`.
-#[derive(Clone)]
-struct StdRwLockAuth<S> {
-    cache: Arc<RwLock<Cached>>,
-    inner: S,
-}
-
-impl<S, B> Service<Request<B>> for StdRwLockAuth<S>
+impl<L, S, B> Service<Request<B>> for LockedAuth<L, S>
 where
+    L: Lock,
     S: Service<Request<B>>,
     S::Error: Into<BoxError>,
 {
@@ -249,12 +244,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let header = {
-            let cached = self.cache.read().unwrap();
-            if Instant::now() >= cached.expires {
-                return Attached::Expired;
-            }
-            cached.header.clone()
+        let Some(header) = self.cache.header() else {
+            return Attached::Expired;
         };
         req.headers_mut().insert(AUTHORIZATION, header);
         Attached::Sent {
@@ -399,11 +390,11 @@ fn variants(rt: &tokio::runtime::Runtime, v: &mut impl Visit) {
     });
     v.visit("auth_layer_retry_off", || auth_layer(rt, false));
     v.visit("auth_layer", || auth_layer(rt, true));
-    v.visit("std_mutex", || StdMutexAuth {
+    v.visit("std_mutex", || LockedAuth {
         cache: Arc::new(Mutex::new(Cached::new())),
         inner: Noop,
     });
-    v.visit("std_rwlock", || StdRwLockAuth {
+    v.visit("std_rwlock", || LockedAuth {
         cache: Arc::new(RwLock::new(Cached::new())),
         inner: Noop,
     });
