@@ -34,11 +34,12 @@
 //!
 //! - `hot_path/single_thread/<variant>`: one thread sends requests one after the other;
 //! - `hot_path/per_core/<variant>`: one caller per core. `available_parallelism()` threads, each
-//!   with its own clone of ONE layered service (so they share one token cache, one header value,
+//!   pinned to its own core (`core_affinity`) and holding its own clone of ONE layered service (so they share one token cache, one header value,
 //!   one lock), start together at a `std::sync::Barrier` and each sends the same number of
 //!   requests. The time reported is the wall time (first start to last finish) divided by the
 //!   requests of one thread: time per request per thread. Without contention it equals the
-//!   single-threaded time; shared cache lines show up as more.
+//!   single-threaded time; shared cache lines show up as more. The same measurement is also
+//!   repeated in interleaved rounds (below), which drift between benchmarks cannot skew.
 //!
 //! Every request is polled by hand with a no-op waker (nothing here is ever pending); the same
 //! current-thread Tokio runtime is entered on every thread. A full run ends with a Markdown table
@@ -378,7 +379,7 @@ trait Visit {
     fn visit<S, F>(&mut self, variant: &'static str, make: F)
     where
         F: FnOnce() -> S,
-        S: Service<Req> + Clone + Send,
+        S: Service<Req> + Clone + Send + 'static,
         S::Error: std::fmt::Debug;
 }
 
@@ -416,7 +417,7 @@ impl Visit for SingleThread<'_, '_> {
     fn visit<S, F>(&mut self, variant: &'static str, make: F)
     where
         F: FnOnce() -> S,
-        S: Service<Req> + Clone + Send,
+        S: Service<Req> + Clone + Send + 'static,
         S::Error: std::fmt::Debug,
     {
         let mut svc = make();
@@ -437,7 +438,7 @@ impl Visit for PerCore<'_, '_> {
     fn visit<S, F>(&mut self, variant: &'static str, make: F)
     where
         F: FnOnce() -> S,
-        S: Service<Req> + Clone + Send,
+        S: Service<Req> + Clone + Send + 'static,
         S::Error: std::fmt::Debug,
     {
         // One service; every thread gets a clone of it, so all share its token, header, lock.
@@ -445,36 +446,151 @@ impl Visit for PerCore<'_, '_> {
         let (threads, runtime) = (self.threads, self.runtime);
         self.group
             .bench_function(BenchmarkId::new(PER_CORE, variant), |b| {
-                b.iter_custom(|iters| {
-                    let barrier = Barrier::new(threads);
-                    let spans: Vec<(Instant, Instant)> = thread::scope(|scope| {
-                        let callers: Vec<_> = (0..threads)
-                            .map(|_| {
-                                let mut svc = shared.clone();
-                                let barrier = &barrier;
-                                scope.spawn(move || {
-                                    let _runtime = runtime.enter();
-                                    barrier.wait();
-                                    let start = Instant::now();
-                                    for _ in 0..iters {
-                                        one(&mut svc);
-                                    }
-                                    (start, Instant::now())
-                                })
-                            })
-                            .collect();
-                        callers
-                            .into_iter()
-                            .map(|caller| caller.join().expect("caller thread panicked"))
-                            .collect()
-                    });
-                    let first = spans.iter().map(|span| span.0).min();
-                    let last = spans.iter().map(|span| span.1).max();
-                    last.zip(first)
-                        .map_or(Duration::ZERO, |(last, first)| last - first)
-                });
+                b.iter_custom(|iters| per_core_run(&shared, threads, runtime, iters));
             });
     }
+}
+
+/// `threads` threads, each pinned to its own core with its own clone of `shared`, start
+/// together at a barrier and send `iters` requests each: the time from the first start to the
+/// last finish.
+fn per_core_run<S>(
+    shared: &S,
+    threads: usize,
+    runtime: &tokio::runtime::Handle,
+    iters: u64,
+) -> Duration
+where
+    S: Service<Req> + Clone + Send,
+    S::Error: std::fmt::Debug,
+{
+    let barrier = Barrier::new(threads);
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let spans: Vec<(Instant, Instant)> = thread::scope(|scope| {
+        let callers: Vec<_> = (0..threads)
+            .map(|i| {
+                let mut svc = shared.clone();
+                let barrier = &barrier;
+                let core = cores.get(i).copied();
+                scope.spawn(move || {
+                    // One caller per core, for the whole run.
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    let _runtime = runtime.enter();
+                    barrier.wait();
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        one(&mut svc);
+                    }
+                    (start, Instant::now())
+                })
+            })
+            .collect();
+        callers
+            .into_iter()
+            .map(|caller| caller.join().expect("caller thread panicked"))
+            .collect()
+    });
+    let first = spans.iter().map(|span| span.0).min();
+    let last = spans.iter().map(|span| span.1).max();
+    last.zip(first)
+        .map_or(Duration::ZERO, |(last, first)| last - first)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interleaved rounds of the per-core measurement.
+//
+// Criterion measures one benchmark after another, seconds apart. With one caller per core the
+// result depends on how much the threads really overlap, which on a shared machine drifts
+// from minute to minute (the floor's per-core median has read from 225 ns to 375 ns here). So
+// the per-core comparison is also made in rounds: each round runs every variant once, one
+// after the other (starting at a different variant each round), and each variant's time is
+// divided by the floor's time of the same round. The median of those ratios over the rounds
+// is the figure that drift cannot move.
+
+/// Rounds in a full run, and requests per thread in each variant's turn.
+const ROUNDS: usize = 15;
+const ROUND_REQUESTS: u64 = 100_000;
+
+/// One variant's per-core run with a given number of requests per thread, ready to repeat.
+type PerCoreRun<'a> = Box<dyn FnMut(u64) -> Duration + 'a>;
+
+/// Each variant's per-core run.
+struct Rounds<'a> {
+    threads: usize,
+    runtime: &'a tokio::runtime::Handle,
+    runs: Vec<(&'static str, PerCoreRun<'a>)>,
+}
+
+impl<'a> Visit for Rounds<'a> {
+    fn visit<S, F>(&mut self, variant: &'static str, make: F)
+    where
+        F: FnOnce() -> S,
+        S: Service<Req> + Clone + Send + 'static,
+        S::Error: std::fmt::Debug,
+    {
+        let shared = make();
+        let (threads, runtime) = (self.threads, self.runtime);
+        self.runs.push((
+            variant,
+            Box::new(move |iters| per_core_run(&shared, threads, runtime, iters)),
+        ));
+    }
+}
+
+/// Per variant, in [`VARIANTS`] order: the median time per request per thread over the rounds,
+/// and the median, lowest and highest of its per-round ratios to the floor.
+struct Interleaved {
+    variant: &'static str,
+    median_ns: f64,
+    ratio: (f64, f64, f64),
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn interleaved(rounds: usize, requests: u64) -> Vec<Interleaved> {
+    let rt = runtime();
+    let _guard = rt.enter();
+    let mut all = Rounds {
+        threads: cores(),
+        runtime: rt.handle(),
+        runs: Vec::new(),
+    };
+    variants(&rt, &mut all);
+    let n = all.runs.len();
+    let floor = all
+        .runs
+        .iter()
+        .position(|run| run.0 == FLOOR)
+        .expect("the floor is a variant");
+    // One warm-up turn each: every service makes its own copies and settles.
+    for (_, run) in &mut all.runs {
+        run(requests / 10 + 1);
+    }
+    let mut times = vec![Vec::with_capacity(rounds); n];
+    for round in 0..rounds {
+        for k in 0..n {
+            let i = (round + k) % n;
+            let elapsed = (all.runs[i].1)(requests);
+            times[i].push(elapsed.as_nanos() as f64 / requests as f64);
+        }
+    }
+    (0..n)
+        .map(|i| {
+            let mut ratios: Vec<f64> = (0..rounds).map(|r| times[i][r] / times[floor][r]).collect();
+            let ratio = median(&mut ratios);
+            let (low, high) = (ratios[0], ratios[rounds - 1]);
+            Interleaved {
+                variant: all.runs[i].0,
+                median_ns: median(&mut times[i]),
+                ratio: (ratio, low, high),
+            }
+        })
+        .collect()
 }
 
 fn cores() -> usize {
@@ -510,7 +626,7 @@ impl Visit for Loop {
     fn visit<S, F>(&mut self, variant: &'static str, make: F)
     where
         F: FnOnce() -> S,
-        S: Service<Req> + Clone + Send,
+        S: Service<Req> + Clone + Send + 'static,
         S::Error: std::fmt::Debug,
     {
         if variant == self.variant {
@@ -585,6 +701,18 @@ fn cpu_model() -> Option<String> {
     })
 }
 
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn ns(value: Option<f64>) -> String {
     value.map_or_else(|| "-".to_owned(), |ns| format!("{ns:.1} ns"))
 }
@@ -596,7 +724,7 @@ fn ratio(value: Option<f64>, floor: Option<f64>) -> String {
     }
 }
 
-fn summary(dir: &Path, since: SystemTime) {
+fn summary(dir: &Path, since: SystemTime, rounds: &[Interleaved]) {
     let rows: Vec<(&str, Option<f64>, Option<f64>)> = VARIANTS
         .iter()
         .map(|&variant| {
@@ -627,18 +755,31 @@ fn summary(dir: &Path, since: SystemTime) {
         cpu_model().map_or_else(String::new, |model| format!(", {model}")),
         dir.display(),
     );
-    out.push_str(
-        "| variant | single-threaded | ratio to the floor | per core | ratio to the floor (per core) |\n",
+    let _ = writeln!(
+        out,
+        "interleaved rounds: {ROUNDS} rounds of every variant in turn, {} requests per thread \
+         each; per-round ratio to the floor, median (lowest-highest)\n",
+        thousands(ROUND_REQUESTS),
     );
-    out.push_str("|---|---:|---:|---:|---:|\n");
+    out.push_str(
+        "| variant | single-threaded | ratio to the floor | per core | ratio to the floor (per core) \
+         | per core, interleaved rounds | ratio to the floor, same round |\n",
+    );
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
     for (variant, single, per_core) in &rows {
+        let round = rounds.iter().find(|r| r.variant == *variant);
         let _ = writeln!(
             out,
-            "| `{variant}` | {} | {} | {} | {} |",
+            "| `{variant}` | {} | {} | {} | {} | {} | {} |",
             ns(*single),
             ratio(*single, floor.0),
             ns(*per_core),
             ratio(*per_core, floor.1),
+            ns(round.map(|r| r.median_ns)),
+            round.map_or_else(
+                || "-".to_owned(),
+                |r| format!("{:.2} ({:.2}-{:.2})", r.ratio.0, r.ratio.1, r.ratio.2)
+            ),
         );
     }
     print!("{out}");
@@ -667,8 +808,16 @@ fn main() {
         .iter()
         .any(|arg| arg == "--test" || arg.starts_with("--profile-time"))
     {
+        // Run the interleaved rounds' code once, untimed, so that it cannot rot.
+        let rows = interleaved(1, 100);
+        assert_eq!(rows.len(), VARIANTS.len());
         println!("\nhot_path: no timings in this mode: no summary table");
         return;
     }
-    summary(&dir, since);
+    let rounds = if std::env::var_os("HOT_PATH_NO_ROUNDS").is_some() {
+        Vec::new()
+    } else {
+        interleaved(ROUNDS, ROUND_REQUESTS)
+    };
+    summary(&dir, since, &rounds);
 }
