@@ -60,6 +60,9 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future, S, R>,
+        // What a resend after a 401 needs, while the request is in `Send`. Kept beside the
+        // state rather than in it: built next to the state, it is moved fewer times.
+        replay: Option<Replay<S, R>>,
     }
 }
 
@@ -75,14 +78,14 @@ pin_project! {
             pending: Option<Box<Pending<S, R>>>,
         },
         // The request is with the inner service, carrying the token of `generation` from the
-        // cache `cache`; `replay` is kept for a resend after a 401. The cache is named, not
-        // held: an `Arc` cloned per request is a reference count every core would share.
+        // cache `cache` (the future's `replay` is kept for a resend after a 401). The cache is
+        // named, not held: an `Arc` cloned per request is a reference count every core would
+        // share.
         Send {
             #[pin]
             fut: F,
             cache: CacheId,
             generation: u64,
-            replay: Option<Replay<S, R>>,
         },
         // Waiting for the inner service to be ready for the resend.
         Ready {
@@ -119,8 +122,8 @@ where
                 fut,
                 cache,
                 generation,
-                replay,
             },
+            replay,
         }
     }
 
@@ -128,6 +131,7 @@ where
     pub(crate) fn passed(fut: S::Future) -> Self {
         ResponseFuture {
             state: State::Resend { fut },
+            replay: None,
         }
     }
 
@@ -135,6 +139,7 @@ where
     pub(crate) fn refused(error: Error) -> Self {
         ResponseFuture {
             state: State::Refused { error: Some(error) },
+            replay: None,
         }
     }
 
@@ -156,6 +161,7 @@ where
                     resend: false,
                 })),
             },
+            replay: None,
         }
     }
 }
@@ -209,16 +215,14 @@ where
                 return Poll::Ready(other.map_err(Into::into));
             }
         };
+        let this = self.as_mut().project();
         let StateProj::Send {
-            cache,
-            generation,
-            replay,
-            ..
-        } = self.as_mut().project().state.project()
+            cache, generation, ..
+        } = this.state.project()
         else {
             return Poll::Ready(Err(polled_after_completion()));
         };
-        let (cache, generation, replay) = (*cache, *generation, replay.take());
+        let (cache, generation, replay) = (*cache, *generation, this.replay.take());
         match rejected::<S, R>(response, cache, generation, replay) {
             Ok(response) => {
                 self.set_done();
@@ -275,11 +279,13 @@ where
                         request
                             .headers_mut()
                             .insert(header_name, entry.header.clone());
+                        let fut = service.call(request);
+                        *self.as_mut().project().replay =
+                            replay.map(|r| (service, r, CacheHandle::new(&cache)));
                         State::Send {
-                            fut: service.call(request),
+                            fut,
                             cache: cache.id(),
                             generation: entry.generation,
-                            replay: replay.map(|r| (service, r, CacheHandle::new(&cache))),
                         }
                     }
                 }
