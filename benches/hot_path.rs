@@ -42,12 +42,15 @@
 //!   repeated in interleaved rounds (below), which drift between benchmarks cannot skew.
 //!
 //! Every request is polled by hand with a no-op waker (nothing here is ever pending); the same
-//! current-thread Tokio runtime is entered on every thread. A full run ends with a Markdown table
-//! of the medians read back from criterion's `estimates.json` files.
+//! current-thread Tokio runtime is entered on every thread. A full run then runs the interleaved
+//! per-core rounds (below) and ends with a Markdown table of criterion's medians (read back from
+//! its `estimates.json` files) and of the rounds.
 //!
 //! ```text
 //! cargo bench --bench hot_path
 //! cargo bench --bench hot_path -- --test   # each benchmark once, no table (CI)
+//! cargo bench --bench hot_path -- rounds   # no criterion benchmark matches: the rounds alone
+//! HOT_PATH_NO_ROUNDS=1 cargo bench --bench hot_path   # criterion alone
 //! scripts/instructions                     # instructions per request, under valgrind's callgrind
 //! ```
 //!
@@ -64,7 +67,13 @@ use std::{
     mem,
     path::{Path, PathBuf},
     pin::{Pin, pin},
-    sync::{Arc, Barrier, Mutex, RwLock},
+    sync::{
+        Arc, Barrier, Mutex, RwLock,
+        atomic::{
+            AtomicU64,
+            Ordering::{Relaxed, Release},
+        },
+    },
     task::{Context, Poll, Waker},
     thread,
     time::{Duration, Instant, SystemTime},
@@ -539,6 +548,50 @@ impl<'a> Visit for Rounds<'a> {
     }
 }
 
+/// What one increment and one decrement of an atomic count cost each pinned thread, in
+/// nanoseconds: on a count all threads share, and on a count of its own (its own cache line).
+/// The difference is what a reference count shared by every core (the floor's header) costs
+/// per request at most on this machine now; it varies with where the cores sit (two hardware
+/// threads of one core share their caches and pass a line almost for free).
+struct LineCost {
+    shared_ns: f64,
+    own_ns: f64,
+}
+
+fn line_cost(threads: usize) -> LineCost {
+    const PAIRS: u64 = 2_000_000;
+    #[repr(align(128))]
+    struct Padded(AtomicU64);
+    let shared = AtomicU64::new(0);
+    let own: Vec<Padded> = (0..threads).map(|_| Padded(AtomicU64::new(0))).collect();
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    // Thread `i` works on `counts[i]`.
+    let run = |counts: Vec<&AtomicU64>| -> f64 {
+        let barrier = Barrier::new(threads);
+        let start = Instant::now();
+        thread::scope(|scope| {
+            for (i, count) in counts.into_iter().enumerate() {
+                let (barrier, core) = (&barrier, cores.get(i).copied());
+                scope.spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    barrier.wait();
+                    for _ in 0..PAIRS {
+                        count.fetch_add(1, Relaxed);
+                        count.fetch_sub(1, Release);
+                    }
+                });
+            }
+        });
+        start.elapsed().as_nanos() as f64 / PAIRS as f64
+    };
+    LineCost {
+        shared_ns: run(vec![&shared; threads]),
+        own_ns: run(own.iter().map(|padded| &padded.0).collect()),
+    }
+}
+
 /// Per variant, in [`VARIANTS`] order: the median time per request per thread over the rounds,
 /// and the median, lowest and highest of its per-round ratios to the floor.
 struct Interleaved {
@@ -552,7 +605,22 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-fn interleaved(rounds: usize, requests: u64) -> Vec<Interleaved> {
+/// The rounds, with the cost of a shared cache line measured before and after them.
+struct RoundsReport {
+    rows: Vec<Interleaved>,
+    line: (LineCost, LineCost),
+}
+
+fn interleaved(rounds: usize, requests: u64) -> RoundsReport {
+    let before = line_cost(cores());
+    let rows = interleaved_rows(rounds, requests);
+    RoundsReport {
+        rows,
+        line: (before, line_cost(cores())),
+    }
+}
+
+fn interleaved_rows(rounds: usize, requests: u64) -> Vec<Interleaved> {
     let rt = runtime();
     let _guard = rt.enter();
     let mut all = Rounds {
@@ -724,7 +792,8 @@ fn ratio(value: Option<f64>, floor: Option<f64>) -> String {
     }
 }
 
-fn summary(dir: &Path, since: SystemTime, rounds: &[Interleaved]) {
+fn summary(dir: &Path, since: SystemTime, report: Option<&RoundsReport>) {
+    let rounds: &[Interleaved] = report.map_or(&[], |r| &r.rows);
     let rows: Vec<(&str, Option<f64>, Option<f64>)> = VARIANTS
         .iter()
         .map(|&variant| {
@@ -735,7 +804,7 @@ fn summary(dir: &Path, since: SystemTime, rounds: &[Interleaved]) {
             )
         })
         .collect();
-    if rows.iter().all(|row| row.1.is_none() && row.2.is_none()) {
+    if rounds.is_empty() && rows.iter().all(|row| row.1.is_none() && row.2.is_none()) {
         println!(
             "\nhot_path: no estimates from this run under {}: no summary table",
             dir.display()
@@ -755,12 +824,22 @@ fn summary(dir: &Path, since: SystemTime, rounds: &[Interleaved]) {
         cpu_model().map_or_else(String::new, |model| format!(", {model}")),
         dir.display(),
     );
-    let _ = writeln!(
-        out,
-        "interleaved rounds: {ROUNDS} rounds of every variant in turn, {} requests per thread \
-         each; per-round ratio to the floor, median (lowest-highest)\n",
-        thousands(ROUND_REQUESTS),
-    );
+    if let Some(report) = report {
+        let _ = writeln!(
+            out,
+            "interleaved rounds: {ROUNDS} rounds of every variant in turn, {} requests per \
+             thread each; per-round ratio to the floor, median (lowest-highest)\n",
+            thousands(ROUND_REQUESTS),
+        );
+        let (before, after) = &report.line;
+        let _ = writeln!(
+            out,
+            "one cache line written by every core, per increment-decrement pair per thread: \
+             {:.1} ns shared vs {:.1} ns on its own line before the rounds, {:.1} ns vs {:.1} ns \
+             after\n",
+            before.shared_ns, before.own_ns, after.shared_ns, after.own_ns,
+        );
+    }
     out.push_str(
         "| variant | single-threaded | ratio to the floor | per core | ratio to the floor (per core) \
          | per core, interleaved rounds | ratio to the floor, same round |\n",
@@ -809,15 +888,13 @@ fn main() {
         .any(|arg| arg == "--test" || arg.starts_with("--profile-time"))
     {
         // Run the interleaved rounds' code once, untimed, so that it cannot rot.
-        let rows = interleaved(1, 100);
-        assert_eq!(rows.len(), VARIANTS.len());
+        let report = interleaved(1, 100);
+        assert_eq!(report.rows.len(), VARIANTS.len());
         println!("\nhot_path: no timings in this mode: no summary table");
         return;
     }
-    let rounds = if std::env::var_os("HOT_PATH_NO_ROUNDS").is_some() {
-        Vec::new()
-    } else {
-        interleaved(ROUNDS, ROUND_REQUESTS)
-    };
-    summary(&dir, since, &rounds);
+    let rounds = std::env::var_os("HOT_PATH_NO_ROUNDS")
+        .is_none()
+        .then(|| interleaved(ROUNDS, ROUND_REQUESTS));
+    summary(&dir, since, rounds.as_ref());
 }
