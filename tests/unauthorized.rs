@@ -228,6 +228,30 @@ async fn a_late_401_for_a_replaced_token_causes_no_fetch() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_one_off_client_still_resends_after_a_401() {
+    // Nothing but the request's future is left once it is sent: the layer went with the
+    // builder, the service with `oneshot`. The future keeps the cache alive, so the 401 still
+    // gets its new token and the resend.
+    let source = source();
+    let api = source.api();
+    api.set_latency(Duration::from_millis(10));
+    let one_off = ServiceBuilder::new()
+        .layer(AuthLayer::new(source.clone()))
+        .service(api.clone())
+        .oneshot(post("once"));
+    let response = tokio::spawn(one_off);
+    // The fetch takes 5 ms; at 8 ms the request is with the API, which checks the token at 15.
+    tokio::time::sleep(Duration::from_millis(8)).await;
+    api.revoke("tok-1");
+
+    let response = response.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.body(), "once");
+    assert_eq!(api.seen(), ["tok-1", "tok-2"]);
+    assert_eq!(source.fetches(), 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn with_retry_off_the_401_is_returned_and_the_next_request_recovers() {
     let source = source();
     let api = source.api();
