@@ -46,6 +46,8 @@
 //! measured with `std::time::Instant` around each call; p50/p99 are nearest-rank percentiles of
 //! the sorted durations.
 
+mod report;
+
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     convert::Infallible,
@@ -66,6 +68,7 @@ use aliri_tokens::{
     backoff::ErrorBackoffConfig, jitter::NullJitter, sources::AsyncTokenSource,
 };
 use http::{Request, Response, StatusCode, header};
+use report::thousands;
 use tokio::sync::{Barrier, OnceCell, Semaphore, watch};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_bearer::{AuthLayer, Token, TokenSource, source::from_fn};
@@ -258,19 +261,6 @@ impl fmt::Display for Dur {
             write!(f, "{secs:.2} s")
         }
     }
-}
-
-/// `100000` as `100,000`.
-fn thousands(n: impl Into<u128>) -> String {
-    let digits = n.into().to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn print_table(title: &str, rows: &[Row]) {

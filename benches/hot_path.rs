@@ -60,6 +60,7 @@
 
 #[path = "../tests/support/noop.rs"]
 mod noop;
+mod report;
 
 use std::{
     fmt::Write as _,
@@ -88,6 +89,7 @@ use criterion::{BenchmarkId, Criterion, measurement::WallTime};
 use http::{HeaderValue, Request, header::AUTHORIZATION};
 use noop::Noop;
 use pin_project_lite::pin_project;
+use report::thousands;
 use tower::{BoxError, Layer, Service};
 use tower_bearer::{AuthLayer, StaticToken};
 use tower_http::auth::AddAuthorizationLayer;
@@ -767,18 +769,6 @@ fn cpu_model() -> Option<String> {
         let (key, value) = line.split_once(':')?;
         (key.trim() == "model name").then(|| value.trim().to_owned())
     })
-}
-
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn ns(value: Option<f64>) -> String {
