@@ -439,29 +439,6 @@ impl Visit for SingleThread<'_, '_> {
     }
 }
 
-struct PerCore<'a, 'c> {
-    group: &'a mut criterion::BenchmarkGroup<'c, WallTime>,
-    threads: usize,
-    runtime: &'a tokio::runtime::Handle,
-}
-
-impl Visit for PerCore<'_, '_> {
-    fn visit<S, F>(&mut self, variant: &'static str, make: F)
-    where
-        F: FnOnce() -> S,
-        S: Service<Req> + Clone + Send + 'static,
-        S::Error: std::fmt::Debug,
-    {
-        // One service; every thread gets a clone of it, so all share its token, header, lock.
-        let shared = make();
-        let (threads, runtime) = (self.threads, self.runtime);
-        self.group
-            .bench_function(BenchmarkId::new(PER_CORE, variant), |b| {
-                b.iter_custom(|iters| per_core_run(&shared, threads, runtime, iters));
-            });
-    }
-}
-
 /// `threads` threads, each pinned to its own core with its own clone of `shared`, start
 /// together at a barrier and send `iters` requests each: the time from the first start to the
 /// last finish.
@@ -513,8 +490,9 @@ where
 // Interleaved rounds of the per-core measurement.
 //
 // Criterion measures one benchmark after another, seconds apart. With one caller per core the
-// result depends on how much the threads really overlap, which on a shared machine drifts
-// from minute to minute (the floor's per-core median has read from 225 ns to 375 ns here). So
+// result depends on how the machine's cores share a cache line, which on a shared virtual
+// machine changes from minute to minute (the floor has taken 200 ns per core in some runs and
+// 320-490 ns in others). So
 // the per-core comparison is also made in rounds: each round runs every variant once, one
 // after the other (starting at a different variant each round), and each variant's time is
 // divided by the floor's time of the same round. The median of those ratios over the rounds
@@ -527,20 +505,35 @@ const ROUND_REQUESTS: u64 = 100_000;
 /// One variant's per-core run with a given number of requests per thread, ready to repeat.
 type PerCoreRun<'a> = Box<dyn FnMut(u64) -> Duration + 'a>;
 
-/// Each variant's per-core run.
-struct Rounds<'a> {
+/// Each variant's per-core run, built once: criterion's per-core group and the interleaved
+/// rounds both repeat them.
+struct PerCoreRuns<'a> {
     threads: usize,
     runtime: &'a tokio::runtime::Handle,
     runs: Vec<(&'static str, PerCoreRun<'a>)>,
 }
 
-impl<'a> Visit for Rounds<'a> {
+impl<'a> PerCoreRuns<'a> {
+    /// Every variant's run, in [`VARIANTS`] order, one caller per core.
+    fn new(rt: &'a tokio::runtime::Runtime) -> Self {
+        let mut all = PerCoreRuns {
+            threads: cores(),
+            runtime: rt.handle(),
+            runs: Vec::new(),
+        };
+        variants(rt, &mut all);
+        all
+    }
+}
+
+impl<'a> Visit for PerCoreRuns<'a> {
     fn visit<S, F>(&mut self, variant: &'static str, make: F)
     where
         F: FnOnce() -> S,
         S: Service<Req> + Clone + Send + 'static,
         S::Error: std::fmt::Debug,
     {
+        // One service; every thread gets a clone of it, so all share its token, header, lock.
         let shared = make();
         let (threads, runtime) = (self.threads, self.runtime);
         self.runs.push((
@@ -625,12 +618,7 @@ fn interleaved(rounds: usize, requests: u64) -> RoundsReport {
 fn interleaved_rows(rounds: usize, requests: u64) -> Vec<Interleaved> {
     let rt = runtime();
     let _guard = rt.enter();
-    let mut all = Rounds {
-        threads: cores(),
-        runtime: rt.handle(),
-        runs: Vec::new(),
-    };
-    variants(&rt, &mut all);
+    let mut all = PerCoreRuns::new(&rt);
     let n = all.runs.len();
     let floor = all
         .runs
@@ -672,14 +660,11 @@ fn hot_path(c: &mut Criterion) {
     let _guard = rt.enter();
     let mut group = c.benchmark_group(GROUP);
     variants(&rt, &mut SingleThread { group: &mut group });
-    variants(
-        &rt,
-        &mut PerCore {
-            group: &mut group,
-            threads: cores(),
-            runtime: rt.handle(),
-        },
-    );
+    for (variant, run) in &mut PerCoreRuns::new(&rt).runs {
+        group.bench_function(BenchmarkId::new(PER_CORE, *variant), |b| {
+            b.iter_custom(&mut *run);
+        });
+    }
     group.finish();
 }
 
