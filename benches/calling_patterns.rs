@@ -118,6 +118,7 @@ fn auth_layer(rt: &tokio::runtime::Runtime, retry: bool) -> tower_bearer::AuthSe
     let auth = AuthLayer::builder(StaticToken::new(TOKEN))
         .retry_unauthorized(retry)
         .build()
+        .unwrap()
         .into_layer();
     rt.block_on(auth.token()).unwrap();
     auth.layer(Noop)

@@ -403,7 +403,10 @@ fn errors_note(errors: usize) -> String {
 async fn layer_storm(n: usize, expired: bool) -> Row {
     let first = if expired { SHORT } else { LONG };
     let (source, fetches) = counted_source(first, None);
-    let auth = AuthLayer::builder(source).refresh_ahead(false).build();
+    let auth = AuthLayer::builder(source)
+        .refresh_ahead(false)
+        .build()
+        .unwrap();
     let mut prepared = true;
     if expired {
         auth.token().await.expect("first token");

@@ -153,7 +153,8 @@ fn runtime() -> tokio::runtime::Runtime {
 fn auth_layer(rt: &tokio::runtime::Runtime, retry: bool) -> tower_bearer::AuthService<Noop> {
     let auth = AuthLayer::builder(StaticToken::new(TOKEN))
         .retry_unauthorized(retry)
-        .build();
+        .build()
+        .unwrap();
     rt.block_on(auth.token()).unwrap();
     auth.layer(Noop)
 }

@@ -200,7 +200,7 @@ async fn main() -> Result<(), BoxError> {
         .client_id("gateway")
         .client_secret("gateway-secret")
         .build()?;
-    let auth = AuthLayer::builder(source).origin(&upstream)?.build();
+    let auth = AuthLayer::builder(source).origin(&upstream).build()?;
     let http = Client::builder(TokioExecutor::new()).build_http::<Body>();
     let client = ServiceBuilder::new().layer(auth.clone()).service(http);
     let gateway = Router::new()

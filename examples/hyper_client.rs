@@ -169,7 +169,7 @@ async fn main() -> Result<(), BoxError> {
         .client_id(CLIENT_ID)
         .client_secret(CLIENT_SECRET)
         .build()?;
-    let auth = AuthLayer::builder(source).origin(&api)?.build();
+    let auth = AuthLayer::builder(source).origin(&api).build()?;
     let http = Client::builder(TokioExecutor::new()).build_http::<Upload>();
     let client = ServiceBuilder::new().layer(auth.clone()).service(http);
 

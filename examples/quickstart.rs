@@ -155,7 +155,7 @@ async fn main() -> Result<(), BoxError> {
         .build()?;
     let auth = AuthLayer::builder(source)
         .expiry_margin(EXPIRY_MARGIN)
-        .build();
+        .build()?;
     let http = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let client = ServiceBuilder::new().layer(auth.clone()).service(http);
     // --- ---

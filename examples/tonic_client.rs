@@ -89,7 +89,7 @@ async fn main() -> Result<(), BoxError> {
     let channel = Endpoint::from_shared(server.url())?.connect().await?;
     let auth = AuthLayer::builder(source)
         .expiry_margin(Duration::from_millis(200))
-        .build();
+        .build()?;
     let client = EchoClient::new(ServiceBuilder::new().layer(auth.clone()).service(channel));
 
     let mut surprises = Vec::new();

@@ -102,9 +102,18 @@ pub enum Error {
     #[error("token fetch was aborted before it finished")]
     Aborted,
 
-    /// No Tokio runtime was running, so no fetch could be started.
+    /// No Tokio runtime was running, so no fetch could be started. Run the client inside a
+    /// runtime, or give the layer one with
+    /// [`AuthLayerBuilder::runtime`](crate::AuthLayerBuilder::runtime).
     #[error("tower-bearer needs a Tokio runtime to fetch tokens")]
     NoRuntime,
+
+    /// The Tokio runtime has no timers, which fetch timeouts and waiters' deadlines need.
+    #[error(
+        "tower-bearer needs a Tokio runtime with timers: call `enable_time()` (or `enable_all()`) \
+         on the runtime builder"
+    )]
+    NoTimer,
 }
 
 fn excerpt_suffix(excerpt: &Option<String>) -> String {
@@ -145,7 +154,8 @@ impl Error {
             Error::Config(_)
             | Error::InvalidToken
             | Error::AuthorizationRequired(_)
-            | Error::InsecureRequest { .. } => true,
+            | Error::InsecureRequest { .. }
+            | Error::NoTimer => true,
             _ => false,
         }
     }
@@ -163,6 +173,31 @@ impl Error {
                 matches!(e.code(), "temporarily_unavailable" | "server_error")
                     || e.status().is_server_error()
                     || e.status() == StatusCode::TOO_MANY_REQUESTS
+            }
+            _ => false,
+        }
+    }
+
+    /// `true` when the token endpoint certainly did not act on the request: no connection
+    /// could be made, or it answered 429, 503 or `temporarily_unavailable`. A refresh token
+    /// sent in such a request is still good, so [`RefreshTokenGrant`](crate::RefreshTokenGrant)
+    /// sends it again at once only after these failures. After any other failure (a timeout,
+    /// a connection lost after sending, another 5xx) the server may have rotated it.
+    pub fn is_unprocessed(&self) -> bool {
+        match self {
+            Error::Transport(e) => e.is_connect(),
+            Error::UnexpectedResponse { status, .. } => {
+                matches!(
+                    *status,
+                    StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+                )
+            }
+            Error::OAuth(e) => {
+                e.code() == "temporarily_unavailable"
+                    || matches!(
+                        e.status(),
+                        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+                    )
             }
             _ => false,
         }

@@ -12,6 +12,9 @@
 //!
 //! `Acquire` waits for the cache's single-flight fetch (a boxed future: this is the slow path).
 //! `Ready` polls the inner service's readiness again before the resend, as the tower contract asks.
+//! A 401 for a token the cache keeps (fresh tokens keep being rejected, see
+//! [`AuthLayerBuilder::backoff`](crate::AuthLayerBuilder::backoff)) is not resent: the same token
+//! would be rejected again.
 
 use std::{
     future::Future,
@@ -25,8 +28,9 @@ use tower_service::Service;
 
 use crate::{
     BoxError, Error,
-    cache::{CacheHandle, CacheId, Entry, TokenCache},
+    cache::{Entry, Rejection},
     challenge,
+    layer::LayerState,
     message::{AuthRequest, AuthResponse},
 };
 
@@ -35,7 +39,7 @@ pub(crate) type Acquire = Pin<Box<dyn Future<Output = Result<Arc<Entry>, Error>>
 /// What a request waiting for a token keeps. Boxed: this is the slow path, and keeping it out
 /// of line keeps the hot path's future (and every move of it) small.
 struct Pending<S, R> {
-    cache: Arc<TokenCache>,
+    layer: Arc<LayerState>,
     request: R,
     service: S,
     /// Keep what a resend after a 401 needs, streaming at most this many body bytes; `None`
@@ -45,11 +49,9 @@ struct Pending<S, R> {
     resend: bool,
 }
 
-/// What a request that may be resent keeps: the readied service, what its
-/// [`AuthRequest::prepare_replay`] returned, and its service's handle on the cache, which keeps
-/// the cache alive for the resend even if every service and layer is dropped meanwhile (as
-/// `oneshot` does).
-pub(crate) type Replay<S, R> = (S, <R as AuthRequest>::Replay, Arc<CacheHandle>);
+/// What a request that may be resent keeps: the readied service and what its
+/// [`AuthRequest::prepare_replay`] returned.
+pub(crate) type Replay<S, R> = (S, <R as AuthRequest>::Replay);
 
 pin_project! {
     /// Response future of [`AuthService`](crate::AuthService).
@@ -77,14 +79,13 @@ pin_project! {
             token: Acquire,
             pending: Option<Box<Pending<S, R>>>,
         },
-        // The request is with the inner service, carrying the token of `generation` from the
-        // cache `cache` (the future's `replay` is kept for a resend after a 401). The cache is
-        // named, not held: an `Arc` cloned per request is a reference count every core would
-        // share.
+        // The request is with the inner service, carrying the token of `generation` (the
+        // future's `replay` is kept for a resend after a 401). `layer` keeps the cache alive
+        // for that, even if every service and layer is dropped meanwhile (as `oneshot` does).
         Send {
             #[pin]
             fut: F,
-            cache: CacheId,
+            layer: Arc<LayerState>,
             generation: u64,
         },
         // Waiting for the inner service to be ready for the resend.
@@ -109,18 +110,18 @@ where
     S: Service<R>,
     R: AuthRequest,
 {
-    /// The request was sent with the token of `generation` from `cache`.
+    /// The request was sent with the token of `generation`.
     #[inline]
     pub(crate) fn sent(
         fut: S::Future,
-        cache: CacheId,
+        layer: Arc<LayerState>,
         generation: u64,
         replay: Option<Replay<S, R>>,
     ) -> Self {
         ResponseFuture {
             state: State::Send {
                 fut,
-                cache,
+                layer,
                 generation,
             },
             replay,
@@ -144,17 +145,13 @@ where
     }
 
     /// The request waits for a token; `service` is the readied inner service.
-    pub(crate) fn acquiring(
-        cache: Arc<TokenCache>,
-        request: R,
-        service: S,
-        replay_limit: Option<usize>,
-    ) -> Self {
+    pub(crate) fn acquiring(layer: Arc<LayerState>, request: R, service: S) -> Self {
+        let replay_limit = layer.retry.then_some(layer.replay_limit);
         ResponseFuture {
             state: State::Acquire {
-                token: Box::pin(Arc::clone(&cache).acquire()),
+                token: Box::pin(Arc::clone(&layer.cache).acquire()),
                 pending: Some(Box::new(Pending {
-                    cache,
+                    layer,
                     request,
                     service,
                     replay_limit,
@@ -217,13 +214,13 @@ where
         };
         let this = self.as_mut().project();
         let StateProj::Send {
-            cache, generation, ..
+            layer, generation, ..
         } = this.state.project()
         else {
             return Poll::Ready(Err(polled_after_completion()));
         };
-        let (cache, generation, replay) = (*cache, *generation, this.replay.take());
-        match rejected::<S, R>(response, cache, generation, replay) {
+        let (layer, generation, replay) = (Arc::clone(layer), *generation, this.replay.take());
+        match rejected::<S, R>(response, layer, generation, replay) {
             Ok(response) => {
                 self.set_done();
                 Poll::Ready(Ok(response))
@@ -258,7 +255,7 @@ where
                     let Some(mut pending) = pending.take() else {
                         return Poll::Ready(Err(polled_after_completion()));
                     };
-                    let header_name = pending.cache.settings().header_name.clone();
+                    let header_name = pending.layer.header_name.clone();
                     if pending.resend {
                         pending
                             .request
@@ -269,7 +266,7 @@ where
                         }
                     } else {
                         let Pending {
-                            cache,
+                            layer,
                             mut request,
                             mut service,
                             replay_limit,
@@ -280,11 +277,10 @@ where
                             .headers_mut()
                             .insert(header_name, entry.header.clone());
                         let fut = service.call(request);
-                        *self.as_mut().project().replay =
-                            replay.map(|r| (service, r, CacheHandle::new(&cache)));
+                        *self.as_mut().project().replay = replay.map(|r| (service, r));
                         State::Send {
                             fut,
-                            cache: cache.id(),
+                            layer,
                             generation: entry.generation,
                         }
                     }
@@ -301,12 +297,12 @@ where
                         return Poll::Ready(Err(polled_after_completion()));
                     };
                     let Pending {
-                        cache,
+                        layer,
                         request,
                         mut service,
                         ..
                     } = *pending;
-                    cache.counters.retried();
+                    layer.cache.counters.retried();
                     State::Resend {
                         fut: service.call(request),
                     }
@@ -331,14 +327,15 @@ where
     }
 }
 
-/// A response that may reject the token it carried: if it does, forget that token (if still
-/// current) and, when the request can be sent again, go on to the wait before the resend
+/// A response that may reject the token it carried: if it does, tell the cache (which forgets
+/// the token if it is still current, unless fresh tokens keep being rejected) and, when the
+/// request can be sent again with another token, go on to the wait before the resend
 /// (`Err(next state)`); otherwise the response goes to the caller (`Ok`).
 #[cold]
 #[inline(never)]
 fn rejected<S, R>(
     response: S::Response,
-    cache: CacheId,
+    layer: Arc<LayerState>,
     generation: u64,
     replay: Option<Replay<S, R>>,
 ) -> Result<S::Response, State<S::Future, S, R>>
@@ -347,25 +344,25 @@ where
     S::Response: AuthResponse,
     R: AuthRequest,
 {
-    // A cache dropped meanwhile has no token to forget and none to fetch.
-    let Some(cache) = TokenCache::find(cache) else {
-        return Ok(response);
-    };
+    let cache = &layer.cache;
     if !challenge::rejects_token(&response, &cache.settings().scheme) {
         return Ok(response);
     }
-    // Forget the rejected token only if nothing newer replaced it meanwhile.
-    cache.invalidate(generation);
-    let resend = replay.and_then(|(service, replay, _)| Some((service, R::replay(replay)?)));
+    if cache.reject(generation) == Rejection::Kept {
+        // The same token would be rejected again.
+        cache.counters.not_resent();
+        return Ok(response);
+    }
+    let resend = replay.and_then(|(service, replay)| Some((service, R::replay(replay)?)));
     let Some((service, request)) = resend else {
         cache.counters.not_resent();
         return Ok(response);
     };
     drop(response);
     Err(State::Acquire {
-        token: Box::pin(Arc::clone(&cache).acquire()),
+        token: Box::pin(Arc::clone(cache).acquire()),
         pending: Some(Box::new(Pending {
-            cache,
+            layer,
             request,
             service,
             replay_limit: None,

@@ -2,27 +2,32 @@
 
 use std::{fmt, future::Future, sync::Arc, time::Duration};
 
-use tokio::time::Instant;
+use http::HeaderName;
+use tokio::{runtime::Handle, time::Instant};
 use tower_layer::Layer;
 
+pub use crate::cache::{
+    DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX, DEFAULT_EXPIRY_MARGIN, DEFAULT_FETCH_ATTEMPTS,
+    DEFAULT_FETCH_TIMEOUT, DEFAULT_LIFETIME, EXPIRY_ALLOWANCE,
+};
 use crate::{
     AuthService, Error, Stats, Token, TokenSource,
     cache::{Backoff, CacheSettings, TokenCache},
     origin::{Origin, OriginPolicy},
 };
 
-/// Default for [`AuthLayerBuilder::expiry_margin`].
-pub const DEFAULT_EXPIRY_MARGIN: Duration = Duration::from_secs(30);
-/// Default for [`AuthLayerBuilder::default_lifetime`].
-pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 /// Default for [`AuthLayerBuilder::replay_limit`].
 pub const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
-/// Default for the first step of [`AuthLayerBuilder::backoff`].
-pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(200);
-/// Default for the longest step of [`AuthLayerBuilder::backoff`].
-pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Default for [`AuthLayerBuilder::fetch_timeout`].
-pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every clone of a layer, and every service and response future it made, share: the
+/// token cache and the request-side settings. One reference count per service and per request.
+pub(crate) struct LayerState {
+    pub(crate) cache: Arc<TokenCache>,
+    pub(crate) policy: OriginPolicy,
+    pub(crate) header_name: HeaderName,
+    pub(crate) retry: bool,
+    pub(crate) replay_limit: usize,
+}
 
 /// Layer that applies [`AuthService`]: every request gets `Authorization: Bearer <token>`.
 ///
@@ -54,39 +59,26 @@ pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 #[must_use]
 pub struct AuthLayer {
-    cache: Arc<TokenCache>,
-    retry: bool,
-    replay_limit: usize,
-    policy: Arc<OriginPolicy>,
+    state: Arc<LayerState>,
 }
 
 impl AuthLayer {
     /// A layer with default settings around `source`.
     pub fn new(source: impl TokenSource) -> Self {
-        AuthLayer::builder(source).build()
+        // The defaults pass every check of `build`.
+        AuthLayer::builder(source).assemble(Vec::new())
     }
 
     /// Starts configuring a layer around `source`.
     pub fn builder(source: impl TokenSource) -> AuthLayerBuilder {
         AuthLayerBuilder {
             source: Box::new(source),
-            settings: CacheSettings {
-                expiry_margin: DEFAULT_EXPIRY_MARGIN,
-                default_lifetime: DEFAULT_LIFETIME,
-                fetch_timeout: DEFAULT_FETCH_TIMEOUT,
-                scheme: Arc::from("Bearer"),
-                header_name: http::header::AUTHORIZATION,
-                max_uses: None,
-                refresh_ahead: true,
-                backoff: Backoff {
-                    base: DEFAULT_BACKOFF_BASE,
-                    max: DEFAULT_BACKOFF_MAX,
-                },
-                jitter_seed: None,
-            },
+            settings: CacheSettings::default(),
+            header_name: http::header::AUTHORIZATION,
             retry: true,
             replay_limit: DEFAULT_REPLAY_LIMIT,
-            policy: OriginPolicy::default(),
+            origins: Vec::new(),
+            allow_http: false,
         }
     }
 
@@ -95,46 +87,55 @@ impl AuthLayer {
     /// Joins a fetch already in flight. Dropping the future cancels nothing for other callers.
     /// The future borrows nothing from `self`, so it can be spawned.
     pub fn token(&self) -> impl Future<Output = Result<Token, Error>> + Send + use<> {
-        let cache = Arc::clone(&self.cache);
+        let cache = Arc::clone(&self.state.cache);
         async move { Ok(cache.acquire().await?.token.clone()) }
     }
 
     /// Tells the cache that `token` was rejected. If it is still the current token it is
-    /// forgotten and the next request fetches a new one; if a newer token already replaced it,
-    /// nothing happens. Returns `true` if the token was forgotten.
+    /// forgotten at once and the next request fetches a new one; if a newer token already
+    /// replaced it, nothing happens. Returns `true` if the token was forgotten.
+    ///
+    /// Unlike a 401 seen by the layer, this call is not subject to the backoff that applies
+    /// when fresh tokens keep being rejected: the caller decides.
     pub fn invalidate(&self, token: &Token) -> bool {
-        self.cache.invalidate_token(token)
+        self.state.cache.invalidate_token(token)
     }
 
     /// Revokes what the layer holds (RFC 7009) and forgets it: the source's refresh token, if it
     /// has one (its store is cleared), and the access token in use. For logout or shutdown.
     ///
-    /// The tokens are forgotten locally even if the revocation endpoint fails; the error is
-    /// returned. Sources without a revocation endpoint only forget.
+    /// Everything is forgotten locally even if the revocation endpoint fails (the error is
+    /// returned): the current token, and the result of any fetch that was running, so no token
+    /// fetched before `revoke` returns is ever sent. Requests made afterwards fetch anew (a
+    /// [`RefreshTokenGrant`](crate::RefreshTokenGrant) then needs a new authorization). Sources
+    /// without a revocation endpoint only forget.
     pub async fn revoke(&self) -> Result<(), Error> {
-        let current = self.cache.take();
-        let token = current.as_ref().map(|entry| &entry.token);
-        self.cache.source().revoke_boxed(token).await
+        let cache = &self.state.cache;
+        let current = cache.forget();
+        let result = cache
+            .source()
+            .revoke_boxed(current.as_ref().map(|entry| &entry.token))
+            .await;
+        // A fetch that started while the revocation ran must not leave its token behind.
+        cache.forget();
+        result
     }
 
     /// The same token cache as a `reqwest_middleware` middleware.
     #[cfg(feature = "reqwest-middleware")]
     #[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
     pub fn middleware(&self) -> crate::middleware::AuthMiddleware {
-        crate::middleware::AuthMiddleware::new(
-            Arc::clone(&self.cache),
-            self.retry,
-            Arc::clone(&self.policy),
-        )
+        crate::middleware::AuthMiddleware::new(Arc::clone(&self.state))
     }
 
     /// What the layer has done so far.
     pub fn stats(&self) -> Stats {
-        let mut stats = self.cache.counters.snapshot();
-        if let Some(entry) = self.cache.peek() {
+        let cache = &self.state.cache;
+        let mut stats = cache.counters.snapshot();
+        if let Some(entry) = cache.peek() {
             let now = Instant::now();
             stats.token_age = Some(now.saturating_duration_since(entry.fetched_at));
-            stats.token_usable_for = Some(entry.valid_until.saturating_duration_since(now));
+            stats.token_usable_for = Some(entry.usable_until.saturating_duration_since(now));
         }
         stats
     }
@@ -144,71 +145,96 @@ impl<S> Layer<S> for AuthLayer {
     type Service = AuthService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AuthService::new(
-            inner,
-            Arc::clone(&self.cache),
-            self.retry,
-            self.replay_limit,
-            Arc::clone(&self.policy),
-        )
+        AuthService::new(inner, Arc::clone(&self.state))
+    }
+}
+
+impl fmt::Debug for LayerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthLayer")
+            .field("cache", &self.cache)
+            .field("header_name", &self.header_name)
+            .field("retry", &self.retry)
+            .field("replay_limit", &self.replay_limit)
+            .finish_non_exhaustive()
     }
 }
 
 impl fmt::Debug for AuthLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuthLayer")
-            .field("cache", &self.cache)
-            .field("retry", &self.retry)
-            .field("replay_limit", &self.replay_limit)
-            .finish()
+        fmt::Debug::fmt(&self.state, f)
     }
 }
 
-/// Settings of an [`AuthLayer`]; made by [`AuthLayer::builder`].
+/// Settings of an [`AuthLayer`]; made by [`AuthLayer::builder`], checked by
+/// [`build`](Self::build).
 ///
 /// | setting | default | meaning |
 /// |---|---|---|
-/// | [`expiry_margin`](Self::expiry_margin) | 30 s | a token is replaced this long before it expires (at most half its lifetime) |
+/// | [`expiry_margin`](Self::expiry_margin) | 30 s | the refresh target: a token should be replaced this long before it expires (at most half its lifetime); it is still sent until [`EXPIRY_ALLOWANCE`] before expiry |
 /// | [`default_lifetime`](Self::default_lifetime) | 1 h | lifetime assumed when the endpoint sends no `expires_in` |
-/// | [`fetch_timeout`](Self::fetch_timeout) | 30 s | longest a token fetch may take before callers get [`Error::Timeout`] |
+/// | [`fetch_timeout`](Self::fetch_timeout) | 30 s | longest a token fetch (all its attempts) may take before waiting callers get [`Error::Timeout`] |
+/// | [`fetch_attempts`](Self::fetch_attempts) | 3 | token requests one fetch may make when they fail transiently |
 /// | [`retry_unauthorized`](Self::retry_unauthorized) | on | after a 401, fetch a new token and resend once when the body allows |
-/// | [`refresh_ahead`](Self::refresh_ahead) | on | refresh in the background in the last fifth of a token's life (at most 5 min), jittered |
-/// | [`backoff`](Self::backoff) | 200 ms, 30 s | exponential backoff with full jitter after failed fetches; `Retry-After` honoured |
+/// | [`refresh_ahead`](Self::refresh_ahead) | on | refresh in the background in the last fifth of the time before the refresh target (at most 5 min), jittered |
+/// | [`backoff`](Self::backoff) | 200 ms, 30 s | exponential backoff with jitter after failed fetches and after fresh tokens rejected in a row; `Retry-After` honoured |
 /// | [`replay_limit`](Self::replay_limit) | 64 KiB | most bytes of a streaming body kept for a resend |
 /// | [`scheme`](Self::scheme) | `Bearer` | the word before the token in the header |
 /// | [`header_name`](Self::header_name) | `Authorization` | the header the token goes in |
 /// | [`origin`](Self::origin) | every origin | limits where the token goes |
 /// | [`allow_http`](Self::allow_http) | off | plain `http` to non-loopback hosts |
 /// | [`max_token_uses`](Self::max_token_uses) | no limit | requests per token, for use-limited tokens |
+/// | [`runtime`](Self::runtime) | the caller's | the Tokio runtime fetches run on |
 #[must_use]
 pub struct AuthLayerBuilder {
     source: Box<dyn crate::source::DynTokenSource>,
     settings: CacheSettings,
+    header_name: HeaderName,
     retry: bool,
     replay_limit: usize,
-    policy: OriginPolicy,
+    /// As given; parsed by `build`.
+    origins: Vec<String>,
+    allow_http: bool,
 }
 
 impl AuthLayerBuilder {
-    /// Treat a token as expired this long before its real expiry, so that a request never
-    /// leaves with a token that expires on the way. Clamped to half the token's lifetime, so a
-    /// short-lived token is still used for the first half of its life.
+    /// The refresh target: a token should be replaced this long before it expires. Clamped to
+    /// half the token's lifetime, so a short-lived token is not refreshed on arrival.
+    ///
+    /// Reaching the target does not end the token's use: until [`EXPIRY_ALLOWANCE`] before its
+    /// expiry (at most a tenth of its lifetime) it is still sent while the refresh runs or the
+    /// endpoint fails, so an outage shorter than the margin fails no request. Such requests are
+    /// counted in [`Stats::served_stale`].
     pub fn expiry_margin(mut self, margin: Duration) -> Self {
         self.settings.expiry_margin = margin;
         self
     }
 
     /// The lifetime assumed for a token whose response had no `expires_in`. Finite, so such a
-    /// token is still renewed now and then; a 401 renews it at once in any case.
+    /// token is still renewed now and then; a 401 renews it at once in any case. Must not be
+    /// zero.
     pub fn default_lifetime(mut self, lifetime: Duration) -> Self {
         self.settings.default_lifetime = lifetime;
         self
     }
 
-    /// The longest a token fetch may run. Every caller waiting on it then gets
-    /// [`Error::Timeout`], and the next caller starts a new fetch.
+    /// The longest a token fetch may run, all its attempts together. Every caller waiting on it
+    /// then gets [`Error::Timeout`], and the next fetch waits for the backoff. Each waiter also
+    /// gives up by itself one second after this, whichever runtime runs the fetch. Must not be
+    /// zero.
     pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
         self.settings.fetch_timeout = timeout;
+        self
+    }
+
+    /// How many token requests one fetch may make when they fail transiently (a connection
+    /// error, 5xx, 429, `temporarily_unavailable`; the source decides, see
+    /// [`TokenSource::retry_within_fetch`]), pausing 100-200 ms, then 200-400 ms, ... or for the
+    /// endpoint's `Retry-After`, within the [fetch timeout](Self::fetch_timeout). A blip of the
+    /// token endpoint then costs the waiting callers latency, not errors. `1` turns retries off;
+    /// `0` is refused. Default: 3.
+    pub fn fetch_attempts(mut self, attempts: u32) -> Self {
+        self.settings.fetch_attempts = attempts;
         self
     }
 
@@ -220,22 +246,28 @@ impl AuthLayerBuilder {
         self
     }
 
-    /// Whether to refresh the token in the background before it stops being used: during the
-    /// last fifth of its useful life (at most 5 minutes), from a random point in the first half
-    /// of that window so that a fleet of processes spreads its refreshes. Requests keep using the
-    /// current token meanwhile, so in steady state no request waits for a fetch. On by default.
+    /// Whether to refresh the token in the background before its refresh target: during the
+    /// last fifth of the time before it (at most 5 minutes), from a random point in the first
+    /// half of that window so that a fleet of processes spreads its refreshes. Requests keep
+    /// using the current token meanwhile, so in steady state no request waits for a fetch. On
+    /// by default.
     ///
-    /// If the background refresh fails while the current token is still valid, the token keeps
-    /// being used and the refresh is tried again after the [backoff](Self::backoff).
+    /// Off, the refresh starts at the target itself, still in the background: requests keep
+    /// sending the token until its expiry less [`EXPIRY_ALLOWANCE`]. If the refresh fails, it is
+    /// tried again after the [backoff](Self::backoff) while the token is still sent.
     pub fn refresh_ahead(mut self, on: bool) -> Self {
         self.settings.refresh_ahead = on;
         self
     }
 
     /// Backoff after failed fetches: after the `n`th failure in a row, no new fetch goes out for
-    /// a random time between zero and `min(max, base * 2^(n-1))` (exponential backoff with full
-    /// jitter), or for the endpoint's `Retry-After` (on 429 and 503) if longer. Meanwhile
-    /// callers that need a token fail fast with the last error. Defaults: 200 ms and 30 s.
+    /// a random time between half and all of `min(max, base * 2^(n-1))`, or for the endpoint's
+    /// `Retry-After` (on 429 and 503) if longer. Meanwhile callers with no usable token fail
+    /// fast with the last error; callers with one keep sending it.
+    ///
+    /// The same steps space the fetches when the API keeps rejecting fresh tokens: the first
+    /// rejected token is replaced at once, each next one is kept (its requests get their 401)
+    /// for the next step before another fetch. Defaults: 200 ms and 30 s.
     pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
         self.settings.backoff = Backoff {
             base,
@@ -262,37 +294,32 @@ impl AuthLayerBuilder {
 
     /// Limits the token to requests for `origin` (`scheme://host[:port]`); repeatable. Requests
     /// to other origins pass through untouched. Unset, every request gets the token (see
-    /// [`crate::origin`] for why, and for requests addressed by path alone).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] if `origin` is not an `http` or `https` URL without a path.
-    pub fn origin(mut self, origin: &str) -> Result<Self, Error> {
-        self.policy.origins.push(Origin::parse(origin)?);
-        Ok(self)
+    /// [`crate::origin`] for why, and for requests addressed by path alone). An origin that is
+    /// not an `http` or `https` URL without a path makes [`build`](Self::build) fail.
+    pub fn origin(mut self, origin: impl Into<String>) -> Self {
+        self.origins.push(origin.into());
+        self
     }
 
     /// Allows sending the token over plain `http` to hosts that are not loopback addresses.
     /// Without it such requests fail with [`Error::InsecureRequest`]; loopback addresses
     /// (`127.0.0.0/8`, `[::1]`, `localhost`) never need it.
     pub fn allow_http(mut self, allow: bool) -> Self {
-        self.policy.allow_http = allow;
+        self.allow_http = allow;
         self
     }
 
     /// The header the token goes in: `Authorization` unless set. For an API that wants, say,
     /// `X-Api-Token: <token>`, set the header and an empty [`scheme`](Self::scheme).
-    pub fn header_name(mut self, name: http::HeaderName) -> Self {
-        self.settings.header_name = name;
+    pub fn header_name(mut self, name: HeaderName) -> Self {
+        self.header_name = name;
         self
     }
 
     /// The authentication scheme written before the token: `Bearer` unless set; empty for the
     /// token alone. Some APIs want it spelled otherwise (Checkbook's documentation writes
-    /// `bearer`).
-    ///
-    /// A scheme that is not an HTTP token (letters, digits and ``!#$%&'*+-.^_`|~``) is refused:
-    /// every fetch then fails with [`Error::Config`].
+    /// `bearer`). A scheme that is not an HTTP token (letters, digits and
+    /// ``!#$%&'*+-.^_`|~``) makes [`build`](Self::build) fail.
     pub fn scheme(mut self, scheme: impl Into<String>) -> Self {
         self.settings.scheme = Arc::from(scheme.into());
         self
@@ -306,13 +333,64 @@ impl AuthLayerBuilder {
         self
     }
 
-    /// Builds the layer.
-    pub fn build(self) -> AuthLayer {
+    /// Runs every token fetch on this runtime instead of the caller's. For clients driven
+    /// from several runtimes, or from a runtime that is not always driven (a synchronous
+    /// wrapper's `block_on` on a helper thread): a fetch then completes as long as this runtime
+    /// runs, and callers outside any runtime can wait on it too. The runtime needs timers.
+    pub fn runtime(mut self, runtime: Handle) -> Self {
+        self.settings.runtime = Some(runtime);
+        self
+    }
+
+    /// Checks the settings and builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a scheme that is not an HTTP token, an origin that is not
+    /// `scheme://host[:port]`, a zero fetch timeout, default lifetime or attempt count;
+    /// [`Error::NoTimer`] for a [`runtime`](Self::runtime) without timers.
+    pub fn build(self) -> Result<AuthLayer, Error> {
+        let scheme = &*self.settings.scheme;
+        if !scheme.bytes().all(crate::challenge::is_tchar) {
+            return Err(Error::config(format!(
+                "authorization scheme {scheme:?} is not an HTTP token"
+            )));
+        }
+        if self.settings.fetch_timeout.is_zero() {
+            return Err(Error::config("fetch_timeout must be longer than zero"));
+        }
+        if self.settings.default_lifetime.is_zero() {
+            return Err(Error::config("default_lifetime must be longer than zero"));
+        }
+        if self.settings.fetch_attempts == 0 {
+            return Err(Error::config("fetch_attempts must be at least 1"));
+        }
+        if let Some(runtime) = &self.settings.runtime {
+            let _entered = runtime.enter();
+            if !crate::cache::has_timers() {
+                return Err(Error::NoTimer);
+            }
+        }
+        let origins = self
+            .origins
+            .iter()
+            .map(|raw| Origin::parse(raw))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.assemble(origins))
+    }
+
+    fn assemble(self, origins: Vec<Origin>) -> AuthLayer {
         AuthLayer {
-            cache: TokenCache::new(self.source, self.settings),
-            retry: self.retry,
-            replay_limit: self.replay_limit,
-            policy: Arc::new(self.policy),
+            state: Arc::new(LayerState {
+                cache: TokenCache::new(self.source, self.settings),
+                policy: OriginPolicy {
+                    origins,
+                    allow_http: self.allow_http,
+                },
+                header_name: self.header_name,
+                retry: self.retry,
+                replay_limit: self.replay_limit,
+            }),
         }
     }
 }
@@ -322,7 +400,66 @@ impl fmt::Debug for AuthLayerBuilder {
         f.debug_struct("AuthLayerBuilder")
             .field("source", &self.source.type_name())
             .field("settings", &self.settings)
+            .field("header_name", &self.header_name)
             .field("retry", &self.retry)
-            .finish()
+            .field("origins", &self.origins)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StaticToken;
+
+    #[test]
+    fn the_defaults_pass_every_check() {
+        assert!(AuthLayer::builder(StaticToken::new("t")).build().is_ok());
+    }
+
+    #[test]
+    fn bad_settings_fail_at_build_before_any_fetch() {
+        let build = |f: fn(AuthLayerBuilder) -> AuthLayerBuilder| {
+            f(AuthLayer::builder(StaticToken::new("t")))
+                .build()
+                .unwrap_err()
+        };
+        let err = build(|b| b.scheme("Bear er"));
+        assert!(
+            matches!(&err, Error::Config(m) if m.contains("scheme")),
+            "{err}"
+        );
+        let err = build(|b| b.origin("https://api.example.com/path"));
+        assert!(
+            matches!(&err, Error::Config(m) if m.contains("origin")),
+            "{err}"
+        );
+        let err = build(|b| b.fetch_timeout(Duration::ZERO));
+        assert!(
+            matches!(&err, Error::Config(m) if m.contains("fetch_timeout")),
+            "{err}"
+        );
+        let err = build(|b| b.default_lifetime(Duration::ZERO));
+        assert!(
+            matches!(&err, Error::Config(m) if m.contains("default_lifetime")),
+            "{err}"
+        );
+        let err = build(|b| b.fetch_attempts(0));
+        assert!(
+            matches!(&err, Error::Config(m) if m.contains("fetch_attempts")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_runtime_without_timers_is_refused_at_build() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let err = AuthLayer::builder(StaticToken::new("t"))
+            .runtime(runtime.handle().clone())
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, Error::NoTimer), "{err:?}");
     }
 }

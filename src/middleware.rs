@@ -5,11 +5,7 @@ use std::{fmt, sync::Arc};
 use http::Extensions;
 use reqwest_middleware::{Middleware, Next, Result};
 
-use crate::{
-    cache::TokenCache,
-    challenge,
-    origin::{Decision, OriginPolicy},
-};
+use crate::{cache::Rejection, challenge, layer::LayerState, origin::Decision};
 
 /// A `reqwest_middleware` middleware that attaches the token of an
 /// [`AuthLayer`](crate::AuthLayer), sharing its cache, and resends a request once after a 401
@@ -29,18 +25,12 @@ use crate::{
 /// ```
 #[derive(Clone)]
 pub struct AuthMiddleware {
-    cache: Arc<TokenCache>,
-    retry: bool,
-    policy: Arc<OriginPolicy>,
+    layer: Arc<LayerState>,
 }
 
 impl AuthMiddleware {
-    pub(crate) fn new(cache: Arc<TokenCache>, retry: bool, policy: Arc<OriginPolicy>) -> Self {
-        AuthMiddleware {
-            cache,
-            retry,
-            policy,
-        }
+    pub(crate) fn new(layer: Arc<LayerState>) -> Self {
+        AuthMiddleware { layer }
     }
 }
 
@@ -52,43 +42,45 @@ impl Middleware for AuthMiddleware {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> Result<reqwest::Response> {
-        match self.policy.decide(&request) {
+        let layer = &*self.layer;
+        match layer.policy.decide(&request) {
             Decision::Attach => {}
             Decision::PassThrough => return next.run(request, extensions).await,
             Decision::Refuse(err) => return Err(reqwest_middleware::Error::middleware(err)),
         }
-        let settings = self.cache.settings();
-        let entry = Arc::clone(&self.cache)
+        let cache = &layer.cache;
+        let entry = Arc::clone(cache)
             .acquire()
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
-        let again = if self.retry {
+        let again = if layer.retry {
             request.try_clone()
         } else {
             None
         };
         request
             .headers_mut()
-            .insert(settings.header_name.clone(), entry.header.clone());
+            .insert(layer.header_name.clone(), entry.header.clone());
         let response = next.clone().run(request, extensions).await?;
-        if !challenge::rejects_token(&response, &settings.scheme) {
+        if !challenge::rejects_token(&response, &cache.settings().scheme) {
             return Ok(response);
         }
-        // Forget the rejected token only if nothing newer replaced it meanwhile.
-        self.cache.invalidate(entry.generation);
-        let Some(mut again) = again else {
-            self.cache.counters.not_resent();
+        // Forget the rejected token only if nothing newer replaced it meanwhile; not resent
+        // when the cache keeps it (fresh tokens keep being rejected).
+        let kept = cache.reject(entry.generation) == Rejection::Kept;
+        let Some(mut again) = again.filter(|_| !kept) else {
+            cache.counters.not_resent();
             return Ok(response);
         };
         drop(response);
-        let entry = Arc::clone(&self.cache)
+        let entry = Arc::clone(cache)
             .acquire()
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
         again
             .headers_mut()
-            .insert(settings.header_name.clone(), entry.header.clone());
-        self.cache.counters.retried();
+            .insert(layer.header_name.clone(), entry.header.clone());
+        cache.counters.retried();
         next.run(again, extensions).await
     }
 }
@@ -96,8 +88,7 @@ impl Middleware for AuthMiddleware {
 impl fmt::Debug for AuthMiddleware {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthMiddleware")
-            .field("cache", &self.cache)
-            .field("retry", &self.retry)
+            .field("layer", &self.layer)
             .finish()
     }
 }

@@ -1,7 +1,8 @@
 //! Counters a running layer keeps, read with [`AuthLayer::stats`](crate::AuthLayer::stats).
 //!
-//! They are plain relaxed atomics touched only off the hot path: when a fetch starts or fails,
-//! when a caller has to wait, when a 401 rejects the current token, and when a request is resent.
+//! They are plain relaxed atomics touched only off the hot path: when a fetch starts, retries or
+//! fails, when a caller has to wait, when a request is served a token past its refresh target,
+//! when a 401 rejects the current token, and when a request is resent.
 //!
 //! With the `metrics` feature the same events go to the [`metrics`](https://docs.rs/metrics)
 //! facade, named in the OpenTelemetry style:
@@ -10,8 +11,10 @@
 //! |---|---|---|---|
 //! | `tower_bearer.token.fetches` | counter | `outcome` = `success`, `transient_error`, `terminal_error` | token fetches |
 //! | `tower_bearer.token.fetch.duration` | histogram (seconds) | `outcome` | how long fetches took |
+//! | `tower_bearer.token.fetch.retries` | counter | | token requests retried inside a fetch after a transient failure |
 //! | `tower_bearer.token.lifetime` | gauge (seconds) | | how long the newest token will be used |
 //! | `tower_bearer.token.waiters` | counter | | callers that waited for a fetch |
+//! | `tower_bearer.token.served_stale` | counter | | requests sent with a token past its refresh target (no new token yet) |
 //! | `tower_bearer.token.rejected` | counter | | tokens dropped after a 401 or `UNAUTHENTICATED` |
 //! | `tower_bearer.requests.retried` | counter | | requests resent with a new token |
 //! | `tower_bearer.requests.not_resent` | counter | | rejected requests that could not be resent |
@@ -26,6 +29,8 @@ pub(crate) struct Counters {
     pub(crate) fetches: AtomicU64,
     pub(crate) fetch_failures: AtomicU64,
     pub(crate) terminal_failures: AtomicU64,
+    pub(crate) fetch_retries: AtomicU64,
+    pub(crate) served_stale: AtomicU64,
     pub(crate) background_refreshes: AtomicU64,
     pub(crate) waiters: AtomicU64,
     pub(crate) failed_fast: AtomicU64,
@@ -60,8 +65,16 @@ pub struct Stats {
     /// Of those, the ones the endpoint answered with a terminal error (rejected credentials or
     /// grant); the others were transient (network, timeout, 5xx, 429).
     pub terminal_failures: u64,
+    /// Token requests sent again inside a fetch, after a transient failure (see
+    /// [`AuthLayerBuilder::fetch_attempts`](crate::AuthLayerBuilder::fetch_attempts)).
+    pub fetch_retries: u64,
     /// Fetches started in the background, ahead of expiry, while callers used the current token.
     pub background_refreshes: u64,
+    /// Requests (and [`token`](crate::AuthLayer::token) calls) served a token past its refresh
+    /// target (its expiry less the margin) because no new token had come yet: fetches were
+    /// failing, or the refresh was still running. Such a token is still sent until its expiry
+    /// less [`EXPIRY_ALLOWANCE`](crate::layer::EXPIRY_ALLOWANCE).
+    pub served_stale: u64,
     /// Callers (requests or [`token`](crate::AuthLayer::token) calls) that had to wait for a fetch.
     pub waiters: u64,
     /// Callers that got the last fetch error at once, during the backoff after a failure,
@@ -72,7 +85,8 @@ pub struct Stats {
     /// Requests sent a second time with a new token after a rejection.
     pub retries: u64,
     /// Rejected requests that could not be sent again (retry off, a body that cannot be
-    /// replayed, or one that streamed past the replay limit): the caller got the 401.
+    /// replayed, one that streamed past the replay limit, or a token kept while fresh tokens
+    /// keep being rejected): the caller got the 401.
     pub not_resent: u64,
     /// How long ago the current token was fetched, if there is one.
     pub token_age: Option<Duration>,
@@ -80,13 +94,14 @@ pub struct Stats {
     pub token_usable_for: Option<Duration>,
 }
 
-/// Outcome label of a fetch, for metrics.
+/// Outcome label of a fetch, for metrics: `failure` is `None` on success, else whether the
+/// error was terminal.
 #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-fn outcome(result: &Result<(), &crate::Error>) -> &'static str {
-    match result {
-        Ok(()) => "success",
-        Err(e) if e.is_terminal() => "terminal_error",
-        Err(_) => "transient_error",
+fn outcome(failure: Option<bool>) -> &'static str {
+    match failure {
+        None => "success",
+        Some(true) => "terminal_error",
+        Some(false) => "transient_error",
     }
 }
 
@@ -104,30 +119,48 @@ impl Counters {
         }
     }
 
-    /// A fetch ended after `elapsed`; on success the token is usable for `usable_for`.
+    /// A fetch ended after `elapsed`: `failure` is `None` on success, else whether the error
+    /// was terminal; `usable_for` is how long the token it installed will be sent.
     pub(crate) fn fetch_finished(
         &self,
         elapsed: Duration,
-        result: Result<Duration, &crate::Error>,
+        failure: Option<bool>,
+        usable_for: Option<Duration>,
     ) {
-        if let Err(err) = result {
+        if let Some(terminal) = failure {
             self.fetch_failures.fetch_add(1, Relaxed);
-            if err.is_terminal() {
+            if terminal {
                 self.terminal_failures.fetch_add(1, Relaxed);
             }
         }
         #[cfg(feature = "metrics")]
         {
-            let outcome = outcome(&result.map(|_| ()));
+            let outcome = outcome(failure);
             metrics::counter!("tower_bearer.token.fetches", "outcome" => outcome).increment(1);
             metrics::histogram!("tower_bearer.token.fetch.duration", "outcome" => outcome)
                 .record(elapsed.as_secs_f64());
-            if let Ok(usable_for) = result {
+            if let Some(usable_for) = usable_for {
                 metrics::gauge!("tower_bearer.token.lifetime").set(usable_for.as_secs_f64());
             }
         }
         #[cfg(not(feature = "metrics"))]
-        let _ = elapsed;
+        let _ = (elapsed, usable_for);
+    }
+
+    pub(crate) fn fetch_retried(&self) {
+        self.fetch_retries.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("tower_bearer.token.fetch.retries").increment(1);
+    }
+
+    pub(crate) fn served_stale(&self) {
+        self.served_stale.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("tower_bearer.token.served_stale").increment(1);
+    }
+
+    pub(crate) fn failed_fast(&self) {
+        self.failed_fast.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn rejected(&self) {
@@ -153,6 +186,8 @@ impl Counters {
             fetches: self.fetches.load(Relaxed),
             fetch_failures: self.fetch_failures.load(Relaxed),
             terminal_failures: self.terminal_failures.load(Relaxed),
+            fetch_retries: self.fetch_retries.load(Relaxed),
+            served_stale: self.served_stale.load(Relaxed),
             background_refreshes: self.background_refreshes.load(Relaxed),
             waiters: self.waiters.load(Relaxed),
             failed_fast: self.failed_fast.load(Relaxed),

@@ -27,6 +27,7 @@ fn layer(url: String) -> AuthLayer {
     .backoff(Duration::from_millis(100), Duration::from_secs(1))
     .jitter_seed(5)
     .build()
+    .unwrap()
 }
 
 /// 1,000 callers ask for a token at once, `rounds` times; every one must get an error.

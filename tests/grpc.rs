@@ -225,7 +225,8 @@ async fn streaming_unauthenticated_without_retry_reaches_the_caller_and_refreshe
     let api = source.api();
     let auth = AuthLayer::builder(source.clone())
         .retry_unauthorized(false)
-        .build();
+        .build()
+        .unwrap();
     let mut client = EchoClient::new(ServiceBuilder::new().layer(auth.clone()).service(channel));
 
     assert_eq!(count(&mut client, "a", 1).await.unwrap(), ["a 1"]);
@@ -321,7 +322,10 @@ async fn unary_call_over_the_replay_limit_returns_unauthenticated_and_refreshes(
         ..
     } = setup(Duration::from_millis(1)).await;
     let api = source.api();
-    let auth = AuthLayer::builder(source.clone()).replay_limit(16).build();
+    let auth = AuthLayer::builder(source.clone())
+        .replay_limit(16)
+        .build()
+        .unwrap();
     let mut client = EchoClient::new(ServiceBuilder::new().layer(auth.clone()).service(channel));
 
     assert_eq!(say(&mut client, "short").await.unwrap(), "short");

@@ -49,7 +49,8 @@ async fn fetches_rejections_and_resends_are_counted() {
     source.fail_fetch(1);
     let auth = AuthLayer::builder(source.clone())
         .backoff(Duration::ZERO, Duration::ZERO)
-        .build();
+        .build()
+        .unwrap();
     let svc = ServiceBuilder::new()
         .layer(auth.clone())
         .service(source.api());

@@ -40,8 +40,8 @@ fn source() -> CountingSource {
 async fn requests_to_other_origins_pass_through_without_the_token() {
     let auth = AuthLayer::builder(source())
         .origin("https://api.example.com")
-        .unwrap()
-        .build();
+        .build()
+        .unwrap();
     let svc = ServiceBuilder::new().layer(auth.clone()).service(echo());
 
     let ours = svc
@@ -96,7 +96,7 @@ async fn plain_http_beyond_loopback_is_refused_unless_allowed() {
     }
 
     let open = ServiceBuilder::new()
-        .layer(AuthLayer::builder(source).allow_http(true).build())
+        .layer(AuthLayer::builder(source).allow_http(true).build().unwrap())
         .service(echo());
     let response = open.oneshot(get("http://api.example.com/x")).await.unwrap();
     assert_eq!(response.body(), "Bearer tok-2");
@@ -109,7 +109,8 @@ async fn the_header_and_scheme_are_configurable() {
             AuthLayer::builder(source())
                 .header_name(HeaderName::from_static("x-api-token"))
                 .scheme("")
-                .build(),
+                .build()
+                .unwrap(),
         )
         .service(echo());
     let response = svc.oneshot(get("https://api.example.com/x")).await.unwrap();
@@ -117,11 +118,14 @@ async fn the_header_and_scheme_are_configurable() {
 }
 
 #[test]
-fn an_origin_with_a_path_is_a_config_error() {
-    let err = AuthLayer::builder(source())
+fn an_origin_with_a_path_is_a_config_error_at_build() {
+    let source = source();
+    let err = AuthLayer::builder(source.clone())
         .origin("https://api.example.com/v1")
+        .build()
         .unwrap_err();
     assert!(matches!(err, Error::Config(_)), "{err:?}");
+    assert_eq!(source.fetches(), 0);
 }
 
 #[tokio::test(start_paused = true)]

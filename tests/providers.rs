@@ -22,7 +22,8 @@ fn json(body: serde_json::Value) -> axum::response::Response {
     axum::Json(body).into_response()
 }
 
-/// Seconds the layer will use the current token, rounded.
+/// Seconds the layer will send the current token, rounded: its lifetime less the allowance
+/// for transit and clock skew (`EXPIRY_ALLOWANCE`, 10 s).
 fn usable_secs(auth: &AuthLayer) -> u64 {
     auth.stats().token_usable_for.unwrap().as_secs_f64().round() as u64
 }
@@ -62,7 +63,7 @@ async fn casebook_with_credentials_in_the_query() {
         auth.token().await.unwrap().access_token().secret(),
         "cb-token"
     );
-    assert_eq!(usable_secs(&auth), 3600 - 30);
+    assert_eq!(usable_secs(&auth), 3600 - 10);
 
     let [req] = endpoint.recorded().try_into().unwrap();
     assert_eq!(req.method, "POST");
@@ -127,7 +128,7 @@ async fn casebook_without_expires_in_still_renews_hourly() {
     );
     let token = auth.token().await.unwrap();
     assert_eq!(token.expires_in(), None);
-    assert_eq!(usable_secs(&auth), 3600 - 30);
+    assert_eq!(usable_secs(&auth), 3600 - 10);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -157,7 +158,7 @@ async fn cas_identityserver_client_credentials() {
     let svc = ServiceBuilder::new().layer(auth.clone()).service(api);
     svc.oneshot(Request::new(Empty::new())).await.unwrap();
     assert_eq!(*api_seen.lock().unwrap(), [format!("Bearer {CAS_JWT}")]);
-    assert_eq!(usable_secs(&auth), 1200 - 30);
+    assert_eq!(usable_secs(&auth), 1200 - 10);
 
     let [req] = endpoint.recorded().try_into().unwrap();
     assert_eq!(
@@ -233,7 +234,8 @@ async fn checkbook_single_use_tokens_with_a_lower_case_scheme() {
     let auth = AuthLayer::builder(grant)
         .scheme("bearer")
         .max_token_uses(1)
-        .build();
+        .build()
+        .unwrap();
 
     let (api, seen) = support::recording_api::<Empty<bytes::Bytes>>();
     let svc = ServiceBuilder::new().layer(auth.clone()).service(api);

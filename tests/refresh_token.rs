@@ -168,7 +168,8 @@ async fn a_rejected_refresh_token_is_terminal_and_never_sent_again() {
     // No backoff, so that each call below reaches the grant: it must answer from memory.
     let auth = AuthLayer::builder(grant(&idp, store.clone()))
         .backoff(Duration::ZERO, Duration::ZERO)
-        .build();
+        .build()
+        .unwrap();
 
     for _ in 0..3 {
         let err = auth.token().await.unwrap_err();
@@ -233,7 +234,8 @@ async fn a_failed_save_is_an_error_and_the_token_is_not_used() {
     store.broken.store(true, SeqCst);
     let auth = AuthLayer::builder(grant(&idp, store.clone()))
         .backoff(Duration::ZERO, Duration::ZERO)
-        .build();
+        .build()
+        .unwrap();
 
     let err = auth.token().await.unwrap_err();
     assert!(matches!(err, Error::Store(_)), "{err:?}");

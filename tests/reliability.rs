@@ -43,7 +43,10 @@ async fn burst(auth: &AuthLayer, source: &CountingSource, n: usize) -> usize {
 async fn in_steady_state_no_caller_waits_for_a_fetch() {
     // 100-second tokens, requests every second for 20 lifetimes.
     let source = CountingSource::new(Duration::from_millis(50), Some(Duration::from_secs(100)));
-    let auth = AuthLayer::builder(source.clone()).jitter_seed(1).build();
+    let auth = AuthLayer::builder(source.clone())
+        .jitter_seed(1)
+        .build()
+        .unwrap();
     for _ in 0..2_000 {
         assert_eq!(burst(&auth, &source, 10).await, 10);
         advance(Duration::from_secs(1)).await;
@@ -63,7 +66,10 @@ async fn in_steady_state_no_caller_waits_for_a_fetch() {
 async fn a_sixty_second_outage_while_the_token_is_valid_fails_no_request() {
     // 600-second tokens: used for 570 s, refreshed in the background from 456-513 s on.
     let source = CountingSource::new(Duration::from_millis(10), Some(Duration::from_secs(600)));
-    let auth = AuthLayer::builder(source.clone()).jitter_seed(2).build();
+    let auth = AuthLayer::builder(source.clone())
+        .jitter_seed(2)
+        .build()
+        .unwrap();
     assert_eq!(burst(&auth, &source, 1).await, 1);
 
     advance(Duration::from_secs(440)).await;
@@ -103,7 +109,8 @@ async fn after_expiry_a_failing_endpoint_sees_at_most_one_attempt_per_backoff_in
     let auth = AuthLayer::builder(source.clone())
         .refresh_ahead(false)
         .jitter_seed(3)
-        .build();
+        .build()
+        .unwrap();
     assert_eq!(burst(&auth, &source, 1).await, 1);
     source.set_down(true);
     advance(Duration::from_secs(60)).await;
@@ -137,7 +144,10 @@ async fn after_expiry_a_failing_endpoint_sees_at_most_one_attempt_per_backoff_in
 #[tokio::test(start_paused = true)]
 async fn one_second_tokens_are_refreshed_about_twice_a_second_not_in_a_loop() {
     let source = CountingSource::new(Duration::from_millis(5), Some(Duration::from_secs(1)));
-    let auth = AuthLayer::builder(source.clone()).jitter_seed(4).build();
+    let auth = AuthLayer::builder(source.clone())
+        .jitter_seed(4)
+        .build()
+        .unwrap();
     for _ in 0..1_000 {
         assert_eq!(burst(&auth, &source, 3).await, 3);
         advance(Duration::from_millis(10)).await;
@@ -152,7 +162,8 @@ async fn refresh_ahead_off_still_renews_at_expiry() {
     let source = CountingSource::new(Duration::from_millis(5), Some(Duration::from_secs(100)));
     let auth = AuthLayer::builder(source.clone())
         .refresh_ahead(false)
-        .build();
+        .build()
+        .unwrap();
     assert_eq!(burst(&auth, &source, 1).await, 1);
     advance(Duration::from_secs(69)).await;
     assert_eq!(burst(&auth, &source, 10).await, 10);
@@ -185,7 +196,8 @@ async fn a_long_lived_service_sees_expiry_and_revocation_at_once() {
     let api = source.api();
     let auth = AuthLayer::builder(source.clone())
         .refresh_ahead(false)
-        .build();
+        .build()
+        .unwrap();
     let mut svc = ServiceBuilder::new()
         .layer(auth.clone())
         .service(api.clone());
@@ -228,7 +240,8 @@ fn a_token_fetched_by_a_runtime_since_shut_down_still_expires() {
     let api = source.api();
     let auth = AuthLayer::builder(source.clone())
         .refresh_ahead(false)
-        .build();
+        .build()
+        .unwrap();
     let mut svc = ServiceBuilder::new().layer(auth).service(api.clone());
     let first = paused();
     first.block_on(async {

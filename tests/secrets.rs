@@ -34,7 +34,7 @@ async fn debug_of_every_public_type_is_redacted() {
 
     let auth = AuthLayer::builder(source).expiry_margin(Duration::from_secs(1));
     assert_clean("AuthLayerBuilder", &format!("{auth:?}"));
-    let auth = auth.build();
+    let auth = auth.build().unwrap();
     let token = auth.token().await.unwrap();
     assert_eq!(token.access_token().secret(), format!("access-{MARK}"));
     assert_clean("Token", &format!("{token:?}"));

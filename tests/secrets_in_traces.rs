@@ -60,7 +60,8 @@ async fn no_secret_reaches_a_trace_event() {
             .unwrap(),
     )
     .backoff(Duration::ZERO, Duration::ZERO)
-    .build();
+    .build()
+    .unwrap();
     let svc = ServiceBuilder::new().layer(auth.clone()).service(idp.api());
     let get = || {
         Request::get("https://api.test/")

@@ -70,7 +70,8 @@ async fn ten_thousand_callers_at_expiry_cause_one_fetch() {
     let auth = AuthLayer::builder(source.clone())
         .expiry_margin(Duration::from_secs(10))
         .refresh_ahead(false)
-        .build();
+        .build()
+        .unwrap();
     let svc = ServiceBuilder::new()
         .layer(auth.clone())
         .service(source.api());
@@ -78,17 +79,19 @@ async fn ten_thousand_callers_at_expiry_cause_one_fetch() {
     burst(svc.clone(), 1).await;
     assert_eq!(source.fetches(), 1);
 
-    // Still inside the token's useful life: no fetch.
+    // Before the refresh target (expiry less the margin): no fetch.
     tokio::time::advance(Duration::from_secs(49)).await;
     burst(svc.clone(), 100).await;
     assert_eq!(source.fetches(), 1);
 
-    // Past expiry less the margin: everyone waits on one fetch.
-    tokio::time::advance(Duration::from_secs(2)).await;
+    // Past the token's expiry less the allowance (a tenth of 60 s), with no request in between
+    // to refresh it: everyone waits on one fetch.
+    tokio::time::advance(Duration::from_secs(5)).await;
     let statuses = burst(svc, 10_000).await;
     assert_eq!(source.fetches(), 2);
     assert!(statuses.iter().all(|s| *s == StatusCode::OK));
     assert_eq!(source.api().seen().last().unwrap(), "tok-2");
+    assert_eq!(auth.stats().waiters, 1 + 10_000);
 }
 
 #[tokio::test(start_paused = true)]
@@ -143,7 +146,10 @@ async fn a_failed_fetch_reaches_every_waiter_then_the_next_call_succeeds() {
     let source = CountingSource::new(Duration::from_millis(5), Some(Duration::from_secs(60)));
     source.fail_fetch(1);
     // A fixed jitter seed keeps the backoff below reproducible.
-    let auth = AuthLayer::builder(source.clone()).jitter_seed(7).build();
+    let auth = AuthLayer::builder(source.clone())
+        .jitter_seed(7)
+        .build()
+        .unwrap();
     let svc = ServiceBuilder::new()
         .layer(auth.clone())
         .service(source.api());
@@ -205,7 +211,8 @@ async fn a_slow_fetch_times_out_for_every_waiter() {
     let source = CountingSource::new(Duration::from_secs(3600), None);
     let auth = AuthLayer::builder(source.clone())
         .fetch_timeout(Duration::from_secs(5))
-        .build();
+        .build()
+        .unwrap();
     let mut set = JoinSet::new();
     for _ in 0..10 {
         let auth = auth.clone();
@@ -223,17 +230,27 @@ async fn a_slow_fetch_times_out_for_every_waiter() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_short_lived_token_is_used_for_half_its_life_not_refetched_in_a_loop() {
-    // A 1-second token with the default 30-second margin.
+async fn a_short_lived_token_is_refreshed_once_at_half_its_life_not_in_a_loop() {
+    // A 1-second token with the default 30-second margin, clamped to half its life.
     let source = CountingSource::new(Duration::ZERO, Some(Duration::from_secs(1)));
-    let auth = AuthLayer::new(source.clone());
+    let auth = AuthLayer::builder(source.clone())
+        .refresh_ahead(false)
+        .build()
+        .unwrap();
     for _ in 0..100 {
         auth.token().await.unwrap();
     }
     assert_eq!(source.fetches(), 1);
     tokio::time::advance(Duration::from_millis(600)).await;
-    auth.token().await.unwrap();
+    // Past the refresh target, still usable: callers get it at once, one refresh starts.
+    for _ in 0..100 {
+        assert_eq!(auth.token().await.unwrap().access_token().secret(), "tok-1");
+    }
+    tokio::task::yield_now().await;
     assert_eq!(source.fetches(), 2);
+    assert_eq!(auth.token().await.unwrap().access_token().secret(), "tok-2");
+    let stats = auth.stats();
+    assert_eq!((stats.waiters, stats.background_refreshes), (1, 1));
 }
 
 #[tokio::test(start_paused = true)]
@@ -242,7 +259,8 @@ async fn a_token_without_expiry_lives_for_the_default_lifetime() {
     let auth = AuthLayer::builder(source.clone())
         .default_lifetime(Duration::from_secs(600))
         .expiry_margin(Duration::from_secs(30))
-        .build();
+        .build()
+        .unwrap();
     auth.token().await.unwrap();
     tokio::time::advance(Duration::from_secs(569)).await;
     auth.token().await.unwrap();
@@ -258,7 +276,8 @@ async fn use_limited_tokens_are_fetched_once_per_use_budget() {
         let source = CountingSource::new(Duration::from_millis(5), Some(Duration::from_secs(3600)));
         let auth = AuthLayer::builder(source.clone())
             .max_token_uses(uses)
-            .build();
+            .build()
+            .unwrap();
         let svc = ServiceBuilder::new().layer(auth).service(source.api());
         let statuses = burst(svc, requests).await;
         assert!(statuses.iter().all(|s| *s == StatusCode::OK));

@@ -106,7 +106,10 @@ async fn forbidden_never_refreshes() {
 async fn a_body_over_the_replay_limit_is_not_resent_but_the_next_request_gets_a_new_token() {
     let source = source();
     let api = source.api();
-    let auth = AuthLayer::builder(source.clone()).replay_limit(4).build();
+    let auth = AuthLayer::builder(source.clone())
+        .replay_limit(4)
+        .build()
+        .unwrap();
     let svc = ServiceBuilder::new()
         .layer(auth.clone())
         .service(api.clone());
@@ -259,7 +262,8 @@ async fn with_retry_off_the_401_is_returned_and_the_next_request_recovers() {
         .layer(
             AuthLayer::builder(source.clone())
                 .retry_unauthorized(false)
-                .build(),
+                .build()
+                .unwrap(),
         )
         .service(api.clone());
     svc.clone().oneshot(post("a")).await.unwrap();
@@ -369,15 +373,24 @@ async fn the_scheme_can_be_spelled_as_the_api_wants() {
     let source = source();
     let api = source.api();
     let svc = ServiceBuilder::new()
-        .layer(AuthLayer::builder(source.clone()).scheme("bearer").build())
+        .layer(
+            AuthLayer::builder(source.clone())
+                .scheme("bearer")
+                .build()
+                .unwrap(),
+        )
         .service(api.clone());
     svc.oneshot(post("a")).await.unwrap();
     assert_eq!(*api.state().authorization.lock().unwrap(), ["bearer tok-1"]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_scheme_that_is_not_a_token_is_a_config_error() {
-    let auth = AuthLayer::builder(source()).scheme("Bearer token").build();
-    let err = auth.token().await.unwrap_err();
+#[test]
+fn a_scheme_that_is_not_a_token_is_a_config_error_before_any_fetch() {
+    let source = source();
+    let err = AuthLayer::builder(source.clone())
+        .scheme("Bearer token")
+        .build()
+        .unwrap_err();
     assert!(matches!(err, Error::Config(_)), "{err:?}");
+    assert_eq!(source.fetches(), 0);
 }

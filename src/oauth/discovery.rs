@@ -54,7 +54,8 @@ pub struct ProviderMetadata {
 }
 
 impl ProviderMetadata {
-    /// Fetches the metadata of `issuer` with a default HTTP client.
+    /// Fetches the metadata of `issuer` with a default HTTP client. Each request times out
+    /// after [`DEFAULT_REQUEST_TIMEOUT`](crate::source::DEFAULT_REQUEST_TIMEOUT).
     ///
     /// # Errors
     ///
@@ -65,7 +66,9 @@ impl ProviderMetadata {
     }
 
     /// Fetches the metadata of `issuer` with `http`; `allow_http` permits plain `http` to
-    /// non-loopback hosts, for the issuer and the endpoints it names.
+    /// non-loopback hosts, for the issuer and the endpoints it names. Each request times out
+    /// after [`DEFAULT_REQUEST_TIMEOUT`](crate::source::DEFAULT_REQUEST_TIMEOUT), whatever
+    /// `http`'s own settings.
     pub async fn discover_with(
         issuer: &str,
         http: &reqwest::Client,
@@ -76,6 +79,7 @@ impl ProviderMetadata {
             let response = http
                 .get(location.clone())
                 .header(http::header::ACCEPT, "application/json")
+                .timeout(super::DEFAULT_REQUEST_TIMEOUT)
                 .send()
                 .await
                 .map_err(|e| Error::Transport(TransportError::new(e)))?;

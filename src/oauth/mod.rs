@@ -25,6 +25,10 @@ pub use pkce::Pkce;
 /// Largest token-endpoint response body read; anything longer is an error.
 pub(crate) const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
+/// Default for `request_timeout` on the grant builders: the longest one request to a token,
+/// revocation or discovery endpoint may take, connection and body included.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Form parameters whose values are secrets: never logged, scrubbed from error excerpts.
 const SECRET_PARAMS: &[&str] = &[
     "client_secret",
@@ -54,6 +58,7 @@ pub(crate) struct EndpointConfig {
     pub(crate) http: Option<reqwest::Client>,
     pub(crate) allow_http: bool,
     pub(crate) revocation_url: Option<String>,
+    pub(crate) request_timeout: Duration,
 }
 
 /// What [`EndpointConfig::build`] checked and made.
@@ -76,6 +81,7 @@ impl EndpointConfig {
             http: None,
             allow_http: false,
             revocation_url: None,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 
@@ -100,6 +106,9 @@ impl EndpointConfig {
                 "parameter `{name}` is set by the grant or the builder, not by `.param()`"
             )));
         }
+        if self.request_timeout.is_zero() {
+            return Err(Error::config("request_timeout must be longer than zero"));
+        }
         let revocation_url = self
             .revocation_url
             .map(|u| endpoint_url(&u, self.allow_http))
@@ -116,6 +125,7 @@ impl EndpointConfig {
                 client_secret: self.client_secret,
                 auth,
                 http,
+                timeout: self.request_timeout,
             },
             scope: self.scope,
             params: self.params,
@@ -137,6 +147,7 @@ impl fmt::Debug for EndpointConfig {
             .field("params", &ParamNames(&self.params))
             .field("allow_http", &self.allow_http)
             .field("revocation_url", &self.revocation_url)
+            .field("request_timeout", &self.request_timeout)
             .finish()
     }
 }
@@ -208,6 +219,16 @@ macro_rules! client_builder_methods {
             self.config.revocation_url = Some(url.into());
             self
         }
+
+        /// The longest one request to the token or revocation endpoint may take, connecting
+        /// and reading the answer included (30 s unless set; zero is refused). It applies to
+        /// a client given with [`http_client`](Self::http_client) too. The layer's
+        /// [`fetch_timeout`](crate::AuthLayerBuilder::fetch_timeout) bounds a whole fetch
+        /// besides.
+        pub fn request_timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.config.request_timeout = timeout;
+            self
+        }
     };
 }
 pub(crate) use client_builder_methods;
@@ -221,6 +242,8 @@ pub(crate) struct TokenEndpoint {
     client_secret: Option<ClientSecret>,
     auth: ClientAuth,
     http: reqwest::Client,
+    /// Of each request.
+    timeout: Duration,
 }
 
 impl TokenEndpoint {
@@ -284,7 +307,7 @@ impl TokenEndpoint {
 
     /// Posts a form with the client authentication and reads the answer (capped).
     async fn post(&self, url: &Url, params: &[(&str, &str)]) -> Result<Posted, Error> {
-        let request = self.build_request(url, params);
+        let request = self.build_request(url, params).timeout(self.timeout);
         let response = request
             .send()
             .await
@@ -372,6 +395,7 @@ impl fmt::Debug for TokenEndpoint {
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret)
             .field("auth", &self.auth)
+            .field("timeout", &self.timeout)
             .field(
                 "revocation_url",
                 &self.revocation_url.as_ref().map(Url::as_str),

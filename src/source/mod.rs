@@ -43,6 +43,8 @@ pub use from_fn::{FromFn, from_fn};
 pub use refresh_token::{RefreshTokenGrant, RefreshTokenGrantBuilder};
 pub use static_token::StaticToken;
 
+pub use crate::oauth::DEFAULT_REQUEST_TIMEOUT;
+
 /// Fetches tokens. The layer's cache calls [`fetch`](TokenSource::fetch) when it needs a new token,
 /// never more than once at a time per cache.
 ///
@@ -59,6 +61,16 @@ pub trait TokenSource: Send + Sync + 'static {
         let _ = current;
         std::future::ready(Ok(()))
     }
+
+    /// Whether the cache may call [`fetch`](TokenSource::fetch) again at once, inside the same
+    /// fetch, after it failed with `error` (up to
+    /// [`fetch_attempts`](crate::AuthLayerBuilder::fetch_attempts) calls, with a short jittered
+    /// pause or the endpoint's `Retry-After`, within the fetch timeout). The default retries
+    /// [transient](Error::is_transient) errors; a source whose requests must not be repeated
+    /// after an unclear failure narrows it, as [`RefreshTokenGrant`] does.
+    fn retry_within_fetch(&self, error: &Error) -> bool {
+        error.is_transient()
+    }
 }
 
 impl<T: TokenSource> TokenSource for Arc<T> {
@@ -69,6 +81,10 @@ impl<T: TokenSource> TokenSource for Arc<T> {
     fn revoke(&self, current: Option<&Token>) -> impl Future<Output = Result<(), Error>> + Send {
         T::revoke(self, current)
     }
+
+    fn retry_within_fetch(&self, error: &Error) -> bool {
+        T::retry_within_fetch(self, error)
+    }
 }
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -77,6 +93,7 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub(crate) trait DynTokenSource: Send + Sync + 'static {
     fn fetch_boxed(&self) -> BoxFuture<'_, Result<Token, Error>>;
     fn revoke_boxed<'a>(&'a self, current: Option<&'a Token>) -> BoxFuture<'a, Result<(), Error>>;
+    fn retry_within_fetch(&self, error: &Error) -> bool;
     fn type_name(&self) -> &'static str;
 }
 
@@ -87,6 +104,10 @@ impl<T: TokenSource> DynTokenSource for T {
 
     fn revoke_boxed<'a>(&'a self, current: Option<&'a Token>) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(self.revoke(current))
+    }
+
+    fn retry_within_fetch(&self, error: &Error) -> bool {
+        TokenSource::retry_within_fetch(self, error)
     }
 
     fn type_name(&self) -> &'static str {

@@ -2,7 +2,7 @@
 
 use std::{fmt, sync::Arc};
 
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, oneshot};
 
 use crate::{
     Error, ProviderMetadata, Token, TokenSource,
@@ -15,18 +15,37 @@ use crate::{
 ///
 /// - **Rotation.** When a response carries a new refresh token, it replaces the old one; when it
 ///   does not, the old one is kept.
-/// - **At most once.** A refresh token is never sent twice: fetches are serialized (the layer's
-///   single flight, and a lock here for sources shared by several layers), and a refresh runs
-///   in its own task, so a caller that gives up cannot cut it off between the server's answer
-///   and the save.
+/// - **One request at a time.** Refreshes are serialized (the layer's single flight, and a lock
+///   here for a grant shared by several layers), and each runs in a task of its own, so a caller
+///   that gives up cannot cut it off between the server's answer and the save. If the answer
+///   comes after the caller gave up, its access token is kept for the next fetch.
+/// - **A refresh token the server answered is never sent again.** After a success the new
+///   refresh token (or the same one, without rotation) is used; after a terminal error the old
+///   one is not sent again (below).
+/// - **Sent again only when unanswered.** A request the server certainly did not act on (no
+///   connection, 429, 503, `temporarily_unavailable`: [`Error::is_unprocessed`]) is retried
+///   within the fetch. After any other failure (a timeout, a connection lost after sending,
+///   another 5xx) the server may or may not have rotated the token: nothing is retried within
+///   that fetch, and the **next fetch sends the same refresh token once more**, after the
+///   layer's backoff. If the server had not processed it, or allows a rotated token back for a
+///   grace period (as many servers do for this very case), that refresh succeeds. If it had
+///   rotated and revokes the grant when an old token comes back, it answers `invalid_grant`,
+///   which ends the grant with [`Error::AuthorizationRequired`] (the new refresh token was lost
+///   with the answer, so no choice of the client could have kept the grant); such a server may
+///   also revoke the access token in use.
 /// - **Persisted first.** The new refresh token is saved before the access token it bought is
 ///   handed out; if the save fails, the caller gets [`Error::Store`] and the token is not used.
+///   A process killed after the server rotated and before the save restarts with the old
+///   refresh token, the same case as a lost answer above.
 /// - **Resume.** A restarted process loads the store and goes on: it uses the stored access
 ///   token while it lasts, then refreshes. No new authorization is needed.
 /// - **Terminal errors.** `invalid_grant`, `invalid_client` and `unauthorized_client` are
 ///   returned as they are ([`Error::is_terminal`]) and remembered: the same refresh token is
 ///   not sent again. Fetches fail at once until the store holds a different refresh token (a new
 ///   authorization, perhaps by another process).
+/// - **Timeouts.** Each request to the token or revocation endpoint times out after
+///   [`request_timeout`](RefreshTokenGrantBuilder::request_timeout) (30 s), so a server that
+///   accepts and never answers cannot hold the grant.
 ///
 /// Get one from [`AuthorizationCode::exchange`](crate::AuthorizationCode::exchange), or build
 /// one over a store that already holds a refresh token:
@@ -66,6 +85,9 @@ struct GrantState {
     access_handed_out: bool,
     /// The endpoint rejected the stored refresh token for good.
     rejected: Option<Error>,
+    /// The last refresh failed after it was sent, unanswered: the server may have rotated the
+    /// refresh token it carried (see the type's documentation).
+    unanswered: bool,
 }
 
 impl RefreshTokenGrant {
@@ -103,6 +125,7 @@ impl RefreshTokenGrant {
                     stored,
                     access_handed_out: false,
                     rejected: None,
+                    unanswered: false,
                 }),
             }),
         }
@@ -113,20 +136,37 @@ impl TokenSource for RefreshTokenGrant {
     async fn fetch(&self) -> Result<Token, Error> {
         let inner = Arc::clone(&self.inner);
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
-        runtime
-            .spawn(async move { inner.fetch().await })
-            .await
-            .map_err(|_| Error::Aborted)?
+        let (answer, answered) = oneshot::channel();
+        runtime.spawn(async move { inner.fetch(answer).await });
+        answered.await.map_err(|_| Error::Aborted)?
     }
 
     async fn revoke(&self, current: Option<&Token>) -> Result<(), Error> {
         self.inner.revoke(current).await
     }
+
+    /// Only a request the server certainly did not act on: any other failure may have rotated
+    /// the refresh token.
+    fn retry_within_fetch(&self, error: &Error) -> bool {
+        error.is_unprocessed()
+    }
 }
 
 impl Inner {
-    async fn fetch(&self) -> Result<Token, Error> {
+    /// Refreshes, and sends the result to `answer`. A token bought for a caller that has gone
+    /// meanwhile is kept for the next fetch.
+    async fn fetch(&self, answer: oneshot::Sender<Result<Token, Error>>) {
         let mut state = self.state.lock().await;
+        let result = self.fetch_locked(&mut state).await;
+        if result.is_ok() && answer.is_closed() {
+            tracing::debug!(target: "tower_bearer", "refreshed token kept for the next fetch: its caller gave up");
+            state.access_handed_out = false;
+            return;
+        }
+        let _ = answer.send(result);
+    }
+
+    async fn fetch_locked(&self, state: &mut GrantState) -> Result<Token, Error> {
         if !state.loaded || state.rejected.is_some() {
             let stored = self.store.load_boxed().await?;
             if let Some(rejected) = &state.rejected {
@@ -139,8 +179,7 @@ impl Inner {
             *state = GrantState {
                 loaded: true,
                 stored,
-                access_handed_out: false,
-                rejected: None,
+                ..GrantState::default()
             };
         }
 
@@ -175,14 +214,33 @@ impl Inner {
         params.extend(self.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
 
         match self.endpoint.request(&params).await {
+            Err(err) if err.is_terminal() => {
+                let err = if state.unanswered
+                    && err.oauth().is_some_and(|e| e.code() == "invalid_grant")
+                {
+                    Error::AuthorizationRequired(
+                        "the refresh token was refused after an earlier refresh with it went \
+                         unanswered: the server had probably rotated it and does not accept it \
+                         again; authorize again"
+                            .into(),
+                    )
+                } else {
+                    err
+                };
+                tracing::warn!(target: "tower_bearer", error = %err, "refresh token rejected; a new authorization is required");
+                state.unanswered = false;
+                state.rejected = Some(err.clone());
+                Err(err)
+            }
             Err(err) => {
-                if err.is_terminal() {
-                    tracing::warn!(target: "tower_bearer", error = %err, "refresh token rejected; a new authorization is required");
-                    state.rejected = Some(err.clone());
+                if !err.is_unprocessed() {
+                    tracing::warn!(target: "tower_bearer", error = %err, "refresh went unanswered; the next fetch sends the same refresh token once more");
+                    state.unanswered = true;
                 }
                 Err(err)
             }
             Ok(token) => {
+                state.unanswered = false;
                 let next = StoredToken::from_response(&token, Some(&refresh));
                 // The old refresh token is spent either way: keep the new one in memory even if
                 // the save fails, and never hand out the access token before the save succeeds.
@@ -194,30 +252,43 @@ impl Inner {
         }
     }
 
+    /// Revokes at the endpoint what it can, then forgets everything here and in the store,
+    /// whatever the endpoint said; the first error is returned.
     async fn revoke(&self, current: Option<&Token>) -> Result<(), Error> {
         let mut state = self.state.lock().await;
+        let mut first_error = None;
         if !state.loaded {
-            state.stored = self.store.load_boxed().await?;
-            state.loaded = true;
+            match self.store.load_boxed().await {
+                Ok(stored) => state.stored = stored,
+                Err(err) => first_error = Some(err),
+            }
         }
         if self.endpoint.can_revoke() {
             // Revoking the refresh token also revokes the access tokens it bought (RFC 7009 §2.1)
             // on most servers; revoke the access token in use as well for those that do not.
             if let Some(rt) = state.stored.as_ref().and_then(StoredToken::refresh_token) {
-                self.endpoint.revoke(rt.secret(), "refresh_token").await?;
+                if let Err(err) = self.endpoint.revoke(rt.secret(), "refresh_token").await {
+                    first_error.get_or_insert(err);
+                }
             }
             if let Some(token) = current {
-                self.endpoint
+                let revoked = self
+                    .endpoint
                     .revoke(token.access_token().secret(), "access_token")
-                    .await?;
+                    .await;
+                if let Err(err) = revoked {
+                    first_error.get_or_insert(err);
+                }
             }
         }
-        self.store.clear_boxed().await?;
         *state = GrantState {
             loaded: true,
             ..GrantState::default()
         };
-        Ok(())
+        if let Err(err) = self.store.clear_boxed().await {
+            first_error.get_or_insert(err);
+        }
+        first_error.map_or(Ok(()), Err)
     }
 }
 

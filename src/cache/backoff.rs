@@ -1,0 +1,209 @@
+//! Waiting before the next token request: after failed fetches, after fresh tokens that the
+//! API keeps rejecting, and between the attempts of one fetch.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::Error;
+
+/// Exponential backoff with "equal jitter": the `n`th wait in a row is a random time between
+/// half and all of `min(max, base * 2^(n-1))`.
+///
+/// The random half spreads a fleet of processes that failed together; the fixed half bounds
+/// how often the endpoint is asked: never twice within half a step.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Backoff {
+    pub(crate) base: Duration,
+    pub(crate) max: Duration,
+}
+
+impl Backoff {
+    /// The `n`th wait in a row (`n` from 1).
+    pub(crate) fn delay(&self, n: u32, rng: &mut fastrand::Rng) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << n.saturating_sub(1).min(20))
+            .min(self.max);
+        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(rng.u64(nanos / 2..=nanos))
+    }
+}
+
+/// Longest `Retry-After` honoured.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Fetches that failed in a row, the last error, and when the next fetch may go out.
+pub(crate) struct FetchFailures {
+    pub(crate) count: u32,
+    pub(crate) error: Error,
+    pub(crate) retry_at: Instant,
+}
+
+impl FetchFailures {
+    /// The failures after one more, `error`, at `now`: the next fetch waits for the backoff, or
+    /// for the endpoint's `Retry-After` if that is longer.
+    pub(crate) fn after(
+        previous: Option<&FetchFailures>,
+        error: Error,
+        now: Instant,
+        backoff: &Backoff,
+        rng: &mut fastrand::Rng,
+    ) -> FetchFailures {
+        let count = previous.map_or(0, |f| f.count) + 1;
+        let mut delay = backoff.delay(count, rng);
+        if let Some(retry_after) = error.retry_after() {
+            delay = delay.max(retry_after.min(MAX_RETRY_AFTER));
+        }
+        FetchFailures {
+            count,
+            error,
+            retry_at: now + delay,
+        }
+    }
+}
+
+/// A streak of fresh tokens rejected with 401 (or gRPC `UNAUTHENTICATED`) rejections ends when
+/// no token has been rejected for this long.
+pub(crate) const REJECTION_STREAK_WINDOW: Duration = Duration::from_secs(60);
+
+/// What to do with a rejection of the current token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Forget the token: the next request fetches a new one.
+    Forget,
+    /// Keep it for now: fresh tokens keep being rejected, and the next fetch waits for the
+    /// backoff. The request that was rejected gets its 401.
+    Keep,
+}
+
+/// Tokens rejected one after the other. The first rejection of a streak forgets the token at
+/// once (a revoked token is replaced without delay); when the token that replaced it is
+/// rejected too, it is kept for a backoff interval before the next fetch, and so on, so that an
+/// API that rejects every token (a wrong audience, a key not yet propagated) costs one token
+/// request per backoff interval, not one per round trip.
+#[derive(Debug, Default)]
+pub(crate) struct RejectionStreak {
+    /// Tokens rejected in this streak.
+    count: u32,
+    /// The token kept despite its rejection, and until when.
+    hold: Option<Hold>,
+    /// When the streak last forgot a token or ended a hold.
+    last: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    generation: u64,
+    until: Instant,
+}
+
+impl RejectionStreak {
+    /// The verdict on a rejection of the current token, `generation`, at `now`.
+    pub(crate) fn rejected(
+        &mut self,
+        generation: u64,
+        now: Instant,
+        backoff: &Backoff,
+        rng: &mut fastrand::Rng,
+    ) -> Verdict {
+        let quiet = self
+            .last
+            .is_none_or(|at| now.saturating_duration_since(at) >= REJECTION_STREAK_WINDOW);
+        if quiet {
+            *self = RejectionStreak::default();
+        }
+        if let Some(hold) = self.hold.filter(|h| h.generation == generation) {
+            if now < hold.until {
+                return Verdict::Keep;
+            }
+            // The hold is over: try another token.
+            self.hold = None;
+            self.last = Some(now);
+            return Verdict::Forget;
+        }
+        self.count += 1;
+        if self.count == 1 {
+            self.last = Some(now);
+            return Verdict::Forget;
+        }
+        let until = now + backoff.delay(self.count - 1, rng);
+        self.hold = Some(Hold { generation, until });
+        self.last = Some(until);
+        Verdict::Keep
+    }
+
+    /// Forgets the streak (after [`AuthLayer::revoke`](crate::AuthLayer::revoke)).
+    pub(crate) fn reset(&mut self) {
+        *self = RejectionStreak::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BACKOFF: Backoff = Backoff {
+        base: Duration::from_millis(200),
+        max: Duration::from_secs(30),
+    };
+
+    #[test]
+    fn delays_double_up_to_the_cap_and_never_fall_below_half() {
+        let mut rng = fastrand::Rng::with_seed(1);
+        for n in 1..40 {
+            let ceiling = (BACKOFF.base * 2u32.pow((n - 1).min(20))).min(BACKOFF.max);
+            for _ in 0..100 {
+                let d = BACKOFF.delay(n, &mut rng);
+                assert!(d >= ceiling / 2 && d <= ceiling, "{n}: {d:?}");
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_wins_when_longer_and_is_capped() {
+        let mut rng = fastrand::Rng::with_seed(2);
+        let now = Instant::now();
+        let error = Error::UnexpectedResponse {
+            status: http::StatusCode::SERVICE_UNAVAILABLE,
+            reason: "busy".into(),
+            excerpt: None,
+            retry_after: Some(Duration::from_secs(120)),
+        };
+        let failures = FetchFailures::after(None, error.clone(), now, &BACKOFF, &mut rng);
+        assert_eq!(failures.retry_at, now + Duration::from_secs(120));
+        let huge = error.with_retry_after(Some(Duration::from_secs(86_400)));
+        let failures = FetchFailures::after(Some(&failures), huge, now, &BACKOFF, &mut rng);
+        assert_eq!(
+            (failures.count, failures.retry_at),
+            (2, now + MAX_RETRY_AFTER)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_streak_forgets_the_first_token_then_holds_each_next_one() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut streak = RejectionStreak::default();
+        let t0 = Instant::now();
+        assert_eq!(streak.rejected(1, t0, &BACKOFF, &mut rng), Verdict::Forget);
+        // The replacement is rejected too: kept for 100-200 ms.
+        let t1 = t0 + Duration::from_millis(10);
+        assert_eq!(streak.rejected(2, t1, &BACKOFF, &mut rng), Verdict::Keep);
+        let t2 = t1 + Duration::from_millis(99);
+        assert_eq!(streak.rejected(2, t2, &BACKOFF, &mut rng), Verdict::Keep);
+        let t3 = t1 + Duration::from_millis(200);
+        assert_eq!(streak.rejected(2, t3, &BACKOFF, &mut rng), Verdict::Forget);
+        // The third token is kept for 200-400 ms.
+        assert_eq!(streak.rejected(3, t3, &BACKOFF, &mut rng), Verdict::Keep);
+        let t4 = t3 + Duration::from_millis(199);
+        assert_eq!(streak.rejected(3, t4, &BACKOFF, &mut rng), Verdict::Keep);
+        let t5 = t3 + Duration::from_millis(400);
+        assert_eq!(streak.rejected(3, t5, &BACKOFF, &mut rng), Verdict::Forget);
+        // A rejection long after the streak starts a new one: forgotten at once.
+        let later = t5 + REJECTION_STREAK_WINDOW;
+        assert_eq!(
+            streak.rejected(4, later, &BACKOFF, &mut rng),
+            Verdict::Forget
+        );
+    }
+}

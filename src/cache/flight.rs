@@ -1,0 +1,177 @@
+//! One fetch and everyone waiting for it.
+//!
+//! A fetch runs in a Tokio task of its own, so that a caller that gives up cancels nothing for
+//! the others. The task carries a [`FlightGuard`]: if the task is dropped before it finishes (the
+//! source panicked, the runtime shut down, the task was dropped inside `spawn`), the guard
+//! resolves the flight with [`Error::Aborted`]. Every waiter also has its own deadline, so a
+//! fetch whose runtime is never driven again strands no one either.
+
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use tokio::{sync::Notify, time::Instant};
+
+use super::TokenCache;
+use crate::{Error, Token, cache::entry::Entry};
+
+/// How long past the fetch timeout a waiter waits before giving up on a fetch by itself: the
+/// fetch's own timeout normally fires first, on the runtime that runs it.
+pub(crate) const WAITER_SLACK: Duration = Duration::from_secs(1);
+
+/// How a fetch ended, for those who waited on it.
+#[derive(Clone)]
+pub(crate) enum Outcome {
+    /// A new token, now current.
+    Token(Arc<Entry>),
+    /// The error every waiter gets.
+    Failed(Error),
+    /// [`AuthLayer::revoke`](crate::AuthLayer::revoke) forgot everything while the fetch ran:
+    /// its token was not installed, and waiters ask again.
+    Superseded,
+}
+
+/// One fetch in progress.
+pub(crate) struct Flight {
+    outcome: OnceLock<Outcome>,
+    done: Notify,
+    /// After this instant waiters stop waiting, and the next caller starts another fetch.
+    pub(crate) deadline: Instant,
+}
+
+impl Flight {
+    pub(crate) fn new(deadline: Instant) -> Flight {
+        Flight {
+            outcome: OnceLock::new(),
+            done: Notify::new(),
+            deadline,
+        }
+    }
+
+    /// Sets the outcome, if none is set yet, and wakes every waiter.
+    pub(crate) fn resolve(&self, outcome: Outcome) {
+        if self.outcome.set(outcome).is_ok() {
+            self.done.notify_waiters();
+        }
+    }
+
+    /// The outcome, if the flight has one.
+    pub(crate) fn outcome(&self) -> Option<&Outcome> {
+        self.outcome.get()
+    }
+
+    /// Waits for the outcome, without a deadline of its own: the caller adds one.
+    pub(crate) async fn wait(&self) -> Outcome {
+        loop {
+            let notified = self.done.notified();
+            tokio::pin!(notified);
+            // Register before looking, so that an outcome set between the look and the await
+            // is seen.
+            notified.as_mut().enable();
+            if let Some(outcome) = self.outcome.get() {
+                return outcome.clone();
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Runs a fetch in its task and hands the result to the cache; resolves the flight with
+/// [`Error::Aborted`] if dropped before that.
+pub(crate) struct FlightGuard {
+    pub(crate) cache: Arc<TokenCache>,
+    pub(crate) flight: Arc<Flight>,
+    pub(crate) finished: bool,
+}
+
+impl FlightGuard {
+    pub(crate) async fn run(mut self) {
+        let cache = Arc::clone(&self.cache);
+        let started = Instant::now();
+        let result = fetch_with_retries(&cache, started).await;
+        let elapsed = started.elapsed();
+        let failure = result.as_ref().err().map(Error::is_terminal);
+        if let Err(err) = &result {
+            tracing::warn!(
+                target: "tower_bearer",
+                source = cache.source().type_name(),
+                elapsed = ?elapsed,
+                error = %err,
+                "token fetch failed"
+            );
+        }
+        self.finished = true;
+        let usable_for = match cache.complete(&self.flight, result) {
+            Outcome::Token(entry) => {
+                let usable_for = entry.usable_until.saturating_duration_since(Instant::now());
+                tracing::debug!(
+                    target: "tower_bearer",
+                    source = cache.source().type_name(),
+                    elapsed = ?elapsed,
+                    usable_for = ?usable_for,
+                    generation = entry.generation,
+                    "token fetched"
+                );
+                Some(usable_for)
+            }
+            Outcome::Failed(_) => None,
+            Outcome::Superseded => {
+                tracing::debug!(
+                    target: "tower_bearer",
+                    elapsed = ?elapsed,
+                    "fetch ended after it was given up or revoked; its result is dropped"
+                );
+                None
+            }
+        };
+        cache.counters.fetch_finished(elapsed, failure, usable_for);
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.cache.complete(&self.flight, Err(Error::Aborted));
+        }
+    }
+}
+
+/// Calls the source, and again after a transient failure the source says may be retried at
+/// once, with a jittered, growing pause (or the endpoint's `Retry-After`), as long as the
+/// attempts and the fetch timeout allow.
+async fn fetch_with_retries(cache: &TokenCache, started: Instant) -> Result<Token, Error> {
+    let settings = cache.settings();
+    let timeout = settings.fetch_timeout;
+    let deadline = started + timeout;
+    let mut attempt = 1;
+    loop {
+        let error = match tokio::time::timeout_at(deadline, cache.source().fetch_boxed()).await {
+            Ok(Ok(token)) => return Ok(token),
+            Ok(Err(error)) => error,
+            Err(_) => return Err(Error::Timeout(timeout)),
+        };
+        if attempt >= settings.fetch_attempts || !cache.source().retry_within_fetch(&error) {
+            return Err(error);
+        }
+        let mut pause = cache.retry_pause(attempt);
+        if let Some(retry_after) = error.retry_after() {
+            pause = pause.max(retry_after);
+        }
+        // Only if the next attempt would still start well inside the fetch timeout; otherwise
+        // the error goes to the callers, and the backoff between fetches takes over.
+        if Instant::now() + pause + pause >= deadline {
+            return Err(error);
+        }
+        tracing::debug!(
+            target: "tower_bearer",
+            attempt,
+            pause = ?pause,
+            error = %error,
+            "token request failed transiently; trying again"
+        );
+        cache.counters.fetch_retried();
+        tokio::time::sleep(pause).await;
+        attempt += 1;
+    }
+}

@@ -1,0 +1,591 @@
+//! The token cache: one current token in an [`ArcSwapOption`], and single-flight fetching.
+//!
+//! A request reads the current [`Entry`] without a lock and compares one read of the monotonic
+//! clock with the entry's instants (see [`entry`]): before its refresh point the token is sent
+//! with nothing more to do. Past it, the request still sends the token and starts one background
+//! refresh; only a token past its expiry (less a small allowance), or none at all, makes callers
+//! wait.
+//!
+//! Waiting goes through [`TokenCache::acquire`]. The first caller starts a *flight* (see
+//! [`flight`]): a Tokio task that calls the [`TokenSource`](crate::TokenSource), retrying
+//! transient failures, installs the token and hands the outcome to every caller waiting on it.
+//! Later callers join the flight in progress, each with its own deadline.
+//!
+//! Every change of the current token (a fetch installing one, a 401 forgetting one, a
+//! revocation) happens under one `std::sync::Mutex`, which is never held across an await, a
+//! spawn or a call into user code.
+//!
+//! This module knows tokens and time, not HTTP requests.
+
+mod backoff;
+mod entry;
+mod flight;
+
+use std::{
+    fmt,
+    future::Future,
+    panic::{AssertUnwindSafe, catch_unwind},
+    pin::pin,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    task::Poll,
+    time::Duration,
+};
+
+use arc_swap::ArcSwapOption;
+use tokio::{
+    runtime::Handle,
+    time::{Instant, Sleep},
+};
+use tracing::Instrument;
+
+pub(crate) use backoff::Backoff;
+use backoff::{FetchFailures, RejectionStreak, Verdict};
+pub use entry::EXPIRY_ALLOWANCE;
+pub(crate) use entry::{Entry, Use};
+use flight::{Flight, FlightGuard, Outcome, WAITER_SLACK};
+
+use crate::{Error, Token, source::DynTokenSource, stats::Counters};
+
+/// Default for [`AuthLayerBuilder::expiry_margin`](crate::AuthLayerBuilder::expiry_margin).
+pub const DEFAULT_EXPIRY_MARGIN: Duration = Duration::from_secs(30);
+/// Default for [`AuthLayerBuilder::default_lifetime`](crate::AuthLayerBuilder::default_lifetime).
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+/// Default for the first step of [`AuthLayerBuilder::backoff`](crate::AuthLayerBuilder::backoff).
+pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(200);
+/// Default for the longest step of [`AuthLayerBuilder::backoff`](crate::AuthLayerBuilder::backoff).
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Default for [`AuthLayerBuilder::fetch_timeout`](crate::AuthLayerBuilder::fetch_timeout).
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for [`AuthLayerBuilder::fetch_attempts`](crate::AuthLayerBuilder::fetch_attempts).
+pub const DEFAULT_FETCH_ATTEMPTS: u32 = 3;
+
+/// Settings of a cache; see [`AuthLayerBuilder`](crate::AuthLayerBuilder).
+#[derive(Debug, Clone)]
+pub(crate) struct CacheSettings {
+    pub(crate) expiry_margin: Duration,
+    pub(crate) default_lifetime: Duration,
+    pub(crate) fetch_timeout: Duration,
+    /// Token requests one fetch may make when they fail transiently.
+    pub(crate) fetch_attempts: u32,
+    /// The authentication scheme written before the token, `Bearer` by default; empty for the
+    /// token alone.
+    pub(crate) scheme: Arc<str>,
+    /// How many requests may use one token; `None` for no limit.
+    pub(crate) max_uses: Option<u32>,
+    /// Refresh in the background before the refresh target.
+    pub(crate) refresh_ahead: bool,
+    /// Backoff after failed fetches and rejected tokens.
+    pub(crate) backoff: Backoff,
+    /// Seed of the jitter; random unless set (tests set it).
+    pub(crate) jitter_seed: Option<u64>,
+    /// The runtime fetches run on; the caller's unless set.
+    pub(crate) runtime: Option<Handle>,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            expiry_margin: DEFAULT_EXPIRY_MARGIN,
+            default_lifetime: DEFAULT_LIFETIME,
+            fetch_timeout: DEFAULT_FETCH_TIMEOUT,
+            fetch_attempts: DEFAULT_FETCH_ATTEMPTS,
+            scheme: Arc::from("Bearer"),
+            max_uses: None,
+            refresh_ahead: true,
+            backoff: Backoff {
+                base: DEFAULT_BACKOFF_BASE,
+                max: DEFAULT_BACKOFF_MAX,
+            },
+            jitter_seed: None,
+            runtime: None,
+        }
+    }
+}
+
+/// What a rejection (401, gRPC `UNAUTHENTICATED`) did to the token it named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    /// It was current and is forgotten: the next request fetches a new token.
+    Forgotten,
+    /// It is current and kept: fresh tokens keep being rejected, and the next fetch waits for
+    /// the backoff. Resending with the same token is pointless.
+    Kept,
+    /// It was no longer current: a newer token replaced it, or is being fetched.
+    NotCurrent,
+}
+
+/// Shared state behind every clone of an [`AuthLayer`](crate::AuthLayer) and its services.
+pub(crate) struct TokenCache {
+    current: ArcSwapOption<Entry>,
+    /// Everything that changes the current token, locked off the hot path only and never
+    /// across an await, a spawn or user code.
+    state: Mutex<CacheState>,
+    /// Nanoseconds since `clock_base` before which no background refresh starts: while a fetch
+    /// runs, until its deadline; after a failure, until the backoff has passed. Lets requests in
+    /// the refresh window skip the lock with one atomic load.
+    next_background: AtomicU64,
+    clock_base: Instant,
+    source: Box<dyn DynTokenSource>,
+    settings: CacheSettings,
+    pub(crate) counters: Counters,
+}
+
+struct CacheState {
+    flight: Option<Arc<Flight>>,
+    failures: Option<FetchFailures>,
+    rejections: RejectionStreak,
+    /// Jitter of backoff and refresh points.
+    rng: fastrand::Rng,
+    /// The generation of the last token installed.
+    generation: u64,
+}
+
+enum Step {
+    Ready(Arc<Entry>),
+    Wait(Arc<Flight>),
+}
+
+impl TokenCache {
+    pub(crate) fn new(source: Box<dyn DynTokenSource>, settings: CacheSettings) -> Arc<Self> {
+        let rng = match settings.jitter_seed {
+            Some(seed) => fastrand::Rng::with_seed(seed),
+            None => fastrand::Rng::new(),
+        };
+        Arc::new(TokenCache {
+            current: ArcSwapOption::empty(),
+            state: Mutex::new(CacheState {
+                flight: None,
+                failures: None,
+                rejections: RejectionStreak::default(),
+                rng,
+                generation: 0,
+            }),
+            next_background: AtomicU64::new(0),
+            clock_base: Instant::now(),
+            source,
+            settings,
+            counters: Counters::default(),
+        })
+    }
+
+    /// The slot the hot path reads.
+    #[inline]
+    pub(crate) fn current(&self) -> &ArcSwapOption<Entry> {
+        &self.current
+    }
+
+    /// The settings the layer was built with.
+    pub(crate) fn settings(&self) -> &CacheSettings {
+        &self.settings
+    }
+
+    /// The token source.
+    pub(crate) fn source(&self) -> &dyn DynTokenSource {
+        &*self.source
+    }
+
+    /// The current entry, usable or not.
+    pub(crate) fn peek(&self) -> Option<Arc<Entry>> {
+        self.current.load_full()
+    }
+
+    /// Whether a request at `now` may send `entry`, a token past its quiet period: starts a
+    /// background refresh when one is due, counts a stale token, claims a use of a use-limited
+    /// one. `false`: wait for a new token.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn check(self: &Arc<Self>, entry: &Entry, now: Instant) -> bool {
+        match entry.use_at(now) {
+            Use::Wait => false,
+            Use::Send { refresh, stale } => {
+                if stale {
+                    self.counters.served_stale();
+                }
+                if refresh {
+                    self.refresh_ahead(now);
+                }
+                true
+            }
+        }
+    }
+
+    /// A token to send: the current one if usable, else the outcome of the fetch in flight, or
+    /// of a new fetch.
+    ///
+    /// Cancellation-safe: dropping the future leaves the fetch running for others. Every wait
+    /// has a deadline (the fetch timeout and [`WAITER_SLACK`]), whichever runtime runs the fetch.
+    ///
+    /// With use-limited tokens every waiter claims a use of the fetched token; those who find
+    /// it used up wait for the next fetch, so there is still one fetch per use, never more.
+    pub(crate) async fn acquire(self: Arc<Self>) -> Result<Arc<Entry>, Error> {
+        let mut waited = false;
+        loop {
+            let flight = match self.step()? {
+                Step::Ready(entry) => return Ok(entry),
+                Step::Wait(flight) => flight,
+            };
+            if !waited {
+                self.counters.waited();
+                waited = true;
+            }
+            let outcome = match flight.outcome() {
+                Some(outcome) => outcome.clone(),
+                None => {
+                    let deadline = pin!(self.timer(flight.deadline)?);
+                    match first(flight.wait(), deadline).await {
+                        Some(outcome) => outcome,
+                        None => {
+                            self.give_up(&flight, Instant::now());
+                            return Err(Error::Timeout(self.settings.fetch_timeout + WAITER_SLACK));
+                        }
+                    }
+                }
+            };
+            match outcome {
+                Outcome::Token(entry) if entry.claim() => return Ok(entry),
+                // Used up by other waiters: wait for the next fetch.
+                Outcome::Token(_) => {}
+                Outcome::Failed(error) => return Err(error),
+                // Revoked while it ran: ask again.
+                Outcome::Superseded => {}
+            }
+        }
+    }
+
+    fn step(self: &Arc<Self>) -> Result<Step, Error> {
+        let now = Instant::now();
+        if let Some(entry) = self.usable(now) {
+            return Ok(Step::Ready(entry));
+        }
+        let runtime = self.fetch_runtime()?;
+        let mut state = self.lock_state();
+        if let Some(flight) = &state.flight {
+            if now < flight.deadline {
+                return Ok(Step::Wait(Arc::clone(flight)));
+            }
+        }
+        if let Some(overdue) = self.take_overdue(&mut state, now) {
+            drop(state);
+            overdue.resolve(Outcome::Failed(Error::Timeout(self.settings.fetch_timeout)));
+            state = self.lock_state();
+        }
+        // A flight may have finished between the look above and taking the lock.
+        if let Some(entry) = self.current.load_full() {
+            if entry.use_at(now) != Use::Wait {
+                return Ok(Step::Ready(entry));
+            }
+        }
+        // Within the backoff after a failure, fail fast with the last error: the endpoint sees
+        // at most one attempt per backoff interval, however many callers there are.
+        if let Some(failures) = &state.failures {
+            if now < failures.retry_at {
+                self.counters.failed_fast();
+                return Err(failures.error.clone());
+            }
+        }
+        Ok(Step::Wait(self.start_flight(state, runtime, now, false)))
+    }
+
+    /// The current token, if a request at `now` may send it.
+    fn usable(self: &Arc<Self>, now: Instant) -> Option<Arc<Entry>> {
+        let current = self.current.load();
+        let entry = current.as_ref()?;
+        (now < entry.quiet_until || self.check(entry, now)).then(|| Arc::clone(entry))
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, CacheState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The runtime a new fetch would run on: the one set on the builder, else the caller's,
+    /// which must have timers.
+    fn fetch_runtime(&self) -> Result<Handle, Error> {
+        if let Some(runtime) = &self.settings.runtime {
+            return Ok(runtime.clone());
+        }
+        let runtime = Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        if !has_timers() {
+            return Err(Error::NoTimer);
+        }
+        Ok(runtime)
+    }
+
+    /// A timer for a waiter's deadline: on the caller's runtime, or, for a caller outside any
+    /// runtime, on the runtime set on the builder.
+    fn timer(&self, at: Instant) -> Result<Sleep, Error> {
+        if Handle::try_current().is_ok() {
+            return catch_unwind(AssertUnwindSafe(|| tokio::time::sleep_until(at)))
+                .map_err(|_| Error::NoTimer);
+        }
+        let runtime = self.settings.runtime.as_ref().ok_or(Error::NoRuntime)?;
+        let _entered = runtime.enter();
+        Ok(tokio::time::sleep_until(at))
+    }
+
+    /// Starts a fetch in its own task. The lock is released before the task is spawned: a
+    /// runtime that is shutting down drops the task inside `spawn`, and the task's guard then
+    /// takes the lock to resolve the flight.
+    fn start_flight(
+        self: &Arc<Self>,
+        mut state: MutexGuard<'_, CacheState>,
+        runtime: Handle,
+        now: Instant,
+        background: bool,
+    ) -> Arc<Flight> {
+        let deadline = now + self.settings.fetch_timeout + WAITER_SLACK;
+        let flight = Arc::new(Flight::new(deadline));
+        state.flight = Some(Arc::clone(&flight));
+        self.next_background
+            .store(self.nanos_since_base(deadline), Relaxed);
+        drop(state);
+        self.counters.fetch_started(background);
+        let guard = FlightGuard {
+            cache: Arc::clone(self),
+            flight: Arc::clone(&flight),
+            finished: false,
+        };
+        let span = tracing::debug_span!(
+            target: "tower_bearer",
+            "token_fetch",
+            source = self.source.type_name(),
+            background,
+        );
+        runtime.spawn(guard.run().instrument(span));
+        flight
+    }
+
+    /// Removes the flight in progress if its deadline has passed (its runtime does not run it,
+    /// or it hangs past its own timeout), recording a timeout: a later caller starts another.
+    fn take_overdue(&self, state: &mut CacheState, now: Instant) -> Option<Arc<Flight>> {
+        if state.flight.as_ref().is_none_or(|f| now < f.deadline) {
+            return None;
+        }
+        let overdue = state.flight.take()?;
+        tracing::warn!(target: "tower_bearer", "token fetch overdue; given up, the next caller starts another");
+        self.record_failure(state, Error::Timeout(self.settings.fetch_timeout), now);
+        Some(overdue)
+    }
+
+    /// A waiter's deadline passed: give up the flight if it is still the current one.
+    fn give_up(&self, flight: &Arc<Flight>, now: Instant) {
+        let mut state = self.lock_state();
+        let same = state
+            .flight
+            .as_ref()
+            .is_some_and(|f| Arc::ptr_eq(f, flight));
+        let overdue = if same {
+            self.take_overdue(&mut state, now)
+        } else {
+            None
+        };
+        drop(state);
+        if let Some(overdue) = overdue {
+            overdue.resolve(Outcome::Failed(Error::Timeout(self.settings.fetch_timeout)));
+        }
+    }
+
+    /// Called by requests that found the token in its refresh window: starts one background
+    /// refresh, unless one runs or the backoff after a failed one has not passed. The caller
+    /// goes on with the token, which is still usable.
+    pub(crate) fn refresh_ahead(self: &Arc<Self>, now: Instant) {
+        let since = self.nanos_since_base(now);
+        let next = self.next_background.load(Relaxed);
+        if since < next
+            || self
+                .next_background
+                .compare_exchange(next, u64::MAX, Relaxed, Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let Ok(runtime) = self.fetch_runtime() else {
+            // No runtime to fetch on: a later request tries again.
+            self.next_background.store(next, Relaxed);
+            return;
+        };
+        let mut state = self.lock_state();
+        if let Some(flight) = &state.flight {
+            if now < flight.deadline {
+                self.next_background
+                    .store(self.nanos_since_base(flight.deadline), Relaxed);
+                return;
+            }
+        }
+        let overdue = self.take_overdue(&mut state, now);
+        if let Some(failures) = &state.failures {
+            if now < failures.retry_at {
+                self.next_background
+                    .store(self.nanos_since_base(failures.retry_at), Relaxed);
+                drop(state);
+                if let Some(overdue) = overdue {
+                    overdue.resolve(Outcome::Failed(Error::Timeout(self.settings.fetch_timeout)));
+                }
+                return;
+            }
+        }
+        self.start_flight(state, runtime, now, true);
+        if let Some(overdue) = overdue {
+            overdue.resolve(Outcome::Failed(Error::Timeout(self.settings.fetch_timeout)));
+        }
+    }
+
+    /// A response rejected the token of `generation`. Forgets it if it is still current,
+    /// unless fresh tokens keep being rejected (see [`RejectionStreak`]).
+    pub(crate) fn reject(&self, generation: u64) -> Rejection {
+        let now = Instant::now();
+        let mut state = self.lock_state();
+        if self
+            .current
+            .load()
+            .as_ref()
+            .is_none_or(|e| e.generation != generation)
+        {
+            return Rejection::NotCurrent;
+        }
+        let CacheState {
+            rejections, rng, ..
+        } = &mut *state;
+        match rejections.rejected(generation, now, &self.settings.backoff, rng) {
+            Verdict::Forget => {
+                self.current.store(None);
+                self.counters.rejected();
+                tracing::debug!(target: "tower_bearer", "rejected token forgotten; the next request fetches a new one");
+                Rejection::Forgotten
+            }
+            Verdict::Keep => Rejection::Kept,
+        }
+    }
+
+    /// Forgets the current token if its access token is `token`'s, at once (no rejection
+    /// backoff: the caller says so explicitly). `true` if it was forgotten by this call.
+    pub(crate) fn invalidate_token(&self, token: &Token) -> bool {
+        let _state = self.lock_state();
+        let current = self.current.load();
+        if current
+            .as_ref()
+            .is_none_or(|e| e.token.access_token() != token.access_token())
+        {
+            return false;
+        }
+        self.current.store(None);
+        self.counters.rejected();
+        true
+    }
+
+    /// Forgets everything (for [`AuthLayer::revoke`](crate::AuthLayer::revoke)): the current
+    /// token, which is returned, and the fetch in flight, whose token will not be installed
+    /// (its waiters ask again).
+    pub(crate) fn forget(&self) -> Option<Arc<Entry>> {
+        let mut state = self.lock_state();
+        let flight = state.flight.take();
+        state.rejections.reset();
+        let taken = self.current.swap(None);
+        self.next_background.store(0, Relaxed);
+        drop(state);
+        if let Some(flight) = flight {
+            flight.resolve(Outcome::Superseded);
+        }
+        taken
+    }
+
+    /// The pause before the next attempt of one fetch, after `attempt` failed.
+    pub(crate) fn retry_pause(&self, attempt: u32) -> Duration {
+        let mut state = self.lock_state();
+        self.settings.backoff.delay(attempt, &mut state.rng)
+    }
+
+    /// A fetch ended with `result`: installs the token and resolves the flight, unless the
+    /// flight was given up or revoked meanwhile ([`Outcome::Superseded`]: nothing changes).
+    pub(crate) fn complete(&self, flight: &Arc<Flight>, result: Result<Token, Error>) -> Outcome {
+        let now = Instant::now();
+        let mut state = self.lock_state();
+        if !state
+            .flight
+            .as_ref()
+            .is_some_and(|f| Arc::ptr_eq(f, flight))
+        {
+            return Outcome::Superseded;
+        }
+        state.flight = None;
+        let entry = result.and_then(|token| {
+            let generation = state.generation + 1;
+            let entry = Entry::new(token, &self.settings, generation, now, &mut state.rng)?;
+            state.generation = generation;
+            Ok(Arc::new(entry))
+        });
+        let outcome = match entry {
+            Ok(entry) => {
+                state.failures = None;
+                self.current.store(Some(Arc::clone(&entry)));
+                self.next_background.store(0, Relaxed);
+                Outcome::Token(entry)
+            }
+            Err(error) => {
+                self.record_failure(&mut state, error.clone(), now);
+                Outcome::Failed(error)
+            }
+        };
+        drop(state);
+        flight.resolve(outcome.clone());
+        outcome
+    }
+
+    fn record_failure(&self, state: &mut CacheState, error: Error, now: Instant) {
+        let CacheState { failures, rng, .. } = state;
+        let next = FetchFailures::after(failures.as_ref(), error, now, &self.settings.backoff, rng);
+        tracing::debug!(
+            target: "tower_bearer",
+            failures = next.count,
+            backoff = ?next.retry_at.saturating_duration_since(now),
+            "next fetch after backoff"
+        );
+        self.next_background
+            .store(self.nanos_since_base(next.retry_at), Relaxed);
+        *failures = Some(next);
+    }
+
+    fn nanos_since_base(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.clock_base).as_nanos())
+            .unwrap_or(u64::MAX - 1)
+    }
+}
+
+/// Whether the current runtime has timers. Tokio has no call that says so; creating a timer
+/// without them panics, and that panic is caught here (it only ever happens on a runtime built
+/// without `enable_time`).
+pub(crate) fn has_timers() -> bool {
+    catch_unwind(AssertUnwindSafe(|| {
+        drop(tokio::time::sleep(Duration::ZERO))
+    }))
+    .is_ok()
+}
+
+/// The output of `a`, or `None` if `b` finishes first.
+async fn first<A: Future, B: Future>(a: A, b: B) -> Option<A::Output> {
+    let mut a = pin!(a);
+    let mut b = pin!(b);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = a.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        b.as_mut().poll(cx).map(|_| None)
+    })
+    .await
+}
+
+impl fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let current = self.current.load();
+        f.debug_struct("TokenCache")
+            .field("source", &self.source.type_name())
+            .field("settings", &self.settings)
+            .field(
+                "current",
+                &current.as_ref().map(|e| (e.generation, &e.token)),
+            )
+            .finish_non_exhaustive()
+    }
+}
