@@ -13,7 +13,7 @@ use std::{
 
 use http::{Request, StatusCode};
 use http_body_util::Empty;
-use support::StandInIdp;
+use support::{LostAnswer, StandInIdp};
 use tokio::task::JoinSet;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_bearer::{
@@ -117,20 +117,122 @@ async fn a_401_storm_refreshes_once_with_the_current_refresh_token() {
         svc.clone().oneshot(get()).await.unwrap().status(),
         StatusCode::OK
     );
-    // The server revokes the access token in use.
-    idp.state.access_tokens.lock().unwrap().remove("at-1");
-
+    // The server revokes the access token in use while 1,000 requests carrying it are held
+    // at the API, then rejects them all at once.
+    idp.close_api();
     let mut set = JoinSet::new();
     for _ in 0..1_000 {
         let svc = svc.clone();
         set.spawn(async move { svc.oneshot(get()).await.unwrap() });
     }
+    while idp.api_waiting() < 1_000 {
+        tokio::task::yield_now().await;
+    }
+    idp.state.access_tokens.lock().unwrap().remove("at-1");
+    idp.open_api(2_000);
     for response in set.join_all().await {
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.body(), "at-2");
     }
+    assert_eq!(idp.api_unauthorized(), 1_000, "every request was rejected once");
     assert_eq!(idp.refresh_tokens_sent(), ["rt-0", "rt-1"]);
     assert_eq!(idp.reuse_detected(), 0);
+    assert_eq!(auth.stats().retries, 1_000);
+}
+
+#[tokio::test]
+async fn a_refresh_the_server_never_answers_cannot_wedge_the_grant() {
+    let idp = StandInIdp::start().await;
+    idp.add_refresh_token("rt-0");
+    idp.lose_answers(&[LostAnswer::Hang]);
+    let source = RefreshTokenGrant::builder(idp.url("/token"))
+        .client_id("app")
+        .client_secret("app-secret")
+        .auth(ClientAuth::Post)
+        .store(seeded("rt-0"))
+        .request_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let auth = AuthLayer::builder(source)
+        .backoff(Duration::ZERO, Duration::ZERO)
+        .build()
+        .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+        let err = auth.token().await.unwrap_err();
+        assert!(matches!(&err, Error::Transport(t) if t.is_timeout()), "{err:?}");
+        // The grant is free again, and the server never acted on the request: the same
+        // refresh token works.
+        auth.token().await.unwrap()
+    })
+    .await
+    .expect("the grant is not wedged");
+    assert_eq!(outcome.access_token().secret(), "at-1");
+    assert_eq!(idp.refresh_tokens_sent(), ["rt-0", "rt-0"]);
+    assert_eq!(idp.reuse_detected(), 0);
+}
+
+#[tokio::test]
+async fn a_refresh_refused_before_processing_is_retried_within_the_fetch() {
+    let idp = StandInIdp::start().await;
+    idp.add_refresh_token("rt-0");
+    idp.state.unavailable.store(1, SeqCst);
+    let auth = AuthLayer::new(grant(&idp, seeded("rt-0")));
+    // One call: the 503 is retried inside the fetch, and the caller sees only the token.
+    assert_eq!(auth.token().await.unwrap().access_token().secret(), "at-1");
+    assert_eq!(idp.refresh_tokens_sent(), ["rt-0", "rt-0"]);
+    let stats = auth.stats();
+    assert_eq!((stats.fetches, stats.fetch_retries, stats.fetch_failures), (1, 1, 0));
+}
+
+/// The first refresh rotates rt-0 and loses its answer (`lost`); what the grant does next.
+async fn after_a_lost_answer(lost: LostAnswer, grace: bool) -> (StandInIdp, AuthLayer, MemoryStore) {
+    let idp = StandInIdp::start().await;
+    idp.add_refresh_token("rt-0");
+    idp.state.grace.store(grace, SeqCst);
+    idp.lose_answers(&[lost]);
+    let store = seeded("rt-0");
+    let auth = AuthLayer::builder(grant(&idp, store.clone()))
+        .backoff(Duration::ZERO, Duration::ZERO)
+        .build()
+        .unwrap();
+    let err = auth.token().await.unwrap_err();
+    assert!(!err.is_unprocessed(), "{err:?}");
+    assert_eq!(
+        idp.refresh_tokens_sent(),
+        ["rt-0"],
+        "an answer lost after sending is not retried within the fetch"
+    );
+    (idp, auth, store)
+}
+
+#[tokio::test]
+async fn a_rotation_lost_to_a_500_is_recovered_on_a_server_with_a_grace_period() {
+    let (idp, auth, store) = after_a_lost_answer(LostAnswer::RotateThen500, true).await;
+    // The next fetch sends rt-0 once more; the server takes it back within its grace period.
+    assert_eq!(auth.token().await.unwrap().access_token().secret(), "at-2");
+    assert_eq!(idp.refresh_tokens_sent(), ["rt-0", "rt-0"]);
+    assert_eq!(idp.state.grace_reuses.load(SeqCst), 1);
+    assert_eq!(idp.reuse_detected(), 0);
+    assert_eq!(stored_refresh_token(&store).await.as_deref(), Some("rt-2"));
+    // And goes on with the new refresh token.
+    let token = auth.token().await.unwrap();
+    auth.invalidate(&token);
+    auth.token().await.unwrap();
+    assert_eq!(idp.refresh_tokens_sent(), ["rt-0", "rt-0", "rt-2"]);
+}
+
+#[tokio::test]
+async fn a_rotation_lost_to_a_cut_connection_ends_the_grant_clearly_on_a_strict_server() {
+    let (idp, auth, _store) = after_a_lost_answer(LostAnswer::RotateThenCut, false).await;
+    // The next fetch sends rt-0 once more; the server sees a reuse and revokes the grant.
+    let err = auth.token().await.unwrap_err();
+    assert!(matches!(&err, Error::AuthorizationRequired(m) if m.contains("unanswered")), "{err}");
+    assert!(err.is_terminal());
+    assert_eq!(idp.reuse_detected(), 1);
+    // Remembered: not sent a third time.
+    let again = auth.token().await.unwrap_err();
+    assert!(matches!(again, Error::AuthorizationRequired(_)), "{again}");
+    assert_eq!(idp.refresh_tokens_sent(), ["rt-0", "rt-0"]);
 }
 
 #[tokio::test]
@@ -283,4 +385,32 @@ async fn revoke_revokes_the_refresh_token_and_clears_the_store() {
         auth.token().await.unwrap_err(),
         Error::AuthorizationRequired(_)
     ));
+}
+
+#[tokio::test]
+async fn revoke_forgets_everything_even_when_the_revocation_endpoint_fails() {
+    let idp = StandInIdp::start().await;
+    idp.add_refresh_token("rt-0");
+    idp.state.revocation_down.store(true, SeqCst);
+    let store = seeded("rt-0");
+    let source = RefreshTokenGrant::builder(idp.url("/token"))
+        .client_id("app")
+        .client_secret("app-secret")
+        .revocation_url(idp.url("/revoke"))
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let auth = AuthLayer::new(source);
+    auth.token().await.unwrap();
+
+    let err = auth.revoke().await.unwrap_err();
+    assert!(err.is_unprocessed(), "the endpoint's 503: {err:?}");
+    assert_eq!(idp.requests_to("/revoke").len(), 2, "both tokens were tried");
+    assert_eq!(store.load().await.unwrap(), None, "the store is cleared anyway");
+    assert!(auth.stats().token_age.is_none(), "the access token is forgotten");
+    assert!(matches!(
+        auth.token().await.unwrap_err(),
+        Error::AuthorizationRequired(_)
+    ));
+    assert_eq!(idp.refresh_tokens_sent(), ["rt-0"], "the refresh token is forgotten too");
 }

@@ -1,5 +1,6 @@
-//! Keeping a service running while the token endpoint misbehaves: refresh ahead of expiry,
-//! backoff with fail-fast, recovery, and short-lived tokens. Paused Tokio time throughout.
+//! Keeping a service running while the token endpoint misbehaves: a token with life left is
+//! served through fetch failures, refresh ahead of expiry, backoff with fail-fast, recovery,
+//! short-lived tokens, and validity that depends on no timer. Paused Tokio time throughout.
 
 mod support;
 
@@ -104,6 +105,40 @@ async fn a_sixty_second_outage_while_the_token_is_valid_fails_no_request() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_outage_inside_a_short_tokens_life_fails_no_request() {
+    // 20-second tokens: refresh target at 10 s (the 30 s margin, clamped to half the life),
+    // sent until 18 s (expiry less a tenth of the life). The endpoint is down from 1 s to 15 s.
+    let source = CountingSource::new(Duration::from_millis(10), Some(Duration::from_secs(20)));
+    let auth = AuthLayer::builder(source.clone())
+        .jitter_seed(12)
+        .build()
+        .unwrap();
+    let mut requests = 0;
+    let mut failed = 0;
+    // 50 callers every 100 ms for 18 s.
+    for step in 0..180 {
+        match step {
+            10 => source.set_down(true),
+            150 => source.set_down(false),
+            _ => {}
+        }
+        requests += 50;
+        failed += 50 - burst(&auth, &source, 50).await;
+        advance(Duration::from_millis(100)).await;
+    }
+    let stats = auth.stats();
+    assert_eq!(failed, 0, "{failed} of {requests} requests failed: {stats:?}");
+    assert_eq!(stats.waiters, 50, "only the cold start waited");
+    assert!(stats.fetch_failures >= 3, "refreshes were tried and failed: {stats:?}");
+    assert!(
+        stats.served_stale >= 50 * 40,
+        "requests between the target (10 s) and the end of the outage were served stale: {stats:?}"
+    );
+    assert!(stats.fetches <= 16, "the backoff bounds attempts: {stats:?}");
+    assert_eq!(source.api().unauthorized(), 0, "no request carried an expired token");
+}
+
+#[tokio::test(start_paused = true)]
 async fn after_expiry_a_failing_endpoint_sees_at_most_one_attempt_per_backoff_interval() {
     let source = CountingSource::new(Duration::from_millis(10), Some(Duration::from_secs(60)));
     let auth = AuthLayer::builder(source.clone())
@@ -126,9 +161,11 @@ async fn after_expiry_a_failing_endpoint_sees_at_most_one_attempt_per_backoff_in
         "every caller got the error fast, none hung"
     );
     let attempts = source.fetches() - 1;
-    // Exponential backoff capped at 30 s with full jitter: a few attempts in the first
-    // seconds, then about one every 15 s.
-    assert!((3..=25).contains(&attempts), "{attempts} attempts in 60 s");
+    // Exponential backoff from 200 ms to 30 s, each wait between half and all of its step:
+    // the waits add up to 60 s after at least 9 and at most 12 attempts.
+    assert!((9..=12).contains(&attempts), "{attempts} attempts in 60 s");
+    // The 1,000 callers of a round that made an attempt waited for it; all others failed fast.
+    assert_eq!(auth.stats().failed_fast, 600_000 - 1_000 * attempts as u64);
 
     // The error callers get is the endpoint's, typed.
     let err = auth.token().await.unwrap_err();
@@ -158,7 +195,8 @@ async fn one_second_tokens_are_refreshed_about_twice_a_second_not_in_a_loop() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn refresh_ahead_off_still_renews_at_expiry() {
+async fn with_refresh_ahead_off_the_refresh_starts_at_the_target_and_nobody_waits() {
+    // 100-second tokens: refresh target at 70 s, sent until 90 s.
     let source = CountingSource::new(Duration::from_millis(5), Some(Duration::from_secs(100)));
     let auth = AuthLayer::builder(source.clone())
         .refresh_ahead(false)
@@ -167,20 +205,20 @@ async fn refresh_ahead_off_still_renews_at_expiry() {
     assert_eq!(burst(&auth, &source, 1).await, 1);
     advance(Duration::from_secs(69)).await;
     assert_eq!(burst(&auth, &source, 10).await, 10);
-    assert_eq!(
-        source.fetches(),
-        1,
-        "no refresh before expiry less the margin"
-    );
+    assert_eq!(source.fetches(), 1, "no refresh before the target");
     advance(Duration::from_secs(2)).await;
     assert_eq!(burst(&auth, &source, 10).await, 10);
-    assert_eq!(source.fetches(), 2);
-    assert_eq!(auth.stats().background_refreshes, 0);
+    assert_eq!(source.fetches(), 2, "one refresh at the target");
+    assert_eq!(source.api().seen().last().unwrap(), "tok-1", "sent meanwhile");
+    advance(Duration::from_millis(10)).await;
+    assert_eq!(burst(&auth, &source, 10).await, 10);
+    assert_eq!(source.api().seen().last().unwrap(), "tok-2");
+    let stats = auth.stats();
+    assert_eq!((stats.waiters, stats.background_refreshes), (1, 1));
 }
 
-/// Sends one request through `svc` (kept, not cloned: a long-lived service, which after its
-/// first requests reads only its own copy of the token's state) and returns the token it
-/// carried.
+/// Sends one request through `svc` (kept, not cloned: a long-lived service) and returns the
+/// token it carried.
 async fn send<S>(svc: &mut S, api: &support::ProtectedApi) -> String
 where
     S: tower::Service<Request<Body>, Response = http::Response<String>, Error = BoxError>,
@@ -204,16 +242,15 @@ async fn a_long_lived_service_sees_expiry_and_revocation_at_once() {
     for _ in 0..20 {
         assert_eq!(send(&mut svc, &api).await, "tok-1");
     }
-    // Usable until 70 s (100 s less the 30 s margin).
-    advance(Duration::from_secs(69)).await;
-    assert_eq!(send(&mut svc, &api).await, "tok-1");
-    advance(Duration::from_secs(1)).await;
-    assert_eq!(send(&mut svc, &api).await, "tok-2", "expired at 70 s");
+    // Sent until 90 s (100 s less the 10 s allowance); no request came in between to refresh
+    // it, so the next one waits for a new token.
+    advance(Duration::from_secs(90)).await;
+    assert_eq!(send(&mut svc, &api).await, "tok-2", "expired at 90 s");
     for _ in 0..20 {
         assert_eq!(send(&mut svc, &api).await, "tok-2");
     }
     // Revoked: the next request is rejected and resent with a new token, and the one after
-    // uses that new token, not the one this service had cached.
+    // uses that new token.
     api.revoke("tok-2");
     assert_eq!(send(&mut svc, &api).await, "tok-3");
     assert_eq!(send(&mut svc, &api).await, "tok-3");
@@ -222,20 +259,25 @@ async fn a_long_lived_service_sees_expiry_and_revocation_at_once() {
     assert!(auth.invalidate(&tower_bearer::Token::new("tok-3")));
     assert_eq!(send(&mut svc, &api).await, "tok-4");
     assert_eq!(source.fetches(), 4);
+    assert_eq!(
+        auth.stats().waiters,
+        4,
+        "the cold start, the expiry, the resend after the revocation, the invalidation"
+    );
 }
 
-/// The flag that spares a request the clock read is cleared by a timer of the runtime that
-/// fetched the token. A runtime that shuts down fires its timers, so requests made from another
-/// runtime afterwards still see the token expire.
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// A runtime that shuts down takes nothing with it: requests made from another runtime
+/// afterwards see the token expire.
 #[test]
 fn a_token_fetched_by_a_runtime_since_shut_down_still_expires() {
-    let paused = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap()
-    };
     let source = CountingSource::new(Duration::ZERO, Some(Duration::from_secs(100)));
     let api = source.api();
     let auth = AuthLayer::builder(source.clone())
@@ -243,16 +285,16 @@ fn a_token_fetched_by_a_runtime_since_shut_down_still_expires() {
         .build()
         .unwrap();
     let mut svc = ServiceBuilder::new().layer(auth).service(api.clone());
-    let first = paused();
+    let first = paused_runtime();
     first.block_on(async {
         for _ in 0..20 {
             assert_eq!(send(&mut svc, &api).await, "tok-1");
         }
     });
     drop(first);
-    paused().block_on(async {
+    paused_runtime().block_on(async {
         assert_eq!(send(&mut svc, &api).await, "tok-1");
-        advance(Duration::from_secs(71)).await;
+        advance(Duration::from_secs(91)).await;
         assert_eq!(send(&mut svc, &api).await, "tok-2");
     });
     assert_eq!(source.fetches(), 2);
@@ -261,4 +303,32 @@ fn a_token_fetched_by_a_runtime_since_shut_down_still_expires() {
         0,
         "no request carried the expired token"
     );
+}
+
+/// The first token is fetched by a helper thread's runtime (a synchronous wrapper's
+/// `block_on`), which is kept but never driven again. Validity is read from the clock on every
+/// request, so nothing of that runtime is needed to see the token expire.
+#[test]
+fn a_token_fetched_on_a_runtime_kept_idle_never_reaches_the_api_after_it_expired() {
+    let source = CountingSource::new(Duration::ZERO, Some(Duration::from_secs(100)));
+    let api = source.api();
+    let auth = AuthLayer::new(source.clone());
+    let mut svc = ServiceBuilder::new().layer(auth).service(api.clone());
+    let helper = paused_runtime();
+    helper.block_on(async {
+        assert_eq!(send(&mut svc, &api).await, "tok-1");
+    });
+    // `helper` stays alive, idle, to the end of the test.
+    paused_runtime().block_on(async {
+        for _ in 0..100 {
+            assert_eq!(send(&mut svc, &api).await, "tok-1");
+        }
+        advance(Duration::from_secs(101)).await;
+        for _ in 0..100 {
+            assert_eq!(send(&mut svc, &api).await, "tok-2");
+        }
+    });
+    assert_eq!(api.unauthorized(), 0, "the API never saw the expired token");
+    assert_eq!(source.fetches(), 2);
+    drop(helper);
 }

@@ -33,6 +33,12 @@ impl Backoff {
 /// Longest `Retry-After` honoured.
 pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
+/// The pauses between the attempts of one fetch: 100-200 ms, then 200-400 ms, ...
+pub(crate) const RETRY_PAUSES: Backoff = Backoff {
+    base: Duration::from_millis(200),
+    max: Duration::from_secs(5),
+};
+
 /// Fetches that failed in a row, the last error, and when the next fetch may go out.
 pub(crate) struct FetchFailures {
     pub(crate) count: u32,
@@ -43,15 +49,25 @@ pub(crate) struct FetchFailures {
 impl FetchFailures {
     /// The failures after one more, `error`, at `now`: the next fetch waits for the backoff, or
     /// for the endpoint's `Retry-After` if that is longer.
+    ///
+    /// While a token is still usable (until `usable_until`), the backoff is cut to half the
+    /// time left (but not below half its first step), so that the background refresh is tried
+    /// again before the token runs out: an outage that ends while the token is still usable
+    /// fails no request. `Retry-After` is honoured all the same.
     pub(crate) fn after(
         previous: Option<&FetchFailures>,
         error: Error,
         now: Instant,
+        usable_until: Option<Instant>,
         backoff: &Backoff,
         rng: &mut fastrand::Rng,
     ) -> FetchFailures {
         let count = previous.map_or(0, |f| f.count) + 1;
         let mut delay = backoff.delay(count, rng);
+        if let Some(until) = usable_until.filter(|until| now < *until) {
+            let half_left = until.saturating_duration_since(now) / 2;
+            delay = delay.min(half_left.max(backoff.base / 2));
+        }
         if let Some(retry_after) = error.retry_after() {
             delay = delay.max(retry_after.min(MAX_RETRY_AFTER));
         }
@@ -170,14 +186,46 @@ mod tests {
             excerpt: None,
             retry_after: Some(Duration::from_secs(120)),
         };
-        let failures = FetchFailures::after(None, error.clone(), now, &BACKOFF, &mut rng);
+        let failures = FetchFailures::after(None, error.clone(), now, None, &BACKOFF, &mut rng);
         assert_eq!(failures.retry_at, now + Duration::from_secs(120));
         let huge = error.with_retry_after(Some(Duration::from_secs(86_400)));
-        let failures = FetchFailures::after(Some(&failures), huge, now, &BACKOFF, &mut rng);
+        let failures =
+            FetchFailures::after(Some(&failures), huge, now, None, &BACKOFF, &mut rng);
         assert_eq!(
             (failures.count, failures.retry_at),
             (2, now + MAX_RETRY_AFTER)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn while_a_token_is_usable_the_backoff_leaves_room_for_another_try() {
+        let mut rng = fastrand::Rng::with_seed(4);
+        let now = Instant::now();
+        let mut failures = None;
+        // Ten failures in a row: the backoff alone would reach 15-30 s.
+        for _ in 0..10 {
+            let next = FetchFailures::after(
+                failures.as_ref(),
+                Error::Aborted,
+                now,
+                Some(now + Duration::from_secs(8)),
+                &BACKOFF,
+                &mut rng,
+            );
+            failures = Some(next);
+        }
+        let failures = failures.unwrap();
+        assert_eq!(failures.retry_at, now + Duration::from_secs(4));
+        // With 100 ms left, the pause is not cut below 100 ms (half the first step).
+        let last = FetchFailures::after(
+            Some(&failures),
+            Error::Aborted,
+            now,
+            Some(now + Duration::from_millis(100)),
+            &BACKOFF,
+            &mut rng,
+        );
+        assert_eq!(last.retry_at, now + Duration::from_millis(100));
     }
 
     #[tokio::test(start_paused = true)]

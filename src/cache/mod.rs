@@ -42,7 +42,7 @@ use tokio::{
 use tracing::Instrument;
 
 pub(crate) use backoff::Backoff;
-use backoff::{FetchFailures, RejectionStreak, Verdict};
+use backoff::{FetchFailures, RETRY_PAUSES, RejectionStreak, Verdict};
 pub use entry::EXPIRY_ALLOWANCE;
 pub(crate) use entry::{Entry, Use};
 use flight::{Flight, FlightGuard, Outcome, WAITER_SLACK};
@@ -494,7 +494,7 @@ impl TokenCache {
     /// The pause before the next attempt of one fetch, after `attempt` failed.
     pub(crate) fn retry_pause(&self, attempt: u32) -> Duration {
         let mut state = self.lock_state();
-        self.settings.backoff.delay(attempt, &mut state.rng)
+        RETRY_PAUSES.delay(attempt, &mut state.rng)
     }
 
     /// A fetch ended with `result`: installs the token and resolves the flight, unless the
@@ -534,8 +534,16 @@ impl TokenCache {
     }
 
     fn record_failure(&self, state: &mut CacheState, error: Error, now: Instant) {
+        let usable_until = self.current.load().as_ref().map(|e| e.usable_until);
         let CacheState { failures, rng, .. } = state;
-        let next = FetchFailures::after(failures.as_ref(), error, now, &self.settings.backoff, rng);
+        let next = FetchFailures::after(
+            failures.as_ref(),
+            error,
+            now,
+            usable_until,
+            &self.settings.backoff,
+            rng,
+        );
         tracing::debug!(
             target: "tower_bearer",
             failures = next.count,

@@ -122,9 +122,11 @@ impl TokenSource for CountingSource {
         }
         let value = format!("tok-{n}");
         self.state.api.valid.lock().unwrap().insert(value.clone());
-        let mut token = Token::new(value);
+        let mut token = Token::new(value.clone());
         if let Some(lifetime) = self.state.lifetime {
             token = token.with_expires_in(lifetime);
+            let expires_at = tokio::time::Instant::now() + lifetime;
+            self.state.api.expiry.lock().unwrap().insert(value, expires_at);
         }
         Ok(token)
     }
@@ -136,6 +138,9 @@ impl TokenSource for CountingSource {
 #[derive(Default)]
 pub struct ApiState {
     pub valid: Mutex<HashSet<String>>,
+    /// When each token the source issued expires, by the clock of the runtime that fetched it
+    /// (tokio's `Instant`, paused or not); the API refuses a token past it.
+    pub expiry: Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
     pub requests: AtomicUsize,
     pub unauthorized: AtomicUsize,
     /// Answer every request with this status instead of checking the token.
@@ -154,8 +159,8 @@ pub struct ApiState {
     pub authorization: Mutex<Vec<String>>,
 }
 
-/// Answers 200 with the body it received when the bearer token is one the source issued and has
-/// not been revoked, 401 otherwise.
+/// Answers 200 with the body it received when the bearer token is one the source issued, has
+/// not revoked and has not expired (by the clock of the runtime the API runs on), 401 otherwise.
 #[derive(Clone)]
 pub struct ProtectedApi {
     state: Arc<SourceState>,
@@ -190,6 +195,18 @@ impl ProtectedApi {
         self.state.api.seen.lock().unwrap().clone()
     }
 
+    /// Whether the API accepts `token` now: issued, not revoked, not expired.
+    pub fn accepts(&self, token: &str) -> bool {
+        let api = &self.state.api;
+        let expired = api
+            .expiry
+            .lock()
+            .unwrap()
+            .get(token)
+            .is_some_and(|at| tokio::time::Instant::now() >= *at);
+        !expired && api.valid.lock().unwrap().contains(token)
+    }
+
     /// Records a request's `Authorization` value (count, header, token) and says whether the
     /// token is one the source issued and has not revoked; counts a rejection otherwise.
     /// Shared by the tower service below and the gRPC interceptor in tests/grpc.rs.
@@ -205,7 +222,7 @@ impl ProtectedApi {
             .unwrap()
             .push(authorization.to_owned());
         api.seen.lock().unwrap().push(token.clone());
-        let ok = api.valid.lock().unwrap().contains(&token);
+        let ok = self.accepts(&token);
         if !ok {
             api.unauthorized.fetch_add(1, SeqCst);
         }
@@ -240,10 +257,10 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let state = self.state.clone();
+        let this = self.clone();
         Box::pin(async move {
             use http_body_util::BodyExt;
-            let api = &state.api;
+            let api = &this.state.api;
             api.requests.fetch_add(1, SeqCst);
             let latency = *api.latency.lock().unwrap();
             if !latency.is_zero() {
@@ -273,7 +290,7 @@ where
             let forced = *api.force_status.lock().unwrap();
             let status = match forced {
                 Some(status) => status,
-                None if api.valid.lock().unwrap().contains(&token) => StatusCode::OK,
+                None if this.accepts(&token) => StatusCode::OK,
                 None => StatusCode::UNAUTHORIZED,
             };
             let mut response = Response::builder().status(status);
@@ -377,7 +394,7 @@ impl StandInEndpoint {
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .unwrap_or_default()
                 .to_owned();
-            if api.state().valid.lock().unwrap().contains(&token) {
+            if api.accepts(&token) {
                 (StatusCode::OK, req.body.clone()).into_response()
             } else {
                 StatusCode::UNAUTHORIZED.into_response()
@@ -452,6 +469,37 @@ pub struct IdpState {
     pub base: std::sync::OnceLock<String>,
     /// Answer every token request with 500 while set.
     pub down: AtomicBool,
+    /// How the next refresh-token requests fail after the server acted on them, one mode per
+    /// request, in order (see [`LostAnswer`]).
+    pub lose_answers: Mutex<std::collections::VecDeque<LostAnswer>>,
+    /// Answer the next this many token requests with 503 `temporarily_unavailable`, without
+    /// acting on them.
+    pub unavailable: AtomicUsize,
+    /// Answer revocation requests with 503 while set.
+    pub revocation_down: AtomicBool,
+    /// Accept a spent refresh token again (once each), as servers with a rotation grace
+    /// period do.
+    pub grace: AtomicBool,
+    /// Spent refresh tokens accepted again in the grace period.
+    pub grace_reuses: AtomicUsize,
+    /// While set, the API holds every request until the test adds permits.
+    pub api_gate: Mutex<Option<Arc<Semaphore>>>,
+    /// Requests the API is holding at its gate.
+    pub api_waiting: AtomicUsize,
+    /// 401s the API answered.
+    pub api_unauthorized: AtomicUsize,
+}
+
+/// What the stand-in IdP does with a refresh-token request whose answer it loses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostAnswer {
+    /// Rotates the refresh token, then answers 500: the new one never reaches the client.
+    RotateThen500,
+    /// Rotates it, then cuts the connection in the middle of the answer.
+    RotateThenCut,
+    /// Never finishes the answer (the status line and headers go, the body never comes),
+    /// without acting on the request.
+    Hang,
 }
 
 /// A token endpoint at `/token`, revocation at `/revoke`, metadata at
@@ -518,6 +566,33 @@ impl StandInIdp {
         self.state.reuse_detected.load(SeqCst)
     }
 
+    /// The next refresh-token requests lose their answers, in these ways.
+    pub fn lose_answers(&self, modes: &[LostAnswer]) {
+        self.state.lose_answers.lock().unwrap().extend(modes);
+    }
+
+    /// From now on the API holds every request at a gate; [`Self::open_api`] lets them through.
+    pub fn close_api(&self) {
+        *self.state.api_gate.lock().unwrap() = Some(Arc::new(Semaphore::new(0)));
+    }
+
+    /// Lets `n` held (or future) API requests through.
+    pub fn open_api(&self, n: usize) {
+        if let Some(gate) = &*self.state.api_gate.lock().unwrap() {
+            gate.add_permits(n);
+        }
+    }
+
+    /// Requests held at the API's gate.
+    pub fn api_waiting(&self) -> usize {
+        self.state.api_waiting.load(SeqCst)
+    }
+
+    /// 401s the API answered.
+    pub fn api_unauthorized(&self) -> usize {
+        self.state.api_unauthorized.load(SeqCst)
+    }
+
     /// The protected API that accepts this server's live access tokens.
     pub fn api(&self) -> IdpApi {
         IdpApi {
@@ -566,6 +641,9 @@ impl IdpState {
                 }))
                 .into_response()
             }
+            "/revoke" if self.revocation_down.load(SeqCst) => {
+                oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
+            }
             "/revoke" => {
                 let token = form.get("token").cloned().unwrap_or_default();
                 self.refresh_tokens.lock().unwrap().remove(&token);
@@ -575,23 +653,46 @@ impl IdpState {
             "/token" if self.down.load(SeqCst) => {
                 oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error")
             }
+            "/token"
+                if self
+                    .unavailable
+                    .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                    .is_ok() =>
+            {
+                oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
+            }
             "/token" => match form.get("grant_type").map(String::as_str) {
                 Some("refresh_token") => {
                     let rt = form.get("refresh_token").cloned().unwrap_or_default();
-                    if self.spent.lock().unwrap().contains(&rt) {
+                    let lost = self.lose_answers.lock().unwrap().pop_front();
+                    if lost == Some(LostAnswer::Hang) {
+                        return never_finished();
+                    }
+                    let spent = self.spent.lock().unwrap().contains(&rt);
+                    if spent && self.grace.load(SeqCst) {
+                        self.spent.lock().unwrap().remove(&rt);
+                        self.grace_reuses.fetch_add(1, SeqCst);
+                    } else if spent {
                         self.reuse_detected.fetch_add(1, SeqCst);
                         self.refresh_tokens.lock().unwrap().clear();
+                        self.access_tokens.lock().unwrap().clear();
+                        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+                    } else if !self.refresh_tokens.lock().unwrap().contains(&rt) {
                         return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
                     }
-                    if !self.refresh_tokens.lock().unwrap().contains(&rt) {
-                        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
-                    }
-                    if self.rotate.load(SeqCst) {
+                    let answer = if self.rotate.load(SeqCst) {
                         self.refresh_tokens.lock().unwrap().remove(&rt);
                         self.spent.lock().unwrap().insert(rt);
                         self.issue(true)
                     } else {
                         self.issue(false)
+                    };
+                    match lost {
+                        Some(LostAnswer::RotateThen500) => {
+                            oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error")
+                        }
+                        Some(LostAnswer::RotateThenCut) => cut_short(answer),
+                        _ => answer,
                     }
                 }
                 Some("authorization_code") => {
@@ -615,8 +716,50 @@ impl IdpState {
     }
 }
 
+/// A response whose body never comes: the status line and headers are sent, then nothing.
+fn never_finished() -> AxumResponse {
+    let mut response = AxumResponse::new(axum::body::Body::new(FaultyBody::Pending));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, header::HeaderValue::from_static("200"));
+    response
+}
+
+/// `answer`'s status and headers, then a connection cut before its body: the client learns that
+/// the server answered, never what.
+fn cut_short(answer: AxumResponse) -> AxumResponse {
+    let (parts, _) = answer.into_parts();
+    let mut response = AxumResponse::from_parts(parts, axum::body::Body::new(FaultyBody::Cut));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, header::HeaderValue::from_static("200"));
+    response
+}
+
+/// A response body that never ends (`Pending`) or fails at once (`Cut`).
+enum FaultyBody {
+    Pending,
+    Cut,
+}
+
+impl http_body::Body for FaultyBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        match *self {
+            FaultyBody::Pending => Poll::Pending,
+            FaultyBody::Cut => Poll::Ready(Some(Err(std::io::Error::other("connection cut")))),
+        }
+    }
+}
+
 /// A protected API (in-process tower service) that accepts the live access tokens of a
-/// [`StandInIdp`] and holds every request at a gate until the test opens it.
+/// [`StandInIdp`]; after [`StandInIdp::close_api`] it holds every request at a gate until the
+/// test opens it.
 #[derive(Clone)]
 pub struct IdpApi {
     state: Arc<IdpState>,
@@ -634,6 +777,12 @@ impl<B: Send + 'static> tower::Service<Request<B>> for IdpApi {
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let state = self.state.clone();
         Box::pin(async move {
+            let gate = state.api_gate.lock().unwrap().clone();
+            if let Some(gate) = gate {
+                state.api_waiting.fetch_add(1, SeqCst);
+                gate.acquire().await.unwrap().forget();
+                state.api_waiting.fetch_sub(1, SeqCst);
+            }
             let token = req
                 .headers()
                 .get(header::AUTHORIZATION)
@@ -644,6 +793,7 @@ impl<B: Send + 'static> tower::Service<Request<B>> for IdpApi {
             let status = if ok {
                 StatusCode::OK
             } else {
+                state.api_unauthorized.fetch_add(1, SeqCst);
                 StatusCode::UNAUTHORIZED
             };
             Ok(Response::builder()
