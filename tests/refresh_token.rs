@@ -134,7 +134,11 @@ async fn a_401_storm_refreshes_once_with_the_current_refresh_token() {
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.body(), "at-2");
     }
-    assert_eq!(idp.api_unauthorized(), 1_000, "every request was rejected once");
+    assert_eq!(
+        idp.api_unauthorized(),
+        1_000,
+        "every request was rejected once"
+    );
     assert_eq!(idp.refresh_tokens_sent(), ["rt-0", "rt-1"]);
     assert_eq!(idp.reuse_detected(), 0);
     assert_eq!(auth.stats().retries, 1_000);
@@ -159,7 +163,10 @@ async fn a_refresh_the_server_never_answers_cannot_wedge_the_grant() {
         .unwrap();
     let outcome = tokio::time::timeout(Duration::from_secs(10), async {
         let err = auth.token().await.unwrap_err();
-        assert!(matches!(&err, Error::Transport(t) if t.is_timeout()), "{err:?}");
+        assert!(
+            matches!(&err, Error::Transport(t) if t.is_timeout()),
+            "{err:?}"
+        );
         // The grant is free again, and the server never acted on the request: the same
         // refresh token works.
         auth.token().await.unwrap()
@@ -181,11 +188,17 @@ async fn a_refresh_refused_before_processing_is_retried_within_the_fetch() {
     assert_eq!(auth.token().await.unwrap().access_token().secret(), "at-1");
     assert_eq!(idp.refresh_tokens_sent(), ["rt-0", "rt-0"]);
     let stats = auth.stats();
-    assert_eq!((stats.fetches, stats.fetch_retries, stats.fetch_failures), (1, 1, 0));
+    assert_eq!(
+        (stats.fetches, stats.fetch_retries, stats.fetch_failures),
+        (1, 1, 0)
+    );
 }
 
 /// The first refresh rotates rt-0 and loses its answer (`lost`); what the grant does next.
-async fn after_a_lost_answer(lost: LostAnswer, grace: bool) -> (StandInIdp, AuthLayer, MemoryStore) {
+async fn after_a_lost_answer(
+    lost: LostAnswer,
+    grace: bool,
+) -> (StandInIdp, AuthLayer, MemoryStore) {
     let idp = StandInIdp::start().await;
     idp.add_refresh_token("rt-0");
     idp.state.grace.store(grace, SeqCst);
@@ -226,7 +239,10 @@ async fn a_rotation_lost_to_a_cut_connection_ends_the_grant_clearly_on_a_strict_
     let (idp, auth, _store) = after_a_lost_answer(LostAnswer::RotateThenCut, false).await;
     // The next fetch sends rt-0 once more; the server sees a reuse and revokes the grant.
     let err = auth.token().await.unwrap_err();
-    assert!(matches!(&err, Error::AuthorizationRequired(m) if m.contains("unanswered")), "{err}");
+    assert!(
+        matches!(&err, Error::AuthorizationRequired(m) if m.contains("unanswered")),
+        "{err}"
+    );
     assert!(err.is_terminal());
     assert_eq!(idp.reuse_detected(), 1);
     // Remembered: not sent a third time.
@@ -405,12 +421,27 @@ async fn revoke_forgets_everything_even_when_the_revocation_endpoint_fails() {
 
     let err = auth.revoke().await.unwrap_err();
     assert!(err.is_unprocessed(), "the endpoint's 503: {err:?}");
-    assert_eq!(idp.requests_to("/revoke").len(), 2, "both tokens were tried");
-    assert_eq!(store.load().await.unwrap(), None, "the store is cleared anyway");
-    assert!(auth.stats().token_age.is_none(), "the access token is forgotten");
+    assert_eq!(
+        idp.requests_to("/revoke").len(),
+        2,
+        "both tokens were tried"
+    );
+    assert_eq!(
+        store.load().await.unwrap(),
+        None,
+        "the store is cleared anyway"
+    );
+    assert!(
+        auth.stats().token_age.is_none(),
+        "the access token is forgotten"
+    );
     assert!(matches!(
         auth.token().await.unwrap_err(),
         Error::AuthorizationRequired(_)
     ));
-    assert_eq!(idp.refresh_tokens_sent(), ["rt-0"], "the refresh token is forgotten too");
+    assert_eq!(
+        idp.refresh_tokens_sent(),
+        ["rt-0"],
+        "the refresh token is forgotten too"
+    );
 }

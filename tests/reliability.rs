@@ -127,15 +127,28 @@ async fn an_outage_inside_a_short_tokens_life_fails_no_request() {
         advance(Duration::from_millis(100)).await;
     }
     let stats = auth.stats();
-    assert_eq!(failed, 0, "{failed} of {requests} requests failed: {stats:?}");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {requests} requests failed: {stats:?}"
+    );
     assert_eq!(stats.waiters, 50, "only the cold start waited");
-    assert!(stats.fetch_failures >= 3, "refreshes were tried and failed: {stats:?}");
+    assert!(
+        stats.fetch_failures >= 3,
+        "refreshes were tried and failed: {stats:?}"
+    );
     assert!(
         stats.served_stale >= 50 * 40,
         "requests between the target (10 s) and the end of the outage were served stale: {stats:?}"
     );
-    assert!(stats.fetches <= 16, "the backoff bounds attempts: {stats:?}");
-    assert_eq!(source.api().unauthorized(), 0, "no request carried an expired token");
+    assert!(
+        stats.fetches <= 16,
+        "the backoff bounds attempts: {stats:?}"
+    );
+    assert_eq!(
+        source.api().unauthorized(),
+        0,
+        "no request carried an expired token"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -209,7 +222,11 @@ async fn with_refresh_ahead_off_the_refresh_starts_at_the_target_and_nobody_wait
     advance(Duration::from_secs(2)).await;
     assert_eq!(burst(&auth, &source, 10).await, 10);
     assert_eq!(source.fetches(), 2, "one refresh at the target");
-    assert_eq!(source.api().seen().last().unwrap(), "tok-1", "sent meanwhile");
+    assert_eq!(
+        source.api().seen().last().unwrap(),
+        "tok-1",
+        "sent meanwhile"
+    );
     advance(Duration::from_millis(10)).await;
     assert_eq!(burst(&auth, &source, 10).await, 10);
     assert_eq!(source.api().seen().last().unwrap(), "tok-2");
@@ -331,4 +348,47 @@ fn a_token_fetched_on_a_runtime_kept_idle_never_reaches_the_api_after_it_expired
     assert_eq!(api.unauthorized(), 0, "the API never saw the expired token");
     assert_eq!(source.fetches(), 2);
     drop(helper);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_holds_the_next_fetch_back_longer_than_the_backoff_would() {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = calls.clone();
+    let source = tower_bearer::source::from_fn(move || {
+        let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                return Err(Error::UnexpectedResponse {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    reason: "busy".into(),
+                    excerpt: None,
+                    retry_after: Some(Duration::from_secs(120)),
+                });
+            }
+            Ok(tower_bearer::Token::new("t").with_expires_in(Duration::from_secs(3600)))
+        }
+    });
+    // A backoff of 1 ms: only `Retry-After` can hold the next fetch back for long.
+    let auth = AuthLayer::builder(source)
+        .backoff(Duration::from_millis(1), Duration::from_millis(1))
+        .build()
+        .unwrap();
+    let first = auth.token().await.unwrap_err();
+    assert_eq!(first.retry_after(), Some(Duration::from_secs(120)));
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "not retried within the fetch"
+    );
+    advance(Duration::from_secs(119)).await;
+    let held = auth.token().await.unwrap_err();
+    assert_eq!(
+        held.retry_after(),
+        Some(Duration::from_secs(120)),
+        "the same error, at once"
+    );
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(auth.token().await.unwrap().access_token().secret(), "t");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
 }

@@ -3,12 +3,7 @@
 
 mod support;
 
-use std::{
-    future::Future,
-    pin::pin,
-    task::{Context, Poll, Waker},
-    time::Duration,
-};
+use std::time::Duration;
 
 use http::{Request, StatusCode};
 use http_body_util::Empty;
@@ -290,17 +285,4 @@ async fn use_limited_tokens_are_fetched_once_per_use_budget() {
         }
         assert!(per_token.values().all(|n| *n == uses), "{per_token:?}");
     }
-}
-
-#[test]
-fn without_a_runtime_the_caller_gets_an_error_not_a_panic() {
-    let source = CountingSource::new(Duration::ZERO, None);
-    let auth = AuthLayer::new(source.clone());
-    let mut fut = pin!(auth.token());
-    let mut cx = Context::from_waker(Waker::noop());
-    match fut.as_mut().poll(&mut cx) {
-        Poll::Ready(Err(Error::NoRuntime)) => {}
-        other => panic!("expected NoRuntime, got {other:?}"),
-    }
-    assert_eq!(source.fetches(), 0);
 }

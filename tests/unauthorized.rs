@@ -84,6 +84,63 @@ async fn a_second_401_goes_back_to_the_caller_unchanged() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_api_that_rejects_every_token_for_30_seconds_costs_a_bounded_number_of_fetches() {
+    let source = source();
+    let api = source.api();
+    let auth = AuthLayer::builder(source.clone())
+        .jitter_seed(13)
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(auth.clone())
+        .service(api.clone());
+    assert_eq!(
+        svc.clone().oneshot(post("warm")).await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    // 100 callers, each sending a request every 10 ms, while the API rejects every token
+    // (a wrong audience, a signing key not yet propagated) for 30 s.
+    api.force_status(Some(StatusCode::UNAUTHORIZED));
+    let send_round = |svc: &tower_bearer::AuthService<support::ProtectedApi>| {
+        let mut set = JoinSet::new();
+        for _ in 0..100 {
+            let svc = svc.clone();
+            set.spawn(async move { svc.oneshot(post("p")).await.unwrap().status() });
+        }
+        set.join_all()
+    };
+    let mut rejected = 0;
+    for _ in 0..3_000 {
+        rejected += send_round(&svc)
+            .await
+            .iter()
+            .filter(|s| **s == StatusCode::UNAUTHORIZED)
+            .count();
+        tokio::time::advance(Duration::from_millis(10)).await;
+    }
+    assert_eq!(rejected, 300_000, "the API rejected every request");
+    // The first rejected token is replaced at once; each next one is kept for a backoff step
+    // (100-200 ms, 200-400 ms, ... at most 15-30 s) before another fetch. The steps' lower
+    // bounds add up past 30 s after 8 of them: at most 1 + 1 + 8 fetches.
+    let fetches = source.fetches();
+    eprintln!("30 s of rejections under 100 callers: {fetches} token requests");
+    assert!(
+        (6..=10).contains(&fetches),
+        "{fetches} token requests in 30 s"
+    );
+
+    // The API accepts tokens again: the very next requests succeed, with no fetch.
+    api.force_status(None);
+    let statuses = send_round(&svc).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert_eq!(source.fetches(), fetches);
+}
+
+#[tokio::test(start_paused = true)]
 async fn forbidden_never_refreshes() {
     let source = source();
     let api = source.api();

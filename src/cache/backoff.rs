@@ -189,8 +189,7 @@ mod tests {
         let failures = FetchFailures::after(None, error.clone(), now, None, &BACKOFF, &mut rng);
         assert_eq!(failures.retry_at, now + Duration::from_secs(120));
         let huge = error.with_retry_after(Some(Duration::from_secs(86_400)));
-        let failures =
-            FetchFailures::after(Some(&failures), huge, now, None, &BACKOFF, &mut rng);
+        let failures = FetchFailures::after(Some(&failures), huge, now, None, &BACKOFF, &mut rng);
         assert_eq!(
             (failures.count, failures.retry_at),
             (2, now + MAX_RETRY_AFTER)

@@ -102,7 +102,7 @@ impl FlightGuard {
             );
         }
         self.finished = true;
-        let usable_for = match cache.complete(&self.flight, result) {
+        match cache.complete(&self.flight, result) {
             Outcome::Token(entry) => {
                 let usable_for = entry.usable_until.saturating_duration_since(Instant::now());
                 tracing::debug!(
@@ -113,19 +113,18 @@ impl FlightGuard {
                     generation = entry.generation,
                     "token fetched"
                 );
-                Some(usable_for)
+                cache
+                    .counters
+                    .fetch_finished(elapsed, None, Some(usable_for));
             }
-            Outcome::Failed(_) => None,
-            Outcome::Superseded => {
-                tracing::debug!(
-                    target: "tower_bearer",
-                    elapsed = ?elapsed,
-                    "fetch ended after it was given up or revoked; its result is dropped"
-                );
-                None
-            }
-        };
-        cache.counters.fetch_finished(elapsed, failure, usable_for);
+            Outcome::Failed(_) => cache.counters.fetch_finished(elapsed, failure, None),
+            // Counted when it was given up, or forgotten by a revocation.
+            Outcome::Superseded => tracing::debug!(
+                target: "tower_bearer",
+                elapsed = ?elapsed,
+                "fetch ended after it was given up or revoked; its result is dropped"
+            ),
+        }
     }
 }
 

@@ -366,6 +366,11 @@ impl TokenCache {
         let overdue = state.flight.take()?;
         tracing::warn!(target: "tower_bearer", "token fetch overdue; given up, the next caller starts another");
         self.record_failure(state, Error::Timeout(self.settings.fetch_timeout), now);
+        self.counters.fetch_finished(
+            self.settings.fetch_timeout + WAITER_SLACK,
+            Some(false),
+            None,
+        );
         Some(overdue)
     }
 

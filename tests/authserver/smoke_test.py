@@ -191,6 +191,22 @@ def main():
     s, _, e = token({"grant_type": "refresh_token", "refresh_token": rt["refresh_token"]}, basic=("rt-client", "rt-secret"))
     check(s == 400 and e["error"] == "invalid_grant", "refresh token dead after revoke-all", e)
 
+    # /test/fault
+    s, _, _ = request("POST", "/test/fault", {"client_id": "cc-faulty", "mode": "unavailable"})
+    check(s == 204, "/test/fault arms a fault -> 204")
+    s, h, e = token({"grant_type": "client_credentials"}, basic=("cc-faulty", "faulty-secret"))
+    check(s == 503 and e["error"] == "temporarily_unavailable", "armed: 503 temporarily_unavailable", e)
+    s, _, t = token({"grant_type": "client_credentials"}, basic=("cc-faulty", "faulty-secret"))
+    check(s == 200, "once only: the next request is served", t)
+    rt = token(alice, basic=("rt-lost", "lost-secret"))[2]["refresh_token"]
+    request("POST", "/test/fault", {"client_id": "rt-lost", "mode": "rotate_then_500"})
+    s, _, e = token({"grant_type": "refresh_token", "refresh_token": rt}, basic=("rt-lost", "lost-secret"))
+    check(s == 500 and e["error"] == "server_error", "rotate_then_500 answers 500", e)
+    s, _, e = token({"grant_type": "refresh_token", "refresh_token": rt}, basic=("rt-lost", "lost-secret"))
+    check(s == 400 and e["error"] == "invalid_grant", "... after rotating: the refresh token is spent", e)
+    s, _, _ = request("POST", "/test/fault", {"client_id": "cc-faulty", "mode": "explode"})
+    check(s == 400, "/test/fault with an unknown mode -> 400")
+
     print("all checks passed")
 
 

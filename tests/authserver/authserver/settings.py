@@ -37,6 +37,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # TEST-ONLY: faults armed through /test/fault (see faults.py).
+    "authserver.faults.TokenFaultMiddleware",
 ]
 
 APPEND_SLASH = False

@@ -1,7 +1,7 @@
 from django.urls import include, path, re_path
 from oauth2_provider.views import OAuthServerMetadataView
 
-from authserver import views
+from authserver import faults, views
 
 urlpatterns = [
     # OIDC discovery: DOT's document plus revocation/introspection endpoints.
@@ -16,4 +16,5 @@ urlpatterns = [
     path("api/whoami", views.whoami),
     path("test/code", views.test_code),
     path("test/revoke-all", views.test_revoke_all),
+    path("test/fault", faults.arm),
 ]

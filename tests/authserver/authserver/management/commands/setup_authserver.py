@@ -18,6 +18,10 @@ CLIENTS = [
     ("cc-post", "post-secret", Application.GRANT_CLIENT_CREDENTIALS, "", ""),
     ("cc-short", "short-secret", Application.GRANT_CLIENT_CREDENTIALS, "", ""),
     ("rt-client", "rt-secret", Application.GRANT_PASSWORD, "", ""),
+    # Clients of the fault-injection tests (one each: faults are armed per client).
+    ("cc-faulty", "faulty-secret", Application.GRANT_CLIENT_CREDENTIALS, "", ""),
+    ("rt-busy", "busy-secret", Application.GRANT_PASSWORD, "", ""),
+    ("rt-lost", "lost-secret", Application.GRANT_PASSWORD, "", ""),
     (
         "ac-client",
         "ac-secret",
