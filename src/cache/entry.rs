@@ -150,10 +150,11 @@ mod tests {
     use super::*;
 
     fn settings(margin: u64, refresh_ahead: bool) -> CacheSettings {
-        let mut settings = CacheSettings::default();
-        settings.expiry_margin = Duration::from_secs(margin);
-        settings.refresh_ahead = refresh_ahead;
-        settings
+        CacheSettings {
+            expiry_margin: Duration::from_secs(margin),
+            refresh_ahead,
+            ..CacheSettings::default()
+        }
     }
 
     fn entry(lifetime: Duration, settings: &CacheSettings) -> (Instant, Entry) {
