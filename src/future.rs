@@ -30,7 +30,7 @@ use crate::{
     BoxError, Error,
     cache::{Entry, Rejection},
     challenge,
-    layer::LayerState,
+    layer::LayerHandle,
     message::{AuthRequest, AuthResponse},
 };
 
@@ -39,7 +39,7 @@ pub(crate) type Acquire = Pin<Box<dyn Future<Output = Result<Arc<Entry>, Error>>
 /// What a request waiting for a token keeps. Boxed: this is the slow path, and keeping it out
 /// of line keeps the hot path's future (and every move of it) small.
 struct Pending<S, R> {
-    layer: Arc<LayerState>,
+    layer: LayerHandle,
     request: R,
     service: S,
     /// Keep what a resend after a 401 needs, streaming at most this many body bytes; `None`
@@ -85,7 +85,7 @@ pin_project! {
         Send {
             #[pin]
             fut: F,
-            layer: Arc<LayerState>,
+            layer: LayerHandle,
             generation: u64,
         },
         // Waiting for the inner service to be ready for the resend.
@@ -114,7 +114,7 @@ where
     #[inline]
     pub(crate) fn sent(
         fut: S::Future,
-        layer: Arc<LayerState>,
+        layer: LayerHandle,
         generation: u64,
         replay: Option<Replay<S, R>>,
     ) -> Self {
@@ -145,7 +145,7 @@ where
     }
 
     /// The request waits for a token; `service` is the readied inner service.
-    pub(crate) fn acquiring(layer: Arc<LayerState>, request: R, service: S) -> Self {
+    pub(crate) fn acquiring(layer: LayerHandle, request: R, service: S) -> Self {
         let replay_limit = layer.retry.then_some(layer.replay_limit);
         ResponseFuture {
             state: State::Acquire {
@@ -335,7 +335,7 @@ where
 #[inline(never)]
 fn rejected<S, R>(
     response: S::Response,
-    layer: Arc<LayerState>,
+    layer: LayerHandle,
     generation: u64,
     replay: Option<Replay<S, R>>,
 ) -> Result<S::Response, State<S::Future, S, R>>

@@ -20,7 +20,7 @@ use crate::{
 pub const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
 
 /// What every clone of a layer, and every service and response future it made, share: the
-/// token cache and the request-side settings. One reference count per service and per request.
+/// token cache and the request-side settings.
 pub(crate) struct LayerState {
     pub(crate) cache: Arc<TokenCache>,
     pub(crate) policy: OriginPolicy,
@@ -141,11 +141,17 @@ impl AuthLayer {
     }
 }
 
+/// A reference to a layer's state with a reference count of its own: a service and its clones
+/// share one, a service that keeps sending requests makes its own (see [`AuthService`]), and each
+/// response future clones the one of the service that sent it. So services driven from
+/// different cores never write one shared count per request.
+pub(crate) type LayerHandle = Arc<Arc<LayerState>>;
+
 impl<S> Layer<S> for AuthLayer {
     type Service = AuthService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AuthService::new(inner, Arc::clone(&self.state))
+        AuthService::new(inner, Arc::new(Arc::clone(&self.state)))
     }
 }
 

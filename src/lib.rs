@@ -56,10 +56,23 @@
 //! The cache (single-flight fetching) and the token-endpoint protocol are internal; their
 //! behaviour is described on [`AuthLayer`] and [`ClientCredentials`].
 //!
+//! # When tokens are fetched, and what callers see
+//!
+//! A token is refreshed in the background before its refresh target (its expiry less the
+//! [margin](AuthLayerBuilder::expiry_margin)), and sent until its expiry less
+//! [`EXPIRY_ALLOWANCE`](layer::EXPIRY_ALLOWANCE): while a token with life left exists, no caller
+//! waits for a fetch or sees a fetch error, however the token endpoint fares. A transient
+//! failure is retried within the fetch ([`fetch_attempts`](AuthLayerBuilder::fetch_attempts)),
+//! so a blip costs waiting callers latency, not errors. Validity is one read of the monotonic
+//! clock per request: it depends on no timer and on no runtime being driven.
+//!
 //! # Runtime
 //!
-//! Fetches run as Tokio tasks, so the layer needs a Tokio runtime. Without one, requests fail
-//! with [`Error::NoRuntime`] rather than panicking.
+//! Fetches run as Tokio tasks: on the caller's runtime, or on one given to
+//! [`AuthLayerBuilder::runtime`]. Each waiting caller has its own deadline (the fetch timeout and
+//! a second), so a fetch whose runtime is never driven again strands no one. Without a runtime,
+//! requests fail with [`Error::NoRuntime`]; on a runtime without timers, with
+//! [`Error::NoTimer`]; never with a panic or a hang.
 //!
 //! [tower]: https://docs.rs/tower
 

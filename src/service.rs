@@ -6,15 +6,19 @@ use std::{
     task::{Context, Poll},
 };
 
+use arc_swap::{ArcSwapOption, Cache};
+use http::HeaderValue;
 use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::{
     BoxError,
+    cache::{Entry, TokenCache},
     future::ResponseFuture,
-    layer::LayerState,
+    layer::LayerHandle,
     message::{AuthRequest, AuthResponse},
     origin::Decision,
+    token,
 };
 
 /// Middleware that sets `Authorization: Bearer <token>` on every request, fetching and
@@ -30,22 +34,88 @@ use crate::{
 ///
 /// # Hot path
 ///
-/// With a usable token cached, `call` loads the current token from the cache's `ArcSwap`
-/// (no lock), reads the monotonic clock once and compares it with the token's refresh point,
-/// clones the pre-built header into the request and calls the inner service. No lock, no
-/// allocation by the layer, no boxed future; the response future holds one reference to the
-/// layer's shared state, to forget the token if the response rejects it. When the body can be
-/// replayed (see [`ReplayBody`](crate::ReplayBody)), the request head is copied so that a 401
-/// can be retried; turn that off with
+/// With a usable token cached, `call` finds the current token without a lock, reads the
+/// monotonic clock once and compares it with the token's refresh point, clones the pre-built
+/// header into the request and calls the inner service. No lock, no allocation by the layer,
+/// no boxed future. When the body can be replayed (see [`ReplayBody`](crate::ReplayBody)), the
+/// request head is copied so that a 401 can be retried; turn that off with
 /// [`retry_unauthorized(false)`](crate::AuthLayerBuilder::retry_unauthorized).
+///
+/// A service cloned for each request (`svc.clone().oneshot(req)`) uses the copies its layer
+/// shares: the header's reference count, like tower-http's `AddAuthorization`, and one count of
+/// the layer's state for the response future. A service that keeps sending requests makes its
+/// own copies after a few ([`OWN_COPIES_AFTER`]): it follows the current token with one pointer
+/// comparison (`arc_swap::Cache`) and clones a header and a handle only it holds, so that
+/// services driven from different cores write no memory in common per request. Either way the
+/// token is checked against the clock on every request: validity depends on no timer.
 pub struct AuthService<S> {
     inner: S,
-    state: Arc<LayerState>,
+    /// Shared with this service's clones, until it makes its own copies.
+    layer: LayerHandle,
+    /// This service's own copies; `None` until it has sent [`OWN_COPIES_AFTER`] requests.
+    own: Option<Box<OwnCopies>>,
+    /// Requests sent with the shared copies.
+    sent: u32,
+}
+
+/// Requests a service sends with the copies its layer shares before it makes its own (a few
+/// allocations, once per service and per token), so that a service cloned for one request never
+/// pays for them.
+pub(crate) const OWN_COPIES_AFTER: u32 = 8;
+
+/// What a service that keeps sending requests holds of its own.
+struct OwnCopies {
+    /// Follows the cache's current token: one pointer comparison per request, and a reference
+    /// count taken only when the token changes.
+    current: Cache<Arc<ArcSwapOption<Entry>>, Option<Arc<Entry>>>,
+    /// The generation `header` was copied from; 0 before the first copy.
+    generation: u64,
+    /// This service's copy of that token's header (sensitive, zeroized when dropped).
+    header: HeaderValue,
+    /// This service's handle on the layer's state, cloned into each response future.
+    layer: LayerHandle,
+}
+
+impl OwnCopies {
+    fn new(layer: &LayerHandle) -> Box<Self> {
+        Box::new(OwnCopies {
+            current: Cache::new(Arc::clone(layer.cache.current())),
+            generation: 0,
+            header: HeaderValue::from_static(""),
+            layer: Arc::new(Arc::clone(layer)),
+        })
+    }
+
+    /// The header and generation of the token to send, or `None` to wait for one.
+    #[inline]
+    fn token(&mut self, cache: &Arc<TokenCache>) -> Option<(HeaderValue, u64)> {
+        let OwnCopies {
+            current,
+            generation,
+            header,
+            ..
+        } = self;
+        let entry = current.load().as_ref()?;
+        let now = Instant::now();
+        if now >= entry.quiet_until && !cache.check(entry, now) {
+            return None;
+        }
+        if entry.generation != *generation {
+            *header = token::copy_header(&entry.header);
+            *generation = entry.generation;
+        }
+        Some((header.clone(), entry.generation))
+    }
 }
 
 impl<S> AuthService<S> {
-    pub(crate) fn new(inner: S, state: Arc<LayerState>) -> Self {
-        AuthService { inner, state }
+    pub(crate) fn new(inner: S, layer: LayerHandle) -> Self {
+        AuthService {
+            inner,
+            layer,
+            own: None,
+            sent: 0,
+        }
     }
 
     /// The wrapped service.
@@ -61,6 +131,33 @@ impl<S> AuthService<S> {
     /// Consumes `self`, returning the wrapped service.
     pub fn into_inner(self) -> S {
         self.inner
+    }
+
+    /// The header, generation and layer handle for a request, or `None` to wait for a token.
+    #[inline]
+    fn token(&mut self) -> Option<(HeaderValue, u64, LayerHandle)> {
+        if let Some(own) = &mut self.own {
+            let (header, generation) = own.token(&self.layer.cache)?;
+            return Some((header, generation, Arc::clone(&own.layer)));
+        }
+        let cache = &self.layer.cache;
+        let current = cache.current().load();
+        let entry = current.as_ref()?;
+        let now = Instant::now();
+        if now >= entry.quiet_until && !cache.check(entry, now) {
+            return None;
+        }
+        let token = (
+            entry.header.clone(),
+            entry.generation,
+            Arc::clone(&self.layer),
+        );
+        drop(current);
+        self.sent += 1;
+        if self.sent >= OWN_COPIES_AFTER {
+            self.own = Some(OwnCopies::new(&self.layer));
+        }
+        Some(token)
     }
 }
 
@@ -82,37 +179,27 @@ where
 
     #[inline]
     fn call(&mut self, mut request: R) -> Self::Future {
-        let state = &*self.state;
-        match state.policy.decide(&request) {
+        match self.layer.policy.decide(&request) {
             Decision::Attach => {}
             Decision::PassThrough => return ResponseFuture::passed(self.inner.call(request)),
             Decision::Refuse(err) => return ResponseFuture::refused(err),
         }
-        let current = state.cache.current().load();
-        let token = current.as_ref().and_then(|entry| {
-            let now = Instant::now();
-            (now < entry.quiet_until || state.cache.check(entry, now))
-                .then(|| (entry.header.clone(), entry.generation))
-        });
-        drop(current);
-        let Some((header, generation)) = token else {
+        let Some((header, generation, layer)) = self.token() else {
             return self.acquiring(request);
         };
-        let header_name = state.header_name.clone();
-        if state.retry {
-            if let Some(replay) = request.prepare_replay(state.replay_limit) {
+        let header_name = layer.header_name.clone();
+        if layer.retry {
+            if let Some(replay) = request.prepare_replay(layer.replay_limit) {
                 request.headers_mut().insert(header_name, header);
                 // Keep the readied service for a possible resend; leave a clone behind.
                 let clone = self.inner.clone();
                 let mut inner = mem::replace(&mut self.inner, clone);
                 let fut = inner.call(request);
-                let state = Arc::clone(&self.state);
-                return ResponseFuture::sent(fut, state, generation, Some((inner, replay)));
+                return ResponseFuture::sent(fut, layer, generation, Some((inner, replay)));
             }
         }
         request.headers_mut().insert(header_name, header);
-        let fut = self.inner.call(request);
-        ResponseFuture::sent(fut, Arc::clone(&self.state), generation, None)
+        ResponseFuture::sent(self.inner.call(request), layer, generation, None)
     }
 }
 
@@ -127,16 +214,15 @@ impl<S: Clone> AuthService<S> {
     {
         let clone = self.inner.clone();
         let inner = mem::replace(&mut self.inner, clone);
-        ResponseFuture::acquiring(Arc::clone(&self.state), request, inner)
+        ResponseFuture::acquiring(Arc::clone(&self.layer), request, inner)
     }
 }
 
 impl<S: Clone> Clone for AuthService<S> {
+    /// The clone shares this service's handle on the layer, and makes its own copies if it is
+    /// used enough.
     fn clone(&self) -> Self {
-        AuthService {
-            inner: self.inner.clone(),
-            state: Arc::clone(&self.state),
-        }
+        AuthService::new(self.inner.clone(), Arc::clone(&self.layer))
     }
 }
 
@@ -144,7 +230,8 @@ impl<S: fmt::Debug> fmt::Debug for AuthService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthService")
             .field("inner", &self.inner)
-            .field("layer", &self.state)
+            .field("layer", &self.layer)
+            .field("own_copies", &self.own.is_some())
             .finish()
     }
 }

@@ -193,6 +193,12 @@ impl Token {
     }
 }
 
+/// A copy of a token header in a buffer of its own, marked sensitive and zeroized when the
+/// copy's last clone is dropped.
+pub(crate) fn copy_header(value: &HeaderValue) -> HeaderValue {
+    sensitive_header(Zeroizing::new(value.as_bytes().to_vec())).unwrap_or_else(|| value.clone())
+}
+
 /// A sensitive header value over `buf`, wiped when the last `Bytes` handle goes; `None` if the
 /// bytes are not a valid header value.
 fn sensitive_header(buf: Zeroizing<Vec<u8>>) -> Option<HeaderValue> {

@@ -10,6 +10,7 @@ use std::{
     cell::Cell,
     future::Future,
     pin::pin,
+    sync::{Arc, Mutex},
     task::{Context, Poll, Waker},
 };
 
@@ -97,7 +98,8 @@ async fn warm_service(
     svc
 }
 
-/// Requests sent before counting, so that nothing done once per service is counted.
+/// Requests sent before counting: past them a service has made its own copies (the layer does
+/// it after 8), so nothing done once per service is counted.
 const WARM_UP: usize = 20;
 
 async fn layered(retry: bool, request: impl Fn() -> Request<&'static str>) -> usize {
@@ -141,6 +143,97 @@ async fn a_service_cloned_per_request_allocates_nothing_beyond_the_header_insert
         });
         assert_eq!(counted, 1_000 * floor, "retry {retry}");
     }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_long_lived_service_allocates_once_for_its_own_copies_then_never() {
+    let bare = || Request::get("https://api.test/").body("").unwrap();
+    let floor = floor(bare);
+    let auth = AuthLayer::builder(StaticToken::new("cached-token-of-similar-length"))
+        .retry_unauthorized(false)
+        .build()
+        .unwrap();
+    auth.token().await.unwrap();
+    let mut svc = auth.layer(Noop);
+    let requests: Vec<_> = (0..1_000).map(|_| bare()).collect();
+    let (counted, ()) = allocations(|| {
+        for request in requests {
+            run_once(&mut svc, request);
+        }
+    });
+    // Its copies: the box holding them, its handle on the layer, the header's buffer and the
+    // `Bytes` owner around it.
+    assert_eq!(counted, 1_000 * floor + 4);
+}
+
+/// The bytes of the `Authorization` header each request carried, by address: which copy of the
+/// header it was.
+#[derive(Clone, Default)]
+struct HeaderCopies(Arc<Mutex<Vec<usize>>>);
+
+impl<B> Service<Request<B>> for HeaderCopies {
+    type Response = http::Response<()>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<http::Response<()>, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let value = &req.headers()[AUTHORIZATION];
+        assert_eq!(value, "Bearer tok");
+        self.0
+            .lock()
+            .unwrap()
+            .push(value.as_bytes().as_ptr() as usize);
+        std::future::ready(Ok(http::Response::new(())))
+    }
+}
+
+impl HeaderCopies {
+    fn last(&self) -> usize {
+        *self.0.lock().unwrap().last().unwrap()
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn long_lived_services_send_their_own_copy_and_clones_the_shared_one() {
+    let auth = AuthLayer::new(StaticToken::new("tok"));
+    auth.token().await.unwrap();
+    let seen = HeaderCopies::default();
+    let mut first = auth.layer(seen.clone());
+    let request = || Request::get("https://api.test/").body("").unwrap();
+    run_once(&mut first, request());
+    let shared = seen.last();
+    for _ in 0..WARM_UP {
+        run_once(&mut first, request());
+    }
+    let own = seen.last();
+    assert_ne!(own, shared, "a busy service sends its own copy");
+
+    // A clone sends the shared copy (a clone made for one request allocates nothing), then
+    // makes its own.
+    let mut clone = first.clone();
+    run_once(&mut clone, request());
+    assert_eq!(seen.last(), shared);
+    for _ in 0..WARM_UP {
+        run_once(&mut clone, request());
+    }
+    let clone_own = seen.last();
+    assert_ne!(clone_own, own);
+    assert_ne!(clone_own, shared);
+    run_once(&mut first, request());
+    assert_eq!(seen.last(), own, "and each keeps its own");
+
+    // A new token: each service copies it once, and sends it at once.
+    assert!(auth.invalidate(&tower_bearer::Token::new("tok")));
+    auth.token().await.unwrap();
+    run_once(&mut first, request());
+    let renewed = seen.last();
+    assert_ne!(renewed, own);
+    run_once(&mut first, request());
+    assert_eq!(seen.last(), renewed);
 }
 
 #[tokio::test(flavor = "current_thread")]

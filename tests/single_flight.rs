@@ -286,3 +286,30 @@ async fn use_limited_tokens_are_fetched_once_per_use_budget() {
         assert!(per_token.values().all(|n| *n == uses), "{per_token:?}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_fetch_in_flight_during_revoke_installs_nothing() {
+    let source = CountingSource::gated(Duration::ZERO, Some(Duration::from_secs(60)));
+    let auth = AuthLayer::new(source.clone());
+    let waiter = tokio::spawn({
+        let auth = auth.clone();
+        async move { auth.token().await }
+    });
+    while source.fetches() == 0 {
+        tokio::task::yield_now().await;
+    }
+    auth.revoke().await.unwrap();
+    // The fetch that was running when `revoke` was called finishes after it returned.
+    source.open_gate(1);
+    while source.fetches() < 2 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        auth.stats().token_age.is_none(),
+        "tok-1, fetched before the revocation, was not installed"
+    );
+    // Its waiter asked again, and gets a token fetched after the revocation.
+    source.open_gate(1);
+    let token = waiter.await.unwrap().unwrap();
+    assert_eq!(token.access_token().secret(), "tok-2");
+}

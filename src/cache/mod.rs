@@ -119,7 +119,8 @@ pub(crate) enum Rejection {
 
 /// Shared state behind every clone of an [`AuthLayer`](crate::AuthLayer) and its services.
 pub(crate) struct TokenCache {
-    current: ArcSwapOption<Entry>,
+    /// In an `Arc` of its own so that services can follow it with an `arc_swap::Cache`.
+    current: Arc<ArcSwapOption<Entry>>,
     /// Everything that changes the current token, locked off the hot path only and never
     /// across an await, a spawn or user code.
     state: Mutex<CacheState>,
@@ -155,7 +156,7 @@ impl TokenCache {
             None => fastrand::Rng::new(),
         };
         Arc::new(TokenCache {
-            current: ArcSwapOption::empty(),
+            current: Arc::new(ArcSwapOption::empty()),
             state: Mutex::new(CacheState {
                 flight: None,
                 failures: None,
@@ -173,7 +174,7 @@ impl TokenCache {
 
     /// The slot the hot path reads.
     #[inline]
-    pub(crate) fn current(&self) -> &ArcSwapOption<Entry> {
+    pub(crate) fn current(&self) -> &Arc<ArcSwapOption<Entry>> {
         &self.current
     }
 

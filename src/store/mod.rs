@@ -2,8 +2,12 @@
 //! across restarts.
 //!
 //! A grant that rotates refresh tokens ([`RefreshTokenGrant`](crate::RefreshTokenGrant)) saves
-//! the new refresh token **before** it hands out the access token it bought, so a crash at any
-//! point leaves the store holding a refresh token the server still accepts. A store that fails
+//! the new refresh token **before** it hands out the access token it bought, so a crash after
+//! the save leaves the store holding the refresh token the server issued last. The server rotates
+//! on receipt, before the client can save: a crash (or a lost answer) between the two leaves the
+//! store with the previous refresh token, which the next process sends once more; a server with a
+//! rotation grace period accepts it, a strict one ends the grant
+//! ([`Error::AuthorizationRequired`]), as the grant's documentation details. A store that fails
 //! to save is an error the caller sees ([`Error::Store`]), never a silent loss.
 //!
 //! | store | keeps tokens |
