@@ -44,7 +44,7 @@ use crate::{
 /// A service cloned for each request (`svc.clone().oneshot(req)`) uses the copies its layer
 /// shares: the header's reference count, like tower-http's `AddAuthorization`, and one count of
 /// the layer's state for the response future. A service that keeps sending requests makes its
-/// own copies after a few ([`OWN_COPIES_AFTER`]): it follows the current token with one pointer
+/// own copies after 8: it follows the current token with one pointer
 /// comparison (`arc_swap::Cache`) and clones a header and a handle only it holds, so that
 /// services driven from different cores write no memory in common per request. Either way the
 /// token is checked against the clock on every request: validity depends on no timer.
@@ -52,7 +52,7 @@ pub struct AuthService<S> {
     inner: S,
     /// Shared with this service's clones, until it makes its own copies.
     layer: LayerHandle,
-    /// This service's own copies; `None` until it has sent [`OWN_COPIES_AFTER`] requests.
+    /// This service's own copies; `None` until it has sent `OWN_COPIES_AFTER` requests.
     own: Option<Box<OwnCopies>>,
     /// Requests sent with the shared copies.
     sent: u32,
