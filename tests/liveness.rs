@@ -16,18 +16,10 @@ use std::{
 
 use http::{Request, StatusCode};
 use http_body_util::Empty;
-use support::CountingSource;
+use support::{CountingSource, paused_runtime};
 use tokio::time::{Instant, advance};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_bearer::{AuthLayer, Error, Token, source::from_fn};
-
-fn paused_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap()
-}
 
 /// Runs `f` on a thread of its own and waits at most 10 s for its result: a deadlock fails the
 /// test instead of hanging it.

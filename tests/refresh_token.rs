@@ -370,11 +370,8 @@ async fn a_failed_save_is_an_error_and_the_token_is_not_used() {
     assert_eq!(idp.reuse_detected(), 0);
 }
 
-#[tokio::test]
-async fn revoke_revokes_the_refresh_token_and_clears_the_store() {
-    let idp = StandInIdp::start().await;
-    idp.add_refresh_token("rt-0");
-    let store = seeded("rt-0");
+/// A layer over a grant with a revocation endpoint and `store`, that has fetched a token.
+async fn revocable(idp: &StandInIdp, store: &MemoryStore) -> AuthLayer {
     let source = RefreshTokenGrant::builder(idp.url("/token"))
         .client_id("app")
         .client_secret("app-secret")
@@ -384,6 +381,15 @@ async fn revoke_revokes_the_refresh_token_and_clears_the_store() {
         .unwrap();
     let auth = AuthLayer::new(source);
     auth.token().await.unwrap();
+    auth
+}
+
+#[tokio::test]
+async fn revoke_revokes_the_refresh_token_and_clears_the_store() {
+    let idp = StandInIdp::start().await;
+    idp.add_refresh_token("rt-0");
+    let store = seeded("rt-0");
+    let auth = revocable(&idp, &store).await;
 
     auth.revoke().await.unwrap();
     let revoked: Vec<_> = idp
@@ -409,15 +415,7 @@ async fn revoke_forgets_everything_even_when_the_revocation_endpoint_fails() {
     idp.add_refresh_token("rt-0");
     idp.state.revocation_down.store(true, SeqCst);
     let store = seeded("rt-0");
-    let source = RefreshTokenGrant::builder(idp.url("/token"))
-        .client_id("app")
-        .client_secret("app-secret")
-        .revocation_url(idp.url("/revoke"))
-        .store(store.clone())
-        .build()
-        .unwrap();
-    let auth = AuthLayer::new(source);
-    auth.token().await.unwrap();
+    let auth = revocable(&idp, &store).await;
 
     let err = auth.revoke().await.unwrap_err();
     assert!(err.is_unprocessed(), "the endpoint's 503: {err:?}");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::{Request, StatusCode};
 use http_body_util::Empty;
-use support::CountingSource;
+use support::{CountingSource, paused_runtime};
 use tokio::{task::JoinSet, time::advance};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_bearer::{AuthLayer, BoxError, Error};
@@ -281,14 +281,6 @@ async fn a_long_lived_service_sees_expiry_and_revocation_at_once() {
         4,
         "the cold start, the expiry, the resend after the revocation, the invalidation"
     );
-}
-
-fn paused_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap()
 }
 
 /// A runtime that shuts down takes nothing with it: requests made from another runtime

@@ -137,6 +137,15 @@ impl TokenSource for CountingSource {
     }
 }
 
+/// A current-thread runtime with timers whose clock starts paused.
+pub fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
 // ---------------------------------------------------------------------------------------------
 // A protected API as an in-process tower service.
 
