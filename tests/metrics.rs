@@ -1,4 +1,5 @@
-//! The `metrics` feature: fetches, rejections, resends and waits reach the metrics facade.
+//! The `metrics` feature: fetches, retries within a fetch, rejections, resends, waits and stale
+//! tokens served reach the metrics facade.
 #![cfg(feature = "metrics")]
 
 mod support;
@@ -63,7 +64,30 @@ async fn fetches_rejections_and_resends_are_counted() {
     assert!(svc.clone().oneshot(get()).await.is_err(), "fetch 1 fails");
     svc.clone().oneshot(get()).await.unwrap();
     source.api().revoke("tok-2");
+    svc.clone().oneshot(get()).await.unwrap();
+    // Past tok-3's refresh target, with the endpoint down: served stale, twice.
+    source.set_down(true);
+    tokio::time::advance(Duration::from_secs(3600 - 25)).await;
+    svc.clone().oneshot(get()).await.unwrap();
     svc.oneshot(get()).await.unwrap();
+    // The background refresh they started fails.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(auth.stats().fetch_failures, 2);
+
+    // Another layer: a transient failure, retried within the fetch.
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = calls.clone();
+    let flaky = tower_bearer::source::from_fn(move || {
+        let first = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+        async move {
+            if first {
+                Err(tower_bearer::Error::Timeout(Duration::from_secs(1)))
+            } else {
+                Ok(tower_bearer::Token::new("t"))
+            }
+        }
+    });
+    AuthLayer::new(flaky).token().await.unwrap();
 
     let snapshot = snapshotter.snapshot().into_vec();
     assert_eq!(
@@ -72,7 +96,8 @@ async fn fetches_rejections_and_resends_are_counted() {
             "tower_bearer.token.fetches",
             Some(("outcome", "success"))
         ),
-        2
+        3,
+        "tok-2, tok-3 and the other layer's token"
     );
     assert_eq!(
         counter(
@@ -80,11 +105,20 @@ async fn fetches_rejections_and_resends_are_counted() {
             "tower_bearer.token.fetches",
             Some(("outcome", "transient_error"))
         ),
-        1
+        2,
+        "fetch 1 and the background refresh"
     );
     assert_eq!(counter(&snapshot, "tower_bearer.token.rejected", None), 1);
+    assert_eq!(
+        counter(&snapshot, "tower_bearer.token.served_stale", None),
+        2
+    );
+    assert_eq!(
+        counter(&snapshot, "tower_bearer.token.fetch.retries", None),
+        1
+    );
     assert_eq!(counter(&snapshot, "tower_bearer.requests.retried", None), 1);
-    assert_eq!(counter(&snapshot, "tower_bearer.token.waiters", None), 3);
+    assert_eq!(counter(&snapshot, "tower_bearer.token.waiters", None), 4);
     assert!(
         snapshot
             .iter()
