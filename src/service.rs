@@ -100,6 +100,10 @@ impl OwnCopies {
         if now >= entry.quiet_until && !cache.check(entry, now) {
             return None;
         }
+        if entry.is_use_limited() {
+            // Used a few times at most: a copy would cost more than it saves.
+            return Some((entry.header.clone(), entry.generation));
+        }
         if entry.generation != *generation {
             *header = token::copy_header(&entry.header);
             *generation = entry.generation;

@@ -134,6 +134,11 @@ impl Entry {
         }
     }
 
+    /// Whether the token is good for a limited number of requests.
+    pub(crate) fn is_use_limited(&self) -> bool {
+        self.uses_left.is_some()
+    }
+
     /// Takes one use of the token: `true` if it may be sent (always, when unlimited).
     pub(crate) fn claim(&self) -> bool {
         match &self.uses_left {
