@@ -194,6 +194,34 @@ async fn a_refresh_refused_before_processing_is_retried_within_the_fetch() {
     );
 }
 
+#[tokio::test]
+async fn a_refresh_answered_after_its_caller_gave_up_is_kept_for_the_next_fetch() {
+    let idp = StandInIdp::start().await;
+    idp.add_refresh_token("rt-0");
+    idp.lose_answers(&[LostAnswer::Late(Duration::from_millis(400))]);
+    let store = seeded("rt-0");
+    let auth = AuthLayer::builder(grant(&idp, store.clone()))
+        .fetch_timeout(Duration::from_millis(100))
+        .backoff(Duration::ZERO, Duration::ZERO)
+        .build()
+        .unwrap();
+    let err = auth.token().await.unwrap_err();
+    assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+    // The refresh goes on in its own task: the rotated refresh token is saved when the late
+    // answer comes ...
+    let saved = tokio::time::timeout(Duration::from_secs(10), async {
+        while stored_refresh_token(&store).await.as_deref() != Some("rt-1") {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(saved.is_ok(), "the late answer was saved");
+    // ... and the access token it bought is handed to the next fetch, with no new request.
+    assert_eq!(auth.token().await.unwrap().access_token().secret(), "at-1");
+    assert_eq!(idp.refresh_tokens_sent(), ["rt-0"]);
+    assert_eq!(idp.reuse_detected(), 0);
+}
+
 /// The first refresh rotates rt-0 and loses its answer (`lost`); what the grant does next.
 async fn after_a_lost_answer(
     lost: LostAnswer,

@@ -442,8 +442,25 @@ async fn record(State(state): State<EndpointState>, req: AxumRequest) -> AxumRes
         headers: parts.headers,
         body: String::from_utf8_lossy(&body).into_owned(),
     };
-    let response = (state.respond)(&recorded);
+    let mut response = (state.respond)(&recorded);
     state.recorded.lock().unwrap().push(recorded);
+    // A responder asks for its answer to be held back with this header (see `delayed`).
+    if let Some(delay) = response.headers_mut().remove(DELAY_HEADER) {
+        let millis = delay.to_str().unwrap().parse().unwrap();
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+    }
+    response
+}
+
+/// Internal to the stand-ins: how long to hold a response back before sending it.
+const DELAY_HEADER: &str = "x-stand-in-delay-ms";
+
+/// `response`, sent `delay` after the request was handled.
+fn delayed(mut response: AxumResponse, delay: Duration) -> AxumResponse {
+    response.headers_mut().insert(
+        DELAY_HEADER,
+        header::HeaderValue::from_str(&delay.as_millis().to_string()).unwrap(),
+    );
     response
 }
 
@@ -514,6 +531,8 @@ pub enum LostAnswer {
     /// Never finishes the answer (the status line and headers go, the body never comes),
     /// without acting on the request.
     Hang,
+    /// Acts on the request, then sends the answer this long after.
+    Late(Duration),
 }
 
 /// A token endpoint at `/token`, revocation at `/revoke`, metadata at
@@ -706,6 +725,7 @@ impl IdpState {
                             oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error")
                         }
                         Some(LostAnswer::RotateThenCut) => cut_short(answer),
+                        Some(LostAnswer::Late(delay)) => delayed(answer, delay),
                         _ => answer,
                     }
                 }
