@@ -12,8 +12,8 @@
 //! Later callers join the flight in progress, each with its own deadline.
 //!
 //! Every change of the current token (a fetch installing one, a 401 forgetting one, a
-//! revocation) happens under one `std::sync::Mutex`, which is never held across an await, a
-//! spawn or a call into user code.
+//! revocation) happens under one `std::sync::Mutex`, which is never held across an await or a
+//! spawn, nor while the token source or a runtime check runs.
 //!
 //! This module knows tokens and time, not HTTP requests.
 
@@ -121,8 +121,8 @@ pub(crate) enum Rejection {
 pub(crate) struct TokenCache {
     /// In an `Arc` of its own so that services can follow it with an `arc_swap::Cache`.
     current: Arc<ArcSwapOption<Entry>>,
-    /// Everything that changes the current token, locked off the hot path only and never
-    /// across an await, a spawn or user code.
+    /// Everything that changes the current token, locked off the hot path only, never across
+    /// an await or a spawn.
     state: Mutex<CacheState>,
     /// Nanoseconds since `clock_base` before which no background refresh starts: while a fetch
     /// runs, until its deadline; after a failure, until the backoff has passed. Lets requests in
