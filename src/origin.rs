@@ -36,6 +36,12 @@ impl Origin {
                 "origin {raw:?} must be http or https"
             )));
         }
+        if !url.username().is_empty() || url.password().is_some() {
+            // Not echoed: the URL carries credentials.
+            return Err(Error::config(
+                "an origin must not carry credentials (user:password@)",
+            ));
+        }
         let host = url
             .host_str()
             .ok_or_else(|| Error::config(format!("origin {raw:?} has no host")))?;

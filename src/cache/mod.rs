@@ -408,8 +408,11 @@ impl TokenCache {
             return;
         }
         let Ok(runtime) = self.fetch_runtime() else {
-            // No runtime to fetch on: a later request tries again.
-            self.next_background.store(next, Relaxed);
+            // No runtime (or no timers) to fetch on: a request after the first backoff step
+            // tries again, rather than every request in the window.
+            let step = u64::try_from(self.settings.backoff.base.as_nanos()).unwrap_or(u64::MAX);
+            self.next_background
+                .store(since.saturating_add(step.max(1)), Relaxed);
             return;
         };
         let mut state = self.lock_state();
