@@ -129,7 +129,7 @@ impl futures_core::Stream for Chunks {
 }
 
 /// The client's body type: a stream the layer may keep (up to 64 KiB) to send it again.
-type Upload = ReplayableBody<StreamBody<Chunks>>;
+type Upload = ReplayableBody;
 
 /// A body that yields `chunks` one by one, 20 ms apart.
 fn streamed(chunks: &'static [&'static str]) -> Upload {

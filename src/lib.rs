@@ -45,7 +45,7 @@
 //! | [`future`] | [`ResponseFuture`]: acquire → send → on 401 refresh → resend |
 //! | [`source`] | the [`TokenSource`] trait and [`ClientCredentials`], [`from_fn`](source::from_fn), [`StaticToken`] |
 //! | [`token`] | [`Token`] and the redacted, zeroized secret types |
-//! | [`replay`] | [`ReplayBody`], [`ReplayableBody`](replay::ReplayableBody): which request bodies can be resent after a 401 |
+//! | [`replay`] | which request bodies are resent after a 401, and [`ReplayableBody`](replay::ReplayableBody) for streams |
 //! | [`message`] | [`AuthRequest`], [`AuthResponse`]: `http` and `reqwest` requests and responses |
 //! | [`origin`] | where a token may go: origin limits, no plain `http` beyond loopback |
 //! | `middleware` | `AuthMiddleware` for `reqwest_middleware` (feature `reqwest-middleware`) |
@@ -103,7 +103,6 @@ pub use future::ResponseFuture;
 pub use layer::{AuthLayer, AuthLayerBuilder};
 pub use message::{AuthRequest, AuthResponse};
 pub use oauth::{ClientAuth, Pkce, ProviderMetadata};
-pub use replay::ReplayBody;
 pub use service::AuthService;
 pub use source::{
     AuthorizationCode, AuthorizationCodeBuilder, ClientCredentials, ClientCredentialsBuilder,

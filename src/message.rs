@@ -7,7 +7,7 @@
 
 use http::{HeaderMap, Request, Response, StatusCode};
 
-use crate::replay::{ReplayBody, ReplayRequest};
+use crate::replay::ReplayRequest;
 
 /// Where a request goes: scheme, host and port of an absolute URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +62,9 @@ fn default_port(scheme: &str) -> Option<u16> {
     }
 }
 
-impl<B: ReplayBody> AuthRequest for Request<B> {
+/// Any body: the layer puts the token on every `http::Request`, and resends after a 401 those
+/// whose body it can send again (see [`crate::replay`]).
+impl<B: 'static> AuthRequest for Request<B> {
     type Replay = ReplayRequest<B>;
 
     #[inline]

@@ -2,6 +2,7 @@
 //! request can be sent again after a 401.
 
 use std::{
+    collections::VecDeque,
     fmt,
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
@@ -11,15 +12,31 @@ use std::{
 use bytes::{Buf, Bytes};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 
-/// A request body that can be sent twice.
+use crate::BoxError;
+
+type Original = Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>>;
+
+/// A streaming request body that can be sent twice.
 ///
-/// While the first copy is sent, every data frame the inner service reads is kept (the
-/// `Bytes` are shared, not copied) together with the trailers, up to a limit. A replay, made
-/// with [`ReplayBody::replay`](super::ReplayBody::replay), yields the kept frames and then, if
-/// the first send stopped early (a server often answers 401 before reading the body), goes on
-/// reading the original body where the first copy left off. Once more than the limit was read,
-/// nothing is kept and no replay is offered: the 401 goes back to the caller.
+/// While the first copy is sent, every data frame the transport reads is kept (the `Bytes` are
+/// shared, not copied) together with the trailers, up to the [replay
+/// limit](crate::AuthLayerBuilder::replay_limit). After a 401 the resend yields the kept frames
+/// and then goes on reading the original body where the first copy left off: a server often
+/// answers 401 before it has read the whole body.
+///
+/// # A resend is byte-identical, or it does not happen
+///
+/// - The moment the resend is made, it takes the original body over: the first copy can read
+///   no more of it (a transport often goes on reading a body after the response came back), and
+///   its next poll ends it with [`Abandoned`], so the connection that carried it is closed or
+///   its stream reset rather than a cut body looking whole. The resend never waits for the
+///   first copy.
+/// - Once more than the limit was read, or the original body failed, nothing is kept and no
+///   resend is offered: the 401 goes back to the caller.
+/// - Once the response is known not to be a 401, nothing more is kept and the kept bytes are
+///   freed, so a long-lived stream holds no copy of what it sent.
 ///
 /// Use it as the body type of a client whose requests stream, such as a proxy forwarding
 /// hyper's `Incoming`:
@@ -31,253 +48,312 @@ use http_body::{Body, Frame, SizeHint};
 /// # let _ = req;
 /// # }
 /// ```
-pub struct ReplayableBody<B> {
-    /// Set once the layer prepared a replay; shared between the first send and the replay.
-    shared: Option<Arc<Mutex<Shared<B>>>>,
-    /// The original body, while this copy is the one reading it.
-    inner: Option<Pin<Box<B>>>,
-    /// Kept frames this copy has yielded so far.
-    position: usize,
-    trailers_sent: bool,
+pub struct ReplayableBody {
+    state: BodyState,
 }
 
-struct Shared<B> {
-    chunks: Vec<Bytes>,
+enum BodyState {
+    /// No resend was prepared: frames pass through. In a mutex only so that the body is `Sync`
+    /// (as `BoxBody` wants) whatever the original is; polling takes no lock.
+    Plain(Mutex<Original>),
+    /// The first send, keeping what it reads.
+    First(Arc<Mutex<Shared>>),
+    /// The resend: the kept frames, then the rest of the original.
+    Resend(Arc<Mutex<Shared>>),
+}
+
+struct Shared {
+    /// The original body, until it ends or fails.
+    original: Option<Original>,
+    /// Data frames read by the first copy and not yet yielded by the resend.
+    chunks: VecDeque<Bytes>,
+    /// Bytes in `chunks` (while keeping: all bytes read so far).
     len: usize,
     limit: usize,
     trailers: Option<HeaderMap>,
-    /// The original body ended.
-    complete: bool,
-    /// More than `limit` bytes were read: nothing is kept, no replay.
-    overflow: bool,
-    /// The original body, parked by a copy that was dropped before it ended.
-    rest: Option<Pin<Box<B>>>,
-    /// A replay waiting for the first copy to let go of the original body.
-    waiting: Option<Waker>,
+    /// The original body ended (after its trailers, if any).
+    ended: bool,
+    /// Frames read are kept: a resend may still be made.
+    keeping: bool,
+    /// No resend can be made: more than the limit was read, the original failed, or the
+    /// response was not a 401.
+    spoiled: bool,
+    /// A resend was made: it alone reads the original now.
+    taken_over: bool,
+    /// The task of the first copy, if it waits on the original: woken at a takeover so that
+    /// it ends instead of waiting for frames that now go to the resend.
+    first_waiting: Option<Waker>,
 }
 
-/// What the layer keeps to build the replay of a [`ReplayableBody`].
-pub struct ReplayHandle<B>(Arc<Mutex<Shared<B>>>);
+impl Shared {
+    fn spoil(&mut self) {
+        self.keeping = false;
+        self.spoiled = true;
+        self.chunks = VecDeque::new();
+        self.len = 0;
+        self.trailers = None;
+    }
+}
 
-impl<B> fmt::Debug for ReplayHandle<B> {
+/// The error that ends the first copy of a [`ReplayableBody`] polled after its request was
+/// resent: the transport that still sends it should abandon that send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "request body abandoned: the request was answered 401 and is being resent with a new token"
+)]
+pub struct Abandoned;
+
+/// What the layer keeps to build the resend of a [`ReplayableBody`]. Dropping it (the
+/// response was not a 401) stops the keeping and frees what was kept.
+pub(crate) struct ReplayHandle(Option<Arc<Mutex<Shared>>>);
+
+impl fmt::Debug for ReplayHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReplayHandle").finish_non_exhaustive()
     }
 }
 
-fn lock<B>(shared: &Mutex<Shared<B>>) -> MutexGuard<'_, Shared<B>> {
+impl Drop for ReplayHandle {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.take() {
+            lock(&shared).spoil();
+        }
+    }
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl<B> ReplayableBody<B> {
-    /// Wraps `body`. Nothing is kept until the layer prepares a replay.
-    pub fn new(body: B) -> Self {
+fn plain(original: &Mutex<Original>) -> MutexGuard<'_, Original> {
+    original.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn data_bytes<D: Buf>(mut data: D) -> Bytes {
+    data.copy_to_bytes(data.remaining())
+}
+
+impl ReplayableBody {
+    /// Wraps `body`. Nothing is kept until the layer prepares a resend.
+    pub fn new<B>(body: B) -> Self
+    where
+        B: Body + Send + 'static,
+        B::Data: Buf,
+        B::Error: Into<BoxError>,
+    {
         ReplayableBody {
-            shared: None,
-            inner: Some(Box::pin(body)),
-            position: 0,
-            trailers_sent: false,
+            state: BodyState::Plain(Mutex::new(Box::pin(
+                body.map_frame(|f| f.map_data(data_bytes))
+                    .map_err(Into::into),
+            ))),
         }
     }
 
-    /// Starts keeping what is read, up to `limit` bytes, and returns the handle for a replay.
-    pub(crate) fn capture(&mut self, limit: usize) -> ReplayHandle<B> {
+    /// Starts keeping what is read, up to `limit` bytes, and returns the handle for a resend;
+    /// `None` if this copy is itself a resend or already keeps.
+    pub(crate) fn capture(&mut self, limit: usize) -> Option<ReplayHandle> {
+        let BodyState::Plain(_) = &self.state else {
+            return None;
+        };
         let shared = Arc::new(Mutex::new(Shared {
-            chunks: Vec::new(),
+            original: None,
+            chunks: VecDeque::new(),
             len: 0,
             limit,
             trailers: None,
-            complete: false,
-            overflow: false,
-            rest: None,
-            waiting: None,
+            ended: false,
+            keeping: true,
+            spoiled: false,
+            taken_over: false,
+            first_waiting: None,
         }));
-        self.shared = Some(Arc::clone(&shared));
-        ReplayHandle(shared)
+        let BodyState::Plain(original) =
+            std::mem::replace(&mut self.state, BodyState::First(Arc::clone(&shared)))
+        else {
+            return None;
+        };
+        lock(&shared).original = Some(
+            original
+                .into_inner()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        Some(ReplayHandle(Some(shared)))
     }
 
-    /// The copy for the second send, unless more than the limit was read.
-    pub(crate) fn replay(handle: ReplayHandle<B>) -> Option<Self> {
-        if lock(&handle.0).overflow {
-            return None;
+    /// The copy for the resend, unless no resend can be made. From now on the first copy reads
+    /// nothing more of the original body.
+    pub(crate) fn replay(mut handle: ReplayHandle) -> Option<Self> {
+        let shared = handle.0.take()?;
+        let waiting = {
+            let mut state = lock(&shared);
+            if state.spoiled || state.taken_over {
+                state.spoil();
+                return None;
+            }
+            state.keeping = false;
+            state.taken_over = true;
+            state.first_waiting.take()
+        };
+        if let Some(waker) = waiting {
+            waker.wake();
         }
         Some(ReplayableBody {
-            shared: Some(handle.0),
-            inner: None,
-            position: 0,
-            trailers_sent: false,
+            state: BodyState::Resend(shared),
         })
     }
 }
 
-impl<B> Body for ReplayableBody<B>
-where
-    B: Body,
-    B::Data: Buf,
-{
+type PolledFrame = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
+
+/// Reads the next frame of the original body for the first copy, keeping it if a resend may
+/// still need it.
+fn poll_first(state: &mut Shared, cx: &mut Context<'_>) -> PolledFrame {
+    if state.taken_over {
+        return Poll::Ready(Some(Err(Abandoned.into())));
+    }
+    let Some(original) = state.original.as_mut() else {
+        return Poll::Ready(None);
+    };
+    let frame = match original.as_mut().poll_frame(cx) {
+        Poll::Pending => {
+            state.first_waiting = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        Poll::Ready(frame) => frame,
+    };
+    state.first_waiting = None;
+    match frame {
+        None => {
+            state.original = None;
+            state.ended = true;
+            Poll::Ready(None)
+        }
+        Some(Err(err)) => {
+            // A resend could not be whole.
+            state.original = None;
+            state.spoil();
+            Poll::Ready(Some(Err(err)))
+        }
+        Some(Ok(frame)) => {
+            if let Some(data) = frame.data_ref() {
+                if state.keeping {
+                    if state.len + data.len() > state.limit {
+                        state.spoil();
+                    } else {
+                        state.len += data.len();
+                        state.chunks.push_back(data.clone());
+                    }
+                }
+            } else if let Some(trailers) = frame.trailers_ref() {
+                if state.keeping {
+                    state.trailers = Some(trailers.clone());
+                }
+                state.original = None;
+                state.ended = true;
+            }
+            Poll::Ready(Some(Ok(frame)))
+        }
+    }
+}
+
+/// The next frame of the resend: a kept one, or the next of the original body.
+fn poll_resend(state: &mut Shared, cx: &mut Context<'_>) -> PolledFrame {
+    if let Some(chunk) = state.chunks.pop_front() {
+        state.len -= chunk.len();
+        return Poll::Ready(Some(Ok(Frame::data(chunk))));
+    }
+    if let Some(trailers) = state.trailers.take() {
+        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+    }
+    let Some(original) = state.original.as_mut() else {
+        return Poll::Ready(None);
+    };
+    let frame = std::task::ready!(original.as_mut().poll_frame(cx));
+    if !matches!(&frame, Some(Ok(f)) if f.is_data()) {
+        state.original = None;
+        state.ended = true;
+    }
+    Poll::Ready(frame)
+}
+
+impl Body for ReplayableBody {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = &mut *self;
-        let Some(shared) = this.shared.clone() else {
-            // Not capturing: pass frames through.
-            let Some(inner) = this.inner.as_mut() else {
-                return Poll::Ready(None);
-            };
-            return inner.as_mut().poll_frame(cx).map(|frame| {
-                frame.map(|f| f.map(|f| f.map_data(|mut d| d.copy_to_bytes(d.remaining()))))
-            });
-        };
-
-        {
-            let state = lock(&shared);
-            if this.position < state.chunks.len() {
-                let chunk = state.chunks[this.position].clone();
-                this.position += 1;
-                return Poll::Ready(Some(Ok(Frame::data(chunk))));
-            }
-            if state.complete {
-                if !this.trailers_sent {
-                    this.trailers_sent = true;
-                    if let Some(trailers) = state.trailers.clone() {
-                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                    }
-                }
-                return Poll::Ready(None);
-            }
-        }
-
-        if this.inner.is_none() {
-            let mut state = lock(&shared);
-            match state.rest.take() {
-                Some(rest) => this.inner = Some(rest),
-                None => {
-                    // The first copy still holds the original body (the connection is still
-                    // sending it): wait until it lets go, rather than end the body short.
-                    state.waiting = Some(cx.waker().clone());
-                    return Poll::Pending;
-                }
-            }
-        }
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let frame = match inner.as_mut().poll_frame(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(frame) => frame,
-        };
-        let mut state = lock(&shared);
-        match frame {
-            None => {
-                state.complete = true;
-                this.inner = None;
-                this.trailers_sent = true;
-                if let Some(waker) = state.waiting.take() {
-                    waker.wake();
-                }
-                Poll::Ready(None)
-            }
-            Some(Err(err)) => Poll::Ready(Some(Err(err))),
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(mut data) => {
-                    let bytes = data.copy_to_bytes(data.remaining());
-                    if !state.overflow {
-                        if state.len + bytes.len() > state.limit {
-                            state.overflow = true;
-                            state.chunks = Vec::new();
-                        } else {
-                            state.len += bytes.len();
-                            state.chunks.push(bytes.clone());
-                        }
-                    }
-                    this.position = state.chunks.len();
-                    Poll::Ready(Some(Ok(Frame::data(bytes))))
-                }
-                Err(frame) => {
-                    let trailers = frame.into_trailers().ok();
-                    if !state.overflow {
-                        state.trailers.clone_from(&trailers);
-                    }
-                    state.complete = true;
-                    this.inner = None;
-                    this.trailers_sent = true;
-                    if let Some(waker) = state.waiting.take() {
-                        waker.wake();
-                    }
-                    Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
-                }
-            },
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> PolledFrame {
+        match &mut self.get_mut().state {
+            BodyState::Plain(original) => original
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_mut()
+                .poll_frame(cx),
+            BodyState::First(shared) => poll_first(&mut lock(shared), cx),
+            BodyState::Resend(shared) => poll_resend(&mut lock(shared), cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match (&self.shared, &self.inner) {
-            (None, Some(inner)) => inner.is_end_stream(),
-            (None, None) => true,
-            (Some(shared), _) => {
+        match &self.state {
+            BodyState::Plain(original) => plain(original).is_end_stream(),
+            BodyState::First(shared) => {
                 let state = lock(shared);
-                state.complete
-                    && self.position >= state.chunks.len()
-                    && (self.trailers_sent || state.trailers.is_none())
+                state.taken_over || state.original.as_ref().is_none_or(|o| o.is_end_stream())
+            }
+            BodyState::Resend(shared) => {
+                let state = lock(shared);
+                state.chunks.is_empty()
+                    && state.trailers.is_none()
+                    && state.original.as_ref().is_none_or(|o| o.is_end_stream())
             }
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match (&self.shared, &self.inner) {
-            (_, Some(inner)) if self.position == 0 => inner.size_hint(),
-            (Some(shared), _) => {
+        match &self.state {
+            BodyState::Plain(original) => plain(original).size_hint(),
+            BodyState::First(shared) => {
                 let state = lock(shared);
-                if state.complete {
-                    let left: usize = state.chunks[self.position.min(state.chunks.len())..]
-                        .iter()
-                        .map(Bytes::len)
-                        .sum();
-                    SizeHint::with_exact(left as u64)
-                } else {
-                    SizeHint::default()
-                }
+                state
+                    .original
+                    .as_ref()
+                    .map_or_else(|| SizeHint::with_exact(0), |o| o.size_hint())
             }
-            _ => SizeHint::default(),
-        }
-    }
-}
-
-impl<B> Drop for ReplayableBody<B> {
-    fn drop(&mut self) {
-        // Park the original body so that a replay can go on reading it, and wake the replay if
-        // it is waiting for it.
-        if let (Some(shared), Some(inner)) = (&self.shared, self.inner.take()) {
-            let waiting = {
-                let mut state = lock(shared);
-                if !state.complete {
-                    state.rest = Some(inner);
+            BodyState::Resend(shared) => {
+                // What is kept plus what the original has left: exact when the original's is,
+                // so a transport that sets `content-length` from it sets the first send's.
+                let state = lock(shared);
+                let rest = state
+                    .original
+                    .as_ref()
+                    .map_or_else(|| SizeHint::with_exact(0), |o| o.size_hint());
+                let kept = state.len as u64;
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower().saturating_add(kept));
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper.saturating_add(kept));
                 }
-                state.waiting.take()
-            };
-            if let Some(waker) = waiting {
-                waker.wake();
+                hint
             }
         }
     }
 }
 
-impl<B> fmt::Debug for ReplayableBody<B> {
+impl fmt::Debug for ReplayableBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            BodyState::Plain(_) => "plain",
+            BodyState::First(_) => "first send",
+            BodyState::Resend(_) => "resend",
+        };
         f.debug_struct("ReplayableBody")
-            .field("capturing", &self.shared.is_some())
-            .field("position", &self.position)
+            .field("state", &state)
             .finish_non_exhaustive()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::convert::Infallible;
+    use std::{collections::VecDeque, convert::Infallible};
 
     use bytes::Bytes;
     use http::{HeaderMap, HeaderValue};
@@ -287,7 +363,7 @@ mod tests {
     use super::*;
 
     /// A body that yields the given frames, one per poll.
-    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+    struct Frames(VecDeque<Frame<Bytes>>);
 
     impl Body for Frames {
         type Data = Bytes;
@@ -301,7 +377,7 @@ mod tests {
     }
 
     fn chunked(chunks: &[&'static str], trailers: bool) -> Frames {
-        let mut frames: std::collections::VecDeque<Frame<Bytes>> = chunks
+        let mut frames: VecDeque<Frame<Bytes>> = chunks
             .iter()
             .map(|c| Frame::data(Bytes::from_static(c.as_bytes())))
             .collect();
@@ -313,20 +389,21 @@ mod tests {
         Frames(frames)
     }
 
-    async fn all<B: Body<Data = Bytes>>(body: B) -> (Bytes, Option<HeaderMap>)
-    where
-        B::Error: std::fmt::Debug,
-    {
+    async fn all(body: ReplayableBody) -> (Bytes, Option<HeaderMap>) {
         let collected = body.collect().await.unwrap();
         let trailers = collected.trailers().cloned();
         (collected.to_bytes(), trailers)
     }
 
+    fn captured(body: Frames, limit: usize) -> (ReplayableBody, ReplayHandle) {
+        let mut first = ReplayableBody::new(body);
+        let handle = first.capture(limit).unwrap();
+        (first, handle)
+    }
+
     #[tokio::test]
     async fn many_chunks_and_trailers_are_replayed() {
-        let chunks = ["a", "bb", "ccc", "dddd", "eeeee"];
-        let mut first = ReplayableBody::new(chunked(&chunks, true));
-        let handle = first.capture(1024);
+        let (first, handle) = captured(chunked(&["a", "bb", "ccc", "dddd", "eeeee"], true), 1024);
         let (bytes, trailers) = all(first).await;
         assert_eq!(bytes, "abbcccddddeeeee");
         assert_eq!(trailers.unwrap()["x-checksum"], "abc");
@@ -340,8 +417,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_the_server_never_read_is_replayed_from_the_original() {
-        let mut first = ReplayableBody::new(chunked(&["x", "y", "z"], true));
-        let handle = first.capture(1024);
+        let (first, handle) = captured(chunked(&["x", "y", "z"], true), 1024);
         drop(first); // the server answered 401 before reading the body
         let (bytes, trailers) = all(ReplayableBody::replay(handle).unwrap()).await;
         assert_eq!(bytes, "xyz");
@@ -349,42 +425,103 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_half_read_body_is_replayed_whole() {
-        let mut first = ReplayableBody::new(chunked(&["12", "34", "56"], false));
-        let handle = first.capture(1024);
+    async fn a_half_read_body_is_replayed_whole_and_the_first_copy_is_abandoned() {
+        let (mut first, handle) = captured(chunked(&["12", "34", "56"], false), 1024);
         let frame = first.frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), "12");
-        drop(first);
-        let (bytes, _) = all(ReplayableBody::replay(handle).unwrap()).await;
+        // The transport still holds the first copy when the resend is made.
+        let replay = ReplayableBody::replay(handle).unwrap();
+        let err = first.frame().await.unwrap().unwrap_err();
+        assert!(err.downcast_ref::<Abandoned>().is_some(), "{err}");
+        let (bytes, _) = all(replay).await;
         assert_eq!(bytes, "123456");
     }
 
     #[tokio::test]
-    async fn a_replay_waits_for_the_first_copy_to_let_go_of_the_original() {
-        let mut first = ReplayableBody::new(chunked(&["a", "b", "c"], false));
-        let handle = first.capture(1024);
+    async fn the_first_copy_reading_on_cannot_cut_the_resend_short() {
+        // The issue's corruption: the transport kept reading the first copy past the limit after
+        // the 401, and the resend ended early. Now the first copy reads nothing after the
+        // takeover.
+        let (mut first, handle) = captured(chunked(&["1234", "5678", "9abc"], false), 8);
         assert_eq!(
             first.frame().await.unwrap().unwrap().into_data().unwrap(),
-            "a"
+            "1234"
         );
-        let mut replay = tokio_test::task::spawn(all(ReplayableBody::replay(handle).unwrap()));
-        // The replay yields the kept "a", then must wait: the first copy still has the body.
-        assert!(replay.poll().is_pending());
-        drop(first);
-        assert!(replay.is_woken());
-        match replay.poll() {
-            Poll::Ready((bytes, _)) => assert_eq!(bytes, "abc"),
-            Poll::Pending => panic!("the replay must finish once the body is parked"),
+        let replay = ReplayableBody::replay(handle).unwrap();
+        assert!(first.frame().await.unwrap().is_err());
+        assert!(first.frame().await.unwrap().is_err(), "it stays abandoned");
+        assert_eq!(replay.size_hint().lower(), 4);
+        let (bytes, _) = all(replay).await;
+        assert_eq!(bytes, "123456789abc");
+    }
+
+    #[tokio::test]
+    async fn a_first_copy_waiting_for_the_original_is_woken_and_ends_at_the_takeover() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+        let stream = http_body_util::StreamBody::new(tokio_stream_from(rx));
+        let mut first = ReplayableBody::new(stream);
+        let handle = first.capture(1024).unwrap();
+        let mut polled = tokio_test::task::spawn(first.frame());
+        assert!(polled.poll().is_pending());
+        let replay = ReplayableBody::replay(handle).unwrap();
+        assert!(polled.is_woken());
+        match polled.poll() {
+            Poll::Ready(Some(Err(err))) => assert!(err.downcast_ref::<Abandoned>().is_some()),
+            other => panic!("the first copy must end with Abandoned, got {other:?}"),
         }
+        drop(polled);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"late"))))
+            .await
+            .unwrap();
+        drop(tx);
+        let (bytes, _) = all(replay).await;
+        assert_eq!(bytes, "late");
+    }
+
+    /// A `Stream` over a tokio channel, without pulling in tokio-stream.
+    fn tokio_stream_from<T>(
+        rx: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures_core::Stream<Item = T> {
+        struct Rx<T>(tokio::sync::mpsc::Receiver<T>);
+        impl<T> futures_core::Stream for Rx<T> {
+            type Item = T;
+            fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+                self.0.poll_recv(cx)
+            }
+        }
+        Rx(rx)
     }
 
     #[tokio::test]
     async fn past_the_limit_nothing_is_kept_and_no_replay_is_offered() {
-        let mut first = ReplayableBody::new(chunked(&["1234", "5678", "9"], false));
-        let handle = first.capture(8);
+        let (first, handle) = captured(chunked(&["1234", "5678", "9"], false), 8);
         let (bytes, _) = all(first).await;
         assert_eq!(bytes, "123456789", "the first send is whole");
         assert!(ReplayableBody::replay(handle).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_response_that_is_not_a_401_frees_what_was_kept_and_stops_keeping() {
+        let (mut first, handle) = captured(chunked(&["ab", "cd"], false), 1024);
+        assert_eq!(
+            first.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "ab"
+        );
+        let BodyState::First(shared) = &first.state else {
+            unreachable!()
+        };
+        let shared = Arc::clone(shared);
+        assert_eq!(lock(&shared).chunks.len(), 1);
+        drop(handle); // the response was a 200
+        assert!(lock(&shared).chunks.is_empty());
+        assert_eq!(
+            first.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "cd"
+        );
+        assert!(
+            lock(&shared).chunks.is_empty(),
+            "nothing kept after the answer"
+        );
     }
 
     #[tokio::test]

@@ -1,209 +1,164 @@
 //! Sending a request a second time after a 401.
 //!
-//! A request can only be resent if its body can be produced again. [`ReplayBody`] says how: the
-//! layer calls [`prepare_replay`](ReplayBody::prepare_replay) before the first send and keeps what
-//! it returns; after a 401 it calls [`replay`](ReplayBody::replay) to get the body for the resend.
+//! Any request body works with the layer; being resent is a capability some bodies have. The
+//! layer recognises the body types below by their type (a check the compiler resolves, free at
+//! run time) and keeps what a resend needs before the first send. A body of any other type (a
+//! hyper `Incoming` or `StreamBody`, your own type) is sent once: after a 401 the response goes
+//! back to the caller, and the cache still drops the rejected token, so the next request
+//! carries a new one.
 //!
-//! Implemented here for the bodies clients use:
+//! | body | after a 401 | cost per request, retry on |
+//! |---|---|---|
+//! | `()`, `Bytes`, `&'static str`, `&'static [u8]`, `Full<Bytes>`, `Full<&'static [u8]>`, `Empty<Bytes>` | resent | a reference count, or nothing |
+//! | `String`, `Vec<u8>` | resent if within the [replay limit](crate::AuthLayerBuilder::replay_limit) (64 KiB by default), else goes to the caller | a copy of the body, when within the limit |
+//! | [`ReplayableBody`], `BoxBody<Bytes, BoxError>`, `UnsyncBoxBody<Bytes, BoxError>`, `axum::body::Body` (feature `axum`), `tonic::body::Body` (feature `tonic`) | resent if at most the replay limit was streamed when the 401 came, else goes to the caller | the frames are kept (shared, not copied) until the response is known |
+//! | anything else | goes to the caller | none |
 //!
-//! | body | replayed by |
-//! |---|---|
-//! | `()`, `String`, `Vec<u8>`, `Bytes`, `&'static str`, `&'static [u8]`, `Full<D>` | cloning it (a reference-count increment for `Bytes`) |
-//! | `Empty<D>` | making another |
-//! | [`ReplayableBody<B>`], `BoxBody<Bytes, E>`, `UnsyncBoxBody<Bytes, E>`, `axum::body::Body` (feature `axum`), `tonic::body::Body` (feature `tonic`) | keeping the bytes as they stream out, up to the [replay limit](crate::AuthLayerBuilder::replay_limit) (64 KiB by default) |
+//! A resent body is byte-identical to the first, or the request is not resent: see
+//! [`ReplayableBody`]. To make your own streaming body resendable, wrap it:
+//! `request.map(ReplayableBody::new)`.
 //!
-//! A body that cannot be replayed (or streamed past the limit) is still sent once; on a 401 the
-//! response goes back to the caller and the next request uses the new token.
-//!
-//! # Your own body type
-//!
-//! ```
-//! use tower_bearer::ReplayBody;
-//!
-//! #[derive(Clone)]
-//! struct JsonBody(std::sync::Arc<[u8]>);
-//!
-//! impl ReplayBody for JsonBody {
-//!     type Replay = JsonBody;
-//!     fn prepare_replay(&mut self, _limit: usize) -> Option<Self::Replay> {
-//!         Some(self.clone())
-//!     }
-//!     fn replay(kept: Self::Replay) -> Option<Self> {
-//!         Some(kept)
-//!     }
-//! }
-//! ```
+//! `reqwest::Request` is resent when `reqwest::Request::try_clone` can copy it (any body but a
+//! stream).
 
-use std::convert::Infallible;
+use std::any::{Any, TypeId};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 
 mod body;
 
-pub use body::{ReplayHandle, ReplayableBody};
+pub(crate) use body::ReplayHandle;
+pub use body::{Abandoned, ReplayableBody};
 use http::{Extensions, HeaderMap, Method, Request, Uri, Version};
-use http_body::Body;
+use http_body::Body as _;
 use http_body_util::{
     BodyExt, Empty, Full,
     combinators::{BoxBody, UnsyncBoxBody},
 };
 
-/// A request body that the layer may send again after a 401.
-pub trait ReplayBody: Sized {
-    /// What is kept from the first send to build the second.
-    type Replay;
+use crate::BoxError;
 
-    /// Called before the first send: returns what to keep to send the body again, if it can
-    /// be. A streaming body may wrap itself in place to keep what it sends, at most `limit`
-    /// bytes.
-    fn prepare_replay(&mut self, limit: usize) -> Option<Self::Replay>;
-
-    /// Builds the body for the second send, or `None` if it can no longer be built.
-    fn replay(kept: Self::Replay) -> Option<Self>;
+/// `value` as a `U`, if `T` and `U` are the same type.
+fn cast<T: 'static, U: 'static>(value: T) -> Option<U> {
+    let mut slot = Some(value);
+    (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<U>>()
+        .and_then(Option::take)
 }
 
-macro_rules! replay_by_clone {
-    ($($ty:ty),* $(,)?) => {$(
-        impl ReplayBody for $ty {
-            type Replay = $ty;
-            #[inline]
-            fn prepare_replay(&mut self, _limit: usize) -> Option<Self::Replay> {
-                Some(self.clone())
-            }
-            #[inline]
-            fn replay(kept: Self::Replay) -> Option<Self> {
-                Some(kept)
-            }
+/// `body` as a `T`, if `B` is `T`. The type comparison is resolved at compile time.
+#[inline(always)]
+fn body_as<T: 'static, B: 'static>(body: &mut B) -> Option<&mut T> {
+    if TypeId::of::<T>() != TypeId::of::<B>() {
+        return None;
+    }
+    (body as &mut dyn Any).downcast_mut::<T>()
+}
+
+/// What is kept of a body to send it again.
+pub(crate) enum KeptBody<B> {
+    /// A copy made before the first send.
+    Copy(B),
+    /// An empty body, made again.
+    Empty(fn() -> Option<B>),
+    /// A streaming body: its frames, kept as they are sent, and how to make a `B` of them.
+    Streamed {
+        handle: ReplayHandle,
+        wrap: fn(ReplayableBody) -> Option<B>,
+    },
+}
+
+/// Copies of cheap-to-clone bodies, whatever their size.
+macro_rules! cheap_copy {
+    ($body:ident: $($ty:ty),*) => {$(
+        if let Some(body) = body_as::<$ty, B>($body) {
+            return Some(KeptBody::Copy(cast(body.clone())?));
         }
     )*};
 }
 
-replay_by_clone!((), String, Vec<u8>, Bytes, &'static str, &'static [u8]);
-
-impl<D: Clone> ReplayBody for Full<D> {
-    type Replay = Full<D>;
-    #[inline]
-    fn prepare_replay(&mut self, _limit: usize) -> Option<Self::Replay> {
-        Some(self.clone())
-    }
-    #[inline]
-    fn replay(kept: Self::Replay) -> Option<Self> {
-        Some(kept)
-    }
+/// Copies of in-memory bodies whose clone copies the bytes: only within the limit.
+macro_rules! copy_within {
+    ($body:ident, $limit:ident: $($ty:ty => $len:expr),*) => {$(
+        if let Some(body) = body_as::<$ty, B>($body) {
+            let len: fn(&$ty) -> u64 = $len;
+            if len(body) > $limit as u64 {
+                return None;
+            }
+            return Some(KeptBody::Copy(cast(body.clone())?));
+        }
+    )*};
 }
 
-impl<D> ReplayBody for Empty<D> {
-    type Replay = ();
-    #[inline]
-    fn prepare_replay(&mut self, _limit: usize) -> Option<Self::Replay> {
-        Some(())
-    }
-    #[inline]
-    fn replay((): ()) -> Option<Self> {
-        Some(Empty::new())
-    }
+/// Type-erased streaming bodies: made again if empty, else wrapped in place to keep their
+/// frames.
+macro_rules! erased {
+    ($body:ident, $limit:ident: $($ty:ty => $empty:expr),*) => {$(
+        if let Some(body) = body_as::<$ty, B>($body) {
+            if body.is_end_stream() {
+                return Some(KeptBody::Empty(|| cast::<$ty, B>($empty)));
+            }
+            let mut streamed = ReplayableBody::new(std::mem::replace(body, $empty));
+            let handle = streamed.capture($limit)?;
+            *body = <$ty>::new(streamed);
+            return Some(KeptBody::Streamed {
+                handle,
+                wrap: |replay| cast::<$ty, B>(<$ty>::new(replay)),
+            });
+        }
+    )*};
 }
 
-impl<B> ReplayBody for ReplayableBody<B>
-where
-    B: Body,
-    B::Data: Buf,
-{
-    type Replay = ReplayHandle<B>;
-    fn prepare_replay(&mut self, limit: usize) -> Option<Self::Replay> {
-        Some(self.capture(limit))
-    }
-    fn replay(kept: Self::Replay) -> Option<Self> {
-        ReplayableBody::replay(kept)
-    }
+fn empty_box() -> BoxBody<Bytes, BoxError> {
+    BoxBody::new(Empty::<Bytes>::new().map_err(|never| match never {}))
 }
 
-/// What is kept of a boxed body: nothing if it was empty, else its stream.
-pub enum BoxedReplay<B> {
-    /// The body was empty.
-    Empty,
-    /// The body streamed; these are its kept bytes.
-    Streamed(ReplayHandle<B>),
+fn empty_unsync_box() -> UnsyncBoxBody<Bytes, BoxError> {
+    UnsyncBoxBody::new(Empty::<Bytes>::new().map_err(|never| match never {}))
 }
 
-impl<B> std::fmt::Debug for BoxedReplay<B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+/// What to keep of `body` to send it again, if it is a type that can be sent again (see the
+/// module's table). A streaming body is wrapped in place.
+#[inline(always)]
+pub(crate) fn keep<B: 'static>(body: &mut B, limit: usize) -> Option<KeptBody<B>> {
+    cheap_copy!(body: (), Bytes, &'static str, &'static [u8], Full<Bytes>, Full<&'static [u8]>);
+    if body_as::<Empty<Bytes>, B>(body).is_some() {
+        return Some(KeptBody::Empty(|| cast(Empty::<Bytes>::new())));
+    }
+    copy_within!(body, limit:
+        String => |b| b.len() as u64,
+        Vec<u8> => |b| b.len() as u64
+    );
+    if let Some(streamed) = body_as::<ReplayableBody, B>(body) {
+        let handle = streamed.capture(limit)?;
+        return Some(KeptBody::Streamed {
+            handle,
+            wrap: cast::<ReplayableBody, B>,
+        });
+    }
+    erased!(body, limit:
+        BoxBody<Bytes, BoxError> => empty_box(),
+        UnsyncBoxBody<Bytes, BoxError> => empty_unsync_box()
+    );
+    #[cfg(feature = "axum")]
+    erased!(body, limit: axum_core::body::Body => axum_core::body::Body::empty());
+    #[cfg(feature = "tonic")]
+    erased!(body, limit: tonic::body::Body => tonic::body::Body::empty());
+    None
+}
+
+impl<B> KeptBody<B> {
+    fn into_body(self) -> Option<B> {
         match self {
-            BoxedReplay::Empty => f.write_str("Empty"),
-            BoxedReplay::Streamed(_) => f.write_str("Streamed"),
+            KeptBody::Copy(body) => Some(body),
+            KeptBody::Empty(make) => make(),
+            KeptBody::Streamed { handle, wrap } => wrap(ReplayableBody::replay(handle)?),
         }
     }
 }
 
-/// Boxed bodies: an empty one is replayed by making another; a streaming one is kept as it
-/// streams, up to the limit.
-macro_rules! replay_boxed {
-    ($($ty:ident: $($bound:ident)+),* $(,)?) => {$(
-        impl<E> ReplayBody for $ty<Bytes, E>
-        where
-            E: 'static,
-        {
-            type Replay = BoxedReplay<$ty<Bytes, E>>;
-            fn prepare_replay(&mut self, limit: usize) -> Option<Self::Replay> {
-                if self.is_end_stream() {
-                    return Some(BoxedReplay::Empty);
-                }
-                let mut body = ReplayableBody::new(std::mem::take(self));
-                let handle = body.capture(limit);
-                *self = $ty::new(body);
-                Some(BoxedReplay::Streamed(handle))
-            }
-            fn replay(kept: Self::Replay) -> Option<Self> {
-                match kept {
-                    BoxedReplay::Empty => Some($ty::new(
-                        Empty::<Bytes>::new().map_err(|never: Infallible| match never {}),
-                    )),
-                    BoxedReplay::Streamed(handle) => ReplayableBody::replay(handle).map($ty::new),
-                }
-            }
-        }
-    )*};
-}
-
-replay_boxed!(BoxBody: Send Sync, UnsyncBoxBody: Send);
-
-/// Type-erased bodies of the frameworks (`axum::body::Body`, `tonic::body::Body`): an empty one
-/// is replayed by making another; a streaming one is kept as it streams, up to the limit.
-#[cfg(any(feature = "axum", feature = "tonic"))]
-macro_rules! replay_erased {
-    ($ty:ty, $empty:expr) => {
-        impl ReplayBody for $ty {
-            type Replay = BoxedReplay<$ty>;
-            fn prepare_replay(&mut self, limit: usize) -> Option<Self::Replay> {
-                if self.is_end_stream() {
-                    return Some(BoxedReplay::Empty);
-                }
-                let mut body = ReplayableBody::new(std::mem::take(self));
-                let handle = body.capture(limit);
-                *self = <$ty>::new(body);
-                Some(BoxedReplay::Streamed(handle))
-            }
-            fn replay(kept: Self::Replay) -> Option<Self> {
-                match kept {
-                    BoxedReplay::Empty => Some($empty),
-                    BoxedReplay::Streamed(handle) => ReplayableBody::replay(handle).map(<$ty>::new),
-                }
-            }
-        }
-    };
-}
-
-#[cfg(feature = "axum")]
-#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
-replay_erased!(axum_core::body::Body, axum_core::body::Body::empty());
-
-#[cfg(feature = "tonic")]
-#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
-replay_erased!(tonic::body::Body, tonic::body::Body::empty());
-
-/// What is kept of an `http::Request` to send it again: its head and its body's
-/// [`ReplayBody::Replay`].
-pub struct ReplayRequest<B: ReplayBody> {
+/// What is kept of an `http::Request` to send it again: its head and what its body needs.
+pub struct ReplayRequest<B> {
     method: Method,
     uri: Uri,
     version: Version,
@@ -211,10 +166,10 @@ pub struct ReplayRequest<B: ReplayBody> {
     /// map costs a construction and a drop that nothing needs.
     headers: Option<HeaderMap>,
     extensions: Extensions,
-    body: B::Replay,
+    body: KeptBody<B>,
 }
 
-impl<B: ReplayBody> std::fmt::Debug for ReplayRequest<B> {
+impl<B> std::fmt::Debug for ReplayRequest<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReplayRequest")
             .field("method", &self.method)
@@ -223,12 +178,12 @@ impl<B: ReplayBody> std::fmt::Debug for ReplayRequest<B> {
     }
 }
 
-impl<B: ReplayBody> ReplayRequest<B> {
+impl<B: 'static> ReplayRequest<B> {
     /// Keeps a copy of `request`'s head and what its body needs for a possible resend, if the
     /// body allows one.
     #[inline(always)]
     pub(crate) fn prepare(request: &mut Request<B>, limit: usize) -> Option<Self> {
-        let body = request.body_mut().prepare_replay(limit)?;
+        let body = keep(request.body_mut(), limit)?;
         Some(ReplayRequest {
             method: request.method().clone(),
             uri: request.uri().clone(),
@@ -245,7 +200,7 @@ impl<B: ReplayBody> ReplayRequest<B> {
 
     /// The request to resend, if the body can still be built.
     pub(crate) fn into_request(self) -> Option<Request<B>> {
-        let body = B::replay(self.body)?;
+        let body = self.body.into_body()?;
         let mut request = Request::new(body);
         *request.method_mut() = self.method;
         *request.uri_mut() = self.uri;
@@ -260,6 +215,10 @@ impl<B: ReplayBody> ReplayRequest<B> {
 
 #[cfg(test)]
 mod tests {
+    use std::convert::Infallible;
+
+    use http_body::Body;
+
     use super::*;
 
     async fn collect<B: Body>(b: B) -> Bytes
@@ -284,25 +243,52 @@ mod tests {
         assert_eq!(collect(again.into_body()).await, "payload");
     }
 
+    fn boxed(bytes: &'static str) -> BoxBody<Bytes, BoxError> {
+        BoxBody::new(Full::new(Bytes::from(bytes)).map_err(|never| match never {}))
+    }
+
     #[tokio::test]
     async fn boxed_bodies_replay_empty_or_streamed_within_the_limit() {
-        let empty: BoxBody<Bytes, Infallible> = BoxBody::new(Empty::new());
+        let empty: BoxBody<Bytes, BoxError> = empty_box();
         let replay = ReplayRequest::prepare(&mut Request::new(empty), 1024);
         let again = replay.unwrap().into_request().unwrap();
         assert!(collect(again.into_body()).await.is_empty());
 
-        let full: BoxBody<Bytes, Infallible> = BoxBody::new(Full::new(Bytes::from("x")));
-        let mut sent = Request::new(full);
+        let mut sent = Request::new(boxed("x"));
         let replay = ReplayRequest::prepare(&mut sent, 1024);
         assert_eq!(collect(sent.into_body()).await, "x");
         let again = replay.unwrap().into_request().unwrap();
         assert_eq!(collect(again.into_body()).await, "x");
 
-        let big: BoxBody<Bytes, Infallible> = BoxBody::new(Full::new(Bytes::from("0123456789")));
-        let mut sent = Request::new(big);
+        let mut sent = Request::new(boxed("0123456789"));
         let replay = ReplayRequest::prepare(&mut sent, 4);
         assert_eq!(collect(sent.into_body()).await, "0123456789");
         assert!(replay.unwrap().into_request().is_none(), "over the limit");
+    }
+
+    #[test]
+    fn bodies_copied_in_memory_follow_the_limit() {
+        let mut small = Request::new(String::from("1234"));
+        assert!(ReplayRequest::prepare(&mut small, 4).is_some());
+        let mut large = Request::new(String::from("12345"));
+        assert!(ReplayRequest::prepare(&mut large, 4).is_none());
+        assert_eq!(large.body(), "12345", "the body itself is untouched");
+        let mut large = Request::new(vec![0u8; 5]);
+        assert!(ReplayRequest::prepare(&mut large, 4).is_none());
+        // Shared bytes are resent whatever their size: the copy is a reference count.
+        let mut shared = Request::new(Full::new(Bytes::from(vec![0u8; 5])));
+        assert!(ReplayRequest::prepare(&mut shared, 4).is_some());
+    }
+
+    #[test]
+    fn bodies_of_other_types_are_sent_once() {
+        struct Mine;
+        let mut request = Request::new(Mine);
+        assert!(ReplayRequest::prepare(&mut request, 1 << 20).is_none());
+        // A boxed body whose error type cannot carry `Abandoned` is not kept either.
+        let mut request: Request<BoxBody<Bytes, Infallible>> =
+            Request::new(BoxBody::new(Full::new(Bytes::from("x"))));
+        assert!(ReplayRequest::prepare(&mut request, 1 << 20).is_none());
     }
 
     #[test]
