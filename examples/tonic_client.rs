@@ -88,6 +88,9 @@ async fn main() -> Result<(), BoxError> {
     // The client: a tonic Channel wrapped in AuthLayer, given to the generated client.
     let channel = Endpoint::from_shared(server.url())?.connect().await?;
     let auth = AuthLayer::builder(source)
+        // A channel sends requests addressed by path alone: say where it connects, so the
+        // layer can check the token goes over https (or to loopback, as here).
+        .channel_origin(server.url())
         .expiry_margin(Duration::from_millis(200))
         .build()?;
     let client = EchoClient::new(ServiceBuilder::new().layer(auth.clone()).service(channel));

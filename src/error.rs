@@ -85,17 +85,30 @@ pub enum Error {
     #[error("authorization required: {0}")]
     AuthorizationRequired(Cow<'static, str>),
 
-    /// The request would carry the token over plain `http` to a host that is not a loopback
-    /// address. Use `https`, or allow it with
+    /// The request would carry the token in clear text: over `http` or `ws` to a host that is
+    /// not a loopback address, or over a scheme that is not `https`, `wss`, `http` or `ws`.
+    /// Use `https`, or allow plain `http` with
     /// [`AuthLayerBuilder::allow_http`](crate::AuthLayerBuilder::allow_http).
     #[error(
-        "refusing to send a bearer token over plain http to {host}: use https, \
-         or AuthLayerBuilder::allow_http(true)"
+        "refusing to send a bearer token over {scheme} to {host}: the token goes over https \
+         (or http to a loopback address, or anywhere with AuthLayerBuilder::allow_http(true))"
     )]
     InsecureRequest {
+        /// The request's URL scheme.
+        scheme: String,
         /// The host the request was for.
         host: String,
     },
+
+    /// The request is addressed by path alone (as a tonic `Channel` or a hyper connection
+    /// sends it), so the layer cannot tell where the token would go. State where the channel
+    /// connects with [`AuthLayerBuilder::channel_origin`](crate::AuthLayerBuilder::channel_origin).
+    #[error(
+        "refusing to send a bearer token with a request addressed by path alone: the layer \
+         cannot tell where it goes; state the channel's origin with \
+         AuthLayerBuilder::channel_origin(\"https://host:port\")"
+    )]
+    UnknownDestination,
 
     /// The fetch was abandoned before it finished: the token source panicked or the runtime
     /// shut down.
@@ -155,6 +168,7 @@ impl Error {
             | Error::InvalidToken
             | Error::AuthorizationRequired(_)
             | Error::InsecureRequest { .. }
+            | Error::UnknownDestination
             | Error::NoTimer => true,
             _ => false,
         }

@@ -30,6 +30,7 @@ use crate::{
     BoxError, Error,
     cache::{Entry, Rejection},
     challenge,
+    grpc::{self, TrailerWatch},
     layer::LayerHandle,
     message::{AuthRequest, AuthResponse},
 };
@@ -99,7 +100,7 @@ pin_project! {
         },
         // The request was refused before it was sent.
         Refused {
-            error: Option<Error>,
+            error: Option<BoxError>,
         },
         Done,
     }
@@ -137,7 +138,7 @@ where
     }
 
     /// The request was not sent.
-    pub(crate) fn refused(error: Error) -> Self {
+    pub(crate) fn refused(error: BoxError) -> Self {
         ResponseFuture {
             state: State::Refused { error: Some(error) },
             replay: None,
@@ -176,12 +177,20 @@ where
     /// anything but a rejection. Everything else is out of line.
     #[inline(always)]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let StateProj::Send { fut, .. } = self.as_mut().project().state.project() {
+        if let StateProj::Send {
+            fut,
+            layer,
+            generation,
+        } = self.as_mut().project().state.project()
+        {
             return match ready!(fut.poll(cx)) {
                 // The state stays `Send`: the future is done, and polling it again is a misuse
                 // the `Future` contract leaves to the inner future to answer. Not setting
                 // `Done` saves dropping the state twice on every request.
-                Ok(response) if !challenge::may_reject(&response) => Poll::Ready(Ok(response)),
+                Ok(mut response) if !challenge::may_reject(&response) => {
+                    response.watch_trailers(|| TrailerWatch::new(layer, *generation));
+                    Poll::Ready(Ok(response))
+                }
                 result => self.answered(result, cx),
             };
         }
@@ -205,13 +214,6 @@ where
         result: Result<S::Response, S::Error>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<S::Response, BoxError>> {
-        let response = match result {
-            Ok(response) if challenge::may_reject(&response) => response,
-            other => {
-                self.set_done();
-                return Poll::Ready(other.map_err(Into::into));
-            }
-        };
         let this = self.as_mut().project();
         let StateProj::Send {
             layer, generation, ..
@@ -220,6 +222,18 @@ where
             return Poll::Ready(Err(polled_after_completion()));
         };
         let (layer, generation, replay) = (Arc::clone(layer), *generation, this.replay.take());
+        let response = match result {
+            Ok(response) if challenge::may_reject(&response) => response,
+            Ok(mut response) => {
+                response.watch_trailers(|| TrailerWatch::new(&layer, generation));
+                self.set_done();
+                return Poll::Ready(Ok(response));
+            }
+            Err(err) => {
+                self.set_done();
+                return Poll::Ready(Err(err.into()));
+            }
+        };
         match rejected::<S, R>(response, layer, generation, replay) {
             Ok(response) => {
                 self.set_done();
@@ -248,8 +262,12 @@ where
                     let entry = match ready!(token.as_mut().poll(cx)) {
                         Ok(entry) => entry,
                         Err(err) => {
+                            let err = match pending {
+                                Some(pending) => grpc::token_error(&pending.request, err),
+                                None => Box::new(err),
+                            };
                             self.set_done();
-                            return Poll::Ready(Err(err.into()));
+                            return Poll::Ready(Err(err));
                         }
                     };
                     let Some(mut pending) = pending.take() else {
@@ -316,7 +334,7 @@ where
                     let error = error.take();
                     self.set_done();
                     return Poll::Ready(Err(match error {
-                        Some(error) => error.into(),
+                        Some(error) => error,
                         None => polled_after_completion(),
                     }));
                 }

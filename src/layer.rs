@@ -51,7 +51,8 @@ pub(crate) struct LayerState {
 /// });
 /// let client = ServiceBuilder::new().layer(auth.clone()).service(api);
 ///
-/// let response = client.oneshot(Request::new(String::new())).await?;
+/// let request = Request::get("https://api.example.com/v1/items").body(String::new())?;
+/// let response = client.oneshot(request).await?;
 /// assert_eq!(response.body(), "Bearer abc");
 /// # Ok(())
 /// # }
@@ -66,7 +67,7 @@ impl AuthLayer {
     /// A layer with default settings around `source`.
     pub fn new(source: impl TokenSource) -> Self {
         // The defaults pass every check of `build`.
-        AuthLayer::builder(source).assemble(Vec::new())
+        AuthLayer::builder(source).assemble(OriginPolicy::default())
     }
 
     /// Starts configuring a layer around `source`.
@@ -78,11 +79,14 @@ impl AuthLayer {
             retry: true,
             replay_limit: DEFAULT_REPLAY_LIMIT,
             origins: Vec::new(),
+            channel_origin: None,
             allow_http: false,
         }
     }
 
-    /// A valid token from the shared cache, fetching one if needed, for code outside tower.
+    /// A valid token from the shared cache, fetching one if needed, for code outside tower:
+    /// the access token, its type, expiry and scope. Never a refresh token: that stays with its
+    /// grant and its store.
     ///
     /// Joins a fetch already in flight. Dropping the future cancels nothing for other callers.
     /// The future borrows nothing from `self`, so it can be spawned.
@@ -188,6 +192,7 @@ impl fmt::Debug for AuthLayer {
 /// | [`scheme`](Self::scheme) | `Bearer` | the word before the token in the header |
 /// | [`header_name`](Self::header_name) | `Authorization` | the header the token goes in |
 /// | [`origin`](Self::origin) | every origin | limits where the token goes |
+/// | [`channel_origin`](Self::channel_origin) | none: refused | where requests addressed by path alone (tonic) go |
 /// | [`allow_http`](Self::allow_http) | off | plain `http` to non-loopback hosts |
 /// | [`max_token_uses`](Self::max_token_uses) | no limit | requests per token, for use-limited tokens |
 /// | [`runtime`](Self::runtime) | the caller's | the Tokio runtime fetches run on |
@@ -200,6 +205,7 @@ pub struct AuthLayerBuilder {
     replay_limit: usize,
     /// As given; parsed by `build`.
     origins: Vec<String>,
+    channel_origin: Option<String>,
     allow_http: bool,
 }
 
@@ -299,17 +305,32 @@ impl AuthLayerBuilder {
     }
 
     /// Limits the token to requests for `origin` (`scheme://host[:port]`); repeatable. Requests
-    /// to other origins pass through untouched. Unset, every request gets the token (see
-    /// [`crate::origin`] for why, and for requests addressed by path alone). An origin that is
-    /// not an `http` or `https` URL without a path makes [`build`](Self::build) fail.
+    /// to other origins pass through untouched. Unset, every request with an absolute `https`
+    /// URL (or `http` to loopback) gets the token; see [`crate::origin`]. An origin that is not
+    /// an `http` or `https` URL without a path makes [`build`](Self::build) fail.
     pub fn origin(mut self, origin: impl Into<String>) -> Self {
         self.origins.push(origin.into());
         self
     }
 
-    /// Allows sending the token over plain `http` to hosts that are not loopback addresses.
-    /// Without it such requests fail with [`Error::InsecureRequest`]; loopback addresses
-    /// (`127.0.0.0/8`, `[::1]`, `localhost`) never need it.
+    /// Where the inner service sends requests addressed by path alone: a tonic `Channel`
+    /// (give it the endpoint's origin, such as `https://api.example.com:443`) or a hyper
+    /// connection. Such requests are then judged as if they went there, once, at
+    /// [`build`](Self::build): plain `http` to a host that is not a loopback address makes
+    /// `build` fail with [`Error::InsecureRequest`] (unless [`allow_http`](Self::allow_http)),
+    /// and an origin outside those given with [`origin`](Self::origin) sends them without the
+    /// token. Unset, a request addressed by path alone fails with
+    /// [`Error::UnknownDestination`] rather than send the token to a destination the layer
+    /// cannot see.
+    pub fn channel_origin(mut self, origin: impl Into<String>) -> Self {
+        self.channel_origin = Some(origin.into());
+        self
+    }
+
+    /// Allows sending the token over plain `http` (and `ws`) to hosts that are not loopback
+    /// addresses. Without it such requests fail with [`Error::InsecureRequest`]; loopback
+    /// addresses (`127.0.0.0/8`, `[::1]`, `localhost`) never need it. Schemes other than
+    /// `https`, `wss`, `http` and `ws` never get the token.
     pub fn allow_http(mut self, allow: bool) -> Self {
         self.allow_http = allow;
         self
@@ -382,17 +403,20 @@ impl AuthLayerBuilder {
             .iter()
             .map(|raw| Origin::parse(raw))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(self.assemble(origins))
+        let channel = self
+            .channel_origin
+            .as_deref()
+            .map(Origin::parse)
+            .transpose()?;
+        let policy = OriginPolicy::new(origins, self.allow_http, channel)?;
+        Ok(self.assemble(policy))
     }
 
-    fn assemble(self, origins: Vec<Origin>) -> AuthLayer {
+    fn assemble(self, policy: OriginPolicy) -> AuthLayer {
         AuthLayer {
             state: Arc::new(LayerState {
                 cache: TokenCache::new(self.source, self.settings),
-                policy: OriginPolicy {
-                    origins,
-                    allow_http: self.allow_http,
-                },
+                policy,
                 header_name: self.header_name,
                 retry: self.retry,
                 replay_limit: self.replay_limit,
@@ -411,6 +435,7 @@ impl fmt::Debug for AuthLayerBuilder {
             // Counted, not shown: an origin given by mistake with credentials is refused by
             // `build`, and must not reach a log before that.
             .field("origins", &self.origins.len())
+            .field("channel_origin", &self.channel_origin.is_some())
             .finish_non_exhaustive()
     }
 }

@@ -29,7 +29,8 @@
 //! });
 //! let client = ServiceBuilder::new().layer(auth.clone()).service(api);
 //!
-//! let response = client.oneshot(Request::new(String::new())).await?;
+//! let request = Request::get("https://api.example.com/v1/items").body(String::new())?;
+//! let response = client.oneshot(request).await?;
 //! assert_eq!(response.status(), StatusCode::OK);
 //! assert_eq!(auth.stats().fetches, 1);
 //! # Ok(())
@@ -47,7 +48,8 @@
 //! | [`token`] | [`Token`] and the redacted, zeroized secret types |
 //! | [`replay`] | which request bodies are resent after a 401, and [`ReplayableBody`](replay::ReplayableBody) for streams |
 //! | [`message`] | [`AuthRequest`], [`AuthResponse`]: `http` and `reqwest` requests and responses |
-//! | [`origin`] | where a token may go: origin limits, no plain `http` beyond loopback |
+//! | [`origin`] | where a token may go: https only (http to loopback), origin limits, requests addressed by path alone |
+//! | [`grpc`] | gRPC: token failures as a `tonic::Status`, `UNAUTHENTICATED` in a stream's trailers |
 //! | `middleware` | `AuthMiddleware` for `reqwest_middleware` (feature `reqwest-middleware`) |
 //! | [`error`] | the [`Error`] type |
 //! | [`stats`] | [`Stats`], the layer's counters |
@@ -84,6 +86,7 @@ mod cache;
 mod challenge;
 pub mod error;
 pub mod future;
+pub mod grpc;
 pub mod layer;
 pub mod message;
 #[cfg(feature = "reqwest-middleware")]

@@ -7,7 +7,7 @@
 
 use http::{HeaderMap, Request, Response, StatusCode};
 
-use crate::replay::ReplayRequest;
+use crate::{grpc::TrailerWatch, replay::ReplayRequest};
 
 /// Where a request goes: scheme, host and port of an absolute URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +26,9 @@ pub trait AuthRequest: Sized {
     type Replay;
 
     /// The request's headers.
+    fn headers(&self) -> &HeaderMap;
+
+    /// The request's headers, to set the token.
     fn headers_mut(&mut self) -> &mut HeaderMap;
 
     /// Where the request goes, if its URL is absolute. Requests with only a path (as a tonic
@@ -52,6 +55,15 @@ pub trait AuthResponse {
     fn status(&self) -> StatusCode;
     /// The headers.
     fn headers(&self) -> &HeaderMap;
+
+    /// Lets the layer watch what comes after the headers for a rejection of the token: gRPC's
+    /// `UNAUTHENTICATED` in the trailers of a stream (see [`crate::grpc`]). Watches nothing
+    /// unless the body is a `tonic::body::Body` (feature `tonic`).
+    #[doc(hidden)]
+    #[inline(always)]
+    fn watch_trailers(&mut self, make: impl FnOnce() -> TrailerWatch) {
+        let _ = make;
+    }
 }
 
 fn default_port(scheme: &str) -> Option<u16> {
@@ -66,6 +78,11 @@ fn default_port(scheme: &str) -> Option<u16> {
 /// whose body it can send again (see [`crate::replay`]).
 impl<B: 'static> AuthRequest for Request<B> {
     type Replay = ReplayRequest<B>;
+
+    #[inline]
+    fn headers(&self) -> &HeaderMap {
+        Request::headers(self)
+    }
 
     #[inline]
     fn headers_mut(&mut self) -> &mut HeaderMap {
@@ -103,7 +120,7 @@ impl<B: 'static> AuthRequest for Request<B> {
     }
 }
 
-impl<B> AuthResponse for Response<B> {
+impl<B: 'static> AuthResponse for Response<B> {
     #[inline]
     fn status(&self) -> StatusCode {
         Response::status(self)
@@ -113,11 +130,23 @@ impl<B> AuthResponse for Response<B> {
     fn headers(&self) -> &HeaderMap {
         Response::headers(self)
     }
+
+    #[inline(always)]
+    fn watch_trailers(&mut self, make: impl FnOnce() -> TrailerWatch) {
+        #[cfg(feature = "tonic")]
+        crate::grpc::watch(self, make);
+        #[cfg(not(feature = "tonic"))]
+        let _ = make;
+    }
 }
 
 /// reqwest requests are replayed with [`reqwest::Request::try_clone`]: any body but a stream.
 impl AuthRequest for reqwest::Request {
     type Replay = reqwest::Request;
+
+    fn headers(&self) -> &HeaderMap {
+        reqwest::Request::headers(self)
+    }
 
     fn headers_mut(&mut self) -> &mut HeaderMap {
         reqwest::Request::headers_mut(self)

@@ -1,16 +1,30 @@
-//! Where a token may go: the origins a layer is limited to, and plain `http` only to loopback
-//! unless allowed.
+//! Where a token may go.
 //!
-//! By default the layer puts the token on every request its inner service sends, as
-//! tower-http's `AddAuthorization` does: a layer normally wraps the client of one API, and
-//! requests addressed by path alone (a tonic channel, a hyper connection) carry no host to
-//! check. A client that can reach several hosts (a general-purpose HTTP client, a proxy) should
-//! be limited with [`AuthLayerBuilder::origin`](crate::AuthLayerBuilder::origin): requests to
-//! other origins then pass through untouched, without the token.
+//! Three rules decide, for each request, whether it gets the token:
 //!
-//! Whatever the origins, a token is never sent over plain `http` to a host other than a
-//! loopback address (`127.0.0.0/8`, `[::1]`, `localhost`): such a request fails with
-//! [`Error::InsecureRequest`] unless [`allow_http`](crate::AuthLayerBuilder::allow_http) is set.
+//! 1. **The scheme is an allow-list.** `https` and `wss` carry the token anywhere; `http` and
+//!    `ws` only to a loopback address (`127.0.0.0/8`, `[::1]`, `localhost`) unless
+//!    [`allow_http`](crate::AuthLayerBuilder::allow_http) is set; any other scheme never. A
+//!    refused request fails with [`Error::InsecureRequest`] and is not sent.
+//! 2. **Origins, if given, limit it.** With [`origin`](crate::AuthLayerBuilder::origin) set,
+//!    requests to other origins pass through untouched, without the token: for a client that
+//!    can reach several hosts (a general-purpose HTTP client, a proxy, a redirect follower).
+//! 3. **A request addressed by path alone names no destination.** A tonic `Channel` and a
+//!    hyper connection send such requests and add scheme and host inside, where the layer
+//!    cannot see them. Such a request fails with [`Error::UnknownDestination`] unless
+//!    [`channel_origin`](crate::AuthLayerBuilder::channel_origin) says where the channel
+//!    connects; that origin then goes through rules 1 and 2 once, when the layer is built.
+//!
+//! # Redirects
+//!
+//! The layer judges each request it is given. Put tower-http's `FollowRedirect` **outside**
+//! the layer (`FollowRedirect<AuthService<S>>`): every hop then passes through the layer, and
+//! with [`origin`](crate::AuthLayerBuilder::origin) set a hop to another origin goes without
+//! the token, whatever the [header name](crate::AuthLayerBuilder::header_name). Inside the
+//! layer (`AuthService<FollowRedirect<S>>`), the token is added once and the follower's
+//! `FilterCredentials` strips `Authorization` on a cross-origin hop, but not a custom header:
+//! with a custom header name, put the follower outside. The token endpoint client never
+//! follows redirects (see [`ClientCredentials`](crate::ClientCredentials)).
 
 use std::net::IpAddr;
 
@@ -60,6 +74,14 @@ impl Origin {
         })
     }
 
+    fn target(&self) -> Target<'_> {
+        Target {
+            scheme: &self.scheme,
+            host: &self.host,
+            port: self.port,
+        }
+    }
+
     fn matches(&self, target: &Target<'_>) -> bool {
         self.scheme.eq_ignore_ascii_case(target.scheme)
             && self.host.eq_ignore_ascii_case(target.host)
@@ -73,44 +95,104 @@ pub(crate) enum Decision {
     Attach,
     /// Send it as it is: it goes to an origin the layer is not for.
     PassThrough,
-    /// Do not send it: the token would cross the network in clear text.
+    /// Do not send it: the token would cross the network in clear text, or go nobody knows
+    /// where.
     Refuse(Error),
 }
 
-/// The rules of one layer.
-#[derive(Debug, Clone, Default)]
+/// What to do with requests addressed by path alone, decided when the layer is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PathOnly {
+    Attach,
+    PassThrough,
+    Refuse,
+}
+
+/// The rules of one layer. The default: no origins, no plain `http` beyond loopback, requests
+/// addressed by path alone refused.
+#[derive(Debug, Clone)]
 pub(crate) struct OriginPolicy {
-    pub(crate) origins: Vec<Origin>,
-    pub(crate) allow_http: bool,
+    origins: Vec<Origin>,
+    allow_http: bool,
+    path_only: PathOnly,
+}
+
+impl Default for OriginPolicy {
+    fn default() -> Self {
+        OriginPolicy {
+            origins: Vec::new(),
+            allow_http: false,
+            path_only: PathOnly::Refuse,
+        }
+    }
 }
 
 impl OriginPolicy {
-    /// What to do with `request`. Without origins, an `https` or path-only request is decided
-    /// from its scheme alone, without parsing its host.
+    /// The rules for these settings.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InsecureRequest`] if `channel` is an origin the token may never go to.
+    pub(crate) fn new(
+        origins: Vec<Origin>,
+        allow_http: bool,
+        channel: Option<Origin>,
+    ) -> Result<Self, Error> {
+        let mut policy = OriginPolicy {
+            origins,
+            allow_http,
+            path_only: PathOnly::Refuse,
+        };
+        if let Some(channel) = channel {
+            policy.path_only = match policy.decide_target(Some(channel.target())) {
+                Decision::Attach => PathOnly::Attach,
+                Decision::PassThrough => PathOnly::PassThrough,
+                Decision::Refuse(err) => return Err(err),
+            };
+        }
+        Ok(policy)
+    }
+
+    /// What to do with `request`. Without origins, an `https` request is decided from its
+    /// scheme alone, without parsing its host.
     #[inline]
     pub(crate) fn decide(&self, request: &impl AuthRequest) -> Decision {
-        if self.origins.is_empty() && request.scheme().is_none_or(|s| s == "https") {
-            return Decision::Attach;
+        if self.origins.is_empty() {
+            match request.scheme() {
+                Some("https") => return Decision::Attach,
+                None => return self.path_only(),
+                Some(_) => {}
+            }
         }
         self.decide_target(request.target())
     }
 
+    #[inline]
+    fn path_only(&self) -> Decision {
+        match self.path_only {
+            PathOnly::Attach => Decision::Attach,
+            PathOnly::PassThrough => Decision::PassThrough,
+            PathOnly::Refuse => Decision::Refuse(Error::UnknownDestination),
+        }
+    }
+
     fn decide_target(&self, target: Option<Target<'_>>) -> Decision {
         let Some(target) = target else {
-            return Decision::Attach;
+            return self.path_only();
         };
         if !self.origins.is_empty() && !self.origins.iter().any(|o| o.matches(&target)) {
             return Decision::PassThrough;
         }
-        if target.scheme.eq_ignore_ascii_case("http")
-            && !self.allow_http
-            && !is_loopback_host(target.host)
-        {
-            return Decision::Refuse(Error::InsecureRequest {
-                host: target.host.to_owned(),
-            });
+        let scheme = target.scheme;
+        let secure = scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("wss");
+        let plain = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("ws");
+        if secure || (plain && (self.allow_http || is_loopback_host(target.host))) {
+            return Decision::Attach;
         }
-        Decision::Attach
+        Decision::Refuse(Error::InsecureRequest {
+            scheme: scheme.to_ascii_lowercase(),
+            host: target.host.to_owned(),
+        })
     }
 }
 
@@ -133,8 +215,11 @@ mod tests {
 
     #[test]
     fn without_origins_every_https_or_loopback_request_gets_the_token() {
-        let policy = OriginPolicy::default();
-        assert!(matches!(policy.decide_target(None), Decision::Attach));
+        let policy = OriginPolicy::new(Vec::new(), false, None).unwrap();
+        assert!(matches!(
+            policy.decide_target(None),
+            Decision::Refuse(Error::UnknownDestination)
+        ));
         assert!(matches!(
             policy.decide_target(target("https", "api.example.com", 443)),
             Decision::Attach
@@ -155,10 +240,29 @@ mod tests {
             Decision::Refuse(err) => assert!(err.to_string().contains("allow_http"), "{err}"),
             _ => panic!("plain http to a remote host must be refused"),
         }
-        let open = OriginPolicy {
-            allow_http: true,
-            ..OriginPolicy::default()
-        };
+        for (scheme, host) in [
+            ("ws", "api.example.com"),
+            ("ftp", "127.0.0.1"),
+            ("gopher", "x"),
+        ] {
+            match policy.decide_target(target(scheme, host, 80)) {
+                Decision::Refuse(Error::InsecureRequest { scheme: s, .. }) => assert_eq!(s, scheme),
+                _ => panic!("{scheme}://{host} must be refused"),
+            }
+        }
+        assert!(matches!(
+            policy.decide_target(target("wss", "api.example.com", 443)),
+            Decision::Attach
+        ));
+        assert!(matches!(
+            policy.decide_target(target("ws", "127.0.0.1", 80)),
+            Decision::Attach
+        ));
+        let open = OriginPolicy::new(Vec::new(), true, None).unwrap();
+        assert!(matches!(
+            open.decide_target(target("ftp", "api.example.com", 21)),
+            Decision::Refuse(_)
+        ));
         assert!(matches!(
             open.decide_target(target("http", "api.example.com", 80)),
             Decision::Attach
@@ -167,13 +271,11 @@ mod tests {
 
     #[test]
     fn origins_limit_where_the_token_goes() {
-        let policy = OriginPolicy {
-            origins: vec![
-                Origin::parse("https://API.example.com").unwrap(),
-                Origin::parse("https://other.example.com:8443").unwrap(),
-            ],
-            allow_http: false,
-        };
+        let origins = vec![
+            Origin::parse("https://API.example.com").unwrap(),
+            Origin::parse("https://other.example.com:8443").unwrap(),
+        ];
+        let policy = OriginPolicy::new(origins.clone(), false, None).unwrap();
         assert!(matches!(
             policy.decide_target(target("https", "api.example.com", 443)),
             Decision::Attach
@@ -196,7 +298,32 @@ mod tests {
                 "{scheme}://{host}:{port}"
             );
         }
-        // A path-only request has no origin to check: it gets the token.
+        // A path-only request goes where the channel origin says.
+        assert!(matches!(policy.decide_target(None), Decision::Refuse(_)));
+        let channel = |raw: &str| {
+            OriginPolicy::new(origins.clone(), false, Some(Origin::parse(raw).unwrap())).unwrap()
+        };
+        assert!(matches!(
+            channel("https://api.example.com").decide_target(None),
+            Decision::Attach
+        ));
+        assert!(matches!(
+            channel("https://evil.example.com").decide_target(None),
+            Decision::PassThrough
+        ));
+    }
+
+    #[test]
+    fn a_channel_origin_the_token_may_never_go_to_is_refused_when_built() {
+        let channel = Some(Origin::parse("http://10.0.0.7:50051").unwrap());
+        match OriginPolicy::new(Vec::new(), false, channel.clone()) {
+            Err(Error::InsecureRequest { host, .. }) => assert_eq!(host, "10.0.0.7"),
+            other => panic!("unexpected {other:?}"),
+        }
+        let policy = OriginPolicy::new(Vec::new(), true, channel).unwrap();
+        assert!(matches!(policy.decide_target(None), Decision::Attach));
+        let loopback = Some(Origin::parse("http://127.0.0.1:50051").unwrap());
+        let policy = OriginPolicy::new(Vec::new(), false, loopback).unwrap();
         assert!(matches!(policy.decide_target(None), Decision::Attach));
     }
 

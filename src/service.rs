@@ -15,6 +15,7 @@ use crate::{
     BoxError,
     cache::{Entry, TokenCache},
     future::ResponseFuture,
+    grpc,
     layer::LayerHandle,
     message::{AuthRequest, AuthResponse},
     origin::Decision,
@@ -24,8 +25,8 @@ use crate::{
 /// Middleware that sets `Authorization: Bearer <token>` on every request, fetching and
 /// refreshing the token as needed. Made by [`AuthLayer`](crate::AuthLayer).
 ///
-/// It serves `http::Request<B>` (hyper, axum, tonic: any `B` that implements
-/// [`ReplayBody`](crate::ReplayBody)) and `reqwest::Request`; see [`AuthRequest`].
+/// It serves `http::Request<B>` for any body `B` (hyper, axum, tonic) and `reqwest::Request`;
+/// see [`AuthRequest`].
 ///
 /// # Errors
 ///
@@ -37,8 +38,8 @@ use crate::{
 /// With a usable token cached, `call` finds the current token without a lock, reads the
 /// monotonic clock once and compares it with the token's refresh point, clones the pre-built
 /// header into the request and calls the inner service. No lock, no allocation by the layer,
-/// no boxed future. When the body can be replayed (see [`ReplayBody`](crate::ReplayBody)), the
-/// request head is copied so that a 401 can be retried; turn that off with
+/// no boxed future. When the body can be resent (see [`crate::replay`]), the request head is
+/// copied so that a 401 can be retried; turn that off with
 /// [`retry_unauthorized(false)`](crate::AuthLayerBuilder::retry_unauthorized).
 ///
 /// A service cloned for each request (`svc.clone().oneshot(req)`) uses the copies its layer
@@ -186,7 +187,9 @@ where
         match self.layer.policy.decide(&request) {
             Decision::Attach => {}
             Decision::PassThrough => return ResponseFuture::passed(self.inner.call(request)),
-            Decision::Refuse(err) => return ResponseFuture::refused(err),
+            Decision::Refuse(err) => {
+                return ResponseFuture::refused(grpc::token_error(&request, err));
+            }
         }
         let Some((header, generation, layer)) = self.token() else {
             return self.acquiring(request);

@@ -141,6 +141,11 @@ impl Token {
         self
     }
 
+    /// Drops the refresh token: the cache keeps none.
+    pub(crate) fn forget_refresh_token(&mut self) {
+        self.refresh_token = None;
+    }
+
     /// Sets the scope the token was granted.
     pub fn with_scope(mut self, scope: impl Into<String>) -> Self {
         self.scope = Some(scope.into());

@@ -63,7 +63,10 @@ async fn setup(fetch_latency: Duration) -> Setup {
         .connect()
         .await
         .unwrap();
-    let auth = AuthLayer::new(source.clone());
+    let auth = AuthLayer::builder(source.clone())
+        .channel_origin(server.url())
+        .build()
+        .unwrap();
     let client = EchoClient::new(
         ServiceBuilder::new()
             .layer(auth.clone())
@@ -224,6 +227,7 @@ async fn streaming_unauthenticated_without_retry_reaches_the_caller_and_refreshe
     } = setup(Duration::from_millis(1)).await;
     let api = source.api();
     let auth = AuthLayer::builder(source.clone())
+        .channel_origin(server.url())
         .retry_unauthorized(false)
         .build()
         .unwrap();
@@ -323,6 +327,7 @@ async fn unary_call_over_the_replay_limit_returns_unauthenticated_and_refreshes(
     } = setup(Duration::from_millis(1)).await;
     let api = source.api();
     let auth = AuthLayer::builder(source.clone())
+        .channel_origin(server.url())
         .replay_limit(16)
         .build()
         .unwrap();

@@ -58,10 +58,105 @@ async fn requests_to_other_origins_pass_through_without_the_token() {
         let response = svc.clone().oneshot(get(other)).await.unwrap();
         assert_eq!(response.body(), "", "{other} must not get the token");
     }
-    // A request addressed by path alone (as a tonic channel sees it) gets the token.
-    let relative = svc.oneshot(get("/pkg.Service/Method")).await.unwrap();
-    assert_eq!(relative.body(), "Bearer tok-1");
+    // A request addressed by path alone (as a tonic channel sends it) names no destination.
+    let err = svc.oneshot(get("/pkg.Service/Method")).await.unwrap_err();
+    assert!(
+        matches!(err.downcast_ref(), Some(Error::UnknownDestination)),
+        "{err}"
+    );
     assert_eq!(auth.stats().fetches, 1);
+}
+
+#[tokio::test]
+async fn requests_addressed_by_path_alone_go_where_the_channel_origin_says() {
+    let relative = || get("/pkg.Service/Method");
+    // Unset: refused, and the error says what to do.
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::new(source()))
+        .service(echo());
+    let err = svc.oneshot(relative()).await.unwrap_err();
+    assert!(err.to_string().contains("channel_origin"), "{err}");
+
+    // The channel's origin is https: the token goes.
+    let svc = ServiceBuilder::new()
+        .layer(
+            AuthLayer::builder(source())
+                .channel_origin("https://api.example.com:443")
+                .build()
+                .unwrap(),
+        )
+        .service(echo());
+    assert_eq!(
+        svc.oneshot(relative()).await.unwrap().body(),
+        "Bearer tok-1"
+    );
+
+    // Outside the layer's origins: the request goes without the token.
+    let svc = ServiceBuilder::new()
+        .layer(
+            AuthLayer::builder(source())
+                .origin("https://api.example.com")
+                .channel_origin("https://other.example.com")
+                .build()
+                .unwrap(),
+        )
+        .service(echo());
+    assert_eq!(svc.oneshot(relative()).await.unwrap().body(), "");
+
+    // Plain http to a host that is not loopback: refused when the layer is built.
+    let err = AuthLayer::builder(source())
+        .channel_origin("http://10.1.2.3:50051")
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InsecureRequest { host, .. } if host == "10.1.2.3"),
+        "{err:?}"
+    );
+    assert!(
+        AuthLayer::builder(source())
+            .channel_origin("http://10.1.2.3:50051")
+            .allow_http(true)
+            .build()
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn only_https_wss_and_loopback_http_or_ws_get_the_token() {
+    let source = source();
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::new(source.clone()))
+        .service(echo());
+    for uri in ["wss://api.example.com/socket", "ws://127.0.0.1:9000/socket"] {
+        let response = svc.clone().oneshot(get(uri)).await.unwrap();
+        assert_eq!(response.body(), "Bearer tok-1", "{uri}");
+    }
+    for uri in [
+        "ws://api.example.com/socket",
+        "ftp://api.example.com/file",
+        "foo://127.0.0.1/x",
+    ] {
+        let err = svc.clone().oneshot(get(uri)).await.unwrap_err();
+        assert!(
+            matches!(err.downcast_ref(), Some(Error::InsecureRequest { .. })),
+            "{uri}: {err}"
+        );
+    }
+    // allow_http opens plain http and ws, never other schemes.
+    let open = ServiceBuilder::new()
+        .layer(AuthLayer::builder(source).allow_http(true).build().unwrap())
+        .service(echo());
+    let response = open
+        .clone()
+        .oneshot(get("ws://api.example.com/s"))
+        .await
+        .unwrap();
+    assert_eq!(response.body(), "Bearer tok-2");
+    let err = open
+        .oneshot(get("ftp://api.example.com/f"))
+        .await
+        .unwrap_err();
+    assert!(err.downcast_ref::<Error>().is_some(), "{err}");
 }
 
 #[tokio::test]
@@ -76,10 +171,16 @@ async fn plain_http_beyond_loopback_is_refused_unless_allowed() {
         .await
         .unwrap_err();
     match err.downcast_ref::<Error>() {
-        Some(Error::InsecureRequest { host }) => assert_eq!(host, "api.example.com"),
+        Some(Error::InsecureRequest { host, scheme }) => {
+            assert_eq!(
+                (scheme.as_str(), host.as_str()),
+                ("http", "api.example.com")
+            );
+        }
         other => panic!("unexpected {other:?}"),
     }
     assert!(err.to_string().contains("allow_http(true)"), "{err}");
+    assert!(err.to_string().contains("over http"), "{err}");
     assert_eq!(
         source.fetches(),
         0,
@@ -149,7 +250,10 @@ async fn grpc_unauthenticated_refreshes_and_retries_like_a_401() {
             Ok::<_, Infallible>(out)
         }
     });
-    let auth = AuthLayer::new(source.clone());
+    let auth = AuthLayer::builder(source.clone())
+        .channel_origin("http://127.0.0.1:50051")
+        .build()
+        .unwrap();
     let svc = ServiceBuilder::new().layer(auth.clone()).service(grpc);
     let call = || {
         Request::post("/pkg.Service/Method")

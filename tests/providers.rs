@@ -156,7 +156,13 @@ async fn cas_identityserver_client_credentials() {
             .unwrap(),
     );
     let svc = ServiceBuilder::new().layer(auth.clone()).service(api);
-    svc.oneshot(Request::new(Empty::new())).await.unwrap();
+    svc.oneshot(
+        Request::get("https://api.example.com/v1")
+            .body(Empty::new())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(*api_seen.lock().unwrap(), [format!("Bearer {CAS_JWT}")]);
     assert_eq!(usable_secs(&auth), 1200 - 10);
 
@@ -241,7 +247,11 @@ async fn checkbook_single_use_tokens_with_a_lower_case_scheme() {
     let svc = ServiceBuilder::new().layer(auth.clone()).service(api);
     for _ in 0..3 {
         svc.clone()
-            .oneshot(Request::new(Empty::new()))
+            .oneshot(
+                Request::get("https://api.example.com/v1")
+                    .body(Empty::new())
+                    .unwrap(),
+            )
             .await
             .unwrap();
     }

@@ -52,7 +52,14 @@ async fn debug_of_every_public_type_is_redacted() {
             },
         ));
     assert_clean("AuthService", &format!("{svc:?}"));
-    let response = svc.oneshot(Request::new(Empty::new())).await.unwrap();
+    let response = svc
+        .oneshot(
+            Request::get("https://api.example.com/v1")
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 
     for text in [

@@ -78,13 +78,15 @@ pub(crate) enum Use {
 impl Entry {
     /// Builds the entry for `token`, fetched at `now`. `jitter` picks the refresh point.
     pub(crate) fn new(
-        token: Token,
+        mut token: Token,
         settings: &CacheSettings,
         generation: u64,
         now: Instant,
         rng: &mut fastrand::Rng,
     ) -> Result<Entry, Error> {
         let header = token.header_value(&settings.scheme)?;
+        // A refresh token stays with its grant: nothing the layer hands out can leak it.
+        token.forget_refresh_token();
         let lifetime = token
             .expires_at()
             .map_or(settings.default_lifetime, |at| {

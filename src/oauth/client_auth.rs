@@ -8,7 +8,7 @@ use std::borrow::Cow;
 /// |---|---|---|
 /// | `Basic` (default) | `Authorization: Basic base64(urlencode(id) ":" urlencode(secret))` | `client_secret_basic` |
 /// | `Post` | `client_id` and `client_secret` in the form body | `client_secret_post` |
-/// | `Query` | every parameter in the URL query of an empty form POST | (none) |
+/// | `Query` | `client_id`, `client_secret` and the grant's plain parameters (`grant_type`, `scope`, ...) in the URL query; the grant's secrets (refresh token, code, code verifier) in the form body | (none) |
 /// | `None` | only `client_id` in the form body: a public client | `none` |
 ///
 /// `Query` exists for endpoints documented that way (Casebook lists its parameters as query
@@ -23,7 +23,8 @@ pub enum ClientAuth {
     Basic,
     /// `client_id` and `client_secret` in the request body.
     Post,
-    /// All parameters, credentials included, in the URL query string.
+    /// The client credentials and plain parameters in the URL query string; a refresh token,
+    /// code or code verifier in the body.
     Query,
     /// A public client: `client_id` in the body and no secret (use PKCE with it).
     None,

@@ -14,8 +14,11 @@ use crate::{Error, error::TransportError};
 ///
 /// [`discover`](Self::discover) reads `{issuer}/.well-known/openid-configuration`, then, if that
 /// is not found, the RFC 8414 location `/.well-known/oauth-authorization-server{issuer path}`. The
-/// document's `issuer` must equal the issuer asked for (RFC 8414 §3.3), so a document cannot
-/// redirect credentials to another server.
+/// document's `issuer` must equal the issuer asked for (RFC 8414 §3.3), so a document published
+/// for another issuer (a mix-up, another tenant's document) is refused. Its endpoints are taken
+/// as published, on whatever host the issuer names (providers often serve the token endpoint
+/// from another host than the issuer); they must be `https`, or `http` to a loopback address
+/// unless `allow_http` is set.
 ///
 /// The grant builders take it with `from_metadata`: the token and revocation endpoints, and the
 /// client authentication method from `token_endpoint_auth_methods_supported` unless the builder

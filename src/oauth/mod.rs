@@ -39,7 +39,19 @@ const SECRET_PARAMS: &[&str] = &[
     "password",
     "assertion",
     "client_assertion",
+    "subject_token",
+    "actor_token",
+    "device_code",
 ];
+
+/// Whether a response came from the URL the request went to (the query aside, which
+/// [`ClientAuth::Query`] fills).
+fn same_endpoint(answered: &Url, asked: &Url) -> bool {
+    answered.scheme() == asked.scheme()
+        && answered.host() == asked.host()
+        && answered.port_or_known_default() == asked.port_or_known_default()
+        && answered.path() == asked.path()
+}
 
 /// Parameters the grant or the client authentication sets; a user may not add them again.
 pub(crate) const RESERVED_PARAMS: &[&str] = &["grant_type", "client_id", "client_secret"];
@@ -200,6 +212,12 @@ macro_rules! client_builder_methods {
 
         /// Uses this HTTP client for token requests instead of the default one (which follows
         /// no redirects and gives up connecting after 10 s).
+        ///
+        /// Build it with `redirect(reqwest::redirect::Policy::none())`: a client that follows
+        /// redirects resends a `307`/`308`-redirected request, form body and client credentials
+        /// included, to wherever the endpoint points. The source cannot stop a client from
+        /// following, but it refuses any answer that came from another URL, with
+        /// [`Error::Config`](crate::Error::Config), so a redirect never yields a token.
         pub fn http_client(mut self, client: reqwest::Client) -> Self {
             self.config.http = Some(client);
             self
@@ -312,6 +330,14 @@ impl TokenEndpoint {
             .send()
             .await
             .map_err(|e| Error::Transport(TransportError::new(e)))?;
+        if !same_endpoint(response.url(), url) {
+            // A user-supplied client followed a redirect: the request, credentials included,
+            // went to another URL. Refuse its answer, and say how to avoid it.
+            return Err(Error::config(
+                "the token endpoint redirected and the HTTP client followed; build the client \
+                 given to http_client() with reqwest::redirect::Policy::none()",
+            ));
+        }
         let status = response.status();
         let content_type = response
             .headers()
@@ -342,6 +368,10 @@ impl TokenEndpoint {
     }
 
     /// The token request: form-encoded `params` plus the client authentication.
+    ///
+    /// With [`ClientAuth::Query`] the client credentials and the grant's plain parameters
+    /// (`grant_type`, `scope`, ...) go in the query, and its secrets (`SECRET_PARAMS`) in
+    /// the body.
     fn build_request(&self, url: &Url, params: &[(&str, &str)]) -> reqwest::RequestBuilder {
         // Room for the usual request, so the secret is not left behind in reallocated buffers.
         let mut form = form_urlencoded::Serializer::new(String::with_capacity(1024));
@@ -363,8 +393,15 @@ impl TokenEndpoint {
                 form.append_pair("client_id", &self.client_id);
             }
             ClientAuth::Query => {
+                // Grant secrets go in the body: a URL ends up in proxy and access logs.
                 let mut query = url.query_pairs_mut();
-                query.extend_pairs(params.iter().copied());
+                for &(name, value) in params {
+                    if SECRET_PARAMS.contains(&name) {
+                        form.append_pair(name, value);
+                    } else {
+                        query.append_pair(name, value);
+                    }
+                }
                 query.append_pair("client_id", &self.client_id);
                 if let Some(secret) = secret {
                     query.append_pair("client_secret", secret);

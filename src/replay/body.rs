@@ -338,6 +338,34 @@ impl Body for ReplayableBody {
     }
 }
 
+/// A [`ReplayableBody`] whose original cannot fail, for a body type whose error is
+/// `Infallible`: a first copy polled after the resend took over ends there (the request it
+/// carries was already answered 401) instead of failing.
+pub(crate) struct EndsWhenAbandoned(pub(crate) ReplayableBody);
+
+impl Body for EndsWhenAbandoned {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match std::task::ready!(Pin::new(&mut self.get_mut().0).poll_frame(cx)) {
+            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+            Some(Err(_)) | None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
+    }
+}
+
 impl fmt::Debug for ReplayableBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {

@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | `()`, `Bytes`, `&'static str`, `&'static [u8]`, `Full<Bytes>`, `Full<&'static [u8]>`, `Empty<Bytes>` | resent | a reference count, or nothing |
 //! | `String`, `Vec<u8>` | resent if within the [replay limit](crate::AuthLayerBuilder::replay_limit) (64 KiB by default), else goes to the caller | a copy of the body, when within the limit |
-//! | [`ReplayableBody`], `BoxBody<Bytes, BoxError>`, `UnsyncBoxBody<Bytes, BoxError>`, `axum::body::Body` (feature `axum`), `tonic::body::Body` (feature `tonic`) | resent if at most the replay limit was streamed when the 401 came, else goes to the caller | the frames are kept (shared, not copied) until the response is known |
+//! | [`ReplayableBody`], `BoxBody<Bytes, E>` and `UnsyncBoxBody<Bytes, E>` for `E` = `BoxError` or `Infallible`, `axum::body::Body` (feature `axum`), `tonic::body::Body` (feature `tonic`) | resent if at most the replay limit was streamed when the 401 came, else goes to the caller | the frames are kept (shared, not copied) until the response is known |
 //! | anything else | goes to the caller | none |
 //!
 //! A resent body is byte-identical to the first, or the request is not resent: see
@@ -21,14 +21,17 @@
 //! `reqwest::Request` is resent when `reqwest::Request::try_clone` can copy it (any body but a
 //! stream).
 
-use std::any::{Any, TypeId};
+use std::{
+    any::{Any, TypeId},
+    convert::Infallible,
+};
 
 use bytes::Bytes;
 
 mod body;
 
-pub(crate) use body::ReplayHandle;
 pub use body::{Abandoned, ReplayableBody};
+pub(crate) use body::{EndsWhenAbandoned, ReplayHandle};
 use http::{Extensions, HeaderMap, Method, Request, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{
@@ -46,10 +49,16 @@ fn cast<T: 'static, U: 'static>(value: T) -> Option<U> {
         .and_then(Option::take)
 }
 
+/// Whether `B` is `T`: resolved at compile time.
+#[inline(always)]
+pub(crate) fn is_type<T: 'static, B: 'static>() -> bool {
+    TypeId::of::<T>() == TypeId::of::<B>()
+}
+
 /// `body` as a `T`, if `B` is `T`. The type comparison is resolved at compile time.
 #[inline(always)]
-fn body_as<T: 'static, B: 'static>(body: &mut B) -> Option<&mut T> {
-    if TypeId::of::<T>() != TypeId::of::<B>() {
+pub(crate) fn body_as<T: 'static, B: 'static>(body: &mut B) -> Option<&mut T> {
+    if !is_type::<T, B>() {
         return None;
     }
     (body as &mut dyn Any).downcast_mut::<T>()
@@ -91,19 +100,19 @@ macro_rules! copy_within {
 }
 
 /// Type-erased streaming bodies: made again if empty, else wrapped in place to keep their
-/// frames.
+/// frames. `$wrap` makes the erased type of a [`ReplayableBody`].
 macro_rules! erased {
-    ($body:ident, $limit:ident: $($ty:ty => $empty:expr),*) => {$(
+    ($body:ident, $limit:ident: $($ty:ty => $empty:expr, $wrap:expr);* $(;)?) => {$(
         if let Some(body) = body_as::<$ty, B>($body) {
             if body.is_end_stream() {
                 return Some(KeptBody::Empty(|| cast::<$ty, B>($empty)));
             }
             let mut streamed = ReplayableBody::new(std::mem::replace(body, $empty));
             let handle = streamed.capture($limit)?;
-            *body = <$ty>::new(streamed);
+            *body = ($wrap)(streamed);
             return Some(KeptBody::Streamed {
                 handle,
-                wrap: |replay| cast::<$ty, B>(<$ty>::new(replay)),
+                wrap: |replay| cast::<$ty, B>(($wrap)(replay)),
             });
         }
     )*};
@@ -137,13 +146,19 @@ pub(crate) fn keep<B: 'static>(body: &mut B, limit: usize) -> Option<KeptBody<B>
         });
     }
     erased!(body, limit:
-        BoxBody<Bytes, BoxError> => empty_box(),
-        UnsyncBoxBody<Bytes, BoxError> => empty_unsync_box()
+        BoxBody<Bytes, BoxError> => empty_box(), BoxBody::new;
+        UnsyncBoxBody<Bytes, BoxError> => empty_unsync_box(), UnsyncBoxBody::new;
+        BoxBody<Bytes, Infallible> => BoxBody::new(Empty::new()),
+            |r| BoxBody::new(EndsWhenAbandoned(r));
+        UnsyncBoxBody<Bytes, Infallible> => UnsyncBoxBody::new(Empty::new()),
+            |r| UnsyncBoxBody::new(EndsWhenAbandoned(r));
     );
     #[cfg(feature = "axum")]
-    erased!(body, limit: axum_core::body::Body => axum_core::body::Body::empty());
+    erased!(body, limit:
+        axum_core::body::Body => axum_core::body::Body::empty(), axum_core::body::Body::new);
     #[cfg(feature = "tonic")]
-    erased!(body, limit: tonic::body::Body => tonic::body::Body::empty());
+    erased!(body, limit:
+        tonic::body::Body => tonic::body::Body::empty(), tonic::body::Body::new);
     None
 }
 
@@ -215,8 +230,6 @@ impl<B: 'static> ReplayRequest<B> {
 
 #[cfg(test)]
 mod tests {
-    use std::convert::Infallible;
-
     use http_body::Body;
 
     use super::*;
@@ -285,9 +298,10 @@ mod tests {
         struct Mine;
         let mut request = Request::new(Mine);
         assert!(ReplayRequest::prepare(&mut request, 1 << 20).is_none());
-        // A boxed body whose error type cannot carry `Abandoned` is not kept either.
-        let mut request: Request<BoxBody<Bytes, Infallible>> =
-            Request::new(BoxBody::new(Full::new(Bytes::from("x"))));
+        // A boxed body of another error type is not kept either.
+        let mut request: Request<BoxBody<Bytes, std::io::Error>> = Request::new(BoxBody::new(
+            Full::new(Bytes::from("x")).map_err(|n| match n {}),
+        ));
         assert!(ReplayRequest::prepare(&mut request, 1 << 20).is_none());
     }
 
