@@ -27,6 +27,8 @@ use http::{Request, Response};
 use tokio::sync::Semaphore;
 use tower_bearer::{Error, Token, TokenSource};
 
+pub mod upload;
+
 // ---------------------------------------------------------------------------------------------
 // A token source that counts fetches.
 
