@@ -13,7 +13,8 @@ use std::{
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
@@ -98,6 +99,9 @@ impl UploadServer {
                         Protocol::Http2 => {
                             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                                 .max_concurrent_streams(20_000)
+                                // Room for many streams at once: a small connection window
+                                // makes the client send crumbs, which h2 refuses in bulk.
+                                .initial_connection_window_size(128 << 20)
                                 .serve_connection(io, service)
                                 .await
                         }
@@ -117,7 +121,7 @@ async fn answer(
     request: Request<Incoming>,
     api: ProtectedApi,
     state: Arc<UploadState>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<ResponseBody>, Infallible> {
     state.requests.fetch_add(1, SeqCst);
     let token = request
         .headers()
@@ -150,12 +154,19 @@ async fn answer(
         return Ok(status(StatusCode::UNAUTHORIZED, Bytes::new()));
     }
     if answer_first {
+        // The response stays open until the request body ends, as a bidirectional stream's.
+        let (done, open) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
         tokio::spawn(async move {
             if body.collect().await.is_ok() {
                 state.drained.fetch_add(1, SeqCst);
             }
+            drop(done);
         });
-        return Ok(status(StatusCode::OK, Bytes::new()));
+        let mut response = Response::new(BoxBody::new(StreamBody::new(
+            tokio_stream_of(open),
+        )));
+        *response.status_mut() = StatusCode::OK;
+        return Ok(response);
     }
     match body.collect().await {
         Ok(collected) => Ok(status(
@@ -166,10 +177,27 @@ async fn answer(
     }
 }
 
-fn status(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body));
+type ResponseBody = BoxBody<Bytes, Infallible>;
+
+fn status(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
+    let mut response = Response::new(BoxBody::new(Full::new(body)));
     *response.status_mut() = status;
     response
+}
+
+/// A `Stream` over a tokio channel.
+fn tokio_stream_of<T>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_core::Stream<Item = T> {
+    struct Rx<T>(tokio::sync::mpsc::Receiver<T>);
+    impl<T> futures_core::Stream for Rx<T> {
+        type Item = T;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<T>> {
+            self.0.poll_recv(cx)
+        }
+    }
+    Rx(rx)
 }
 
 /// A hyper-util client for `B` bodies speaking `protocol`.
