@@ -407,3 +407,120 @@ async fn unauthenticated_for_a_token_no_longer_current_causes_no_extra_fetch() {
     assert_eq!(api.unauthorized(), 2);
     server.shutdown().await.unwrap();
 }
+
+/// A stream that ends with UNAUTHENTICATED in its trailers, after its messages (the token
+/// expired or was revoked mid-stream): the caller gets the messages and the status (the call is
+/// not resent, its messages are already out), and the layer drops the rejected token, so the
+/// next call carries a new one.
+#[tokio::test]
+async fn unauthenticated_in_the_trailers_of_a_stream_drops_the_token() {
+    let Setup {
+        source,
+        auth,
+        server,
+        mut client,
+        ..
+    } = setup(Duration::from_millis(1)).await;
+    let api = source.api();
+
+    let mut stream = client
+        .count(msg(grpc_fixture::EXPIRE, 2))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut texts = Vec::new();
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(item)) => texts.push(item.text),
+            Ok(None) => panic!("the stream must end with UNAUTHENTICATED"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(texts, ["expire 1", "expire 2"]);
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(auth.stats().unauthorized, 1, "the token was dropped");
+    assert_eq!(auth.stats().retries, 0, "the stream was not resent");
+
+    assert_eq!(say(&mut client, "next").await.unwrap(), "next");
+    assert_eq!(api.seen(), ["tok-1", "tok-2"]);
+    assert_eq!(source.fetches(), 2);
+    server.shutdown().await.unwrap();
+}
+
+/// Token failures reach tonic callers as a `Status` that says what happened: `UNAVAILABLE`
+/// while the token endpoint is down (a real endpoint answering 503 to every caller of 20),
+/// `UNAUTHENTICATED` when it refuses the client. The `tower_bearer::Error` is the status's
+/// source.
+#[tokio::test]
+async fn token_failures_reach_tonic_callers_as_unavailable_or_unauthenticated() {
+    use http::StatusCode;
+    use std::error::Error as _;
+    use support::StandInEndpoint;
+    use tower_bearer::ClientCredentials;
+
+    let server = grpc_fixture::serve(|request: Request<()>| Ok(request))
+        .await
+        .unwrap();
+    let channel = Endpoint::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let client_for = |endpoint: &StandInEndpoint| {
+        let source = ClientCredentials::builder(endpoint.url("/token"))
+            .client_id("svc")
+            .client_secret("s3cret")
+            .build()
+            .unwrap();
+        let auth = AuthLayer::builder(source)
+            .channel_origin(server.url())
+            .fetch_attempts(1)
+            .build()
+            .unwrap();
+        EchoClient::new(ServiceBuilder::new().layer(auth).service(channel.clone()))
+    };
+
+    let down = StandInEndpoint::json(StatusCode::SERVICE_UNAVAILABLE, r#"{"error":"down"}"#).await;
+    let client = client_for(&down);
+    let mut callers = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let mut client = client.clone();
+        callers.spawn(async move { client.say(msg("hi", i)).await });
+    }
+    while let Some(result) = callers.join_next().await {
+        let status = result.unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        let source = status.source().expect("the error is the status's source");
+        let err = source.downcast_ref::<tower_bearer::Error>().unwrap();
+        assert!(err.is_transient(), "{err}");
+        assert!(!format!("{status:?}").contains("s3cret"));
+    }
+
+    let refused = StandInEndpoint::json(
+        StatusCode::UNAUTHORIZED,
+        r#"{"error":"invalid_client","error_description":"unknown client"}"#,
+    )
+    .await;
+    let status = client_for(&refused).say(msg("hi", 0)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        status.message().contains("invalid_client"),
+        "{}",
+        status.message()
+    );
+
+    // A channel whose origin was not stated: the layer cannot tell where the token would go.
+    let unstated = EchoClient::new(
+        ServiceBuilder::new()
+            .layer(AuthLayer::new(tower_bearer::StaticToken::new("t")))
+            .service(channel.clone()),
+    );
+    let status = { unstated }.say(msg("hi", 0)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(
+        status.message().contains("channel_origin"),
+        "{}",
+        status.message()
+    );
+    server.shutdown().await.unwrap();
+}

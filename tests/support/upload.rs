@@ -162,9 +162,7 @@ async fn answer(
             }
             drop(done);
         });
-        let mut response = Response::new(BoxBody::new(StreamBody::new(
-            tokio_stream_of(open),
-        )));
+        let mut response = Response::new(BoxBody::new(StreamBody::new(tokio_stream_of(open))));
         *response.status_mut() = StatusCode::OK;
         return Ok(response);
     }

@@ -25,9 +25,14 @@ pub use echo::{
 };
 
 /// Answers `Say` with the text it was sent, `Count` with `n` messages, `Join` with the texts it
-/// was sent joined with spaces.
+/// was sent joined with spaces. A `Count` for the text [`EXPIRE`] ends, after its messages,
+/// with `UNAUTHENTICATED` in its trailers, as a server does when the token expires mid-stream.
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Echoer;
+
+/// The `Count` text whose stream ends with `UNAUTHENTICATED` after its messages.
+pub const EXPIRE: &str = "expire";
 
 type MsgStream = Pin<Box<dyn Stream<Item = Result<Msg, Status>> + Send + 'static>>;
 
@@ -41,12 +46,17 @@ impl Echo for Echoer {
 
     async fn count(&self, request: Request<Msg>) -> Result<Response<Self::CountStream>, Status> {
         let Msg { text, n } = request.into_inner();
-        let stream = tokio_stream::iter(1..=n).map(move |i| {
-            Ok(Msg {
-                text: format!("{text} {i}"),
-                n: i,
+        let expire = text == EXPIRE;
+        let stream = tokio_stream::iter(1..=n)
+            .map(move |i| {
+                Ok(Msg {
+                    text: format!("{text} {i}"),
+                    n: i,
+                })
             })
-        });
+            .chain(tokio_stream::iter(
+                expire.then(|| Err(Status::unauthenticated("token expired"))),
+            ));
         Ok(Response::new(Box::pin(stream)))
     }
 
