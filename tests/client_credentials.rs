@@ -312,3 +312,33 @@ async fn redirects_are_not_followed() {
     );
     assert_eq!(endpoint.recorded().len(), 1);
 }
+
+/// A user-supplied HTTP client that follows redirects resends the token request, credentials
+/// included, to wherever a 307 points (the source cannot stop it; its docs say so). The answer
+/// that comes from there is refused: a redirect never yields a token.
+#[tokio::test]
+async fn a_token_from_a_redirect_a_user_client_followed_is_refused() {
+    let elsewhere = StandInEndpoint::start(|_| token_json("at-elsewhere", 3600)).await;
+    let target = elsewhere.url("/token");
+    let endpoint = StandInEndpoint::start(move |_| {
+        (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(header::LOCATION, target.clone())],
+        )
+            .into_response()
+    })
+    .await;
+    let err = builder(&endpoint)
+        .http_client(reqwest::Client::new())
+        .build()
+        .unwrap()
+        .fetch()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Config(m) if m.contains("redirect") && m.contains("Policy::none")),
+        "{err:?}"
+    );
+    assert_eq!(elsewhere.recorded().len(), 1, "the client did follow");
+    assert!(!format!("{err} {err:?}").contains(SECRET));
+}

@@ -52,6 +52,10 @@ async fn a_rotated_refresh_token_replaces_the_old_one_in_the_store() {
 
     let token = auth.token().await.unwrap();
     assert_eq!(token.access_token().secret(), "at-1");
+    assert!(
+        token.refresh_token().is_none(),
+        "the refresh token never leaves its grant"
+    );
     assert_eq!(stored_refresh_token(&store).await.as_deref(), Some("rt-1"));
 
     let [req] = idp.requests_to("/token").try_into().unwrap();
@@ -470,4 +474,30 @@ async fn revoke_forgets_everything_even_when_the_revocation_endpoint_fails() {
         ["rt-0"],
         "the refresh token is forgotten too"
     );
+}
+
+/// `ClientAuth::Query` puts the client credentials and the grant's plain parameters in the URL,
+/// never the refresh token: URLs end up in access logs.
+#[tokio::test]
+async fn query_client_auth_keeps_the_refresh_token_out_of_the_url() {
+    let idp = StandInIdp::start().await;
+    idp.add_refresh_token("rt-0");
+    let grant = RefreshTokenGrant::builder(idp.url("/token"))
+        .client_id("app")
+        .client_secret("app-secret")
+        .auth(ClientAuth::Query)
+        .store(seeded("rt-0"))
+        .build()
+        .unwrap();
+    let _ = AuthLayer::new(grant).token().await;
+
+    let [req] = idp.requests_to("/token").try_into().unwrap();
+    let query = req.query_pairs();
+    assert!(query.contains(&("client_id".into(), "app".into())));
+    assert!(query.contains(&("grant_type".into(), "refresh_token".into())));
+    assert!(
+        query.iter().all(|(k, v)| k != "refresh_token" && v != "rt-0"),
+        "{query:?}"
+    );
+    assert!(req.form().contains(&("refresh_token".into(), "rt-0".into())));
 }

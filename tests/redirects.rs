@@ -1,0 +1,127 @@
+//! Where the token goes when tower-http's `FollowRedirect` follows a redirect to another origin:
+//! two real servers on 127.0.0.1 (two ports, two origins), the first redirecting to the second.
+//!
+//! - Follower **outside** the layer, layer limited with `origin`: every hop passes through the
+//!   layer, and the hop to the other origin goes without the token, whatever header carries it.
+//! - Follower **inside** the layer: the token is added once; tower-http's `FilterCredentials`
+//!   strips `Authorization` on the cross-origin hop, but not a custom header (so with a custom
+//!   header name, put the follower outside).
+
+mod support;
+
+use std::time::Duration;
+
+use axum::{http::header, response::IntoResponse};
+use bytes::Bytes;
+use http::{HeaderName, Request, StatusCode};
+use http_body_util::Empty;
+use support::{
+    CountingSource, StandInEndpoint,
+    upload::{Protocol, client},
+};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_bearer::{AuthLayer, AuthLayerBuilder};
+use tower_http::follow_redirect::FollowRedirectLayer;
+
+const CUSTOM: HeaderName = HeaderName::from_static("x-api-token");
+
+/// A server that redirects every request to `target`, and the target, which answers 200.
+async fn servers() -> (StandInEndpoint, StandInEndpoint) {
+    let target = StandInEndpoint::start(|_| StatusCode::OK.into_response()).await;
+    let location = target.url("/landed");
+    let first = StandInEndpoint::start(move |_| {
+        (StatusCode::FOUND, [(header::LOCATION, location.clone())]).into_response()
+    })
+    .await;
+    (first, target)
+}
+
+fn layer(configure: impl FnOnce(AuthLayerBuilder) -> AuthLayerBuilder) -> AuthLayer {
+    let source = CountingSource::new(Duration::ZERO, Some(Duration::from_secs(3600)));
+    configure(AuthLayer::builder(source)).build().unwrap()
+}
+
+fn get(url: String) -> Request<Empty<Bytes>> {
+    Request::get(url).body(Empty::new()).unwrap()
+}
+
+/// The token headers each server saw: (`authorization`, `x-api-token`).
+fn seen(server: &StandInEndpoint) -> Vec<(Option<String>, Option<String>)> {
+    server
+        .recorded()
+        .iter()
+        .map(|r| {
+            (
+                r.header("authorization").map(str::to_owned),
+                r.header("x-api-token").map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+fn origin(server: &StandInEndpoint) -> String {
+    server.url("").trim_end_matches('/').to_owned()
+}
+
+#[tokio::test]
+async fn a_follower_outside_a_layer_limited_to_its_origin_sends_no_token_across_origins() {
+    for custom in [false, true] {
+        let (first, target) = servers().await;
+        let auth = layer(|b| {
+            let b = b.origin(origin(&first));
+            if custom { b.header_name(CUSTOM).scheme("") } else { b }
+        });
+        let svc = ServiceBuilder::new()
+            .layer(FollowRedirectLayer::new())
+            .layer(auth)
+            .service(client::<Empty<Bytes>>(Protocol::Http1));
+        let response = svc.oneshot(get(first.url("/start"))).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let token = Some("tok-1".to_owned());
+        let expected = if custom {
+            (None, token)
+        } else {
+            (Some("Bearer tok-1".to_owned()), None)
+        };
+        assert_eq!(seen(&first), [expected], "the first hop carries it");
+        assert_eq!(seen(&target), [(None, None)], "the other origin gets nothing");
+    }
+}
+
+/// Without `origin`, the layer cannot tell a hop from a request: the other origin, being
+/// loopback http here (https in life), gets the token. This is why a client that follows
+/// redirects needs `origin`.
+#[tokio::test]
+async fn a_follower_outside_a_layer_without_origins_sends_the_token_on_every_hop() {
+    let (first, target) = servers().await;
+    let svc = ServiceBuilder::new()
+        .layer(FollowRedirectLayer::new())
+        .layer(layer(|b| b))
+        .service(client::<Empty<Bytes>>(Protocol::Http1));
+    svc.oneshot(get(first.url("/start"))).await.unwrap();
+    assert_eq!(seen(&target), [(Some("Bearer tok-1".to_owned()), None)]);
+}
+
+#[tokio::test]
+async fn a_follower_inside_the_layer_strips_authorization_across_origins_but_not_a_custom_header() {
+    let (first, target) = servers().await;
+    let svc = ServiceBuilder::new()
+        .layer(layer(|b| b))
+        .layer(FollowRedirectLayer::new())
+        .service(client::<Empty<Bytes>>(Protocol::Http1));
+    svc.oneshot(get(first.url("/start"))).await.unwrap();
+    assert_eq!(seen(&first), [(Some("Bearer tok-1".to_owned()), None)]);
+    assert_eq!(seen(&target), [(None, None)], "FilterCredentials stripped it");
+
+    let (first, target) = servers().await;
+    let svc = ServiceBuilder::new()
+        .layer(layer(|b| b.header_name(CUSTOM).scheme("")))
+        .layer(FollowRedirectLayer::new())
+        .service(client::<Empty<Bytes>>(Protocol::Http1));
+    svc.oneshot(get(first.url("/start"))).await.unwrap();
+    assert_eq!(
+        seen(&target),
+        [(None, Some("tok-1".to_owned()))],
+        "a custom header is not stripped: put the follower outside the layer"
+    );
+}
