@@ -276,3 +276,46 @@ async fn grpc_unauthenticated_refreshes_and_retries_like_a_401() {
     assert_eq!(source.fetches(), 2);
     assert_eq!(auth.stats().retries, 1);
 }
+
+/// The plain-http rule against a real server on a non-loopback address of this machine: the
+/// token is refused before anything is sent, unless `allow_http`; a channel origin on such an
+/// address is refused when the layer is built.
+#[tokio::test]
+async fn plain_http_to_a_real_non_loopback_server_never_carries_the_token() {
+    use axum::response::IntoResponse;
+    use bytes::Bytes;
+    use http_body_util::Empty;
+    use support::{
+        StandInEndpoint,
+        upload::{Protocol, client},
+    };
+
+    let ip = support::non_loopback_address();
+    let server = StandInEndpoint::start_on(ip, |_| StatusCode::OK.into_response()).await;
+    let url = server.url("/x");
+    assert!(url.starts_with(&format!("http://{ip}")), "{url}");
+    let get = || Request::get(&url).body(Empty::<Bytes>::new()).unwrap();
+
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::new(source()))
+        .service(client::<Empty<Bytes>>(Protocol::Http1));
+    let err = svc.oneshot(get()).await.unwrap_err();
+    assert!(
+        matches!(err.downcast_ref(), Some(Error::InsecureRequest { host, .. }) if *host == ip.to_string()),
+        "{err}"
+    );
+    assert!(server.recorded().is_empty(), "nothing was sent");
+
+    let err = AuthLayer::builder(source())
+        .channel_origin(format!("http://{}", server.addr))
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::InsecureRequest { .. }), "{err:?}");
+
+    let open = ServiceBuilder::new()
+        .layer(AuthLayer::builder(source()).allow_http(true).build().unwrap())
+        .service(client::<Empty<Bytes>>(Protocol::Http1));
+    assert_eq!(open.oneshot(get()).await.unwrap().status(), StatusCode::OK);
+    let [seen] = server.recorded().try_into().unwrap();
+    assert_eq!(seen.header("authorization"), Some("Bearer tok-1"));
+}

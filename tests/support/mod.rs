@@ -374,13 +374,21 @@ impl StandInEndpoint {
     pub async fn start(
         respond: impl Fn(&Recorded) -> AxumResponse + Send + Sync + 'static,
     ) -> Self {
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into(), respond).await
+    }
+
+    /// The same on another local address.
+    pub async fn start_on(
+        ip: std::net::IpAddr,
+        respond: impl Fn(&Recorded) -> AxumResponse + Send + Sync + 'static,
+    ) -> Self {
         let recorded = Arc::new(Mutex::new(Vec::new()));
         let state = EndpointState {
             recorded: recorded.clone(),
             respond: Arc::new(respond),
         };
         let app = Router::new().fallback(record).with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
@@ -948,4 +956,22 @@ pub fn recording_api<B: Send + 'static>() -> (
         std::future::ready(Ok::<_, Infallible>(Response::new(String::new())))
     });
     (api, seen)
+}
+
+/// This machine's address on its default route: not a loopback address, and one the tests can
+/// listen on. Found by "connecting" a UDP socket, which sends nothing.
+pub fn non_loopback_address() -> std::net::IpAddr {
+    for probe in ["192.0.2.1:9", "10.255.255.1:9", "198.51.100.1:9"] {
+        let Ok(socket) = std::net::UdpSocket::bind("0.0.0.0:0") else {
+            continue;
+        };
+        if socket.connect(probe).is_ok() {
+            if let Ok(local) = socket.local_addr() {
+                if !local.ip().is_loopback() && !local.ip().is_unspecified() {
+                    return local.ip();
+                }
+            }
+        }
+    }
+    panic!("this machine has no non-loopback address to test the plain-http rule with");
 }
