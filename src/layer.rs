@@ -162,6 +162,7 @@ impl<S> Layer<S> for AuthLayer {
 impl fmt::Debug for LayerState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthLayer")
+            .field("name", &self.cache.counters.name.as_str())
             .field("cache", &self.cache)
             .field("header_name", &self.header_name)
             .field("retry", &self.retry)
@@ -196,6 +197,7 @@ impl fmt::Debug for AuthLayer {
 /// | [`allow_http`](Self::allow_http) | off | plain `http` to non-loopback hosts |
 /// | [`max_token_uses`](Self::max_token_uses) | no limit | requests per token, for use-limited tokens |
 /// | [`runtime`](Self::runtime) | the caller's | the Tokio runtime fetches run on |
+/// | [`name`](Self::name) | `default` | labels the layer's metrics and traces |
 #[must_use]
 pub struct AuthLayerBuilder {
     source: Box<dyn crate::source::DynTokenSource>,
@@ -360,6 +362,15 @@ impl AuthLayerBuilder {
         self
     }
 
+    /// Names the layer: the `layer` label of its metrics and the `layer` field of its tracing
+    /// spans and events (see [`crate::stats`]), so that several layers in one process (one per
+    /// API, say) report apart. `default` unless set; an empty name makes
+    /// [`build`](Self::build) fail.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.settings.name = crate::stats::LayerName::new(&name.into());
+        self
+    }
+
     /// Runs every token fetch on this runtime instead of the caller's. For clients driven
     /// from several runtimes, or from a runtime that is not always driven (a synchronous
     /// wrapper's `block_on` on a helper thread): a fetch then completes as long as this runtime
@@ -388,6 +399,9 @@ impl AuthLayerBuilder {
         }
         if self.settings.default_lifetime.is_zero() {
             return Err(Error::config("default_lifetime must be longer than zero"));
+        }
+        if self.settings.name.as_str().is_empty() {
+            return Err(Error::config("a layer's name must not be empty"));
         }
         if self.settings.fetch_attempts == 0 {
             return Err(Error::config("fetch_attempts must be at least 1"));

@@ -5,27 +5,38 @@
 //! when a 401 rejects the current token, and when a request is resent.
 //!
 //! With the `metrics` feature the same events go to the [`metrics`](https://docs.rs/metrics)
-//! facade, named in the OpenTelemetry style:
+//! facade, named in the OpenTelemetry style. Every metric carries the label `layer`: the
+//! layer's [`name`](crate::AuthLayerBuilder::name) (`default` unless set), so that several
+//! layers in one process (one per API, say) report apart. The same name is the `layer` field of
+//! the layer's tracing spans and events.
 //!
 //! | metric | kind | labels | meaning |
 //! |---|---|---|---|
-//! | `tower_bearer.token.fetches` | counter | `outcome` = `success`, `transient_error`, `terminal_error` | token fetches |
-//! | `tower_bearer.token.fetch.duration` | histogram (seconds) | `outcome` | how long fetches took |
-//! | `tower_bearer.token.fetch.retries` | counter | | token requests retried inside a fetch after a transient failure |
-//! | `tower_bearer.token.lifetime` | gauge (seconds) | | how long the newest token will be used |
-//! | `tower_bearer.token.waiters` | counter | | callers that waited for a fetch |
-//! | `tower_bearer.token.served_stale` | counter | | requests sent with a token past its refresh target (no new token yet) |
-//! | `tower_bearer.token.rejected` | counter | | tokens dropped after a 401 or `UNAUTHENTICATED` |
-//! | `tower_bearer.requests.retried` | counter | | requests resent with a new token |
-//! | `tower_bearer.requests.not_resent` | counter | | rejected requests that could not be resent |
+//! | `tower_bearer.token.fetches` | counter | `layer`, `outcome` = `success`, `transient_error`, `terminal_error` | token fetches |
+//! | `tower_bearer.token.fetch.duration` | histogram (seconds) | `layer`, `outcome` | how long fetches took |
+//! | `tower_bearer.token.fetch.retries` | counter | `layer` | token requests retried inside a fetch after a transient failure |
+//! | `tower_bearer.token.lifetime` | gauge (seconds) | `layer` | how long the newest token will be used |
+//! | `tower_bearer.token.waiters` | counter | `layer` | callers that waited for a fetch |
+//! | `tower_bearer.token.served_stale` | counter | `layer` | requests sent with a token past its refresh target (no new token yet) |
+//! | `tower_bearer.token.rejected` | counter | `layer` | tokens dropped after a 401 or `UNAUTHENTICATED` |
+//! | `tower_bearer.requests.retried` | counter | `layer` | requests resent with a new token |
+//! | `tower_bearer.requests.not_resent` | counter | `layer` | rejected requests that could not be resent |
 
 use std::{
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
     time::Duration,
 };
 
+/// The name of a layer that was given none.
+pub(crate) const DEFAULT_NAME: &str = "default";
+
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
+    /// The layer's name: the `layer` label of its metrics.
+    pub(crate) name: LayerName,
     pub(crate) fetches: AtomicU64,
     pub(crate) fetch_failures: AtomicU64,
     pub(crate) terminal_failures: AtomicU64,
@@ -94,6 +105,37 @@ pub struct Stats {
     pub token_usable_for: Option<Duration>,
 }
 
+/// A layer's name, cheap to clone into a metric label or a tracing field.
+#[derive(Debug, Clone)]
+pub(crate) struct LayerName(Arc<str>);
+
+impl LayerName {
+    pub(crate) fn new(name: &str) -> Self {
+        LayerName(Arc::from(name))
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    #[cfg(feature = "metrics")]
+    fn label(&self) -> metrics::SharedString {
+        metrics::SharedString::from_shared(Arc::clone(&self.0))
+    }
+}
+
+impl Default for LayerName {
+    fn default() -> Self {
+        LayerName::new(DEFAULT_NAME)
+    }
+}
+
+impl std::fmt::Display for LayerName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Outcome label of a fetch, for metrics: `failure` is `None` on success, else whether the
 /// error was terminal.
 #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
@@ -109,7 +151,7 @@ impl Counters {
     pub(crate) fn waited(&self) {
         self.waiters.fetch_add(1, Relaxed);
         #[cfg(feature = "metrics")]
-        metrics::counter!("tower_bearer.token.waiters").increment(1);
+        metrics::counter!("tower_bearer.token.waiters", "layer" => self.name.label()).increment(1);
     }
 
     pub(crate) fn fetch_started(&self, background: bool) {
@@ -136,11 +178,12 @@ impl Counters {
         #[cfg(feature = "metrics")]
         {
             let outcome = outcome(failure);
-            metrics::counter!("tower_bearer.token.fetches", "outcome" => outcome).increment(1);
-            metrics::histogram!("tower_bearer.token.fetch.duration", "outcome" => outcome)
+            metrics::counter!("tower_bearer.token.fetches", "layer" => self.name.label(), "outcome" => outcome).increment(1);
+            metrics::histogram!("tower_bearer.token.fetch.duration", "layer" => self.name.label(), "outcome" => outcome)
                 .record(elapsed.as_secs_f64());
             if let Some(usable_for) = usable_for {
-                metrics::gauge!("tower_bearer.token.lifetime").set(usable_for.as_secs_f64());
+                metrics::gauge!("tower_bearer.token.lifetime", "layer" => self.name.label())
+                    .set(usable_for.as_secs_f64());
             }
         }
         #[cfg(not(feature = "metrics"))]
@@ -150,13 +193,15 @@ impl Counters {
     pub(crate) fn fetch_retried(&self) {
         self.fetch_retries.fetch_add(1, Relaxed);
         #[cfg(feature = "metrics")]
-        metrics::counter!("tower_bearer.token.fetch.retries").increment(1);
+        metrics::counter!("tower_bearer.token.fetch.retries", "layer" => self.name.label())
+            .increment(1);
     }
 
     pub(crate) fn served_stale(&self) {
         self.served_stale.fetch_add(1, Relaxed);
         #[cfg(feature = "metrics")]
-        metrics::counter!("tower_bearer.token.served_stale").increment(1);
+        metrics::counter!("tower_bearer.token.served_stale", "layer" => self.name.label())
+            .increment(1);
     }
 
     pub(crate) fn failed_fast(&self) {
@@ -166,19 +211,21 @@ impl Counters {
     pub(crate) fn rejected(&self) {
         self.invalidations.fetch_add(1, Relaxed);
         #[cfg(feature = "metrics")]
-        metrics::counter!("tower_bearer.token.rejected").increment(1);
+        metrics::counter!("tower_bearer.token.rejected", "layer" => self.name.label()).increment(1);
     }
 
     pub(crate) fn not_resent(&self) {
         self.not_resent.fetch_add(1, Relaxed);
         #[cfg(feature = "metrics")]
-        metrics::counter!("tower_bearer.requests.not_resent").increment(1);
+        metrics::counter!("tower_bearer.requests.not_resent", "layer" => self.name.label())
+            .increment(1);
     }
 
     pub(crate) fn retried(&self) {
         self.retries.fetch_add(1, Relaxed);
         #[cfg(feature = "metrics")]
-        metrics::counter!("tower_bearer.requests.retried").increment(1);
+        metrics::counter!("tower_bearer.requests.retried", "layer" => self.name.label())
+            .increment(1);
     }
 
     pub(crate) fn snapshot(&self) -> Stats {

@@ -49,6 +49,7 @@ async fn fetches_rejections_and_resends_are_counted() {
     let source = CountingSource::new(Duration::from_millis(1), Some(Duration::from_secs(3600)));
     source.fail_fetch(1);
     let auth = AuthLayer::builder(source.clone())
+        .name("billing")
         .backoff(Duration::ZERO, Duration::ZERO)
         .build()
         .unwrap();
@@ -87,7 +88,8 @@ async fn fetches_rejections_and_resends_are_counted() {
             }
         }
     });
-    AuthLayer::new(flaky).token().await.unwrap();
+    let other = AuthLayer::builder(flaky).name("search").build().unwrap();
+    other.token().await.unwrap();
 
     let snapshot = snapshotter.snapshot().into_vec();
     assert_eq!(
@@ -128,4 +130,33 @@ async fn fetches_rejections_and_resends_are_counted() {
     assert!(snapshot.iter().any(|(key, _, _, value)| key.key().name()
         == "tower_bearer.token.lifetime"
         && matches!(value, DebugValue::Gauge(g) if g.into_inner() > 3500.0)));
+
+    // The two layers report apart: by the `layer` label.
+    let fetches = |layer| {
+        counter(
+            &snapshot,
+            "tower_bearer.token.fetches",
+            Some(("layer", layer)),
+        )
+    };
+    assert_eq!(fetches("billing"), 4, "tok-2, tok-3 and two failures");
+    assert_eq!(fetches("search"), 1);
+    let retries = |layer| {
+        counter(
+            &snapshot,
+            "tower_bearer.token.fetch.retries",
+            Some(("layer", layer)),
+        )
+    };
+    assert_eq!((retries("billing"), retries("search")), (0, 1));
+    let gauges: Vec<_> = snapshot
+        .iter()
+        .filter(|(key, ..)| key.key().name() == "tower_bearer.token.lifetime")
+        .filter_map(|(key, ..)| key.key().labels().find(|l| l.key() == "layer"))
+        .map(|l| l.value().to_owned())
+        .collect();
+    assert!(
+        gauges.contains(&"billing".to_owned()) && gauges.contains(&"search".to_owned()),
+        "one lifetime gauge per layer: {gauges:?}"
+    );
 }

@@ -313,7 +313,12 @@ async fn plain_http_to_a_real_non_loopback_server_never_carries_the_token() {
     assert!(matches!(err, Error::InsecureRequest { .. }), "{err:?}");
 
     let open = ServiceBuilder::new()
-        .layer(AuthLayer::builder(source()).allow_http(true).build().unwrap())
+        .layer(
+            AuthLayer::builder(source())
+                .allow_http(true)
+                .build()
+                .unwrap(),
+        )
         .service(client::<Empty<Bytes>>(Protocol::Http1));
     assert_eq!(open.oneshot(get()).await.unwrap().status(), StatusCode::OK);
     let [seen] = server.recorded().try_into().unwrap();

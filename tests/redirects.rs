@@ -69,7 +69,11 @@ async fn a_follower_outside_a_layer_limited_to_its_origin_sends_no_token_across_
         let (first, target) = servers().await;
         let auth = layer(|b| {
             let b = b.origin(origin(&first));
-            if custom { b.header_name(CUSTOM).scheme("") } else { b }
+            if custom {
+                b.header_name(CUSTOM).scheme("")
+            } else {
+                b
+            }
         });
         let svc = ServiceBuilder::new()
             .layer(FollowRedirectLayer::new())
@@ -84,7 +88,11 @@ async fn a_follower_outside_a_layer_limited_to_its_origin_sends_no_token_across_
             (Some("Bearer tok-1".to_owned()), None)
         };
         assert_eq!(seen(&first), [expected], "the first hop carries it");
-        assert_eq!(seen(&target), [(None, None)], "the other origin gets nothing");
+        assert_eq!(
+            seen(&target),
+            [(None, None)],
+            "the other origin gets nothing"
+        );
     }
 }
 
@@ -111,7 +119,11 @@ async fn a_follower_inside_the_layer_strips_authorization_across_origins_but_not
         .service(client::<Empty<Bytes>>(Protocol::Http1));
     svc.oneshot(get(first.url("/start"))).await.unwrap();
     assert_eq!(seen(&first), [(Some("Bearer tok-1".to_owned()), None)]);
-    assert_eq!(seen(&target), [(None, None)], "FilterCredentials stripped it");
+    assert_eq!(
+        seen(&target),
+        [(None, None)],
+        "FilterCredentials stripped it"
+    );
 
     let (first, target) = servers().await;
     let svc = ServiceBuilder::new()

@@ -496,8 +496,13 @@ async fn query_client_auth_keeps_the_refresh_token_out_of_the_url() {
     assert!(query.contains(&("client_id".into(), "app".into())));
     assert!(query.contains(&("grant_type".into(), "refresh_token".into())));
     assert!(
-        query.iter().all(|(k, v)| k != "refresh_token" && v != "rt-0"),
+        query
+            .iter()
+            .all(|(k, v)| k != "refresh_token" && v != "rt-0"),
         "{query:?}"
     );
-    assert!(req.form().contains(&("refresh_token".into(), "rt-0".into())));
+    assert!(
+        req.form()
+            .contains(&("refresh_token".into(), "rt-0".into()))
+    );
 }

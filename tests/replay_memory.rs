@@ -8,10 +8,7 @@ mod support;
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     convert::Infallible,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering::SeqCst},
-    },
+    sync::atomic::{AtomicUsize, Ordering::SeqCst},
     time::Duration,
 };
 

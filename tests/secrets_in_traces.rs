@@ -20,15 +20,28 @@ fn assert_clean(what: &str, text: &str) {
 #[derive(Clone, Default)]
 struct Captured(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
 
+struct Visitor(String);
+
+impl tracing::field::Visit for Visitor {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        let _ = write!(self.0, "{}={:?} ", field.name(), value);
+    }
+}
+
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Captured {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut visitor = Visitor(format!("span {} ", attrs.metadata().name()));
+        attrs.record(&mut visitor);
+        self.0.lock().unwrap().push(visitor.0);
+    }
+
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        struct Visitor(String);
-        impl tracing::field::Visit for Visitor {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                use std::fmt::Write;
-                let _ = write!(self.0, "{}={:?} ", field.name(), value);
-            }
-        }
         let mut visitor = Visitor(format!("{} ", event.metadata().target()));
         event.record(&mut visitor);
         self.0.lock().unwrap().push(visitor.0);
@@ -59,6 +72,7 @@ async fn no_secret_reaches_a_trace_event() {
             .build()
             .unwrap(),
     )
+    .name("orders")
     .backoff(Duration::ZERO, Duration::ZERO)
     .build()
     .unwrap();
@@ -94,6 +108,19 @@ async fn no_secret_reaches_a_trace_event() {
     );
     assert!(
         events.iter().any(|e| e.contains("token fetch failed")),
+        "{events:#?}"
+    );
+    // The layer's name is on its fetch spans, and on its events outside them.
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("span token_fetch") && e.contains("layer=orders")),
+        "{events:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("next fetch after backoff") && e.contains("layer=orders")),
         "{events:#?}"
     );
     // The access tokens the stand-in issued are at-N; none may appear, nor the secrets.

@@ -47,7 +47,11 @@ pub use entry::EXPIRY_ALLOWANCE;
 pub(crate) use entry::{Entry, Use};
 use flight::{Flight, FlightGuard, Outcome, WAITER_SLACK};
 
-use crate::{Error, Token, source::DynTokenSource, stats::Counters};
+use crate::{
+    Error, Token,
+    source::DynTokenSource,
+    stats::{Counters, LayerName},
+};
 
 /// Default for [`AuthLayerBuilder::expiry_margin`](crate::AuthLayerBuilder::expiry_margin).
 pub const DEFAULT_EXPIRY_MARGIN: Duration = Duration::from_secs(30);
@@ -83,6 +87,8 @@ pub(crate) struct CacheSettings {
     pub(crate) jitter_seed: Option<u64>,
     /// The runtime fetches run on; the caller's unless set.
     pub(crate) runtime: Option<Handle>,
+    /// The layer's name, for its metrics and traces.
+    pub(crate) name: LayerName,
 }
 
 impl Default for CacheSettings {
@@ -101,6 +107,7 @@ impl Default for CacheSettings {
             },
             jitter_seed: None,
             runtime: None,
+            name: LayerName::default(),
         }
     }
 }
@@ -166,9 +173,12 @@ impl TokenCache {
             }),
             next_background: AtomicU64::new(0),
             clock_base: Instant::now(),
+            counters: Counters {
+                name: settings.name.clone(),
+                ..Counters::default()
+            },
             source,
             settings,
-            counters: Counters::default(),
         })
     }
 
@@ -351,6 +361,7 @@ impl TokenCache {
         let span = tracing::debug_span!(
             target: "tower_bearer",
             "token_fetch",
+            layer = %self.counters.name,
             source = self.source.type_name(),
             background,
         );
@@ -365,7 +376,7 @@ impl TokenCache {
             return None;
         }
         let overdue = state.flight.take()?;
-        tracing::warn!(target: "tower_bearer", "token fetch overdue; given up, the next caller starts another");
+        tracing::warn!(target: "tower_bearer", layer = %self.counters.name, "token fetch overdue; given up, the next caller starts another");
         self.record_failure(state, Error::Timeout(self.settings.fetch_timeout), now);
         self.counters.fetch_finished(
             self.settings.fetch_timeout + WAITER_SLACK,
@@ -461,7 +472,7 @@ impl TokenCache {
             Verdict::Forget => {
                 self.current.store(None);
                 self.counters.rejected();
-                tracing::debug!(target: "tower_bearer", "rejected token forgotten; the next request fetches a new one");
+                tracing::debug!(target: "tower_bearer", layer = %self.counters.name, "rejected token forgotten; the next request fetches a new one");
                 Rejection::Forgotten
             }
             Verdict::Keep => Rejection::Kept,
@@ -555,6 +566,7 @@ impl TokenCache {
         );
         tracing::debug!(
             target: "tower_bearer",
+            layer = %self.counters.name,
             failures = next.count,
             backoff = ?next.retry_at.saturating_duration_since(now),
             "next fetch after backoff"
