@@ -69,7 +69,7 @@ where
 }
 
 /// Allocations of one request with a fixed header inserted by hand: the floor.
-fn floor(request: impl Fn() -> Request<&'static str>) -> usize {
+fn floor<B>(request: impl Fn() -> Request<B>) -> usize {
     let header = HeaderValue::from_static("Bearer fixed-token-of-similar-length");
     let mut noop = Noop;
     let req = request();
@@ -82,9 +82,9 @@ fn floor(request: impl Fn() -> Request<&'static str>) -> usize {
 }
 
 /// A service past its first requests.
-async fn warm_service(
+async fn warm_service<B: 'static>(
     retry: bool,
-    request: impl Fn() -> Request<&'static str>,
+    request: impl Fn() -> Request<B>,
 ) -> AuthService<Noop> {
     let auth = AuthLayer::builder(StaticToken::new("cached-token-of-similar-length"))
         .retry_unauthorized(retry)
@@ -102,7 +102,7 @@ async fn warm_service(
 /// it after 8), so nothing done once per service is counted.
 const WARM_UP: usize = 20;
 
-async fn layered(retry: bool, request: impl Fn() -> Request<&'static str>) -> usize {
+async fn layered<B: 'static>(retry: bool, request: impl Fn() -> Request<B>) -> usize {
     let mut svc = warm_service(retry, &request).await;
     let req = request();
     allocations(move || run_once(&mut svc, req)).0
@@ -258,6 +258,45 @@ async fn with_retry_on_the_replay_copy_of_headers_is_the_only_extra_cost() {
             .unwrap()
     };
     assert!(layered(true, with_headers).await > floor(with_headers));
+}
+
+/// What the crate's replay table promises (see `tower_bearer::replay`): bodies of shared bytes
+/// cost no allocation to keep for a resend; a `String` costs one copy, within the replay limit,
+/// and none past it (it is then not resent).
+#[tokio::test(flavor = "current_thread")]
+async fn in_memory_bodies_cost_what_the_replay_table_says() {
+    use bytes::Bytes;
+    use http_body_util::{Empty, Full};
+    let uri = "https://api.test/";
+    let full = || {
+        Request::post(uri)
+            .body(Full::new(Bytes::from_static(b"{\"id\": 7}")))
+            .unwrap()
+    };
+    let bytes = || Request::post(uri).body(Bytes::from_static(b"payload")).unwrap();
+    let empty = || Request::get(uri).body(Empty::<Bytes>::new()).unwrap();
+    for retry in [false, true] {
+        assert_eq!(layered(retry, full).await, floor(full), "Full<Bytes>, retry {retry}");
+        assert_eq!(layered(retry, bytes).await, floor(bytes), "Bytes, retry {retry}");
+        assert_eq!(layered(retry, empty).await, floor(empty), "Empty, retry {retry}");
+    }
+    let string = || Request::post(uri).body(String::from("payload")).unwrap();
+    assert_eq!(layered(false, string).await, floor(string));
+    assert_eq!(
+        layered(true, string).await,
+        floor(string) + 1,
+        "one copy of the body, kept for a resend"
+    );
+    let large = || {
+        Request::post(uri)
+            .body("x".repeat(tower_bearer::layer::DEFAULT_REPLAY_LIMIT + 1))
+            .unwrap()
+    };
+    assert_eq!(
+        layered(true, large).await,
+        floor(large),
+        "past the limit: not copied"
+    );
 }
 
 #[test]
