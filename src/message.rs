@@ -21,6 +21,12 @@ pub struct Target<'a> {
 }
 
 /// A request the layer can put a token on and send again.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a request `AuthService` can put a token on",
+    label = "the inner service must take `http::Request<B>` or `reqwest::Request`",
+    note = "`AuthService` serves `http::Request<B>` for any body `B: 'static` (hyper, axum, tonic) \
+            and `reqwest::Request`; see tower_bearer::replay for which bodies are resent after a 401"
+)]
 pub trait AuthRequest: Sized {
     /// What is kept to send the request again.
     type Replay;
@@ -50,6 +56,10 @@ pub trait AuthRequest: Sized {
 }
 
 /// A response the layer can inspect for a rejected token.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a response `AuthService` can check for a rejected token",
+    label = "the inner service must answer `http::Response<B>` or `reqwest::Response`"
+)]
 pub trait AuthResponse {
     /// The HTTP status.
     fn status(&self) -> StatusCode;

@@ -273,12 +273,28 @@ async fn in_memory_bodies_cost_what_the_replay_table_says() {
             .body(Full::new(Bytes::from_static(b"{\"id\": 7}")))
             .unwrap()
     };
-    let bytes = || Request::post(uri).body(Bytes::from_static(b"payload")).unwrap();
+    let bytes = || {
+        Request::post(uri)
+            .body(Bytes::from_static(b"payload"))
+            .unwrap()
+    };
     let empty = || Request::get(uri).body(Empty::<Bytes>::new()).unwrap();
     for retry in [false, true] {
-        assert_eq!(layered(retry, full).await, floor(full), "Full<Bytes>, retry {retry}");
-        assert_eq!(layered(retry, bytes).await, floor(bytes), "Bytes, retry {retry}");
-        assert_eq!(layered(retry, empty).await, floor(empty), "Empty, retry {retry}");
+        assert_eq!(
+            layered(retry, full).await,
+            floor(full),
+            "Full<Bytes>, retry {retry}"
+        );
+        assert_eq!(
+            layered(retry, bytes).await,
+            floor(bytes),
+            "Bytes, retry {retry}"
+        );
+        assert_eq!(
+            layered(retry, empty).await,
+            floor(empty),
+            "Empty, retry {retry}"
+        );
     }
     let string = || Request::post(uri).body(String::from("payload")).unwrap();
     assert_eq!(layered(false, string).await, floor(string));
