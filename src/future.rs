@@ -48,6 +48,8 @@ struct Pending<S, R> {
     replay_limit: Option<usize>,
     /// This wait comes before a resend: the request already carries a rejected token.
     resend: bool,
+    /// The generation of the token the resend carries, once it has one.
+    generation: u64,
 }
 
 /// What a request that may be resent keeps: the readied service and what its
@@ -93,10 +95,13 @@ pin_project! {
         Ready {
             pending: Option<Box<Pending<S, R>>>,
         },
-        // The resend, or a request sent without the token: whatever it answers goes to the caller.
+        // The resend, or a request sent without the token: whatever it answers goes to the
+        // caller. `sent` is the layer and generation of the token a resend carries, so that
+        // `UNAUTHENTICATED` in its trailers still drops that token.
         Resend {
             #[pin]
             fut: F,
+            sent: Option<(LayerHandle, u64)>,
         },
         // The request was refused before it was sent.
         Refused {
@@ -132,7 +137,7 @@ where
     /// The request was sent without the token (another origin).
     pub(crate) fn passed(fut: S::Future) -> Self {
         ResponseFuture {
-            state: State::Resend { fut },
+            state: State::Resend { fut, sent: None },
             replay: None,
         }
     }
@@ -157,6 +162,7 @@ where
                     service,
                     replay_limit,
                     resend: false,
+                    generation: 0,
                 })),
             },
             replay: None,
@@ -279,6 +285,7 @@ where
                             .request
                             .headers_mut()
                             .insert(header_name, entry.header.clone());
+                        pending.generation = entry.generation;
                         State::Ready {
                             pending: Some(pending),
                         }
@@ -288,7 +295,7 @@ where
                             mut request,
                             mut service,
                             replay_limit,
-                            resend: _,
+                            ..
                         } = *pending;
                         let replay = replay_limit.and_then(|limit| request.prepare_replay(limit));
                         request
@@ -318,17 +325,28 @@ where
                         layer,
                         request,
                         mut service,
+                        generation,
                         ..
                     } = *pending;
                     layer.cache.counters.retried();
                     State::Resend {
                         fut: service.call(request),
+                        sent: Some((layer, generation)),
                     }
                 }
-                StateProj::Resend { fut } => {
+                StateProj::Resend { fut, sent } => {
                     let result = ready!(fut.poll(cx));
+                    let sent = sent.take();
                     self.set_done();
-                    return Poll::Ready(result.map_err(Into::into));
+                    return Poll::Ready(match result {
+                        Ok(mut response) => {
+                            if let Some((layer, generation)) = &sent {
+                                response.watch_trailers(|| TrailerWatch::new(layer, *generation));
+                            }
+                            Ok(response)
+                        }
+                        Err(err) => Err(err.into()),
+                    });
                 }
                 StateProj::Refused { error } => {
                     let error = error.take();
@@ -385,6 +403,7 @@ where
             service,
             replay_limit: None,
             resend: true,
+            generation: 0,
         })),
     })
 }

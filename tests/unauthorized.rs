@@ -451,3 +451,94 @@ fn a_scheme_that_is_not_a_token_is_a_config_error_before_any_fetch() {
     assert!(matches!(err, Error::Config(_)), "{err:?}");
     assert_eq!(source.fetches(), 0);
 }
+
+/// A gRPC stream resent with a new token that runs on for a minute and then ends with
+/// UNAUTHENTICATED in its trailers (the new token expired or was revoked mid-stream): the layer
+/// drops that token too, and the next call fetches another. An in-process gRPC service with
+/// tonic's body type, on paused time.
+#[cfg(feature = "tonic")]
+#[tokio::test(start_paused = true)]
+async fn unauthenticated_in_the_trailers_of_a_resent_stream_drops_the_new_token() {
+    use http::{HeaderMap, HeaderValue, Response};
+    use http_body::Frame;
+    use tokio::sync::mpsc;
+
+    type Frames = mpsc::Receiver<Result<Frame<Bytes>, Infallible>>;
+    struct Rx(Frames);
+    impl futures_core::Stream for Rx {
+        type Item = Result<Frame<Bytes>, Infallible>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            self.0.poll_recv(cx)
+        }
+    }
+
+    let source = source();
+    let api = source.api();
+    // The stream the accepted call answers with: the test sends its frames.
+    let (frames, stream) = mpsc::channel(4);
+    let stream = std::sync::Arc::new(std::sync::Mutex::new(Some(stream)));
+    let grpc = tower::service_fn(move |request: Request<tonic::body::Body>| {
+        let (api, stream) = (api.clone(), stream.clone());
+        async move {
+            let authorization = request.headers()["authorization"].to_str().unwrap();
+            let mut response = if api.check(authorization) {
+                let frames = stream.lock().unwrap().take().expect("one stream");
+                Response::new(tonic::body::Body::new(http_body_util::StreamBody::new(Rx(
+                    frames,
+                ))))
+            } else {
+                let mut refused = Response::new(tonic::body::Body::empty());
+                refused
+                    .headers_mut()
+                    .insert("grpc-status", HeaderValue::from_static("16"));
+                refused
+            };
+            response
+                .headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/grpc"));
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let auth = AuthLayer::builder(source.clone())
+        .channel_origin("http://127.0.0.1:50051")
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new().layer(auth.clone()).service(grpc);
+    let call = || {
+        Request::post("/echo.Echo/Count")
+            .header("content-type", "application/grpc")
+            .body(tonic::body::Body::new(Full::new(Bytes::from_static(
+                b"msg",
+            ))))
+            .unwrap()
+    };
+
+    auth.token().await.unwrap();
+    source.api().revoke("tok-1");
+    let response = svc.clone().oneshot(call()).await.unwrap();
+    assert_eq!(auth.stats().retries, 1, "resent with tok-2");
+    let mut body = response.into_body();
+
+    frames
+        .send(Ok(Frame::data(Bytes::from_static(b"m1"))))
+        .await
+        .unwrap();
+    use http_body_util::BodyExt;
+    assert!(body.frame().await.unwrap().unwrap().is_data());
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("16"));
+    frames.send(Ok(Frame::trailers(trailers))).await.unwrap();
+    assert!(body.frame().await.unwrap().unwrap().is_trailers());
+    assert_eq!(
+        auth.stats().unauthorized,
+        2,
+        "tok-1, then tok-2 in the trailers"
+    );
+
+    assert_eq!(auth.token().await.unwrap().access_token().secret(), "tok-3");
+    assert_eq!(source.api().seen(), ["tok-1", "tok-2"]);
+}
