@@ -17,6 +17,7 @@ use support::{
     upload::{CLOSE_EARLY, Protocol, REJECT_AFTER, UploadServer, client, digest},
 };
 use tokio::sync::{Notify, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_bearer::{AuthLayer, TokenSource, replay::ReplayableBody, source::from_fn};
 
@@ -31,6 +32,16 @@ fn pattern(seed: u8, size: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A body whose chunks are all ready at once.
+fn ready(chunks: Vec<Bytes>) -> StreamBody<Ready> {
+    let data: fn(Bytes) -> Result<Frame<Bytes>, Infallible> = |c| Ok(Frame::data(c));
+    StreamBody::new(tokio_stream::iter(chunks.into_iter().map(data)))
+}
+
+type Ready = tokio_stream::Iter<
+    std::iter::Map<std::vec::IntoIter<Bytes>, fn(Bytes) -> Result<Frame<Bytes>, Infallible>>,
+>;
 
 /// Where the task feeding a body pauses: once `at` bytes are sent, until `resume` is notified.
 struct Hold {
@@ -50,13 +61,13 @@ fn chunked(bytes: &[u8], sizes: &[usize], fed_by_task: bool, hold: Option<Hold>)
         i += 1;
     }
     if fed_by_task {
-        let (tx, rx) = mpsc::channel::<Bytes>(1);
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
         tokio::spawn(async move {
             let (mut sent, mut hold) = (0, hold);
             let last = chunks.len();
             for (i, chunk) in chunks.into_iter().enumerate() {
                 sent += chunk.len();
-                if tx.send(chunk).await.is_err() {
+                if tx.send(Ok(Frame::data(chunk))).await.is_err() {
                     return;
                 }
                 if hold.as_ref().is_some_and(|h| sent >= h.at && i + 1 < last) {
@@ -66,33 +77,9 @@ fn chunked(bytes: &[u8], sizes: &[usize], fed_by_task: bool, hold: Option<Hold>)
                 }
             }
         });
-        ReplayableBody::new(StreamBody::new(Receiver(rx)))
+        ReplayableBody::new(StreamBody::new(ReceiverStream::new(rx)))
     } else {
-        ReplayableBody::new(StreamBody::new(Ready(chunks.into_iter())))
-    }
-}
-
-struct Receiver(mpsc::Receiver<Bytes>);
-
-impl futures_core::Stream for Receiver {
-    type Item = Result<Frame<Bytes>, Infallible>;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx).map(|c| c.map(|c| Ok(Frame::data(c))))
-    }
-}
-
-struct Ready(std::vec::IntoIter<Bytes>);
-
-impl futures_core::Stream for Ready {
-    type Item = Result<Frame<Bytes>, Infallible>;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        std::task::Poll::Ready(self.0.next().map(|c| Ok(Frame::data(c))))
+        ReplayableBody::new(ready(chunks))
     }
 }
 
@@ -303,7 +290,7 @@ async fn a_body_that_cannot_be_resent_is_sent_once_and_the_next_request_has_a_ne
     let svc = ServiceBuilder::new()
         .layer(auth.clone())
         .service(client::<Streamed>(Protocol::Http1));
-    let body = || StreamBody::new(Ready(vec![Bytes::from_static(b"abc")].into_iter()));
+    let body = || ready(vec![Bytes::from_static(b"abc")]);
     let post = || Request::post(server.url("/x")).body(body()).unwrap();
 
     assert_eq!(svc.clone().oneshot(post()).await.unwrap().status(), 200);

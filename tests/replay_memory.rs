@@ -21,6 +21,7 @@ use support::{
     upload::{ANSWER_FIRST, Protocol, UploadServer, client},
 };
 use tokio::{sync::mpsc, task::JoinSet};
+use tokio_stream::wrappers::ReceiverStream;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_bearer::{AuthLayer, replay::ReplayableBody};
 
@@ -53,18 +54,6 @@ static GLOBAL: LiveBytes = LiveBytes;
 const STREAMS: usize = 10_000;
 const SENT_PER_STREAM: usize = 4 * 1024;
 
-struct Receiver(mpsc::Receiver<Bytes>);
-
-impl futures_core::Stream for Receiver {
-    type Item = Result<Frame<Bytes>, Infallible>;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx).map(|c| c.map(|c| Ok(Frame::data(c))))
-    }
-}
-
 /// Heap in use once `STREAMS` streams got their 200 and the transport took their 4 KiB,
 /// the streams still open; and the server's count of streams it read to the end afterwards.
 async fn heap_with_open_streams(retry: bool) -> usize {
@@ -82,15 +71,17 @@ async fn heap_with_open_streams(retry: bool) -> usize {
     let mut senders = Vec::with_capacity(STREAMS);
     let mut calls = JoinSet::new();
     for _ in 0..STREAMS {
-        let (tx, rx) = mpsc::channel::<Bytes>(4);
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
         for _ in 0..4 {
-            tx.try_send(Bytes::from(vec![7u8; SENT_PER_STREAM / 4]))
+            tx.try_send(Ok(Frame::data(Bytes::from(vec![7u8; SENT_PER_STREAM / 4]))))
                 .unwrap();
         }
         senders.push(tx);
         let request = Request::post(&url)
             .header(ANSWER_FIRST, "1")
-            .body(ReplayableBody::new(StreamBody::new(Receiver(rx))))
+            .body(ReplayableBody::new(StreamBody::new(ReceiverStream::new(
+                rx,
+            ))))
             .unwrap();
         calls.spawn(svc.clone().oneshot(request));
     }

@@ -203,7 +203,7 @@ async fn a_streaming_body_within_the_limit_is_resent_with_the_same_bytes() {
         let chunks: Vec<Result<http_body::Frame<Bytes>, Infallible>> = (0..100)
             .map(|i| Ok(http_body::Frame::data(Bytes::from(format!("{i:03},")))))
             .collect();
-        let body = http_body_util::StreamBody::new(stream_of(chunks));
+        let body = http_body_util::StreamBody::new(tokio_stream::iter(chunks));
         Request::post("https://api.test/upload")
             .body(ReplayableBody::new(body))
             .unwrap()
@@ -218,21 +218,6 @@ async fn a_streaming_body_within_the_limit_is_resent_with_the_same_bytes() {
     let expected: String = (0..100).map(|i| format!("{i:03},")).collect();
     assert_eq!(response.body(), &expected);
     assert_eq!(api.seen(), ["tok-1", "tok-1", "tok-2"]);
-}
-
-/// A stream over a vector, for `StreamBody`.
-fn stream_of<T: Unpin>(items: Vec<T>) -> impl futures_core::Stream<Item = T> + Unpin {
-    struct Iter<T>(std::vec::IntoIter<T>);
-    impl<T: Unpin> futures_core::Stream for Iter<T> {
-        type Item = T;
-        fn poll_next(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<T>> {
-            std::task::Poll::Ready(self.0.next())
-        }
-    }
-    Iter(items.into_iter())
 }
 
 #[tokio::test(start_paused = true)]
@@ -463,22 +448,10 @@ async fn unauthenticated_in_the_trailers_of_a_resent_stream_drops_the_new_token(
     use http_body::Frame;
     use tokio::sync::mpsc;
 
-    type Frames = mpsc::Receiver<Result<Frame<Bytes>, Infallible>>;
-    struct Rx(Frames);
-    impl futures_core::Stream for Rx {
-        type Item = Result<Frame<Bytes>, Infallible>;
-        fn poll_next(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Self::Item>> {
-            self.0.poll_recv(cx)
-        }
-    }
-
     let source = source();
     let api = source.api();
     // The stream the accepted call answers with: the test sends its frames.
-    let (frames, stream) = mpsc::channel(4);
+    let (frames, stream) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
     let stream = std::sync::Arc::new(std::sync::Mutex::new(Some(stream)));
     let grpc = tower::service_fn(move |request: Request<tonic::body::Body>| {
         let (api, stream) = (api.clone(), stream.clone());
@@ -486,9 +459,9 @@ async fn unauthenticated_in_the_trailers_of_a_resent_stream_drops_the_new_token(
             let authorization = request.headers()["authorization"].to_str().unwrap();
             let mut response = if api.check(authorization) {
                 let frames = stream.lock().unwrap().take().expect("one stream");
-                Response::new(tonic::body::Body::new(http_body_util::StreamBody::new(Rx(
-                    frames,
-                ))))
+                Response::new(tonic::body::Body::new(http_body_util::StreamBody::new(
+                    tokio_stream::wrappers::ReceiverStream::new(frames),
+                )))
             } else {
                 let mut refused = Response::new(tonic::body::Body::empty());
                 refused

@@ -162,7 +162,9 @@ async fn answer(
             }
             drop(done);
         });
-        let mut response = Response::new(BoxBody::new(StreamBody::new(tokio_stream_of(open))));
+        let mut response = Response::new(BoxBody::new(StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(open),
+        )));
         *response.status_mut() = StatusCode::OK;
         return Ok(response);
     }
@@ -181,21 +183,6 @@ fn status(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
     let mut response = Response::new(BoxBody::new(Full::new(body)));
     *response.status_mut() = status;
     response
-}
-
-/// A `Stream` over a tokio channel.
-fn tokio_stream_of<T>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_core::Stream<Item = T> {
-    struct Rx<T>(tokio::sync::mpsc::Receiver<T>);
-    impl<T> futures_core::Stream for Rx<T> {
-        type Item = T;
-        fn poll_next(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<T>> {
-            self.0.poll_recv(cx)
-        }
-    }
-    Rx(rx)
 }
 
 /// A hyper-util client for `B` bodies speaking `protocol`.
