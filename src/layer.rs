@@ -132,6 +132,14 @@ impl AuthLayer {
         crate::middleware::AuthMiddleware::new(Arc::clone(&self.state))
     }
 
+    /// A tower-http `FollowRedirect` policy that removes this layer's token header from hops
+    /// to other origins, for a follower placed inside the layer; see [`crate::redirect`].
+    #[cfg(feature = "follow-redirect")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "follow-redirect")))]
+    pub fn redirect_filter(&self) -> crate::redirect::FilterToken {
+        crate::redirect::FilterToken::new(self.state.header_name.clone())
+    }
+
     /// What the layer has done so far.
     pub fn stats(&self) -> Stats {
         let cache = &self.state.cache;

@@ -51,6 +51,7 @@
 //! | [`origin`] | where a token may go: https only (http to loopback), origin limits, requests addressed by path alone |
 //! | [`grpc`] | gRPC: token failures as a `tonic::Status`, `UNAUTHENTICATED` in a stream's trailers |
 //! | `middleware` | `AuthMiddleware` for `reqwest_middleware` (feature `reqwest-middleware`) |
+//! | `redirect` | `FilterToken`, a tower-http `FollowRedirect` policy (feature `follow-redirect`) |
 //! | [`error`] | the [`Error`] type |
 //! | [`stats`] | [`Stats`], the layer's counters |
 //! | [`store`] | [`TokenStore`](store::TokenStore): where refresh tokens persist ([`MemoryStore`](store::MemoryStore), [`FileStore`](store::FileStore)) |
@@ -94,6 +95,9 @@ pub mod message;
 pub mod middleware;
 mod oauth;
 pub mod origin;
+#[cfg(feature = "follow-redirect")]
+#[cfg_attr(docsrs, doc(cfg(feature = "follow-redirect")))]
+pub mod redirect;
 pub mod replay;
 pub mod service;
 pub mod source;

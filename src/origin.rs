@@ -23,8 +23,10 @@
 //! the token, whatever the [header name](crate::AuthLayerBuilder::header_name). Inside the
 //! layer (`AuthService<FollowRedirect<S>>`), the token is added once and the follower's
 //! `FilterCredentials` strips `Authorization` on a cross-origin hop, but not a custom header:
-//! with a custom header name, put the follower outside. The token endpoint client never
-//! follows redirects (see [`ClientCredentials`](crate::ClientCredentials)).
+//! with a custom header name, put the follower outside, or add the layer's
+//! `redirect_filter()` to the follower's policy (feature `follow-redirect`, see the `redirect`
+//! module). The token endpoint client never follows redirects (see
+//! [`ClientCredentials`](crate::ClientCredentials)).
 
 use std::net::IpAddr;
 

@@ -4,8 +4,8 @@
 //! - Follower **outside** the layer, layer limited with `origin`: every hop passes through the
 //!   layer, and the hop to the other origin goes without the token, whatever header carries it.
 //! - Follower **inside** the layer: the token is added once; tower-http's `FilterCredentials`
-//!   strips `Authorization` on the cross-origin hop, but not a custom header (so with a custom
-//!   header name, put the follower outside).
+//!   strips `Authorization` on the cross-origin hop, but not a custom header: put the follower
+//!   outside, or add the layer's `redirect_filter()` to its policy (feature `follow-redirect`).
 
 mod support;
 
@@ -135,5 +135,30 @@ async fn a_follower_inside_the_layer_strips_authorization_across_origins_but_not
         seen(&target),
         [(None, Some("tok-1".to_owned()))],
         "a custom header is not stripped: put the follower outside the layer"
+    );
+}
+
+/// With the follower inside the layer, the layer's `redirect_filter()` in the follower's policy
+/// strips the token from the hop to another origin whatever header carries it.
+#[cfg(feature = "follow-redirect")]
+#[tokio::test]
+async fn the_layers_redirect_filter_strips_a_custom_header_across_origins() {
+    use tower_http::follow_redirect::policy::{PolicyExt, Standard};
+
+    let (first, target) = servers().await;
+    let auth = layer(|b| b.header_name(CUSTOM).scheme(""));
+    let policy = Standard::default()
+        .and::<_, Empty<Bytes>, hyper_util::client::legacy::Error>(auth.redirect_filter());
+    let svc = ServiceBuilder::new()
+        .layer(auth)
+        .layer(FollowRedirectLayer::with_policy(policy))
+        .service(client::<Empty<Bytes>>(Protocol::Http1));
+    let response = svc.oneshot(get(first.url("/start"))).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(seen(&first), [(None, Some("tok-1".to_owned()))]);
+    assert_eq!(
+        seen(&target),
+        [(None, None)],
+        "the custom header was stripped"
     );
 }
