@@ -1,0 +1,290 @@
+//! End to end: what the layer costs a real client talking to a real server. A hyper-util client
+//! sends requests to a hyper server on 127.0.0.1, over HTTP/1.1 and over HTTP/2 (prior
+//! knowledge), from 64 concurrent callers that each clone the client per request and drive it
+//! with `oneshot`, building each request from its URL string. Two variants, same server, same
+//! token, same header on the wire:
+//!
+//! - `static_header`: tower-http's `AddAuthorization` with a fixed bearer token (the floor);
+//! - `auth_layer_retry_off`: `AuthLayer` with a cached token, `retry_unauthorized(false)`;
+//! - `auth_layer`: `AuthLayer` with a cached token, default settings (retry on).
+//!
+//! The server checks the header on every request (and answers 401 to anything else, which the
+//! bench counts as a failure). The variants run in interleaved rounds, in an order that rotates
+//! from round to round, so that drift on a shared machine falls on all of them; the report gives
+//! each variant's median throughput and the median of its per-round ratios to the floor.
+//!
+//! ```text
+//! cargo bench --bench end_to_end                           # 9 rounds of 20,000 requests per protocol
+//! cargo bench --bench end_to_end -- --requests 50000 --rounds 15 --callers 64 --threads 16
+//! cargo bench --bench end_to_end -- --test                 # one short round each (CI)
+//! ```
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header::AUTHORIZATION};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo},
+};
+use tokio::net::TcpListener;
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+use tower_bearer::{AuthLayer, StaticToken};
+use tower_http::auth::AddAuthorizationLayer;
+
+/// 90 bytes, the size of a short JWT.
+const TOKEN: &str =
+    "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJiZW5jaCIsImF1ZCI6ImFwaSJ9.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg00";
+
+type Body = Empty<Bytes>;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "HTTP/1.1",
+            Protocol::Http2 => "HTTP/2",
+        }
+    }
+}
+
+struct Settings {
+    requests: u64,
+    rounds: usize,
+    callers: u64,
+    threads: usize,
+}
+
+fn settings() -> Settings {
+    let mut settings = Settings {
+        requests: 20_000,
+        rounds: 9,
+        callers: 64,
+        threads: 2,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || {
+            args.next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or_else(|| usage(&arg))
+        };
+        match arg.as_str() {
+            "--test" => {
+                settings.requests = 500;
+                settings.rounds = 1;
+            }
+            "--requests" => settings.requests = value(),
+            "--rounds" => settings.rounds = value() as usize,
+            "--callers" => settings.callers = value(),
+            "--threads" => settings.threads = value() as usize,
+            // `cargo bench` passes `--bench`; criterion's other flags mean nothing here.
+            _ => {}
+        }
+    }
+    settings
+}
+
+fn usage(arg: &str) -> ! {
+    eprintln!(
+        "end_to_end [--test] [--requests N] [--rounds R] [--callers C] [--threads T]: bad {arg}"
+    );
+    std::process::exit(2)
+}
+
+/// A server that answers 200 `ok` to a request carrying the bench's bearer token, 401 to any
+/// other.
+async fn serve(protocol: Protocol) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let expected: &'static str = Box::leak(format!("Bearer {TOKEN}").into_boxed_str());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let _ = stream.set_nodelay(true);
+            let service =
+                hyper::service::service_fn(move |request: Request<Incoming>| async move {
+                    let ok = request
+                        .headers()
+                        .get(AUTHORIZATION)
+                        .is_some_and(|v| v.as_bytes() == expected.as_bytes());
+                    let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
+                    if !ok {
+                        *response.status_mut() = StatusCode::UNAUTHORIZED;
+                    }
+                    Ok::<_, Infallible>(response)
+                });
+            let io = TokioIo::new(stream);
+            tokio::spawn(async move {
+                let _ = match protocol {
+                    Protocol::Http1 => {
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, service)
+                            .await
+                    }
+                    Protocol::Http2 => {
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, service)
+                            .await
+                    }
+                };
+            });
+        }
+    });
+    addr
+}
+
+fn client(protocol: Protocol) -> Client<HttpConnector, Body> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .http2_only(protocol == Protocol::Http2)
+        .pool_max_idle_per_host(1024)
+        .build(connector)
+}
+
+/// `requests` requests from `callers` concurrent callers, each cloning `svc` per request; the
+/// throughput in requests per second. Panics if any request fails.
+async fn round<S>(svc: S, url: Arc<str>, requests: u64, callers: u64) -> f64
+where
+    S: Service<Request<Body>, Response = Response<Incoming>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+{
+    let left = Arc::new(AtomicU64::new(requests));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..callers {
+        let (svc, url, left) = (svc.clone(), Arc::clone(&url), Arc::clone(&left));
+        tasks.spawn(async move {
+            while left
+                .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                let request = Request::get(&*url).body(Body::new()).unwrap();
+                let response = svc
+                    .clone()
+                    .oneshot(request)
+                    .await
+                    .map_err(Into::into)
+                    .expect("request failed");
+                assert_eq!(response.status(), StatusCode::OK);
+                response.into_body().collect().await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    requests as f64 / started.elapsed().as_secs_f64()
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn main() {
+    let settings = settings();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.threads)
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "end_to_end: {} callers, {} requests per round, {} interleaved rounds, {} runtime threads\n",
+        settings.callers, settings.requests, settings.rounds, settings.threads
+    );
+    println!(
+        "| protocol | variant | req/s (median) | ratio to the floor (median of rounds) | min | max |"
+    );
+    println!("|---|---|---:|---:|---:|---:|");
+    for protocol in [Protocol::Http1, Protocol::Http2] {
+        runtime.block_on(run(protocol, &settings));
+    }
+}
+
+const VARIANTS: [&str; 3] = ["static_header", "auth_layer_retry_off", "auth_layer"];
+
+async fn run(protocol: Protocol, settings: &Settings) {
+    let addr = serve(protocol).await;
+    let url: Arc<str> = Arc::from(format!("http://{addr}/v1/items?page=2"));
+    let inner = client(protocol);
+    let floor = ServiceBuilder::new()
+        .layer(AddAuthorizationLayer::bearer(TOKEN))
+        .service(inner.clone());
+    let layer = |retry: bool| {
+        AuthLayer::builder(StaticToken::new(TOKEN))
+            .retry_unauthorized(retry)
+            .build()
+            .unwrap()
+    };
+    let (retry_off, retry_on) = (layer(false), layer(true));
+    retry_off.token().await.unwrap();
+    retry_on.token().await.unwrap();
+    let retry_off = ServiceBuilder::new()
+        .layer(retry_off)
+        .service(inner.clone());
+    let retry_on = ServiceBuilder::new().layer(retry_on).service(inner.clone());
+
+    let once = |variant: usize, requests: u64| {
+        let url = Arc::clone(&url);
+        let callers = settings.callers;
+        let (floor, retry_off, retry_on) = (floor.clone(), retry_off.clone(), retry_on.clone());
+        async move {
+            match variant {
+                0 => round(floor, url, requests, callers).await,
+                1 => round(retry_off, url, requests, callers).await,
+                _ => round(retry_on, url, requests, callers).await,
+            }
+        }
+    };
+    // Warm every variant: connections open, allocator and caches settled.
+    for variant in 0..VARIANTS.len() {
+        once(variant, settings.requests.min(2_000)).await;
+    }
+    let mut throughput = vec![Vec::new(); VARIANTS.len()];
+    let mut ratios = vec![Vec::new(); VARIANTS.len()];
+    for round_index in 0..settings.rounds {
+        let mut this_round = [0.0; VARIANTS.len()];
+        for step in 0..VARIANTS.len() {
+            let variant = (round_index + step) % VARIANTS.len();
+            this_round[variant] = once(variant, settings.requests).await;
+        }
+        for (variant, value) in this_round.iter().enumerate() {
+            throughput[variant].push(*value);
+            ratios[variant].push(value / this_round[0]);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (variant, name) in VARIANTS.iter().enumerate() {
+        let (min, max) = ratios[variant]
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+        println!(
+            "| {} | `{name}` | {:.0} | {:.3} | {:.3} | {:.3} |",
+            protocol.name(),
+            median(&mut throughput[variant]),
+            median(&mut ratios[variant]),
+            min,
+            max
+        );
+    }
+}
