@@ -138,6 +138,7 @@ fn excerpt_suffix(excerpt: &Option<String>) -> String {
 
 impl Error {
     /// Records the endpoint's `Retry-After`.
+    #[cfg_attr(not(feature = "oauth"), allow(dead_code))]
     pub(crate) fn with_retry_after(mut self, after: Option<Duration>) -> Self {
         match &mut self {
             Error::UnexpectedResponse { retry_after, .. } => *retry_after = after,
@@ -246,6 +247,7 @@ pub struct OAuthError {
 }
 
 impl OAuthError {
+    #[cfg_attr(not(feature = "oauth"), allow(dead_code))]
     pub(crate) fn new(
         status: StatusCode,
         code: String,
@@ -319,28 +321,38 @@ impl StdError for OAuthError {}
 /// Wraps the `reqwest` error with the request URL removed, since a URL can carry credentials
 /// (see [`ClientAuth::Query`](crate::ClientAuth::Query)).
 #[derive(Debug, Clone)]
-pub struct TransportError(Arc<reqwest::Error>);
+pub struct TransportError {
+    error: Arc<dyn StdError + Send + Sync>,
+    timeout: bool,
+    connect: bool,
+}
 
 impl TransportError {
+    #[cfg(feature = "oauth")]
     pub(crate) fn new(err: reqwest::Error) -> Self {
-        TransportError(Arc::new(err.without_url()))
+        let err = err.without_url();
+        TransportError {
+            timeout: err.is_timeout(),
+            connect: err.is_connect(),
+            error: Arc::new(err),
+        }
     }
 
     /// `true` if the request timed out.
     pub fn is_timeout(&self) -> bool {
-        self.0.is_timeout()
+        self.timeout
     }
 
     /// `true` if no connection could be made.
     pub fn is_connect(&self) -> bool {
-        self.0.is_connect()
+        self.connect
     }
 }
 
 impl fmt::Display for TransportError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)?;
-        let mut source = self.0.source();
+        fmt::Display::fmt(&self.error, f)?;
+        let mut source = self.error.source();
         while let Some(s) = source {
             write!(f, ": {s}")?;
             source = s.source();

@@ -93,6 +93,7 @@ pub mod message;
 #[cfg(feature = "reqwest-middleware")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
 pub mod middleware;
+#[cfg(feature = "oauth")]
 mod oauth;
 pub mod origin;
 #[cfg(feature = "follow-redirect")]
@@ -109,16 +110,21 @@ pub use error::{Error, OAuthError};
 pub use future::ResponseFuture;
 pub use layer::{AuthLayer, AuthLayerBuilder};
 pub use message::{AuthRequest, AuthResponse};
+#[cfg(feature = "oauth")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
 pub use oauth::{ClientAuth, Pkce, ProviderMetadata};
 pub use service::AuthService;
+pub use source::{StaticToken, TokenSource};
+#[cfg(feature = "oauth")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
 pub use source::{
     AuthorizationCode, AuthorizationCodeBuilder, ClientCredentials, ClientCredentialsBuilder,
-    RefreshTokenGrant, RefreshTokenGrantBuilder, StaticToken, TokenSource,
+    RefreshTokenGrant, RefreshTokenGrantBuilder,
 };
 pub use stats::Stats;
 pub use token::{AccessToken, ClientSecret, PkceVerifier, RefreshToken, Token};
 
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "oauth"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 

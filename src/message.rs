@@ -151,6 +151,8 @@ impl<B: 'static> AuthResponse for Response<B> {
 }
 
 /// reqwest requests are replayed with [`reqwest::Request::try_clone`]: any body but a stream.
+#[cfg(feature = "oauth")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
 impl AuthRequest for reqwest::Request {
     type Replay = reqwest::Request;
 
@@ -183,6 +185,8 @@ impl AuthRequest for reqwest::Request {
     }
 }
 
+#[cfg(feature = "oauth")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
 impl AuthResponse for reqwest::Response {
     fn status(&self) -> StatusCode {
         reqwest::Response::status(self)

@@ -31,18 +31,29 @@ use std::{future::Future, pin::Pin, sync::Arc};
 
 use crate::{Error, Token};
 
+#[cfg(feature = "oauth")]
 mod authorization_code;
+#[cfg(feature = "oauth")]
 mod client_credentials;
 mod from_fn;
+#[cfg(feature = "oauth")]
 mod refresh_token;
 mod static_token;
 
+#[cfg(feature = "oauth")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
 pub use authorization_code::{AuthorizationCode, AuthorizationCodeBuilder};
+#[cfg(feature = "oauth")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
 pub use client_credentials::{ClientCredentials, ClientCredentialsBuilder};
 pub use from_fn::{FromFn, from_fn};
+#[cfg(feature = "oauth")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
 pub use refresh_token::{RefreshTokenGrant, RefreshTokenGrantBuilder};
 pub use static_token::StaticToken;
 
+#[cfg(feature = "oauth")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
 pub use crate::oauth::DEFAULT_REQUEST_TIMEOUT;
 
 /// Fetches tokens. The layer's cache calls [`fetch`](TokenSource::fetch) when it needs a new token,

@@ -128,6 +128,7 @@ impl StoredToken {
 
     /// The state after a token response: the new access token, and the new refresh token if
     /// the response rotated it, else the one we had.
+    #[cfg_attr(not(feature = "oauth"), allow(dead_code))]
     pub(crate) fn from_response(token: &Token, previous: Option<&RefreshToken>) -> Self {
         let expires_at = token
             .expires_in()
@@ -142,6 +143,7 @@ impl StoredToken {
     }
 
     /// The stored access token as a [`Token`], if it has not expired.
+    #[cfg_attr(not(feature = "oauth"), allow(dead_code))]
     pub(crate) fn live_access_token(&self) -> Option<Token> {
         let access = self.access_token.as_ref()?;
         let mut token = Token::new(access.secret());
@@ -174,9 +176,11 @@ impl fmt::Debug for StoredToken {
     }
 }
 
+#[cfg_attr(not(feature = "oauth"), allow(dead_code))]
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Object-safe form of [`TokenStore`].
+#[cfg_attr(not(feature = "oauth"), allow(dead_code))]
 pub(crate) trait DynTokenStore: Send + Sync + 'static {
     fn load_boxed(&self) -> BoxFuture<'_, Result<Option<StoredToken>, Error>>;
     fn save_boxed<'a>(&'a self, token: &'a StoredToken) -> BoxFuture<'a, Result<(), Error>>;
