@@ -7,7 +7,7 @@
 //!     │ no fresh token           ▼
 //!     └─► Acquire ──► Send     forget that token (if still current),
 //!                                and if the body can be replayed:
-//!                              Acquire ──► Ready ──► Resend ──► done (whatever it answers)
+//!                              Acquire ──► Ready ──► Forward ──► done (whatever it answers)
 //! ```
 //!
 //! `Acquire` waits for the cache's single-flight fetch (a boxed future: this is the slow path).
@@ -95,10 +95,11 @@ pin_project! {
         Ready {
             pending: Option<Box<Pending<S, R>>>,
         },
-        // The resend, or a request sent without the token: whatever it answers goes to the
-        // caller. `sent` is the layer and generation of the token a resend carries, so that
-        // `UNAUTHENTICATED` in its trailers still drops that token.
-        Resend {
+        // A request whose answer goes to the caller as it is: the resend after a 401 (`sent`
+        // is the layer and generation of the token it carries, so that `UNAUTHENTICATED` in
+        // its trailers still drops that token), or a request passed through without the token
+        // (`sent` is `None`).
+        Forward {
             #[pin]
             fut: F,
             sent: Option<(LayerHandle, u64)>,
@@ -137,7 +138,7 @@ where
     /// The request was sent without the token (another origin).
     pub(crate) fn passed(fut: S::Future) -> Self {
         ResponseFuture {
-            state: State::Resend { fut, sent: None },
+            state: State::Forward { fut, sent: None },
             replay: None,
         }
     }
@@ -329,12 +330,12 @@ where
                         ..
                     } = *pending;
                     layer.cache.counters.retried();
-                    State::Resend {
+                    State::Forward {
                         fut: service.call(request),
                         sent: Some((layer, generation)),
                     }
                 }
-                StateProj::Resend { fut, sent } => {
+                StateProj::Forward { fut, sent } => {
                     let result = ready!(fut.poll(cx));
                     let sent = sent.take();
                     self.set_done();
@@ -432,7 +433,8 @@ where
             State::Acquire { .. } => "Acquire",
             State::Send { .. } => "Send",
             State::Ready { .. } => "Ready",
-            State::Resend { .. } => "Resend",
+            State::Forward { sent: Some(_), .. } => "Resend",
+            State::Forward { sent: None, .. } => "PassedThrough",
             State::Refused { .. } => "Refused",
             State::Done => "Done",
         };

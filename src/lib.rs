@@ -114,13 +114,13 @@ pub use message::{AuthRequest, AuthResponse};
 #[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
 pub use oauth::{ClientAuth, Pkce, ProviderMetadata};
 pub use service::AuthService;
-pub use source::{StaticToken, TokenSource};
 #[cfg(feature = "oauth")]
 #[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
 pub use source::{
     AuthorizationCode, AuthorizationCodeBuilder, ClientCredentials, ClientCredentialsBuilder,
     RefreshTokenGrant, RefreshTokenGrantBuilder,
 };
+pub use source::{StaticToken, TokenSource};
 pub use stats::Stats;
 pub use token::{AccessToken, ClientSecret, PkceVerifier, RefreshToken, Token};
 

@@ -151,9 +151,10 @@ struct CacheState {
     generation: u64,
 }
 
-enum Step {
-    Ready(Arc<Entry>),
-    Wait(Arc<Flight>),
+/// What a caller finds in the cache: a token to send, or a fetch to wait for.
+enum Found {
+    Token(Arc<Entry>),
+    Flight(Arc<Flight>),
 }
 
 impl TokenCache {
@@ -234,9 +235,9 @@ impl TokenCache {
     pub(crate) async fn acquire(self: Arc<Self>) -> Result<Arc<Entry>, Error> {
         let mut waited = false;
         loop {
-            let flight = match self.step()? {
-                Step::Ready(entry) => return Ok(entry),
-                Step::Wait(flight) => flight,
+            let flight = match self.find()? {
+                Found::Token(entry) => return Ok(entry),
+                Found::Flight(flight) => flight,
             };
             if !waited {
                 self.counters.waited();
@@ -266,16 +267,16 @@ impl TokenCache {
         }
     }
 
-    fn step(self: &Arc<Self>) -> Result<Step, Error> {
+    fn find(self: &Arc<Self>) -> Result<Found, Error> {
         let now = Instant::now();
         if let Some(entry) = self.usable(now) {
-            return Ok(Step::Ready(entry));
+            return Ok(Found::Token(entry));
         }
         let runtime = self.fetch_runtime()?;
         let mut state = self.lock_state();
         if let Some(flight) = &state.flight {
             if now < flight.deadline {
-                return Ok(Step::Wait(Arc::clone(flight)));
+                return Ok(Found::Flight(Arc::clone(flight)));
             }
         }
         if let Some(overdue) = self.take_overdue(&mut state, now) {
@@ -286,7 +287,7 @@ impl TokenCache {
         // A flight may have finished between the look above and taking the lock.
         if let Some(entry) = self.current.load_full() {
             if entry.use_at(now) != Use::Wait {
-                return Ok(Step::Ready(entry));
+                return Ok(Found::Token(entry));
             }
         }
         // Within the backoff after a failure, fail fast with the last error: the endpoint sees
@@ -297,7 +298,7 @@ impl TokenCache {
                 return Err(failures.error.clone());
             }
         }
-        Ok(Step::Wait(self.start_flight(state, runtime, now, false)))
+        Ok(Found::Flight(self.start_flight(state, runtime, now, false)))
     }
 
     /// The current token, if a request at `now` may send it.
