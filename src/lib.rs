@@ -39,22 +39,25 @@
 //!
 //! # Modules
 //!
-//! | module | holds |
-//! |---|---|
-//! | [`layer`] | [`AuthLayer`] and its settings |
-//! | [`service`] | [`AuthService`], the per-request hot path |
-//! | [`future`] | [`ResponseFuture`]: acquire → send → on 401 refresh → resend |
-//! | [`source`] | the [`TokenSource`] trait and [`ClientCredentials`], [`from_fn`](source::from_fn), [`StaticToken`] |
-//! | [`token`] | [`Token`] and the redacted, zeroized secret types |
-//! | [`replay`] | which request bodies are resent after a 401, and [`ReplayableBody`](replay::ReplayableBody) for streams |
-//! | [`message`] | [`AuthRequest`], [`AuthResponse`]: `http` and `reqwest` requests and responses |
-//! | [`origin`] | where a token may go: https only (http to loopback), origin limits, requests addressed by path alone |
-//! | [`grpc`] | gRPC: token failures as a `tonic::Status`, `UNAUTHENTICATED` in a stream's trailers |
-//! | `middleware` | `AuthMiddleware` for `reqwest_middleware` (feature `reqwest-middleware`) |
-//! | `redirect` | `FilterToken`, a tower-http `FollowRedirect` policy (feature `follow-redirect`) |
-//! | [`error`] | the [`Error`] type |
-//! | [`stats`] | [`Stats`], the layer's counters |
-//! | [`store`] | [`TokenStore`](store::TokenStore): where refresh tokens persist ([`MemoryStore`](store::MemoryStore), [`FileStore`](store::FileStore)) |
+//! | module | holds | source |
+//! |---|---|---|
+//! | [`layer`] | [`AuthLayer`] and its settings | `src/middleware/layer.rs` |
+//! | [`service`] | [`AuthService`], the per-request hot path | `src/middleware/service.rs` |
+//! | [`future`] | [`ResponseFuture`]: acquire → send → on 401 refresh → resend | `src/middleware/future.rs` |
+//! | [`message`] | [`AuthRequest`], [`AuthResponse`]: `http` and `reqwest` requests and responses | `src/middleware/message.rs` |
+//! | [`origin`] | where a token may go: https only (http to loopback), origin limits, requests addressed by path alone | `src/middleware/origin.rs` |
+//! | (internal) | reading a 401's `WWW-Authenticate` challenge | `src/middleware/challenge.rs` |
+//! | (internal) | the token cache: one current token, single flight, refresh ahead, backoff | `src/cache/` (`mod.rs`, `entry.rs`, `flight.rs`, `backoff.rs`) |
+//! | [`replay`] | which request bodies are resent after a 401, and [`ReplayableBody`](replay::ReplayableBody) for streams | `src/replay/` |
+//! | [`source`] | the [`TokenSource`] trait and its implementations: `ClientCredentials`, `RefreshTokenGrant`, `AuthorizationCode` (feature `oauth`), [`from_fn`](source::from_fn), [`StaticToken`] | `src/source/` |
+//! | (internal) | the OAuth 2.0 wire protocol: token requests, client authentication, responses, discovery, PKCE (feature `oauth`) | `src/oauth/` |
+//! | [`store`] | [`TokenStore`](store::TokenStore): where refresh tokens persist ([`MemoryStore`](store::MemoryStore), [`FileStore`](store::FileStore)) | `src/store/` |
+//! | [`token`] | [`Token`] and the redacted, zeroized secret types | `src/token.rs` |
+//! | [`grpc`] | gRPC: token failures as a `tonic::Status`, `UNAUTHENTICATED` in a stream's trailers | `src/integrations/grpc.rs` |
+//! | `redirect` | `FilterToken`, a tower-http `FollowRedirect` policy (feature `follow-redirect`) | `src/integrations/redirect.rs` |
+//! | `reqwest_middleware` | `AuthMiddleware` for `reqwest_middleware` (feature `reqwest-middleware`) | `src/integrations/reqwest_middleware.rs` |
+//! | [`error`] | the [`Error`] type | `src/error.rs` |
+//! | [`stats`] | [`Stats`], the layer's counters and metrics | `src/stats.rs` |
 //!
 //! The cache (single-flight fetching) and the token-endpoint protocol are internal; their
 //! behaviour is described on [`AuthLayer`] and [`ClientCredentials`].
@@ -84,27 +87,27 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod cache;
-mod challenge;
 pub mod error;
-pub mod future;
-pub mod grpc;
-pub mod layer;
-pub mod message;
-#[cfg(feature = "reqwest-middleware")]
-#[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
-pub mod middleware;
+mod integrations;
+mod middleware;
 #[cfg(feature = "oauth")]
 mod oauth;
-pub mod origin;
-#[cfg(feature = "follow-redirect")]
-#[cfg_attr(docsrs, doc(cfg(feature = "follow-redirect")))]
-pub mod redirect;
 pub mod replay;
-pub mod service;
 pub mod source;
 pub mod stats;
 pub mod store;
 pub mod token;
+
+pub(crate) use middleware::challenge;
+pub use middleware::{future, layer, message, origin, service};
+
+pub use integrations::grpc;
+#[cfg(feature = "follow-redirect")]
+#[cfg_attr(docsrs, doc(cfg(feature = "follow-redirect")))]
+pub use integrations::redirect;
+#[cfg(feature = "reqwest-middleware")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
+pub use integrations::reqwest_middleware;
 
 pub use error::{Error, OAuthError};
 pub use future::ResponseFuture;

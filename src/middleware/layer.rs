@@ -128,8 +128,8 @@ impl AuthLayer {
     /// The same token cache as a `reqwest_middleware` middleware.
     #[cfg(feature = "reqwest-middleware")]
     #[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
-    pub fn middleware(&self) -> crate::middleware::AuthMiddleware {
-        crate::middleware::AuthMiddleware::new(Arc::clone(&self.state))
+    pub fn middleware(&self) -> crate::reqwest_middleware::AuthMiddleware {
+        crate::reqwest_middleware::AuthMiddleware::new(Arc::clone(&self.state))
     }
 
     /// A tower-http `FollowRedirect` policy that removes this layer's token header from hops

@@ -1,0 +1,12 @@
+//! The tower middleware: [`AuthLayer`](layer::AuthLayer) and its settings,
+//! [`AuthService`](service::AuthService) (the per-request path), its
+//! [`ResponseFuture`](future::ResponseFuture) (acquire → send → on 401 refresh → resend), the
+//! request and response types it serves, where a token may go, and how a 401 is read.
+//! The modules are public at the crate root.
+
+pub(crate) mod challenge;
+pub mod future;
+pub mod layer;
+pub mod message;
+pub mod origin;
+pub mod service;
