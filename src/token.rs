@@ -237,6 +237,25 @@ impl fmt::Debug for Token {
 mod tests {
     use super::*;
 
+    /// Compiles only if `T` wipes its memory when dropped.
+    fn wipes_on_drop<T: zeroize::ZeroizeOnDrop + ?Sized>(_: &T) {}
+
+    #[test]
+    fn secrets_and_header_buffers_are_held_in_types_that_wipe_on_drop() {
+        // Each secret type holds a `SecretString`, which zeroizes on drop: changing the field to
+        // a plain `String` stops this test from compiling.
+        wipes_on_drop(&AccessToken::new("a").0);
+        wipes_on_drop(&RefreshToken::new("r").0);
+        wipes_on_drop(&ClientSecret::new("c").0);
+        wipes_on_drop(&PkceVerifier::new("v").0);
+        // The header's bytes are owned by a `Zeroizing` buffer, wiped with the last handle.
+        let owner = ZeroizeOnDrop(Zeroizing::new(b"Bearer t".to_vec()));
+        wipes_on_drop(&owner.0);
+        let header = Token::new("t").header_value("Bearer").unwrap();
+        assert!(header.is_sensitive());
+        assert!(copy_header(&header).is_sensitive());
+    }
+
     #[test]
     fn debug_never_shows_secrets() {
         let t = Token::new("access-SECRET")

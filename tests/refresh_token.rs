@@ -506,3 +506,49 @@ async fn query_client_auth_keeps_the_refresh_token_out_of_the_url() {
             .contains(&("refresh_token".into(), "rt-0".into()))
     );
 }
+
+/// One grant shared by two layers (clones of one `RefreshTokenGrant`, as two clients of one
+/// user would): each layer has its own single flight, and the grant's own lock serializes their
+/// refreshes, so under 1,000 callers per layer no refresh token is ever sent twice.
+#[tokio::test]
+async fn a_grant_shared_by_two_layers_never_sends_a_refresh_token_twice() {
+    let idp = StandInIdp::start().await;
+    idp.add_refresh_token("rt-0");
+    let shared = grant(&idp, seeded("rt-0"));
+    let first = AuthLayer::new(shared.clone());
+    let second = AuthLayer::new(shared);
+
+    for _round in 0..3 {
+        let mut set = JoinSet::new();
+        for i in 0..2_000 {
+            let auth = if i % 2 == 0 {
+                first.clone()
+            } else {
+                second.clone()
+            };
+            set.spawn(async move { auth.token().await.unwrap() });
+        }
+        let tokens = set.join_all().await;
+        // As if the API had rejected what each layer holds: both must fetch again.
+        for auth in [&first, &second] {
+            let current = auth.token().await.unwrap();
+            auth.invalidate(&current);
+        }
+        assert!(
+            tokens
+                .iter()
+                .all(|t| t.access_token().secret().starts_with("at-"))
+        );
+    }
+    let sent = idp.refresh_tokens_sent();
+    let mut unique = sent.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        sent.len(),
+        "a refresh token sent twice: {sent:?}"
+    );
+    assert!(sent.len() >= 3, "{sent:?}");
+    assert_eq!(idp.reuse_detected(), 0);
+}

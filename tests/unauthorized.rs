@@ -515,3 +515,39 @@ async fn unauthenticated_in_the_trailers_of_a_resent_stream_drops_the_new_token(
     assert_eq!(auth.token().await.unwrap().access_token().secret(), "tok-3");
     assert_eq!(source.api().seen(), ["tok-1", "tok-2"]);
 }
+
+/// The default replay limit is 64 KiB: a streamed body of exactly 65,536 bytes is resent after
+/// a 401, one of 65,537 is not (its 401 goes to the caller).
+#[tokio::test(start_paused = true)]
+async fn the_default_replay_limit_is_64_kib() {
+    use tower_bearer::replay::ReplayableBody;
+    let source = source();
+    let auth = AuthLayer::new(source.clone());
+    let api = source.api();
+    let svc = ServiceBuilder::new()
+        .layer(auth.clone())
+        .service(api.clone());
+    let upload = |len: usize| {
+        // Streamed in 1 KiB chunks, the last one short.
+        let chunks: Vec<Result<http_body::Frame<Bytes>, Infallible>> = vec![b'x'; len]
+            .chunks(1024)
+            .map(|c| Ok(http_body::Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
+        let body = http_body_util::StreamBody::new(tokio_stream::iter(chunks));
+        Request::post("https://api.test/upload")
+            .body(ReplayableBody::new(body))
+            .unwrap()
+    };
+    svc.clone().oneshot(upload(1)).await.unwrap();
+
+    api.revoke("tok-1");
+    let response = svc.clone().oneshot(upload(64 * 1024)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.body().len(), 64 * 1024, "resent whole");
+    assert_eq!(auth.stats().retries, 1);
+
+    api.revoke("tok-2");
+    let response = svc.clone().oneshot(upload(64 * 1024 + 1)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(auth.stats().not_resent, 1);
+}

@@ -619,3 +619,70 @@ impl fmt::Debug for TokenCache {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        convert::Infallible,
+        future::{Future, Ready, ready},
+        pin::pin,
+        sync::mpsc,
+        task::{Context, Poll, Waker},
+        time::Duration,
+    };
+
+    use http::{Request, Response};
+    use tower_layer::Layer;
+    use tower_service::Service;
+
+    use crate::{AuthLayer, StaticToken};
+
+    #[derive(Clone)]
+    struct Answer;
+
+    impl Service<Request<()>> for Answer {
+        type Response = Response<()>;
+        type Error = Infallible;
+        type Future = Ready<Result<Response<()>, Infallible>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: Request<()>) -> Self::Future {
+            ready(Ok(Response::new(())))
+        }
+    }
+
+    /// The valid-token path takes no lock: requests complete while another thread holds the
+    /// cache's state lock (which every change of the current token takes). If a request took
+    /// it, the request thread would block and the test would fail at its deadline.
+    #[tokio::test]
+    async fn the_valid_token_path_completes_while_the_state_lock_is_held() {
+        let auth = AuthLayer::new(StaticToken::new("t"));
+        auth.token().await.unwrap();
+        let cache = std::sync::Arc::clone(auth.cache());
+        let mut svc = auth.layer(Answer);
+
+        let (locked, release) = (mpsc::channel(), mpsc::channel::<()>());
+        let holder = std::thread::spawn(move || {
+            let _guard = cache.lock_state();
+            locked.0.send(()).unwrap();
+            let _ = release.1.recv();
+        });
+        locked.1.recv().unwrap();
+
+        let (done, finished) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut cx = Context::from_waker(Waker::noop());
+            for _ in 0..100 {
+                let request = Request::get("https://api.example.com/").body(()).unwrap();
+                let mut fut = pin!(svc.call(request));
+                assert!(matches!(fut.as_mut().poll(&mut cx), Poll::Ready(Ok(_))));
+            }
+            done.send(()).unwrap();
+        });
+        let outcome = finished.recv_timeout(Duration::from_secs(30));
+        release.0.send(()).unwrap();
+        holder.join().unwrap();
+        outcome.expect("requests blocked on the state lock");
+    }
+}

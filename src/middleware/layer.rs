@@ -140,6 +140,12 @@ impl AuthLayer {
         crate::redirect::FilterToken::new(self.state.header_name.clone())
     }
 
+    /// The layer's token cache, for the crate's own tests.
+    #[cfg(test)]
+    pub(crate) fn cache(&self) -> &Arc<TokenCache> {
+        &self.state.cache
+    }
+
     /// What the layer has done so far.
     pub fn stats(&self) -> Stats {
         let cache = &self.state.cache;

@@ -253,4 +253,32 @@ mod tests {
         assert!(matches!(err, Error::Store(_)), "{err:?}");
         assert!(err.to_string().contains("write"), "{err}");
     }
+
+    /// Readers running while the file is rewritten over and over see the old state or the new
+    /// one, never a torn or empty file: the write goes to a temporary file renamed over the old.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_never_see_a_torn_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path().join("t.json"));
+        // Large enough that a write in place would be seen half done.
+        let a = sample().with_scope("a".repeat(64 * 1024));
+        let b = sample().with_scope("b".repeat(64 * 1024));
+        store.save(&a).await.unwrap();
+        let writer = {
+            let (store, a, b) = (store.clone(), a.clone(), b.clone());
+            tokio::spawn(async move {
+                for i in 0..200 {
+                    store.save(if i % 2 == 0 { &b } else { &a }).await.unwrap();
+                }
+            })
+        };
+        let mut reads = 0;
+        while !writer.is_finished() {
+            let loaded = store.load().await.unwrap().expect("never missing");
+            assert!(loaded == a || loaded == b, "a torn read");
+            reads += 1;
+        }
+        writer.await.unwrap();
+        assert!(reads > 0);
+    }
 }
