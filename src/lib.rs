@@ -47,7 +47,7 @@
 //! | [`message`] | [`AuthRequest`], [`AuthResponse`]: `http` and `reqwest` requests and responses | `src/middleware/message.rs` |
 //! | [`origin`] | where a token may go: https only (http to loopback), origin limits, requests addressed by path alone | `src/middleware/origin.rs` |
 //! | (internal) | reading a 401's `WWW-Authenticate` challenge | `src/middleware/challenge.rs` |
-//! | (internal) | the token cache: one current token, single flight, refresh ahead, backoff | `src/cache/` (`mod.rs`, `entry.rs`, `flight.rs`, `backoff.rs`) |
+//! | (internal) | the token cache: one current token, single flight, refresh ahead, backoff | `src/cache/` (`mod.rs`, `entry.rs`, `refresh.rs`, `flight.rs`, `backoff.rs`) |
 //! | [`replay`] | which request bodies are resent after a 401, and [`ReplayableBody`](replay::ReplayableBody) for streams | `src/replay/` |
 //! | [`source`] | the [`TokenSource`] trait and its implementations: `ClientCredentials`, `RefreshTokenGrant`, `AuthorizationCode` (feature `oauth`), [`from_fn`](source::from_fn), [`StaticToken`] | `src/source/` |
 //! | (internal) | the OAuth 2.0 wire protocol: token requests, client authentication, responses, discovery, PKCE (feature `oauth`) | `src/oauth/` |

@@ -3,8 +3,8 @@
 //! A request reads the current [`Entry`] without a lock and compares one read of the monotonic
 //! clock with the entry's instants (see [`entry`]): before its refresh point the token is sent
 //! with nothing more to do. Past it, the request still sends the token and starts one background
-//! refresh; only a token past its expiry (less a small allowance), or none at all, makes callers
-//! wait.
+//! refresh (see [`refresh`]); only a token past its expiry (less a small allowance), or none at
+//! all, makes callers wait.
 //!
 //! Waiting goes through [`TokenCache::acquire`]. The first caller starts a *flight* (see
 //! [`flight`]): a Tokio task that calls the [`TokenSource`](crate::TokenSource), retrying
@@ -20,6 +20,7 @@
 mod backoff;
 mod entry;
 mod flight;
+mod refresh;
 
 use std::{
     fmt,
@@ -204,26 +205,6 @@ impl TokenCache {
         self.current.load_full()
     }
 
-    /// Whether a request at `now` may send `entry`, a token past its quiet period: starts a
-    /// background refresh when one is due, counts a stale token, claims a use of a use-limited
-    /// one. `false`: wait for a new token.
-    #[cold]
-    #[inline(never)]
-    pub(crate) fn check(self: &Arc<Self>, entry: &Entry, now: Instant) -> bool {
-        match entry.use_at(now) {
-            Use::Wait => false,
-            Use::Send { refresh, stale } => {
-                if stale {
-                    self.counters.served_stale();
-                }
-                if refresh {
-                    self.refresh_ahead(now);
-                }
-                true
-            }
-        }
-    }
-
     /// A token to send: the current one if usable, else the outcome of the fetch in flight, or
     /// of a new fetch.
     ///
@@ -405,54 +386,6 @@ impl TokenCache {
         }
     }
 
-    /// Called by requests that found the token in its refresh window: starts one background
-    /// refresh, unless one runs or the backoff after a failed one has not passed. The caller
-    /// goes on with the token, which is still usable.
-    pub(crate) fn refresh_ahead(self: &Arc<Self>, now: Instant) {
-        let since = self.nanos_since_base(now);
-        let next = self.next_background.load(Relaxed);
-        if since < next
-            || self
-                .next_background
-                .compare_exchange(next, u64::MAX, Relaxed, Relaxed)
-                .is_err()
-        {
-            return;
-        }
-        let Ok(runtime) = self.fetch_runtime() else {
-            // No runtime (or no timers) to fetch on: a request after the first backoff step
-            // tries again, rather than every request in the window.
-            let step = u64::try_from(self.settings.backoff.base.as_nanos()).unwrap_or(u64::MAX);
-            self.next_background
-                .store(since.saturating_add(step.max(1)), Relaxed);
-            return;
-        };
-        let mut state = self.lock_state();
-        if let Some(flight) = &state.flight {
-            if now < flight.deadline {
-                self.next_background
-                    .store(self.nanos_since_base(flight.deadline), Relaxed);
-                return;
-            }
-        }
-        let overdue = self.take_overdue(&mut state, now);
-        if let Some(failures) = &state.failures {
-            if now < failures.retry_at {
-                self.next_background
-                    .store(self.nanos_since_base(failures.retry_at), Relaxed);
-                drop(state);
-                if let Some(overdue) = overdue {
-                    overdue.resolve(Outcome::Failed(Error::Timeout(self.settings.fetch_timeout)));
-                }
-                return;
-            }
-        }
-        self.start_flight(state, runtime, now, true);
-        if let Some(overdue) = overdue {
-            overdue.resolve(Outcome::Failed(Error::Timeout(self.settings.fetch_timeout)));
-        }
-    }
-
     /// A response rejected the token of `generation`. Forgets it if it is still current,
     /// unless fresh tokens keep being rejected (see [`RejectionStreak`]).
     pub(crate) fn reject(&self, generation: u64) -> Rejection {
@@ -575,11 +508,6 @@ impl TokenCache {
         self.next_background
             .store(self.nanos_since_base(next.retry_at), Relaxed);
         *failures = Some(next);
-    }
-
-    fn nanos_since_base(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.clock_base).as_nanos())
-            .unwrap_or(u64::MAX - 1)
     }
 }
 
