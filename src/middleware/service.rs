@@ -25,8 +25,8 @@ use crate::{
 /// Middleware that sets `Authorization: Bearer <token>` on every request, fetching and
 /// refreshing the token as needed. Made by [`AuthLayer`](crate::AuthLayer).
 ///
-/// It serves `http::Request<B>` for any body `B` (hyper, axum, tonic) and `reqwest::Request`;
-/// see [`AuthRequest`].
+/// It serves `http::Request<B>` for any body `B: 'static` (hyper, axum, tonic) and
+/// `reqwest::Request`; see [`AuthRequest`].
 ///
 /// # Errors
 ///
@@ -37,9 +37,10 @@ use crate::{
 ///
 /// With a usable token cached, `call` finds the current token without a lock, reads the
 /// monotonic clock once and compares it with the token's refresh point, clones the pre-built
-/// header into the request and calls the inner service. No lock, no allocation by the layer,
-/// no boxed future. When the body can be resent (see [`crate::replay`]), the request head is
-/// copied so that a 401 can be retried; turn that off with
+/// header into the request and calls the inner service. No lock, no boxed future, and no
+/// allocation by the layer for bodies of shared bytes. When the body can be resent (see
+/// [`crate::replay`]), the request head is copied so that a 401 can be retried (and a `String`
+/// or `Vec<u8>` body within the replay limit copied once); turn that off with
 /// [`retry_unauthorized(false)`](crate::AuthLayerBuilder::retry_unauthorized).
 ///
 /// A service cloned for each request (`svc.clone().oneshot(req)`) uses the copies its layer
