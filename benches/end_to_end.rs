@@ -35,9 +35,8 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioIo},
+    rt::TokioExecutor,
 };
-use tokio::net::TcpListener;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_bearer::{AuthLayer, StaticToken};
 use tower_http::auth::AddAuthorizationLayer;
@@ -48,18 +47,15 @@ const TOKEN: &str =
 
 type Body = Empty<Bytes>;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Protocol {
-    Http1,
-    Http2,
-}
+#[path = "../tests/support/serve.rs"]
+mod serve;
 
-impl Protocol {
-    fn name(self) -> &'static str {
-        match self {
-            Protocol::Http1 => "HTTP/1.1",
-            Protocol::Http2 => "HTTP/2",
-        }
+use serve::Protocol;
+
+fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Http1 => "HTTP/1.1",
+        Protocol::Http2 => "HTTP/2",
     }
 }
 
@@ -109,45 +105,20 @@ fn usage(arg: &str) -> ! {
 
 /// A server that answers 200 `ok` to a request carrying the bench's bearer token, 401 to any
 /// other.
-async fn serve(protocol: Protocol) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+async fn start_server(protocol: Protocol) -> SocketAddr {
     let expected: &'static str = Box::leak(format!("Bearer {TOKEN}").into_boxed_str());
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let _ = stream.set_nodelay(true);
-            let service =
-                hyper::service::service_fn(move |request: Request<Incoming>| async move {
-                    let ok = request
-                        .headers()
-                        .get(AUTHORIZATION)
-                        .is_some_and(|v| v.as_bytes() == expected.as_bytes());
-                    let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
-                    if !ok {
-                        *response.status_mut() = StatusCode::UNAUTHORIZED;
-                    }
-                    Ok::<_, Infallible>(response)
-                });
-            let io = TokioIo::new(stream);
-            tokio::spawn(async move {
-                let _ = match protocol {
-                    Protocol::Http1 => {
-                        hyper::server::conn::http1::Builder::new()
-                            .serve_connection(io, service)
-                            .await
-                    }
-                    Protocol::Http2 => {
-                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                            .serve_connection(io, service)
-                            .await
-                    }
-                };
-            });
+    let (addr, _task) = serve::serve(protocol, move |request: Request<Incoming>| async move {
+        let ok = request
+            .headers()
+            .get(AUTHORIZATION)
+            .is_some_and(|v| v.as_bytes() == expected.as_bytes());
+        let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
+        if !ok {
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
         }
-    });
+        Ok::<_, Infallible>(response)
+    })
+    .await;
     addr
 }
 
@@ -224,7 +195,7 @@ fn main() {
 const VARIANTS: [&str; 3] = ["static_header", "auth_layer_retry_off", "auth_layer"];
 
 async fn run(protocol: Protocol, settings: &Settings) {
-    let addr = serve(protocol).await;
+    let addr = start_server(protocol).await;
     let url: Arc<str> = Arc::from(format!("http://{addr}/v1/items?page=2"));
     let inner = client(protocol);
     let floor = ServiceBuilder::new()
@@ -280,7 +251,7 @@ async fn run(protocol: Protocol, settings: &Settings) {
             .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
         println!(
             "| {} | `{name}` | {:.0} | {:.3} | {:.3} | {:.3} |",
-            protocol.name(),
+            protocol_name(protocol),
             median(&mut throughput[variant]),
             median(&mut ratios[variant]),
             min,

@@ -18,19 +18,14 @@ use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioIo},
+    rt::TokioExecutor,
 };
 use sha2::{Digest, Sha256};
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::task::JoinHandle;
 
 use super::ProtectedApi;
 
-/// The protocol a server speaks and a client uses (HTTP/2 with prior knowledge, h2c).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Http1,
-    Http2,
-}
+pub use super::serve::Protocol;
 
 /// Request header: bytes of the body the server reads before it answers 401 for a token it
 /// does not accept (`0`: before reading anything). Without it, it reads the whole body first.
@@ -74,41 +69,12 @@ pub fn digest(bytes: &[u8]) -> String {
 impl UploadServer {
     /// Starts a server that accepts the tokens `api` accepts.
     pub async fn start(protocol: Protocol, api: ProtectedApi) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let state = Arc::new(UploadState::default());
         let shared = Arc::clone(&state);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let (api, state) = (api.clone(), Arc::clone(&shared));
-                let service = hyper::service::service_fn(move |request| {
-                    answer(request, api.clone(), Arc::clone(&state))
-                });
-                let io = TokioIo::new(stream);
-                tokio::spawn(async move {
-                    // A connection the client abandons mid-body ends with an error: expected.
-                    let _ = match protocol {
-                        Protocol::Http1 => {
-                            hyper::server::conn::http1::Builder::new()
-                                .serve_connection(io, service)
-                                .await
-                        }
-                        Protocol::Http2 => {
-                            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                                .max_concurrent_streams(20_000)
-                                // Room for many streams at once: a small connection window
-                                // makes the client send crumbs, which h2 refuses in bulk.
-                                .initial_connection_window_size(128 << 20)
-                                .serve_connection(io, service)
-                                .await
-                        }
-                    };
-                });
-            }
-        });
+        let (addr, task) = super::serve::serve(protocol, move |request| {
+            answer(request, api.clone(), Arc::clone(&shared))
+        })
+        .await;
         UploadServer { addr, state, task }
     }
 
