@@ -7,7 +7,8 @@
 //! its trailers, after messages: the call's response has already gone to the caller, so it is
 //! not resent, but the layer drops the rejected token (if it is still the current one) so that
 //! the next call carries a new one. With the `tonic` feature, the layer watches the trailers of
-//! every `tonic::body::Body` response that is not trailers-only.
+//! every gRPC response (`content-type: application/grpc`) with a `tonic::body::Body` that is not
+//! trailers-only.
 //!
 //! With the `tonic` feature, a token failure reaches a tonic caller as a `Status` rather than
 //! tonic's `Status::unknown`: `UNAVAILABLE` when it may go away by itself (the token endpoint is

@@ -296,8 +296,10 @@ impl Body for ReplayableBody {
         match &self.state {
             BodyState::Plain(original) => plain(original).is_end_stream(),
             BodyState::First(shared) => {
+                // Taken over, the first copy is not at its end: its next poll fails with
+                // `Abandoned`, so the transport aborts the send instead of ending it cleanly.
                 let state = lock(shared);
-                state.taken_over || state.original.as_ref().is_none_or(|o| o.is_end_stream())
+                !state.taken_over && state.original.as_ref().is_none_or(|o| o.is_end_stream())
             }
             BodyState::Resend(shared) => {
                 let state = lock(shared);
@@ -459,6 +461,10 @@ mod tests {
         assert_eq!(frame.into_data().unwrap(), "12");
         // The transport still holds the first copy when the resend is made.
         let replay = ReplayableBody::replay(handle).unwrap();
+        assert!(
+            !first.is_end_stream(),
+            "a taken-over first copy must fail, not end cleanly"
+        );
         let err = first.frame().await.unwrap().unwrap_err();
         assert!(err.downcast_ref::<Abandoned>().is_some(), "{err}");
         let (bytes, _) = all(replay).await;
