@@ -18,7 +18,12 @@
 //!    all carry the token that the API then revokes; each gets a 401 and is resent once;
 //! 4. **across the refresh target, refresh-ahead on**: N requests spread evenly over one second
 //!    across the token's refresh target (its expiry less the margin), with the default
-//!    `refresh_ahead(true)`: nobody should wait.
+//!    `refresh_ahead(true)`: nobody should wait;
+//! 5. **woken by one fetch**: N callers all parked on one fetch (the bench waits until the
+//!    layer counts N waiters), which then completes at once; the latency is from the fetch's
+//!    completion to each caller's answer: the wake-up alone, without the endpoint's latency.
+//!    Compared with N callers queued on the `tokio::sync::Mutex` that the naive design's fetch
+//!    holds.
 //!
 //! Scenarios 1 and 2 also run two hand-written designs for comparison: a token behind a
 //! `tokio::sync::Mutex` (locked by every caller, which fetches when it finds none: the common
@@ -1009,6 +1014,115 @@ async fn steady_traffic(n: usize) -> Row {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Woken by one fetch.
+
+/// The instant each of `tasks` finished, less `released`: how long each waiter took to get its
+/// answer once the fetch it waited on was done.
+async fn wake_latencies(
+    tasks: Vec<tokio::task::JoinHandle<Option<Instant>>>,
+    released: Instant,
+) -> (Vec<Duration>, Duration, usize) {
+    let mut latencies = Vec::with_capacity(tasks.len());
+    let mut failed = 0;
+    for task in tasks {
+        match task.await {
+            Ok(Some(done)) => latencies.push(done.saturating_duration_since(released)),
+            _ => failed += 1,
+        }
+    }
+    let wall = latencies.iter().copied().max().unwrap_or_default();
+    (latencies, wall, failed)
+}
+
+/// Scenario 5, `AuthLayer`: `n` callers all parked on one fetch, which then completes at once;
+/// the latency is from its completion to each caller's answer.
+async fn layer_wake(n: usize) -> Row {
+    let gate = Arc::new(Semaphore::new(0));
+    let fetches = Arc::new(AtomicU64::new(0));
+    let source = {
+        let (gate, fetches) = (Arc::clone(&gate), Arc::clone(&fetches));
+        from_fn(move || {
+            let (gate, fetches) = (Arc::clone(&gate), Arc::clone(&fetches));
+            async move {
+                fetches.fetch_add(1, Relaxed);
+                gate.acquire().await.expect("gate closed").forget();
+                Ok(Token::new("tok-1").with_expires_in(LONG))
+            }
+        })
+    };
+    let auth = AuthLayer::new(source);
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let token = auth.token();
+            tokio::spawn(async move { token.await.ok().map(|_| Instant::now()) })
+        })
+        .collect();
+    let all_waiting = wait_until(|| auth.stats().waiters == n as u64).await;
+    let released = Instant::now();
+    gate.add_permits(1);
+    let (latencies, wall, failed) = wake_latencies(tasks, released).await;
+    let fetches = fetches.load(Relaxed);
+    Row {
+        callers: n,
+        design: "`AuthLayer`",
+        fetches,
+        check: if all_waiting && fetches == 1 && failed == 0 {
+            Check::Pass
+        } else {
+            Check::Fail
+        },
+        waited: Some(auth.stats().waiters),
+        latency: Latency::of(latencies),
+        wall,
+        notes: errors_note(failed),
+    }
+}
+
+/// Scenario 5, the `tokio::sync::Mutex` design: `n` callers queued on the lock its fetch holds;
+/// the fetch stores the token and lets the lock go, and each caller takes it in turn.
+async fn mutex_wake(n: usize) -> Row {
+    let cache = Arc::new(MutexCache::default());
+    let fetching = cache.slot.lock().await;
+    let queued = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (cache, queued) = (Arc::clone(&cache), Arc::clone(&queued));
+            tokio::spawn(async move {
+                queued.fetch_add(1, Relaxed);
+                let token = cache.token().await;
+                (!token.is_empty()).then(Instant::now)
+            })
+        })
+        .collect();
+    wait_until(|| queued.load(Relaxed) == n).await;
+    // Each task queues on the lock right after counting itself; give the last ones a moment.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut slot = fetching;
+    *slot = Some(("tok-1".to_owned(), Instant::now() + LONG));
+    cache.fetches.fetch_add(1, Relaxed);
+    let released = Instant::now();
+    drop(slot);
+    let (latencies, wall, failed) = wake_latencies(tasks, released).await;
+    Row {
+        callers: n,
+        design: "`tokio::sync::Mutex`",
+        fetches: cache.fetches.load(Relaxed),
+        check: Check::Info,
+        waited: Some(n as u64),
+        latency: Latency::of(latencies),
+        wall,
+        notes: format!(
+            "each caller takes the lock in turn{}",
+            if failed > 0 {
+                format!("; {}", errors_note(failed))
+            } else {
+                String::new()
+            }
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Bytes per waiting caller.
 
 fn live_bytes() -> isize {
@@ -1138,6 +1252,16 @@ async fn run(settings: &Settings) -> bool {
     }
     report(
         "4. Across the refresh target, refresh-ahead on (default): N requests spread over 1 s across it",
+        rows,
+    );
+
+    let mut rows = Vec::new();
+    for &n in &settings.callers {
+        rows.push(layer_wake(n).await);
+        rows.push(mutex_wake(n).await);
+    }
+    report(
+        "5. Woken by one fetch: N callers all waiting on one fetch; latency from its completion to each answer",
         rows,
     );
 

@@ -64,6 +64,12 @@ impl Flight {
     /// Waits for the outcome, without a deadline of its own: the caller adds one.
     pub(crate) async fn wait(&self) -> Outcome {
         loop {
+            // Looked at first, and again after each wake-up, before registering: a waiter woken
+            // by the outcome then returns without taking the notifier's lock again, which
+            // every one of many waiters woken at once would otherwise queue for.
+            if let Some(outcome) = self.outcome.get() {
+                return outcome.clone();
+            }
             let notified = self.done.notified();
             tokio::pin!(notified);
             // Register before looking, so that an outcome set between the look and the await
