@@ -160,8 +160,9 @@ impl Error {
     }
 
     /// `true` when asking again with the same credentials cannot succeed: the endpoint rejected
-    /// the client or the grant (`invalid_client`, `invalid_grant`, `unauthorized_client`,
-    /// `unsupported_grant_type`, `invalid_scope`), or the configuration is invalid.
+    /// the request, the client or the grant (`invalid_request`, `invalid_client`,
+    /// `invalid_grant`, `unauthorized_client`, `unsupported_grant_type`, `invalid_scope`), or
+    /// the configuration is invalid.
     pub fn is_terminal(&self) -> bool {
         match self {
             Error::OAuth(e) => e.is_terminal(),

@@ -248,9 +248,11 @@ mod tests {
         wipes_on_drop(&RefreshToken::new("r").0);
         wipes_on_drop(&ClientSecret::new("c").0);
         wipes_on_drop(&PkceVerifier::new("v").0);
-        // The header's bytes are owned by a `Zeroizing` buffer, wiped with the last handle.
-        let owner = ZeroizeOnDrop(Zeroizing::new(b"Bearer t".to_vec()));
-        wipes_on_drop(&owner.0);
+        // A header's bytes are the `Zeroizing` buffer it was built from, not a copy of it: the
+        // buffer is wiped when the last handle on the header goes.
+        let buf = Zeroizing::new(b"Bearer t".to_vec());
+        let at = buf.as_ptr();
+        assert_eq!(sensitive_header(buf).unwrap().as_bytes().as_ptr(), at);
         let header = Token::new("t").header_value("Bearer").unwrap();
         assert!(header.is_sensitive());
         assert!(copy_header(&header).is_sensitive());

@@ -296,6 +296,19 @@ async fn in_memory_bodies_cost_what_the_replay_table_says() {
             "Empty, retry {retry}"
         );
     }
+    let unit = || Request::get(uri).body(()).unwrap();
+    let slice = || Request::post(uri).body(&b"payload"[..]).unwrap();
+    for retry in [false, true] {
+        assert_eq!(layered(retry, unit).await, floor(unit), "(), retry {retry}");
+        assert_eq!(
+            layered(retry, slice).await,
+            floor(slice),
+            "&'static [u8], retry {retry}"
+        );
+    }
+    let vec = || Request::post(uri).body(b"payload".to_vec()).unwrap();
+    assert_eq!(layered(false, vec).await, floor(vec));
+    assert_eq!(layered(true, vec).await, floor(vec) + 1, "Vec<u8>: one copy");
     let string = || Request::post(uri).body(String::from("payload")).unwrap();
     assert_eq!(layered(false, string).await, floor(string));
     assert_eq!(
@@ -313,6 +326,31 @@ async fn in_memory_bodies_cost_what_the_replay_table_says() {
         floor(large),
         "past the limit: not copied"
     );
+}
+
+/// A streaming body kept for a resend: the frames are shared as they go, not copied; the layer
+/// allocates the replay's shared state and the body's new box, a fixed count whatever the
+/// body's size. Without retry, nothing.
+#[tokio::test(flavor = "current_thread")]
+async fn a_streaming_body_kept_for_a_resend_costs_three_allocations_whatever_its_size() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full, combinators::BoxBody};
+    let boxed = |len: usize| {
+        move || {
+            let body = Full::new(Bytes::from(vec![7u8; len])).map_err(|never| match never {});
+            Request::post("https://api.test/")
+                .body(BoxBody::<Bytes, tower_bearer::BoxError>::new(body))
+                .unwrap()
+        }
+    };
+    for len in [1, 60_000] {
+        assert_eq!(layered(false, boxed(len)).await, floor(boxed(len)));
+        assert_eq!(
+            layered(true, boxed(len)).await,
+            floor(boxed(len)) + 3,
+            "a boxed body of {len} bytes"
+        );
+    }
 }
 
 #[test]

@@ -101,7 +101,32 @@ async fn no_secret_reaches_a_trace_event() {
     idp.state.access_tokens.lock().unwrap().clear();
     assert_eq!(svc.oneshot(get()).await.unwrap().status(), StatusCode::OK);
 
+    // `ClientAuth::Query` puts the client secret in the token request's URL, which a
+    // transport error (here: connection refused) would otherwise carry into the event.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let query = AuthLayer::builder(
+        tower_bearer::ClientCredentials::builder(format!("http://127.0.0.1:{closed}/token"))
+            .client_id("client")
+            .client_secret(secret.as_str())
+            .auth(tower_bearer::ClientAuth::Query)
+            .build()
+            .unwrap(),
+    )
+    .name("search")
+    .build()
+    .unwrap();
+    assert!(query.token().await.is_err());
+
     let events = captured.0.lock().unwrap().clone();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("token fetch failed") && e.contains("ClientCredentials")),
+        "{events:#?}"
+    );
     assert!(
         events.iter().any(|e| e.contains("token fetched")),
         "{events:#?}"

@@ -311,10 +311,11 @@ impl AuthLayerBuilder {
         self
     }
 
-    /// The most bytes of a streaming request body kept so the request can be resent after a
-    /// 401 (see [`ReplayableBody`](crate::replay::ReplayableBody)); a body that streams more is
-    /// sent once and not resent. Bodies already in memory (`Full`, `String`, ...) are resent
-    /// whatever their size.
+    /// The most bytes of a request body kept so the request can be resent after a 401: a
+    /// streaming body (see [`ReplayableBody`](crate::replay::ReplayableBody)) that streams more,
+    /// or a `String` or `Vec<u8>` body that is longer, is sent once and not resent. Bodies of
+    /// shared bytes (`Bytes`, `Full<Bytes>`, static slices) are resent whatever their size: their
+    /// copy is a reference count. See the table in [`crate::replay`].
     pub fn replay_limit(mut self, bytes: usize) -> Self {
         self.replay_limit = bytes;
         self

@@ -266,8 +266,9 @@ pub(crate) struct TokenEndpoint {
 
 impl TokenEndpoint {
     /// The default HTTP client: no redirects (a redirect could carry credentials elsewhere),
-    /// a connect timeout, and this crate's user agent. The overall time limit is the cache's
-    /// fetch timeout.
+    /// a connect timeout, and this crate's user agent. Each request's overall limit is the
+    /// endpoint's `request_timeout`, set on the request itself so that it holds for a client
+    /// given to `http_client` too.
     pub(crate) fn default_http_client() -> Result<reqwest::Client, Error> {
         reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())

@@ -36,7 +36,8 @@ impl Pkce {
         Ok(Pkce::from_verifier(URL_SAFE_NO_PAD.encode(*bytes)))
     }
 
-    /// Uses `verifier` (43 to 128 characters of `[A-Za-z0-9-._~]`, RFC 7636 §4.1).
+    /// Uses `verifier`, which must be 43 to 128 characters of `[A-Za-z0-9-._~]` (RFC 7636
+    /// §4.1): it is not checked here, and a server refuses a verifier that breaks the rule.
     pub fn from_verifier(verifier: impl Into<String>) -> Self {
         let verifier = PkceVerifier::new(verifier);
         let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.secret().as_bytes()));

@@ -65,7 +65,7 @@ pub trait TokenSource: Send + Sync + 'static {
     /// Fetches a new token.
     fn fetch(&self) -> impl Future<Output = Result<Token, Error>> + Send;
 
-    /// Revokes what this source holds (RFC 7009): the refresh token if it has one, else
+    /// Revokes what this source holds (RFC 7009): its refresh token if it has one, and
     /// `current`, the access token in use. Called by [`AuthLayer::revoke`](crate::AuthLayer::revoke).
     /// The default does nothing.
     fn revoke(&self, current: Option<&Token>) -> impl Future<Output = Result<(), Error>> + Send {
