@@ -1,13 +1,17 @@
 //! The client credentials grant over real HTTP against a stand-in token endpoint on 127.0.0.1:
-//! the three ways of sending credentials, response parsing, and typed errors.
+//! the three ways of sending credentials, response parsing, typed errors, and the timeout of
+//! each request (in paused time).
 
 mod support;
+
+use std::{sync::atomic::Ordering::SeqCst, time::Duration};
 
 use axum::{
     http::{StatusCode, header},
     response::IntoResponse,
 };
-use support::{StandInEndpoint, token_json};
+use support::{RawEndpoint, RawFault, StandInEndpoint, token_json};
+use tokio::{task::JoinHandle, time::Instant};
 use tower_bearer::{AuthLayer, ClientAuth, ClientCredentials, Error, TokenSource};
 
 const SECRET: &str = "s3cr3t:with/special+chars%&=";
@@ -341,4 +345,129 @@ async fn a_token_from_a_redirect_a_user_client_followed_is_refused() {
     );
     assert_eq!(elsewhere.recorded().len(), 1, "the client did follow");
     assert!(!format!("{err} {err:?}").contains(SECRET));
+}
+
+#[tokio::test]
+async fn extra_params_are_sent_in_the_order_added() {
+    let endpoint = StandInEndpoint::start(|_| token_json("at-params", 3600)).await;
+    // Not in alphabetical order, so that a sorted form would show.
+    let source = builder(&endpoint)
+        .param("resource", "https://api.example.com/")
+        .param("audience", "billing")
+        .build()
+        .unwrap();
+    source.fetch().await.unwrap();
+
+    let [req] = endpoint.recorded().try_into().unwrap();
+    assert_eq!(
+        req.form(),
+        pairs(&[
+            ("grant_type", "client_credentials"),
+            ("resource", "https://api.example.com/"),
+            ("audience", "billing"),
+        ])
+    );
+}
+
+/// Starts `source.fetch()` against an endpoint that reads the request and never answers, in
+/// paused time, and lets it run until the endpoint holds the connection. Yielding lets the
+/// loopback I/O through without moving the paused clock (it moves only when the runtime has
+/// nothing to do), so the request's timer starts at `started` and nothing has elapsed yet.
+async fn a_fetch_held_by_a_silent_endpoint(
+    source: ClientCredentials,
+    endpoint: &RawEndpoint,
+) -> (Instant, JoinHandle<Result<tower_bearer::Token, Error>>) {
+    let started = Instant::now();
+    let fetch = tokio::spawn(async move { source.fetch().await });
+    let mut yields = 0;
+    while endpoint.connections.load(SeqCst) == 0 {
+        tokio::task::yield_now().await;
+        yields += 1;
+        assert!(yields < 1_000_000, "the request never reached the endpoint");
+    }
+    // Let the request go out whole.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(Instant::now(), started, "no time passed on the way");
+    (started, fetch)
+}
+
+/// Waits for the fetch (in paused time a hang would jump the clock to the next timer, so a
+/// missing timeout shows as a 600 s wait, not a stalled suite) and returns its error.
+async fn its_error(fetch: JoinHandle<Result<tower_bearer::Token, Error>>) -> Error {
+    tokio::time::timeout(Duration::from_secs(600), fetch)
+        .await
+        .expect("the request must time out by itself")
+        .unwrap()
+        .expect_err("a silent endpoint gives no token")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_request_that_is_never_answered_times_out_after_30_seconds() {
+    let endpoint = RawEndpoint::start(RawFault::Hang).await;
+    // Default settings: no request_timeout given.
+    let source = ClientCredentials::builder(endpoint.url("/token"))
+        .client_id("id")
+        .client_secret("secret")
+        .build()
+        .unwrap();
+    let (started, fetch) = a_fetch_held_by_a_silent_endpoint(source, &endpoint).await;
+
+    // Not before 30 s ...
+    tokio::time::advance(Duration::from_secs(30) - Duration::from_millis(1)).await;
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!fetch.is_finished(), "gave up before 30 s");
+
+    // ... but at 30 s, as a transport timeout.
+    let err = its_error(fetch).await;
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(&err, Error::Transport(t) if t.is_timeout()),
+        "{err:?}"
+    );
+    assert!(err.is_transient());
+    assert!(
+        elapsed >= Duration::from_secs(30) && elapsed < Duration::from_secs(31),
+        "{elapsed:?}"
+    );
+    assert_eq!(endpoint.connections.load(SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn request_timeout_sets_how_long_a_token_request_may_take() {
+    let endpoint = RawEndpoint::start(RawFault::Hang).await;
+    let source = ClientCredentials::builder(endpoint.url("/token"))
+        .client_id("id")
+        .client_secret("secret")
+        .request_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let (started, fetch) = a_fetch_held_by_a_silent_endpoint(source, &endpoint).await;
+    let err = its_error(fetch).await;
+    assert!(
+        matches!(&err, Error::Transport(t) if t.is_timeout()),
+        "{err:?}"
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(5) && elapsed < Duration::from_secs(6),
+        "{elapsed:?}"
+    );
+}
+
+#[test]
+fn a_zero_request_timeout_is_a_config_error_at_build() {
+    let err = ClientCredentials::builder("https://idp.example.com/token")
+        .client_id("id")
+        .client_secret("secret")
+        .request_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Config(m) if m.contains("request_timeout")),
+        "{err:?}"
+    );
 }
