@@ -2,6 +2,8 @@
 
 mod support;
 
+use std::sync::atomic::Ordering::SeqCst;
+
 use support::StandInIdp;
 use tower_bearer::{
     AuthLayer, AuthorizationCode, ClientAuth, Pkce,
@@ -186,4 +188,23 @@ async fn resume_continues_from_the_store_without_an_exchange() {
         empty.token().await.unwrap_err(),
         tower_bearer::Error::AuthorizationRequired(_)
     ));
+}
+
+#[tokio::test]
+async fn the_code_exchange_is_never_retried() {
+    let idp = StandInIdp::start().await;
+    idp.add_code("code-1", None);
+    // The next token request gets 503 `temporarily_unavailable`: a failure the refresh grant
+    // and the layer would retry. A code is single-use, so the exchange does not.
+    idp.state.unavailable.store(1, SeqCst);
+    let err = flow(&idp, MemoryStore::new())
+        .exchange("code-1", None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.oauth().map(|e| e.code()),
+        Some("temporarily_unavailable")
+    );
+    assert!(err.is_transient(), "{err:?}");
+    assert_eq!(idp.requests_to("/token").len(), 1, "sent once");
 }
