@@ -13,7 +13,7 @@ use std::{
 
 use http::{Request, StatusCode};
 use http_body_util::Empty;
-use support::{LostAnswer, StandInIdp};
+use support::{LostAnswer, StandInEndpoint, StandInIdp};
 use tokio::task::JoinSet;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_bearer::{
@@ -551,4 +551,38 @@ async fn a_grant_shared_by_two_layers_never_sends_a_refresh_token_twice() {
     );
     assert!(sent.len() >= 3, "{sent:?}");
     assert_eq!(idp.reuse_detected(), 0);
+}
+
+#[tokio::test]
+async fn invalid_client_and_unauthorized_client_are_remembered_like_invalid_grant() {
+    for (code, body) in [
+        ("invalid_client", r#"{"error":"invalid_client"}"#),
+        ("unauthorized_client", r#"{"error":"unauthorized_client"}"#),
+    ] {
+        let endpoint = StandInEndpoint::json(StatusCode::BAD_REQUEST, body).await;
+        let source = RefreshTokenGrant::builder(endpoint.url("/token"))
+            .client_id("app")
+            .client_secret("app-secret")
+            .auth(ClientAuth::Post)
+            .store(seeded("rt-0"))
+            .build()
+            .unwrap();
+        // No backoff, so that each call below reaches the grant: it must answer from memory.
+        let auth = AuthLayer::builder(source)
+            .backoff(Duration::ZERO, Duration::ZERO)
+            .build()
+            .unwrap();
+
+        for _ in 0..3 {
+            let err = auth.token().await.unwrap_err();
+            assert_eq!(err.oauth().map(|e| e.code()), Some(code), "{err:?}");
+            assert!(err.is_terminal(), "{code}");
+        }
+        assert_eq!(endpoint.recorded().len(), 1, "{code}: one refresh request");
+        assert_eq!(
+            auth.stats().fetches,
+            3,
+            "{code}: each call reached the grant"
+        );
+    }
 }
