@@ -39,7 +39,9 @@
 //!   requests. The time reported is the wall time (first start to last finish) divided by the
 //!   requests of one thread: time per request per thread. Without contention it equals the
 //!   single-threaded time; shared cache lines show up as more. The same measurement is also
-//!   repeated in interleaved rounds (below), which drift between benchmarks cannot skew.
+//!   repeated in interleaved rounds (below), which drift between benchmarks cannot skew, and
+//!   there also with each thread cloning its service for every request, as
+//!   `svc.clone().oneshot(req)` does.
 //!
 //! Every request is polled by hand with a no-op waker (nothing here is ever pending); the same
 //! current-thread Tokio runtime is entered on every thread. A full run then runs the interleaved
@@ -441,13 +443,14 @@ impl Visit for SingleThread<'_, '_> {
 }
 
 /// `threads` threads, each pinned to its own core with its own clone of `shared`, start
-/// together at a barrier and send `iters` requests each: the time from the first start to the
-/// last finish.
+/// together at a barrier and send `iters` requests each (through that clone, or through a
+/// clone of it made for each request): the time from the first start to the last finish.
 fn per_core_run<S>(
     shared: &S,
     threads: usize,
     runtime: &tokio::runtime::Handle,
     iters: u64,
+    clone_per_request: bool,
 ) -> Duration
 where
     S: Service<Req> + Clone + Send,
@@ -469,8 +472,15 @@ where
                     let _runtime = runtime.enter();
                     barrier.wait();
                     let start = Instant::now();
-                    for _ in 0..iters {
-                        one(&mut svc);
+                    if clone_per_request {
+                        // As `svc.clone().oneshot(req)` does: ready, call, drop.
+                        for _ in 0..iters {
+                            one(&mut svc.clone());
+                        }
+                    } else {
+                        for _ in 0..iters {
+                            one(&mut svc);
+                        }
                     }
                     (start, Instant::now())
                 })
@@ -511,15 +521,25 @@ type PerCoreRun<'a> = Box<dyn FnMut(u64) -> Duration + 'a>;
 struct PerCoreRuns<'a> {
     threads: usize,
     runtime: &'a tokio::runtime::Handle,
-    runs: Vec<(&'static str, PerCoreRun<'a>)>,
+    /// Each thread's service used for every request (`false`), cloned for each one (`true`).
+    patterns: &'static [bool],
+    runs: Vec<PerCore<'a>>,
+}
+
+/// One variant's per-core run in one calling pattern.
+struct PerCore<'a> {
+    variant: &'static str,
+    clone_per_request: bool,
+    run: PerCoreRun<'a>,
 }
 
 impl<'a> PerCoreRuns<'a> {
-    /// Every variant's run, in [`VARIANTS`] order, one caller per core.
-    fn new(rt: &'a tokio::runtime::Runtime) -> Self {
+    /// Every variant's run, in [`VARIANTS`] order, one caller per core, in each pattern.
+    fn new(rt: &'a tokio::runtime::Runtime, patterns: &'static [bool]) -> Self {
         let mut all = PerCoreRuns {
             threads: cores(),
             runtime: rt.handle(),
+            patterns,
             runs: Vec::new(),
         };
         variants(rt, &mut all);
@@ -537,10 +557,16 @@ impl<'a> Visit for PerCoreRuns<'a> {
         // One service; every thread gets a clone of it, so all share its token, header, lock.
         let shared = make();
         let (threads, runtime) = (self.threads, self.runtime);
-        self.runs.push((
-            variant,
-            Box::new(move |iters| per_core_run(&shared, threads, runtime, iters)),
-        ));
+        for &clone_per_request in self.patterns {
+            let shared = shared.clone();
+            self.runs.push(PerCore {
+                variant,
+                clone_per_request,
+                run: Box::new(move |iters| {
+                    per_core_run(&shared, threads, runtime, iters, clone_per_request)
+                }),
+            });
+        }
     }
 }
 
@@ -592,6 +618,7 @@ fn line_cost(threads: usize) -> LineCost {
 /// and the median, lowest and highest of its per-round ratios to the floor.
 struct Interleaved {
     variant: &'static str,
+    clone_per_request: bool,
     median_ns: f64,
     ratio: (f64, f64, f64),
 }
@@ -619,32 +646,39 @@ fn interleaved(rounds: usize, requests: u64) -> RoundsReport {
 fn interleaved_rows(rounds: usize, requests: u64) -> Vec<Interleaved> {
     let rt = runtime();
     let _guard = rt.enter();
-    let mut all = PerCoreRuns::new(&rt);
+    let mut all = PerCoreRuns::new(&rt, &[false, true]);
     let n = all.runs.len();
-    let floor = all
-        .runs
-        .iter()
-        .position(|run| run.0 == FLOOR)
-        .expect("the floor is a variant");
+    // The floor in the same calling pattern as run `i`.
+    let floor = |i: usize| {
+        let pattern = all.runs[i].clone_per_request;
+        all.runs
+            .iter()
+            .position(|run| run.variant == FLOOR && run.clone_per_request == pattern)
+            .expect("the floor is a variant")
+    };
+    let floors: Vec<usize> = (0..n).map(floor).collect();
     // One warm-up turn each: every service makes its own copies and settles.
-    for (_, run) in &mut all.runs {
-        run(requests / 10 + 1);
+    for per_core in &mut all.runs {
+        (per_core.run)(requests / 10 + 1);
     }
     let mut times = vec![Vec::with_capacity(rounds); n];
     for round in 0..rounds {
         for k in 0..n {
             let i = (round + k) % n;
-            let elapsed = (all.runs[i].1)(requests);
+            let elapsed = (all.runs[i].run)(requests);
             times[i].push(elapsed.as_nanos() as f64 / requests as f64);
         }
     }
     (0..n)
         .map(|i| {
-            let mut ratios: Vec<f64> = (0..rounds).map(|r| times[i][r] / times[floor][r]).collect();
+            let mut ratios: Vec<f64> = (0..rounds)
+                .map(|r| times[i][r] / times[floors[i]][r])
+                .collect();
             let ratio = median(&mut ratios);
             let (low, high) = (ratios[0], ratios[rounds - 1]);
             Interleaved {
-                variant: all.runs[i].0,
+                variant: all.runs[i].variant,
+                clone_per_request: all.runs[i].clone_per_request,
                 median_ns: median(&mut times[i]),
                 ratio: (ratio, low, high),
             }
@@ -661,9 +695,9 @@ fn hot_path(c: &mut Criterion) {
     let _guard = rt.enter();
     let mut group = c.benchmark_group(GROUP);
     variants(&rt, &mut SingleThread { group: &mut group });
-    for (variant, run) in &mut PerCoreRuns::new(&rt).runs {
-        group.bench_function(BenchmarkId::new(PER_CORE, *variant), |b| {
-            b.iter_custom(&mut *run);
+    for per_core in &mut PerCoreRuns::new(&rt, &[false]).runs {
+        group.bench_function(BenchmarkId::new(PER_CORE, per_core.variant), |b| {
+            b.iter_custom(&mut *per_core.run);
         });
     }
     group.finish();
@@ -818,23 +852,32 @@ fn summary(dir: &Path, since: SystemTime, report: Option<&RoundsReport>) {
     }
     out.push_str(
         "| variant | single-threaded | ratio to the floor | per core | ratio to the floor (per core) \
-         | per core, interleaved rounds | ratio to the floor, same round |\n",
+         | per core, interleaved rounds | ratio to the floor, same round \
+         | per core, a clone per request, interleaved | ratio to the floor, same round |\n",
     );
-    out.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let in_rounds = |variant: &str, clone_per_request: bool| {
+        let round = rounds
+            .iter()
+            .find(|r| r.variant == variant && r.clone_per_request == clone_per_request);
+        (
+            ns(round.map(|r| r.median_ns)),
+            round.map_or_else(
+                || "-".to_owned(),
+                |r| format!("{:.2} ({:.2}-{:.2})", r.ratio.0, r.ratio.1, r.ratio.2),
+            ),
+        )
+    };
     for (variant, single, per_core) in &rows {
-        let round = rounds.iter().find(|r| r.variant == *variant);
+        let (kept, kept_ratio) = in_rounds(variant, false);
+        let (cloned, cloned_ratio) = in_rounds(variant, true);
         let _ = writeln!(
             out,
-            "| `{variant}` | {} | {} | {} | {} | {} | {} |",
+            "| `{variant}` | {} | {} | {} | {} | {kept} | {kept_ratio} | {cloned} | {cloned_ratio} |",
             ns(*single),
             ratio(*single, floor.0),
             ns(*per_core),
             ratio(*per_core, floor.1),
-            ns(round.map(|r| r.median_ns)),
-            round.map_or_else(
-                || "-".to_owned(),
-                |r| format!("{:.2} ({:.2}-{:.2})", r.ratio.0, r.ratio.1, r.ratio.2)
-            ),
         );
     }
     print!("{out}");
@@ -865,7 +908,7 @@ fn main() {
     {
         // Run the interleaved rounds' code once, untimed, so that it cannot rot.
         let report = interleaved(1, 100);
-        assert_eq!(report.rows.len(), VARIANTS.len());
+        assert_eq!(report.rows.len(), 2 * VARIANTS.len());
         println!("\nhot_path: no timings in this mode: no summary table");
         return;
     }
