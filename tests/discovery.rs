@@ -4,7 +4,9 @@ mod support;
 
 use axum::{http::StatusCode, response::IntoResponse};
 use support::{StandInEndpoint, StandInIdp};
-use tower_bearer::{AuthLayer, ClientCredentials, Error, ProviderMetadata};
+use tower_bearer::{
+    AuthLayer, ClientAuth, ClientCredentials, Error, ProviderMetadata, TokenSource,
+};
 
 #[tokio::test]
 async fn discovered_metadata_configures_a_grant() {
@@ -93,4 +95,67 @@ async fn no_document_is_a_discovery_error() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Discovery(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn an_explicit_auth_wins_over_the_discovered_method() {
+    let idp = StandInIdp::start().await;
+    let metadata = ProviderMetadata::discover(&idp.url("")).await.unwrap();
+    // The server lists only client_secret_post; the builder asks for Basic.
+    assert_eq!(metadata.client_auth(), Some(ClientAuth::Post));
+    let source = ClientCredentials::from_metadata(&metadata)
+        .client_id("svc")
+        .client_secret("svc-secret")
+        .auth(ClientAuth::Basic)
+        .build()
+        .unwrap();
+    source.fetch().await.unwrap();
+
+    let [req] = idp.requests_to("/token").try_into().unwrap();
+    let authorization = req.header("authorization").unwrap_or_default();
+    let credentials = authorization
+        .strip_prefix("Basic ")
+        .map(|b64| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap()
+        })
+        .unwrap_or_else(|| panic!("not Basic: {authorization:?}"));
+    assert_eq!(credentials, b"svc:svc-secret");
+    let form = req.form();
+    assert!(
+        !form
+            .iter()
+            .any(|(k, _)| k == "client_secret" || k == "client_id"),
+        "{form:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_discovered_plain_http_endpoint_off_loopback_is_refused_unless_allow_http() {
+    let endpoint = StandInEndpoint::start(|req| {
+        let base = req.header("host").unwrap().to_owned();
+        axum::Json(serde_json::json!({
+            "issuer": format!("http://{base}"),
+            "token_endpoint": "http://idp.example.com/token",
+        }))
+        .into_response()
+    })
+    .await;
+    let issuer = endpoint.url("");
+    let err = ProviderMetadata::discover(&issuer).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Config(m) if m.contains("plain http") && m.contains("allow_http")),
+        "{err:?}"
+    );
+
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let metadata = ProviderMetadata::discover_with(&issuer, &http, true)
+        .await
+        .unwrap();
+    assert_eq!(metadata.token_endpoint(), "http://idp.example.com/token");
 }
