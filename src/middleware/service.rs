@@ -2,7 +2,7 @@
 
 use std::{
     fmt, mem,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
 };
 
@@ -43,17 +43,23 @@ use crate::{
 /// or `Vec<u8>` body within the replay limit copied once); turn that off with
 /// [`retry_unauthorized(false)`](crate::AuthLayerBuilder::retry_unauthorized).
 ///
-/// A service cloned for each request (`svc.clone().oneshot(req)`) uses the copies its layer
-/// shares: the header's reference count, like tower-http's `AddAuthorization`, and one count of
-/// the layer's state for the response future. A service that keeps sending requests makes its
+/// A service cloned for each request (`svc.clone().oneshot(req)`) uses the header its layer
+/// shares (a reference count, like tower-http's `AddAuthorization`), and a handle on the layer
+/// for the response future that only `svc` and its clones hold (made at `svc`'s first clone):
+/// clones of services kept on different cores count references on different cache lines. A service that keeps sending requests makes its
 /// own copies after 8: it follows the current token with one pointer
 /// comparison (`arc_swap::Cache`) and clones a header and a handle only it holds, so that
 /// services driven from different cores write no memory in common per request. Either way the
 /// token is checked against the clock on every request: validity depends on no timer.
 pub struct AuthService<S> {
     inner: S,
-    /// Shared with this service's clones, until it makes its own copies.
+    /// Shared with the service this one was cloned from and its other clones, until it makes
+    /// its own copies.
     layer: LayerHandle,
+    /// The handle this service's clones share, made at its first clone: the clones of
+    /// services kept on different cores then count references on different cache lines,
+    /// instead of all on the handle of the service they all came from.
+    for_clones: OnceLock<LayerHandle>,
     /// This service's own copies; `None` until it has sent `OWN_COPIES_AFTER` requests.
     own: Option<Box<OwnCopies>>,
     /// Requests sent with the shared copies.
@@ -79,12 +85,13 @@ struct OwnCopies {
 }
 
 impl OwnCopies {
-    fn new(layer: &LayerHandle) -> Box<Self> {
+    /// `layer` is a handle of the service's own.
+    fn new(layer: LayerHandle) -> Box<Self> {
         Box::new(OwnCopies {
             current: Cache::new(Arc::clone(layer.cache.current())),
             generation: 0,
             header: HeaderValue::from_static(""),
-            layer: Arc::new(Arc::clone(layer)),
+            layer,
         })
     }
 
@@ -119,6 +126,7 @@ impl<S> AuthService<S> {
         AuthService {
             inner,
             layer,
+            for_clones: OnceLock::new(),
             own: None,
             sent: 0,
         }
@@ -161,7 +169,7 @@ impl<S> AuthService<S> {
         drop(current);
         self.sent += 1;
         if self.sent >= OWN_COPIES_AFTER {
-            self.own = Some(OwnCopies::new(&self.layer));
+            self.own = Some(OwnCopies::new(Arc::clone(self.own_handle())));
         }
         Some(token)
     }
@@ -226,11 +234,20 @@ impl<S: Clone> AuthService<S> {
     }
 }
 
+impl<S> AuthService<S> {
+    /// A handle on the layer's state that only this service and its clones hold (one small
+    /// allocation, the first time it is asked for).
+    fn own_handle(&self) -> &LayerHandle {
+        self.for_clones
+            .get_or_init(|| Arc::new(Arc::clone(&self.layer)))
+    }
+}
+
 impl<S: Clone> Clone for AuthService<S> {
-    /// The clone shares this service's handle on the layer, and makes its own copies if it is
-    /// used enough.
+    /// The clone shares a handle on the layer with this service's other clones (not with
+    /// every service of the layer), and makes its own copies if it is used enough.
     fn clone(&self) -> Self {
-        AuthService::new(self.inner.clone(), Arc::clone(&self.layer))
+        AuthService::new(self.inner.clone(), Arc::clone(self.own_handle()))
     }
 }
 
