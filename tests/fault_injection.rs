@@ -1,13 +1,14 @@
 //! A misbehaving token endpoint, over real HTTP on 127.0.0.1: each fault gives a typed error,
 //! no panic and no hang; a transient fault is retried within the fetch, so a blip costs the
 //! waiting callers latency, not errors; and the endpoint sees a bounded number of attempts
-//! however many callers keep calling.
+//! however many callers keep calling. The pauses between retries are timed in paused Tokio
+//! time: with an in-process source, and over HTTP with the clock moved by hand.
 
 mod support;
 
 use std::{
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicUsize, Ordering::SeqCst},
     },
     time::Duration,
@@ -18,8 +19,10 @@ use axum::{
     response::IntoResponse,
 };
 use support::{RawEndpoint, RawFault, StandInEndpoint};
-use tokio::task::JoinSet;
-use tower_bearer::{AuthLayer, AuthLayerBuilder, ClientAuth, ClientCredentials, Error};
+use tokio::{task::JoinSet, time::Instant};
+use tower_bearer::{
+    AuthLayer, AuthLayerBuilder, ClientAuth, ClientCredentials, Error, Token, TokenSource,
+};
 
 fn builder(url: String) -> AuthLayerBuilder {
     AuthLayer::builder(
@@ -300,4 +303,127 @@ async fn garbage_instead_of_http_is_a_transport_error() {
     let auth = layer(endpoint.url("/token"));
     let err = auth.token().await.unwrap_err();
     assert!(matches!(err, Error::Transport(_)), "{err:?}");
+}
+
+/// A token source that fails with a 503 (a transient error) a set number of times, then issues
+/// a token, and records the paused clock at each attempt.
+#[derive(Clone)]
+struct FlakySource {
+    failures: usize,
+    attempts: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl FlakySource {
+    fn new(failures: usize) -> Self {
+        FlakySource {
+            failures,
+            attempts: Arc::default(),
+        }
+    }
+
+    /// The time between each attempt and the next.
+    fn gaps(&self) -> Vec<Duration> {
+        let attempts = self.attempts.lock().unwrap();
+        attempts.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+}
+
+impl TokenSource for FlakySource {
+    async fn fetch(&self) -> Result<Token, Error> {
+        let mut attempts = self.attempts.lock().unwrap();
+        attempts.push(Instant::now());
+        if attempts.len() <= self.failures {
+            return Err(Error::UnexpectedResponse {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                reason: "busy".into(),
+                excerpt: None,
+                retry_after: None,
+            });
+        }
+        Ok(Token::new("after-the-retries").with_expires_in(Duration::from_secs(3600)))
+    }
+}
+
+/// In paused time, with an in-process source: the pauses between the attempts of one fetch.
+#[tokio::test(start_paused = true)]
+async fn retry_pauses_inside_a_fetch_are_100_to_200_ms_then_200_to_400_ms() {
+    // Many jitter seeds, so that the pauses land all over their ranges.
+    for seed in 0..200 {
+        let source = FlakySource::new(2);
+        let auth = AuthLayer::builder(source.clone())
+            .jitter_seed(seed)
+            .build()
+            .unwrap();
+        let token = auth.token().await.unwrap();
+        assert_eq!(token.access_token().secret(), "after-the-retries");
+        let [first, second] = source.gaps().try_into().unwrap();
+        let ms = Duration::from_millis;
+        assert!(
+            (ms(100)..=ms(200)).contains(&first),
+            "seed {seed}: first pause {first:?}"
+        );
+        assert!(
+            (ms(200)..=ms(400)).contains(&second),
+            "seed {seed}: second pause {second:?}"
+        );
+        let stats = auth.stats();
+        assert_eq!((stats.fetches, stats.fetch_retries), (1, 2), "seed {seed}");
+    }
+}
+
+/// Yields until `done`, without moving the paused clock: yielding lets the loopback I/O and the
+/// other tasks run, and the clock moves only when the runtime has nothing to do.
+async fn yield_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..1_000_000 {
+        if done() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("never happened: {what}");
+}
+
+/// Over real HTTP in paused time, the clock moved by hand: the endpoint answers the first
+/// request 503 with `Retry-After: 1`, and the fetch sends the next one exactly 1 s later.
+#[tokio::test(start_paused = true)]
+async fn a_503_with_retry_after_1_is_retried_after_that_second() {
+    let answered = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&answered);
+    let endpoint = StandInEndpoint::start(move |_| {
+        if count.fetch_add(1, SeqCst) == 0 {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                "busy",
+            )
+                .into_response()
+        } else {
+            support::token_json("after-one-second", 3600)
+        }
+    })
+    .await;
+    let auth = builder(endpoint.url("/token")).build().unwrap();
+    let started = Instant::now();
+    let call = tokio::spawn({
+        let auth = auth.clone();
+        async move { auth.token().await }
+    });
+
+    yield_until("the 503 was answered and a retry planned", || {
+        auth.stats().fetch_retries == 1
+    })
+    .await;
+    assert_eq!(Instant::now(), started);
+    tokio::time::advance(Duration::from_millis(999)).await;
+    for _ in 0..1_000 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(endpoint.recorded().len(), 1, "retried before 1 s");
+
+    tokio::time::advance(Duration::from_millis(1)).await;
+    yield_until("the retry was answered", || call.is_finished()).await;
+    let token = call.await.unwrap().unwrap();
+    assert_eq!(token.access_token().secret(), "after-one-second");
+    assert_eq!(endpoint.recorded().len(), 2);
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
 }
