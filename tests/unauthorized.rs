@@ -3,15 +3,23 @@
 
 mod support;
 
-use std::{convert::Infallible, time::Duration};
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering::SeqCst},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{Full, combinators::BoxBody};
-use support::{ApiDown, CountingSource};
+use support::{ApiDown, CountingSource, ProtectedApi};
 use tokio::task::JoinSet;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_bearer::{AuthLayer, Error};
+use tower_bearer::{AuthLayer, Error, StaticToken, TokenSource};
 
 fn post(body: &'static str) -> Request<Full<Bytes>> {
     Request::post("https://api.test/items")
@@ -550,4 +558,177 @@ async fn the_default_replay_limit_is_64_kib() {
     let response = svc.clone().oneshot(upload(64 * 1024 + 1)).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(auth.stats().not_resent, 1);
+}
+
+/// The same storm, shorter, with each request's sends recorded: a request whose token is kept
+/// (the replacement of a rejected token was rejected too) gets its 401 back, and every request
+/// that is resent carries another token than the one it was rejected with.
+#[tokio::test(start_paused = true)]
+async fn during_a_401_storm_no_request_is_resent_with_the_token_it_was_rejected_with() {
+    let source = source();
+    let api = source.api();
+    let auth = AuthLayer::builder(source.clone())
+        .jitter_seed(13)
+        .build()
+        .unwrap();
+    // (request id, token) of every request the API receives, first sends and resends alike.
+    let sends = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
+    let recorder = {
+        let sends = Arc::clone(&sends);
+        tower::service_fn(move |req: Request<Full<Bytes>>| {
+            let id = req.headers()["x-id"].to_str().unwrap().to_owned();
+            let token = req.headers()["authorization"].to_str().unwrap().to_owned();
+            sends.lock().unwrap().push((id, token));
+            let mut api = api.clone();
+            async move { tower::Service::call(&mut api, req).await }
+        })
+    };
+    let svc = ServiceBuilder::new().layer(auth.clone()).service(recorder);
+    let request = |id: String| {
+        Request::post("https://api.test/items")
+            .header("x-id", id)
+            .body(Full::new(Bytes::from_static(b"p")))
+            .unwrap()
+    };
+    svc.clone().oneshot(request("warm".into())).await.unwrap();
+
+    // 20 callers, a request each every 10 ms, for 5 s of rejections.
+    source.api().force_status(Some(StatusCode::UNAUTHORIZED));
+    for round in 0..500 {
+        let mut set = JoinSet::new();
+        for caller in 0..20 {
+            let svc = svc.clone();
+            let request = request(format!("{round}/{caller}"));
+            set.spawn(async move { svc.oneshot(request).await.unwrap().status() });
+        }
+        for status in set.join_all().await {
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+        }
+        tokio::time::advance(Duration::from_millis(10)).await;
+    }
+
+    let mut by_request = std::collections::HashMap::<String, Vec<String>>::new();
+    for (id, token) in sends.lock().unwrap().iter().skip(1) {
+        by_request
+            .entry(id.clone())
+            .or_default()
+            .push(token.clone());
+    }
+    assert_eq!(by_request.len(), 500 * 20);
+    let mut resent = 0;
+    for (id, tokens) in &by_request {
+        match tokens.as_slice() {
+            [_] => {}
+            [first, second] => {
+                assert_ne!(
+                    first, second,
+                    "request {id} was resent with its rejected token"
+                );
+                resent += 1;
+            }
+            more => panic!("request {id} was sent {} times", more.len()),
+        }
+    }
+    let stats = auth.stats();
+    assert_eq!(stats.retries, resent);
+    assert!(resent > 0, "some requests were resent with a new token");
+    assert!(
+        stats.not_resent > 0,
+        "some requests were rejected with a kept token and not resent"
+    );
+}
+
+/// An inner service that logs each readiness poll and each call, and keeps tower's contract in
+/// view: a call on an instance that was not polled ready since its last call is logged so.
+#[derive(Clone)]
+struct ReadinessLog {
+    api: ProtectedApi,
+    log: Arc<Mutex<Vec<String>>>,
+    ready: bool,
+}
+
+impl tower::Service<Request<Full<Bytes>>> for ReadinessLog {
+    type Response = http::Response<String>;
+    type Error = ApiDown;
+    type Future = <ProtectedApi as tower::Service<Request<Full<Bytes>>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ApiDown>> {
+        self.log.lock().unwrap().push("ready".into());
+        let ready = tower::Service::<Request<Full<Bytes>>>::poll_ready(&mut self.api, cx);
+        self.ready = ready.is_ready();
+        ready
+    }
+
+    fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
+        let token = req.headers()["authorization"].to_str().unwrap();
+        let unreadied = if std::mem::take(&mut self.ready) {
+            ""
+        } else {
+            " on an instance not polled ready"
+        };
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("call with {token}{unreadied}"));
+        self.api.call(req)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_resend_polls_the_inner_services_readiness_again() {
+    let source = source();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let inner = ReadinessLog {
+        api: source.api(),
+        log: Arc::clone(&log),
+        ready: false,
+    };
+    let auth = AuthLayer::new(source.clone());
+    auth.token().await.unwrap();
+    source.api().revoke("tok-1");
+
+    let svc = ServiceBuilder::new().layer(auth.clone()).service(inner);
+    let response = svc.oneshot(post("once")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "the resend succeeded");
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            "ready",
+            "call with Bearer tok-1",
+            "ready",
+            "call with Bearer tok-2"
+        ]
+    );
+    assert_eq!(auth.stats().retries, 1);
+}
+
+/// `StaticToken`'s documented behaviour after a 401: the layer asks the source again, gets the
+/// same token, resends once with it, and the caller gets the second 401.
+#[tokio::test(start_paused = true)]
+async fn a_static_token_rejected_with_401_is_asked_for_again_and_resent_once() {
+    let asks = Arc::new(AtomicUsize::new(0));
+    let key = StaticToken::new("my-api-key");
+    let counted = tower_bearer::source::from_fn({
+        let asks = Arc::clone(&asks);
+        move || {
+            asks.fetch_add(1, SeqCst);
+            let key = key.clone();
+            async move { key.fetch().await }
+        }
+    });
+    let api = source().api();
+    api.force_status(Some(StatusCode::UNAUTHORIZED));
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::new(counted))
+        .service(api.clone());
+
+    let response = svc.oneshot(post("once")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        response.body(),
+        "once",
+        "the second 401, as the API sent it"
+    );
+    assert_eq!(api.seen(), ["my-api-key", "my-api-key"], "one resend");
+    assert_eq!(asks.load(SeqCst), 2, "the source was asked twice");
 }
