@@ -511,6 +511,11 @@ mod tests {
             matches!(&err, Error::Config(m) if m.contains("fetch_attempts")),
             "{err}"
         );
+        let err = build(|b| b.name(""));
+        assert!(
+            matches!(&err, Error::Config(m) if m.contains("name")),
+            "{err}"
+        );
     }
 
     #[test]
