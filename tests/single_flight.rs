@@ -313,3 +313,18 @@ async fn a_fetch_in_flight_during_revoke_installs_nothing() {
     let token = waiter.await.unwrap().unwrap();
     assert_eq!(token.access_token().secret(), "tok-2");
 }
+
+#[tokio::test(start_paused = true)]
+async fn invalidating_a_token_already_replaced_returns_false_and_causes_no_fetch() {
+    let source = CountingSource::new(Duration::from_millis(5), Some(Duration::from_secs(3600)));
+    let auth = AuthLayer::new(source.clone());
+    let old = auth.token().await.unwrap();
+    assert!(auth.invalidate(&old));
+    assert_eq!(auth.token().await.unwrap().access_token().secret(), "tok-2");
+
+    // A late invalidation of tok-1, now that tok-2 is installed: nothing happens.
+    assert!(!auth.invalidate(&old));
+    assert_eq!(auth.token().await.unwrap().access_token().secret(), "tok-2");
+    assert_eq!(source.fetches(), 2);
+    assert_eq!(auth.stats().fetches, 2);
+}
