@@ -135,9 +135,13 @@ async fn a_service_cloned_per_request_allocates_nothing_beyond_the_header_insert
             .unwrap();
         auth.token().await.unwrap();
         let svc = auth.layer(Noop);
-        // The service cloned from makes, once, the handle its clones share.
+        // The service cloned from makes, once, the handle its clones share, and once per
+        // token, at their first request, the copy of the header they send.
         let (first, ()) = allocations(|| drop(svc.clone()));
         assert_eq!(first, 1, "the first clone");
+        let request = bare();
+        let (first, ()) = allocations(|| run_once(&mut svc.clone(), request));
+        assert_eq!(first, floor + 3, "the clones' first request");
         let requests: Vec<_> = (0..1_000).map(|_| bare()).collect();
         let (counted, ()) = allocations(|| {
             for request in requests {
@@ -200,8 +204,12 @@ impl HeaderCopies {
     }
 }
 
+/// Where each request's header bytes live says who shares them: a service sends the cache's
+/// header at first and its own copy once it is busy; the clones of a service send a copy that
+/// they alone share. No copy is shared by services that were not cloned from one another, so
+/// services kept on different cores count references on different cache lines.
 #[tokio::test(flavor = "current_thread")]
-async fn long_lived_services_send_their_own_copy_and_clones_the_shared_one() {
+async fn busy_services_send_their_own_copy_and_clones_one_their_service_made_for_them() {
     let auth = AuthLayer::new(StaticToken::new("tok"));
     auth.token().await.unwrap();
     let seen = HeaderCopies::default();
@@ -215,21 +223,32 @@ async fn long_lived_services_send_their_own_copy_and_clones_the_shared_one() {
     let own = seen.last();
     assert_ne!(own, shared, "a busy service sends its own copy");
 
-    // A clone sends the shared copy (a clone made for one request allocates nothing), then
-    // makes its own.
-    let mut clone = first.clone();
-    run_once(&mut clone, request());
-    assert_eq!(seen.last(), shared);
+    // Clones made for one request each send the copy their service made for its clones.
+    run_once(&mut first.clone(), request());
+    let for_clones = seen.last();
+    assert_ne!(for_clones, own);
+    assert_ne!(for_clones, shared);
+    run_once(&mut first.clone(), request());
+    assert_eq!(
+        seen.last(),
+        for_clones,
+        "one copy for all of a service's clones"
+    );
+
+    // A clone kept for many requests makes its own copy too, and its clones share another.
+    let mut kept = first.clone();
     for _ in 0..WARM_UP {
-        run_once(&mut clone, request());
+        run_once(&mut kept, request());
     }
-    let clone_own = seen.last();
-    assert_ne!(clone_own, own);
-    assert_ne!(clone_own, shared);
+    let kept_own = seen.last();
+    assert!(![shared, own, for_clones].contains(&kept_own));
+    run_once(&mut kept.clone(), request());
+    let kept_for_clones = seen.last();
+    assert!(![shared, own, for_clones, kept_own].contains(&kept_for_clones));
     run_once(&mut first, request());
     assert_eq!(seen.last(), own, "and each keeps its own");
 
-    // A new token: each service copies it once, and sends it at once.
+    // A new token: each copy is made again once, and sent at once.
     assert!(auth.invalidate(&tower_bearer::Token::new("tok")));
     auth.token().await.unwrap();
     run_once(&mut first, request());
@@ -237,6 +256,11 @@ async fn long_lived_services_send_their_own_copy_and_clones_the_shared_one() {
     assert_ne!(renewed, own);
     run_once(&mut first, request());
     assert_eq!(seen.last(), renewed);
+    run_once(&mut first.clone(), request());
+    let renewed_for_clones = seen.last();
+    assert!(![for_clones, renewed].contains(&renewed_for_clones));
+    run_once(&mut first.clone(), request());
+    assert_eq!(seen.last(), renewed_for_clones);
 }
 
 #[tokio::test(flavor = "current_thread")]

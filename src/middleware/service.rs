@@ -16,7 +16,7 @@ use crate::{
     cache::{Entry, TokenCache},
     future::ResponseFuture,
     grpc,
-    layer::LayerHandle,
+    layer::{LayerHandle, ServiceHandle},
     message::{AuthRequest, AuthResponse},
     origin::Decision,
     token,
@@ -43,14 +43,19 @@ use crate::{
 /// or `Vec<u8>` body within the replay limit copied once); turn that off with
 /// [`retry_unauthorized(false)`](crate::AuthLayerBuilder::retry_unauthorized).
 ///
-/// A service cloned for each request (`svc.clone().oneshot(req)`) uses the header its layer
-/// shares (a reference count, like tower-http's `AddAuthorization`), and a handle on the layer
-/// for the response future that only `svc` and its clones hold (made at `svc`'s first clone):
-/// clones of services kept on different cores count references on different cache lines. A service that keeps sending requests makes its
-/// own copies after 8: it follows the current token with one pointer
-/// comparison (`arc_swap::Cache`) and clones a header and a handle only it holds, so that
-/// services driven from different cores write no memory in common per request. Either way the
-/// token is checked against the clock on every request: validity depends on no timer.
+/// Services kept on different cores do not contend for a cache line per request (tower-http's
+/// `AddAuthorization` shares one header's reference count among all its clones):
+///
+/// - a service that keeps sending requests makes its own copies after 8 requests: it follows
+///   the current token with one pointer comparison (`arc_swap::Cache`) and sends a copy of the
+///   header, with a handle on the layer, that only it holds;
+/// - a service's clones (`svc.clone().oneshot(req)`) share a handle and a copy of the header
+///   that `svc` makes for them, once (the handle at its first clone, the copy at their first
+///   request with each token), and that no other service uses.
+///
+/// Only a new service's first 8 requests send the cache's own header, which all services
+/// share. Either way the token is checked against the clock on every request: validity depends
+/// on no timer.
 pub struct AuthService<S> {
     inner: S,
     /// Shared with the service this one was cloned from and its other clones, until it makes
@@ -162,7 +167,7 @@ impl<S> AuthService<S> {
             return None;
         }
         let token = (
-            entry.header.clone(),
+            self.layer.header(entry),
             entry.generation,
             Arc::clone(&self.layer),
         );
@@ -238,8 +243,11 @@ impl<S> AuthService<S> {
     /// A handle on the layer's state that only this service and its clones hold (one small
     /// allocation, the first time it is asked for).
     fn own_handle(&self) -> &LayerHandle {
-        self.for_clones
-            .get_or_init(|| Arc::new(Arc::clone(&self.layer)))
+        self.for_clones.get_or_init(|| {
+            Arc::new(ServiceHandle::with_header_copy(Arc::clone(
+                self.layer.state(),
+            )))
+        })
     }
 }
 
