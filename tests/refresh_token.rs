@@ -3,17 +3,11 @@
 
 mod support;
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering::SeqCst},
-    },
-    time::Duration,
-};
+use std::{sync::atomic::Ordering::SeqCst, time::Duration};
 
 use http::{Request, StatusCode};
 use http_body_util::Empty;
-use support::{LostAnswer, StandInEndpoint, StandInIdp};
+use support::{LostAnswer, StandInEndpoint, StandInIdp, store::FlakyStore};
 use tokio::task::JoinSet;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_bearer::{
@@ -345,30 +339,6 @@ async fn an_empty_store_asks_for_authorization() {
     assert!(matches!(err, Error::AuthorizationRequired(_)), "{err:?}");
     assert!(err.is_terminal());
     assert!(idp.requests_to("/token").is_empty());
-}
-
-/// A store whose saves fail while `broken` is set.
-#[derive(Clone, Default)]
-struct FlakyStore {
-    inner: MemoryStore,
-    broken: Arc<AtomicBool>,
-}
-
-impl TokenStore for FlakyStore {
-    async fn load(&self) -> Result<Option<StoredToken>, Error> {
-        self.inner.load().await
-    }
-    async fn save(&self, token: &StoredToken) -> Result<(), Error> {
-        if self.broken.load(SeqCst) {
-            return Err(Error::Store(tower_bearer::error::StoreError::new(
-                "disk full",
-            )));
-        }
-        self.inner.save(token).await
-    }
-    async fn clear(&self) -> Result<(), Error> {
-        self.inner.clear().await
-    }
 }
 
 #[tokio::test]

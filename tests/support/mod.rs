@@ -28,6 +28,7 @@ use tokio::sync::Semaphore;
 use tower_bearer::{Error, Token, TokenSource};
 
 pub mod serve;
+pub mod store;
 pub mod upload;
 
 // ---------------------------------------------------------------------------------------------
