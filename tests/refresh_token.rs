@@ -556,3 +556,25 @@ async fn invalid_client_and_unauthorized_client_are_remembered_like_invalid_gran
         );
     }
 }
+
+/// The stored access token is used "while it lasts, then refreshes": one that has already
+/// expired is not handed out; the first fetch sends the stored refresh token and returns the
+/// access token it buys.
+#[tokio::test]
+async fn an_expired_stored_access_token_is_not_used_the_first_fetch_refreshes() {
+    let idp = StandInIdp::start().await;
+    idp.add_refresh_token("rt-0");
+    let expired = std::time::SystemTime::now() - Duration::from_secs(60);
+    let store = MemoryStore::with(
+        StoredToken::new()
+            .with_refresh_token("rt-0")
+            .with_access_token("at-expired", Some(expired)),
+    );
+    let auth = AuthLayer::new(grant(&idp, store.clone()));
+
+    let token = auth.token().await.unwrap();
+    assert_eq!(token.access_token().secret(), "at-1");
+    assert_eq!(idp.refresh_tokens_sent(), ["rt-0"]);
+    let saved = store.load().await.unwrap().unwrap();
+    assert_eq!(saved.access_token().unwrap().secret(), "at-1");
+}
