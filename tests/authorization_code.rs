@@ -4,13 +4,13 @@ mod support;
 
 use std::sync::atomic::Ordering::SeqCst;
 
-use support::StandInIdp;
+use support::{StandInEndpoint, StandInIdp, store::FlakyStore, token_json};
 use tower_bearer::{
-    AuthLayer, AuthorizationCode, ClientAuth, Pkce,
+    AuthLayer, AuthorizationCode, ClientAuth, Error, Pkce,
     store::{MemoryStore, TokenStore},
 };
 
-fn flow(idp: &StandInIdp, store: MemoryStore) -> AuthorizationCode {
+fn flow(idp: &StandInIdp, store: impl TokenStore) -> AuthorizationCode {
     AuthorizationCode::builder(idp.url("/token"))
         .client_id("app")
         .client_secret("app-secret")
@@ -207,4 +207,69 @@ async fn the_code_exchange_is_never_retried() {
     );
     assert!(err.is_transient(), "{err:?}");
     assert_eq!(idp.requests_to("/token").len(), 1, "sent once");
+}
+
+/// With `ClientAuth::Query` the client credentials and the plain parameters go in the URL, but
+/// the code and the PKCE verifier, which are secrets, go in the form body: URLs end up in proxy
+/// and access logs.
+#[tokio::test]
+async fn query_client_auth_keeps_the_code_and_the_verifier_out_of_the_url() {
+    let endpoint = StandInEndpoint::start(|_| token_json("at-1", 3600)).await;
+    let pkce = Pkce::new().unwrap();
+    let verifier = pkce.verifier().secret().to_owned();
+    AuthorizationCode::builder(endpoint.url("/token"))
+        .client_id("app")
+        .client_secret("app-secret")
+        .auth(ClientAuth::Query)
+        .redirect_uri("https://app.example.com/callback")
+        .build()
+        .unwrap()
+        .exchange("code-1", Some(pkce.verifier()))
+        .await
+        .unwrap();
+
+    let [req] = endpoint.recorded().try_into().unwrap();
+    let query = req.query_pairs();
+    for pair in [
+        ("grant_type", "authorization_code"),
+        ("client_id", "app"),
+        ("client_secret", "app-secret"),
+    ] {
+        assert!(
+            query.contains(&(pair.0.into(), pair.1.into())),
+            "{pair:?} in {query:?}"
+        );
+    }
+    assert!(
+        query
+            .iter()
+            .all(|(k, v)| k != "code" && k != "code_verifier" && v != "code-1" && *v != verifier),
+        "{query:?}"
+    );
+    let raw = req.query.clone().unwrap_or_default();
+    assert!(!raw.contains("code-1") && !raw.contains(&verifier), "{raw}");
+    let form = req.form();
+    assert!(form.contains(&("code".into(), "code-1".into())), "{form:?}");
+    assert!(
+        form.contains(&("code_verifier".into(), verifier)),
+        "{form:?}"
+    );
+}
+
+/// The exchanged tokens are saved before `exchange` returns: a store that cannot save them
+/// makes the exchange fail with `Error::Store`.
+#[tokio::test]
+async fn an_exchange_whose_tokens_cannot_be_saved_fails_with_a_store_error() {
+    let idp = StandInIdp::start().await;
+    idp.add_code("code-1", None);
+    let store = FlakyStore::default();
+    store.broken.store(true, SeqCst);
+
+    let err = flow(&idp, store.clone())
+        .exchange("code-1", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Store(_)), "{err:?}");
+    assert_eq!(idp.requests_to("/token").len(), 1, "the code was exchanged");
+    assert_eq!(store.inner.load().await.unwrap(), None, "nothing was saved");
 }
