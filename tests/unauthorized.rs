@@ -5,6 +5,7 @@ mod support;
 
 use std::{
     convert::Infallible,
+    future::Future,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering::SeqCst},
@@ -15,11 +16,14 @@ use std::{
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::{Full, combinators::BoxBody};
+use http_body_util::{
+    Full,
+    combinators::{BoxBody, UnsyncBoxBody},
+};
 use support::{ApiDown, CountingSource, ProtectedApi};
 use tokio::task::JoinSet;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_bearer::{AuthLayer, Error, StaticToken, TokenSource};
+use tower_bearer::{AuthLayer, BoxError, Error, StaticToken, TokenSource, replay::ReplayableBody};
 
 fn post(body: &'static str) -> Request<Full<Bytes>> {
     Request::post("https://api.test/items")
@@ -731,4 +735,238 @@ async fn a_static_token_rejected_with_401_is_asked_for_again_and_resent_once() {
     );
     assert_eq!(api.seen(), ["my-api-key", "my-api-key"], "one resend");
     assert_eq!(asks.load(SeqCst), 2, "the source was asked twice");
+}
+
+/// How the in-process API reads a request body, for every body type the replay table lists:
+/// some (`()`, `&'static str`, `Bytes`, ...) are not `http_body::Body`, but the layer takes any
+/// body, so the API reads each its own way.
+trait ReadBody: Send + 'static {
+    fn read(self) -> Reading;
+}
+
+/// The API reading a body.
+type Reading = std::pin::Pin<Box<dyn Future<Output = Result<Bytes, BoxError>> + Send>>;
+
+macro_rules! read_in_memory {
+    ($($ty:ty => $bytes:expr),* $(,)?) => {$(
+        impl ReadBody for $ty {
+            fn read(self) -> Reading {
+                let bytes: fn($ty) -> Bytes = $bytes;
+                Box::pin(std::future::ready(Ok(bytes(self))))
+            }
+        }
+    )*};
+}
+
+read_in_memory!(
+    () => |()| Bytes::new(),
+    &'static str => |s| Bytes::from_static(s.as_bytes()),
+    &'static [u8] => Bytes::from_static,
+    Bytes => |b| b,
+    Vec<u8> => Bytes::from,
+);
+
+macro_rules! read_http_body {
+    ($($ty:ty),* $(,)?) => {$(
+        impl ReadBody for $ty {
+            fn read(self) -> Reading {
+                Box::pin(async move {
+                    let collected = http_body_util::BodyExt::collect(self).await;
+                    Ok(collected.map_err(BoxError::from)?.to_bytes())
+                })
+            }
+        }
+    )*};
+}
+
+read_http_body!(
+    String,
+    Full<Bytes>,
+    Full<&'static [u8]>,
+    http_body_util::Empty<Bytes>,
+    BoxBody<Bytes, BoxError>,
+    UnsyncBoxBody<Bytes, BoxError>,
+    BoxBody<Bytes, Infallible>,
+    UnsyncBoxBody<Bytes, Infallible>,
+    ReplayableBody,
+    Chunks,
+);
+#[cfg(feature = "axum")]
+read_http_body!(axum::body::Body);
+#[cfg(feature = "tonic")]
+read_http_body!(tonic::body::Body);
+
+/// A body type the replay table does not list: a bare stream, as hyper's `Incoming` is.
+type Chunks = http_body_util::StreamBody<
+    tokio_stream::Iter<std::vec::IntoIter<Result<http_body::Frame<Bytes>, BoxError>>>,
+>;
+
+/// `chunks` as a stream of data frames, then `error` if given: a body that fails after them.
+fn chunks(chunks: &[&'static str], error: Option<&'static str>) -> Chunks {
+    let mut frames: Vec<Result<http_body::Frame<Bytes>, BoxError>> = chunks
+        .iter()
+        .map(|c| Ok(http_body::Frame::data(Bytes::from_static(c.as_bytes()))))
+        .collect();
+    if let Some(error) = error {
+        frames.push(Err(error.into()));
+    }
+    http_body_util::StreamBody::new(tokio_stream::iter(frames))
+}
+
+/// What came of one request whose first send carried a token the API no longer accepts.
+struct AfterA401 {
+    status: StatusCode,
+    /// The body of the response: the API echoes the body it read.
+    echoed: String,
+    stats: tower_bearer::Stats,
+    /// The tokens the API saw, in order.
+    tokens: Vec<String>,
+    /// The bodies the API read, in order; a body that failed reads as `<failed: ...>`.
+    bodies: Vec<String>,
+}
+
+/// Sends `body` through a fresh layer whose cached token (tok-1) the API has revoked: the API
+/// answers the first send 401.
+async fn sent_after_a_401<B: ReadBody>(body: B) -> AfterA401 {
+    let source = source();
+    let api = source.api();
+    let reader = tower::service_fn(move |request: Request<B>| {
+        let mut api = api.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let read = match body.read().await {
+                Ok(bytes) => bytes,
+                Err(err) => Bytes::from(format!("<failed: {err}>")),
+            };
+            let request = Request::from_parts(parts, Full::new(read));
+            tower::Service::call(&mut api, request).await
+        }
+    });
+    let auth = AuthLayer::new(source.clone());
+    auth.token().await.unwrap();
+    source.api().revoke("tok-1");
+    let svc = ServiceBuilder::new().layer(auth.clone()).service(reader);
+    let request = Request::post("https://api.test/upload").body(body).unwrap();
+    let response = svc.oneshot(request).await.unwrap();
+    let api = source.api();
+    AfterA401 {
+        status: response.status(),
+        echoed: response.into_body(),
+        stats: auth.stats(),
+        tokens: api.seen(),
+        bodies: api.state().bodies.lock().unwrap().clone(),
+    }
+}
+
+/// Each body type of the replay table that is resent (within the replay limit): after a 401
+/// the request is resent once with a new token, the API reads the same bytes both times, and
+/// the caller gets the 200.
+#[tokio::test(start_paused = true)]
+async fn every_body_type_the_replay_table_lists_is_resent_with_the_same_bytes_after_a_401() {
+    type Outcome = std::pin::Pin<Box<dyn Future<Output = AfterA401>>>;
+    fn case<B: ReadBody>(body: B) -> Outcome {
+        Box::pin(sent_after_a_401(body))
+    }
+    let streamed = || http_body_util::BodyExt::map_err(chunks(&["pay", "load"], None), |e| e);
+    let infallible = || Full::new(Bytes::from_static(b"payload"));
+    let cases: Vec<(&str, &str, Outcome)> = vec![
+        ("()", "", case(())),
+        ("&'static str", "payload", case("payload")),
+        ("&'static [u8]", "payload", case(&b"payload"[..])),
+        ("Bytes", "payload", case(Bytes::from_static(b"payload"))),
+        ("Full<Bytes>", "payload", case(infallible())),
+        (
+            "Full<&'static [u8]>",
+            "payload",
+            case(Full::new(&b"payload"[..])),
+        ),
+        (
+            "Empty<Bytes>",
+            "",
+            case(http_body_util::Empty::<Bytes>::new()),
+        ),
+        ("String", "payload", case(String::from("payload"))),
+        ("Vec<u8>", "payload", case(b"payload".to_vec())),
+        (
+            "BoxBody<Bytes, BoxError>",
+            "payload",
+            case(BoxBody::<Bytes, BoxError>::new(streamed())),
+        ),
+        (
+            "UnsyncBoxBody<Bytes, BoxError>",
+            "payload",
+            case(UnsyncBoxBody::<Bytes, BoxError>::new(streamed())),
+        ),
+        (
+            "BoxBody<Bytes, Infallible>",
+            "payload",
+            case(BoxBody::<Bytes, Infallible>::new(infallible())),
+        ),
+        (
+            "UnsyncBoxBody<Bytes, Infallible>",
+            "payload",
+            case(UnsyncBoxBody::<Bytes, Infallible>::new(infallible())),
+        ),
+        (
+            "ReplayableBody",
+            "payload",
+            case(ReplayableBody::new(streamed())),
+        ),
+        #[cfg(feature = "axum")]
+        (
+            "axum::body::Body",
+            "payload",
+            case(axum::body::Body::new(streamed())),
+        ),
+        #[cfg(feature = "tonic")]
+        (
+            "tonic::body::Body",
+            "payload",
+            case(tonic::body::Body::new(streamed())),
+        ),
+    ];
+
+    for (body_type, expected, outcome) in cases {
+        let outcome = outcome.await;
+        assert_eq!(outcome.status, StatusCode::OK, "{body_type}");
+        assert_eq!(outcome.echoed, expected, "{body_type}");
+        assert_eq!(
+            outcome.tokens,
+            ["tok-1", "tok-2"],
+            "{body_type}: resent once"
+        );
+        assert_eq!(
+            outcome.bodies,
+            [expected, expected],
+            "{body_type}: the API read the same bytes both times"
+        );
+        assert_eq!(
+            (outcome.stats.retries, outcome.stats.not_resent),
+            (1, 0),
+            "{body_type}"
+        );
+    }
+}
+
+/// A streaming body whose original fails after its first chunk cannot be resent whole, so it is
+/// not resent: the caller gets the 401, counted as not resent.
+#[tokio::test(start_paused = true)]
+async fn a_boxed_body_that_fails_after_a_chunk_is_not_resent_and_its_401_goes_to_the_caller() {
+    let failing = BoxBody::<Bytes, BoxError>::new(chunks(&["a"], Some("upload broke")));
+    let outcome = sent_after_a_401(failing).await;
+    assert_eq!(outcome.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(outcome.tokens, ["tok-1"], "sent once");
+    assert_eq!(outcome.bodies, ["<failed: upload broke>"]);
+    assert_eq!((outcome.stats.retries, outcome.stats.not_resent), (0, 1));
+}
+
+/// A body type the replay table does not list (a bare `StreamBody`, as hyper's `Incoming`) is
+/// sent once: the caller gets the 401, counted as not resent.
+#[tokio::test(start_paused = true)]
+async fn a_body_type_the_replay_table_does_not_list_is_sent_once_and_its_401_goes_to_the_caller() {
+    let outcome = sent_after_a_401(chunks(&["pay", "load"], None)).await;
+    assert_eq!(outcome.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(outcome.echoed, "payload");
+    assert_eq!(outcome.tokens, ["tok-1"], "sent once");
+    assert_eq!((outcome.stats.retries, outcome.stats.not_resent), (0, 1));
 }
