@@ -559,6 +559,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_infallible_boxed_body_taken_over_half_read_ends_its_first_copy_instead_of_failing()
+    {
+        use http_body_util::combinators::BoxBody;
+
+        use crate::replay::{KeptBody, keep};
+
+        // Wrapped in place as the layer wraps it before the first send.
+        let mut first: BoxBody<Bytes, Infallible> =
+            BoxBody::new(chunked(&["12", "34", "56"], false));
+        let kept = keep(&mut first, 1024).expect("kept for a resend");
+        assert!(matches!(kept, KeptBody::Streamed { .. }));
+        assert_eq!(
+            first.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "12"
+        );
+        // The 401 came: the resend takes the original over while the first copy is half read.
+        let resend = kept.into_body().expect("a resend is offered");
+        for _ in 0..2 {
+            let mut next = tokio_test::task::spawn(first.frame());
+            match next.poll() {
+                Poll::Ready(None) => {}
+                Poll::Ready(Some(Ok(frame))) => {
+                    panic!("the first copy read on after the takeover: {frame:?}")
+                }
+                Poll::Pending => panic!("the first copy must end at once, not wait"),
+            }
+        }
+        assert_eq!(resend.collect().await.unwrap().to_bytes(), "123456");
+    }
+
+    #[tokio::test]
+    async fn an_original_body_that_fails_offers_no_replay() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
+        tx.try_send(Ok(Frame::data(Bytes::from_static(b"a"))))
+            .unwrap();
+        tx.try_send(Err(std::io::Error::other("upload broke")))
+            .unwrap();
+        drop(tx);
+        let mut first = ReplayableBody::new(http_body_util::StreamBody::new(tokio_stream_from(rx)));
+        let handle = first.capture(1024).unwrap();
+        assert_eq!(
+            first.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "a"
+        );
+        let err = first.frame().await.unwrap().unwrap_err();
+        assert_eq!(err.to_string(), "upload broke");
+        assert!(
+            ReplayableBody::replay(handle).is_none(),
+            "a resend could not be whole"
+        );
+    }
+
+    #[tokio::test]
     async fn without_capture_frames_pass_through() {
         let body = ReplayableBody::new(chunked(&["p", "q"], true));
         let (bytes, trailers) = all(body).await;
