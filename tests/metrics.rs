@@ -4,17 +4,19 @@
 
 mod support;
 
-use std::time::Duration;
+use std::{convert::Infallible, time::Duration};
 
-use http::Request;
-use http_body_util::Empty;
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body::Frame;
+use http_body_util::{Empty, StreamBody};
 use metrics_util::{
     CompositeKey, MetricKind,
     debugging::{DebugValue, DebuggingRecorder},
 };
-use support::CountingSource;
+use support::{CountingSource, StandInEndpoint};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_bearer::AuthLayer;
+use tower_bearer::{AuthLayer, ClientCredentials};
 
 fn counter(
     snapshot: &[(
@@ -24,13 +26,15 @@ fn counter(
         DebugValue,
     )],
     name: &str,
-    label: Option<(&str, &str)>,
+    labels: &[(&str, &str)],
 ) -> u64 {
     snapshot
         .iter()
         .filter(|(key, ..)| key.kind() == MetricKind::Counter && key.key().name() == name)
         .filter(|(key, ..)| {
-            label.is_none_or(|(k, v)| key.key().labels().any(|l| l.key() == k && l.value() == v))
+            labels
+                .iter()
+                .all(|(k, v)| key.key().labels().any(|l| l.key() == *k && l.value() == *v))
         })
         .map(|(.., value)| match value {
             DebugValue::Counter(n) => *n,
@@ -41,7 +45,7 @@ fn counter(
 
 #[tokio::test(start_paused = true)]
 async fn fetches_rejections_and_resends_are_counted() {
-    // A global recorder: this file has this one test.
+    // The global recorder; the file's other test records into a recorder of its own thread.
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     recorder.install().unwrap();
@@ -96,7 +100,7 @@ async fn fetches_rejections_and_resends_are_counted() {
         counter(
             &snapshot,
             "tower_bearer.token.fetches",
-            Some(("outcome", "success"))
+            &[("outcome", "success")]
         ),
         3,
         "tok-2, tok-3 and the other layer's token"
@@ -105,22 +109,22 @@ async fn fetches_rejections_and_resends_are_counted() {
         counter(
             &snapshot,
             "tower_bearer.token.fetches",
-            Some(("outcome", "transient_error"))
+            &[("outcome", "transient_error")]
         ),
         2,
         "fetch 1 and the background refresh"
     );
-    assert_eq!(counter(&snapshot, "tower_bearer.token.rejected", None), 1);
+    assert_eq!(counter(&snapshot, "tower_bearer.token.rejected", &[]), 1);
     assert_eq!(
-        counter(&snapshot, "tower_bearer.token.served_stale", None),
+        counter(&snapshot, "tower_bearer.token.served_stale", &[]),
         2
     );
     assert_eq!(
-        counter(&snapshot, "tower_bearer.token.fetch.retries", None),
+        counter(&snapshot, "tower_bearer.token.fetch.retries", &[]),
         1
     );
-    assert_eq!(counter(&snapshot, "tower_bearer.requests.retried", None), 1);
-    assert_eq!(counter(&snapshot, "tower_bearer.token.waiters", None), 4);
+    assert_eq!(counter(&snapshot, "tower_bearer.requests.retried", &[]), 1);
+    assert_eq!(counter(&snapshot, "tower_bearer.token.waiters", &[]), 4);
     assert!(
         snapshot
             .iter()
@@ -132,20 +136,14 @@ async fn fetches_rejections_and_resends_are_counted() {
         && matches!(value, DebugValue::Gauge(g) if g.into_inner() > 3500.0)));
 
     // The two layers report apart: by the `layer` label.
-    let fetches = |layer| {
-        counter(
-            &snapshot,
-            "tower_bearer.token.fetches",
-            Some(("layer", layer)),
-        )
-    };
+    let fetches = |layer| counter(&snapshot, "tower_bearer.token.fetches", &[("layer", layer)]);
     assert_eq!(fetches("billing"), 4, "tok-2, tok-3 and two failures");
     assert_eq!(fetches("search"), 1);
     let retries = |layer| {
         counter(
             &snapshot,
             "tower_bearer.token.fetch.retries",
-            Some(("layer", layer)),
+            &[("layer", layer)],
         )
     };
     assert_eq!((retries("billing"), retries("search")), (0, 1));
@@ -158,5 +156,94 @@ async fn fetches_rejections_and_resends_are_counted() {
     assert!(
         gauges.contains(&"billing".to_owned()) && gauges.contains(&"search".to_owned()),
         "one lifetime gauge per layer: {gauges:?}"
+    );
+}
+
+/// An endpoint answering `invalid_client` is a terminal failure, in the stats and in the
+/// metrics; a 401 on a body that cannot be resent is counted as not resent, in both; and the
+/// metrics of layers given no name carry `layer="default"`.
+#[test]
+fn terminal_failures_and_unresent_401s_are_counted_under_the_default_layer_name() {
+    // A recorder of this thread only, so that the file's other test (and its global recorder)
+    // sees none of this; the runtime is current-thread, so every task runs on this thread.
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (terminal, unresent) = metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let endpoint =
+                StandInEndpoint::json(StatusCode::UNAUTHORIZED, r#"{"error":"invalid_client"}"#)
+                    .await;
+            let source = ClientCredentials::builder(endpoint.url("/token"))
+                .client_id("app")
+                .client_secret("wrong")
+                .build()
+                .unwrap();
+            let terminal = AuthLayer::new(source);
+            let err = terminal.token().await.unwrap_err();
+            assert_eq!(err.oauth().map(|e| e.code()), Some("invalid_client"));
+
+            // A bare stream body cannot be resent: its 401 goes to the caller.
+            let source = CountingSource::new(Duration::ZERO, Some(Duration::from_secs(3600)));
+            let unresent = AuthLayer::new(source.clone());
+            unresent.token().await.unwrap();
+            source.api().revoke("tok-1");
+            let svc = ServiceBuilder::new()
+                .layer(unresent.clone())
+                .service(source.api());
+            let frames: Vec<Result<Frame<Bytes>, Infallible>> =
+                vec![Ok(Frame::data(Bytes::from_static(b"x")))];
+            let body = StreamBody::new(tokio_stream::iter(frames));
+            let request = Request::post("https://api.test/").body(body).unwrap();
+            let response = svc.oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+            (terminal.stats(), unresent.stats())
+        })
+    });
+
+    assert_eq!(
+        (terminal.fetch_failures, terminal.terminal_failures),
+        (1, 1)
+    );
+    assert_eq!((unresent.retries, unresent.not_resent), (0, 1));
+
+    let snapshot = snapshotter.snapshot().into_vec();
+    let default = ("layer", "default");
+    assert_eq!(
+        counter(
+            &snapshot,
+            "tower_bearer.token.fetches",
+            &[default, ("outcome", "terminal_error")]
+        ),
+        1
+    );
+    assert_eq!(
+        counter(
+            &snapshot,
+            "tower_bearer.token.fetches",
+            &[("outcome", "transient_error")]
+        ),
+        0
+    );
+    assert_eq!(
+        counter(&snapshot, "tower_bearer.requests.not_resent", &[default]),
+        1
+    );
+    assert_eq!(counter(&snapshot, "tower_bearer.requests.retried", &[]), 0);
+    let unlabelled: Vec<_> = snapshot
+        .iter()
+        .filter(|(key, ..)| {
+            !key.key()
+                .labels()
+                .any(|l| l.key() == "layer" && l.value() == "default")
+        })
+        .map(|(key, ..)| key.key().name().to_owned())
+        .collect();
+    assert!(
+        unlabelled.is_empty(),
+        "without layer=\"default\": {unlabelled:?}"
     );
 }
