@@ -477,6 +477,81 @@ mod tests {
     }
 
     #[test]
+    fn oauth_codes_and_statuses_are_terminal_or_transient_as_documented() {
+        let oauth = |code: &str, status: u16| {
+            Error::from(OAuthError::new(
+                StatusCode::from_u16(status).unwrap(),
+                code.into(),
+                None,
+                None,
+            ))
+        };
+        let without_code = |status: u16| Error::UnexpectedResponse {
+            status: StatusCode::from_u16(status).unwrap(),
+            reason: "error response without an OAuth `error` code".into(),
+            excerpt: None,
+            retry_after: None,
+        };
+        // (error, what it is, is_terminal, is_transient)
+        let cases = [
+            (
+                oauth("invalid_request", 400),
+                "invalid_request",
+                true,
+                false,
+            ),
+            (oauth("invalid_client", 401), "invalid_client", true, false),
+            (oauth("invalid_grant", 400), "invalid_grant", true, false),
+            (
+                oauth("unauthorized_client", 400),
+                "unauthorized_client",
+                true,
+                false,
+            ),
+            (
+                oauth("unsupported_grant_type", 400),
+                "unsupported_grant_type",
+                true,
+                false,
+            ),
+            (oauth("invalid_scope", 400), "invalid_scope", true, false),
+            (
+                oauth("server_error", 400),
+                "server_error with 400",
+                false,
+                true,
+            ),
+            (
+                oauth("server_error", 500),
+                "server_error with 500",
+                false,
+                true,
+            ),
+            (
+                oauth("temporarily_unavailable", 400),
+                "temporarily_unavailable with 400",
+                false,
+                true,
+            ),
+            (
+                oauth("temporarily_unavailable", 503),
+                "temporarily_unavailable with 503",
+                false,
+                true,
+            ),
+            (without_code(429), "429 without a code", false, true),
+            (without_code(503), "503 without a code", false, true),
+        ];
+        for (error, what, terminal, transient) in cases {
+            assert_eq!(
+                (error.is_terminal(), error.is_transient()),
+                (terminal, transient),
+                "{what}: (is_terminal, is_transient)"
+            );
+        }
+    }
+
+    #[test]
     fn unexpected_response_shows_excerpt_quoted() {
         let e = Error::UnexpectedResponse {
             status: StatusCode::BAD_GATEWAY,
