@@ -162,3 +162,60 @@ async fn the_layers_redirect_filter_strips_a_custom_header_across_origins() {
         "the custom header was stripped"
     );
 }
+
+/// `redirect_filter()` strips the token header from the first hop to another origin on: on a
+/// redirect A → B → B → A, B gets no token, on the hop to it nor on the same-origin hop within
+/// it, and neither does the hop back to A.
+#[cfg(feature = "follow-redirect")]
+#[tokio::test]
+async fn the_layers_redirect_filter_keeps_a_custom_header_off_every_hop_after_another_origin() {
+    use std::sync::{Arc, OnceLock};
+
+    use tower_http::follow_redirect::policy::{PolicyExt, Standard};
+
+    let found = |location: String| (StatusCode::FOUND, [(header::LOCATION, location)]);
+    // A's /start redirects to B's /bounce, which redirects to B's /again, which redirects back
+    // to A's /back, which answers 200.
+    let b_base = Arc::new(OnceLock::<String>::new());
+    let a = {
+        let b_base = Arc::clone(&b_base);
+        StandInEndpoint::start(move |req| match req.path.as_str() {
+            "/start" => found(format!("{}/bounce", b_base.get().unwrap())).into_response(),
+            _ => StatusCode::OK.into_response(),
+        })
+        .await
+    };
+    let back = a.url("/back");
+    let b = StandInEndpoint::start(move |req| match req.path.as_str() {
+        "/bounce" => found("/again".to_owned()).into_response(),
+        _ => found(back.clone()).into_response(),
+    })
+    .await;
+    b_base.set(origin(&b)).unwrap();
+
+    let auth = layer(|builder| builder.header_name(CUSTOM).scheme(""));
+    let policy = Standard::default()
+        .and::<_, Empty<Bytes>, hyper_util::client::legacy::Error>(auth.redirect_filter());
+    let svc = ServiceBuilder::new()
+        .layer(auth)
+        .layer(FollowRedirectLayer::with_policy(policy))
+        .service(client::<Empty<Bytes>>(Protocol::Http1));
+    let response = svc.oneshot(get(a.url("/start"))).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let paths = |server: &StandInEndpoint| -> Vec<String> {
+        server.recorded().iter().map(|r| r.path.clone()).collect()
+    };
+    assert_eq!(paths(&a), ["/start", "/back"]);
+    assert_eq!(paths(&b), ["/bounce", "/again"]);
+    assert_eq!(
+        seen(&a),
+        [(None, Some("tok-1".to_owned())), (None, None)],
+        "the first request carries it, the hop back to A does not"
+    );
+    assert_eq!(
+        seen(&b),
+        [(None, None), (None, None)],
+        "stripped on the hop to B, and on the same-origin hop within B"
+    );
+}
