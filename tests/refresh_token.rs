@@ -578,3 +578,97 @@ async fn an_expired_stored_access_token_is_not_used_the_first_fetch_refreshes() 
     let saved = store.load().await.unwrap().unwrap();
     assert_eq!(saved.access_token().unwrap().secret(), "at-1");
 }
+
+/// Set in the child processes of `processes_sharing_one_file_store_send_each_refresh_token_once`:
+/// the token endpoint's URL and the store's path, separated by `|`.
+const FILE_STORE_WORKER: &str = "TOWER_BEARER_FILE_STORE_WORKER";
+/// Processes sharing the file, and the fresh tokens each asks for.
+const FILE_STORE_PROCESSES: usize = 4;
+const FILE_STORE_ROUNDS: usize = 8;
+
+/// One process of the test below: asks for a token, rejects it, asks again, over one
+/// `FileStore` that the other processes share.
+async fn file_store_worker(spec: &str) {
+    let (url, path) = spec.split_once('|').expect("url|path");
+    let grant = RefreshTokenGrant::builder(url)
+        .client_id("app")
+        .client_secret("app-secret")
+        .auth(ClientAuth::Post)
+        .store(FileStore::new(path))
+        .build()
+        .unwrap();
+    let auth = AuthLayer::new(grant);
+    for round in 0..FILE_STORE_ROUNDS {
+        let token = auth
+            .token()
+            .await
+            .unwrap_or_else(|err| panic!("round {round}: {err}"));
+        auth.invalidate(&token);
+    }
+}
+
+/// Several OS processes refresh through one `FileStore` against a server that revokes the
+/// grant when a spent refresh token comes back (each answer 30 ms late, so that refreshes
+/// overlap): the store's lock makes each process refresh in turn with the refresh token the
+/// last one saved, or take the access token it bought. No refresh token is sent twice, and
+/// every process gets all its tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_sharing_one_file_store_send_each_refresh_token_once() {
+    if let Ok(spec) = std::env::var(FILE_STORE_WORKER) {
+        return file_store_worker(&spec).await;
+    }
+    let idp = StandInIdp::start().await;
+    idp.add_refresh_token("rt-0");
+    idp.lose_answers(
+        &[LostAnswer::Late(Duration::from_millis(30)); FILE_STORE_PROCESSES * FILE_STORE_ROUNDS],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    FileStore::new(&path)
+        .save(&StoredToken::new().with_refresh_token("rt-0"))
+        .await
+        .unwrap();
+
+    let exe = std::env::current_exe().unwrap();
+    let spec = format!("{}|{}", idp.url("/token"), path.display());
+    let mut workers = JoinSet::new();
+    for _ in 0..FILE_STORE_PROCESSES {
+        let mut child = tokio::process::Command::new(&exe);
+        child
+            .args([
+                "processes_sharing_one_file_store_send_each_refresh_token_once",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(FILE_STORE_WORKER, &spec)
+            .kill_on_drop(true);
+        workers.spawn(async move { child.output().await });
+    }
+    // A deadline for the whole run, so that a stuck process fails the test instead of hanging.
+    let outputs = tokio::time::timeout(Duration::from_secs(120), workers.join_all())
+        .await
+        .expect("the worker processes finished");
+    for output in outputs {
+        let output = output.unwrap();
+        assert!(
+            output.status.success(),
+            "a worker failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    assert_eq!(idp.reuse_detected(), 0, "a refresh token was sent twice");
+    let sent = idp.refresh_tokens_sent();
+    let distinct: std::collections::HashSet<_> = sent.iter().collect();
+    assert_eq!(distinct.len(), sent.len(), "{sent:?}");
+    // Each process's first token may be one another process bought; every other token is a
+    // refresh of its own or one bought by another process after it.
+    assert!(sent.len() >= FILE_STORE_ROUNDS, "{} refreshes", sent.len());
+    let saved = FileStore::new(&path).load().await.unwrap().unwrap();
+    assert_eq!(
+        saved.refresh_token().unwrap().secret(),
+        format!("rt-{}", sent.len()),
+        "the store holds the refresh token issued last"
+    );
+}

@@ -5,7 +5,7 @@ use std::{fmt, sync::Arc};
 use tokio::sync::{Mutex, oneshot};
 
 use crate::{
-    Error, ProviderMetadata, Token, TokenSource,
+    AccessToken, Error, ProviderMetadata, Token, TokenSource,
     oauth::{self, EndpointConfig, ParamNames, TokenEndpoint},
     store::{DynTokenStore, MemoryStore, StoredToken, TokenStore},
 };
@@ -17,7 +17,11 @@ use crate::{
 ///   does not, the old one is kept.
 /// - **One request at a time.** Refreshes are serialized (the layer's single flight, and a lock
 ///   here for a grant shared by several layers), and each runs in a task of its own, so a caller
-///   that gives up cannot cut it off between the server's answer and the save. If the answer
+///   that gives up cannot cut it off between the server's answer and the save. Processes that
+///   share a store take its lock ([`TokenStore::lock`]; [`FileStore`](crate::store::FileStore)
+///   has one) and read it again before refreshing: one that finds an access token another
+///   process just bought uses it, and the others send the refresh token saved last, so a
+///   refresh token is sent once across all of them. If the answer
 ///   comes after the caller gave up, its access token is kept for the next fetch.
 /// - **A refresh token the server answered is never sent again.** After a success the new
 ///   refresh token (or the same one, without rotation) is used; after a terminal error the old
@@ -81,8 +85,9 @@ struct Inner {
 struct GrantState {
     loaded: bool,
     stored: Option<StoredToken>,
-    /// The stored access token was already given to the cache: the next fetch refreshes.
-    access_handed_out: bool,
+    /// The access token last given to the cache: a fetch never gives it again, it refreshes
+    /// (or, with a store other processes share, takes the newer one they saved).
+    handed_out: Option<AccessToken>,
     /// The endpoint rejected the stored refresh token for good.
     rejected: Option<Error>,
     /// The last refresh failed after it was sent, unanswered: the server may have rotated the
@@ -123,7 +128,7 @@ impl RefreshTokenGrant {
                 state: Mutex::new(GrantState {
                     loaded: stored.is_some(),
                     stored,
-                    access_handed_out: false,
+                    handed_out: None,
                     rejected: None,
                     unanswered: false,
                 }),
@@ -160,38 +165,46 @@ impl Inner {
         let result = self.fetch_locked(&mut state).await;
         if result.is_ok() && answer.is_closed() {
             tracing::debug!(target: "tower_bearer", "refreshed token kept for the next fetch: its caller gave up");
-            state.access_handed_out = false;
+            state.handed_out = None;
             return;
         }
         let _ = answer.send(result);
     }
 
     async fn fetch_locked(&self, state: &mut GrantState) -> Result<Token, Error> {
-        if !state.loaded || state.rejected.is_some() {
+        // With a store other processes share, hold them off until the new state is saved, and
+        // read what they may have saved meanwhile.
+        let shared = self.store.lock_boxed().await?;
+        if shared.is_some() || !state.loaded || state.rejected.is_some() {
             let stored = self.store.load_boxed().await?;
+            let same_refresh_token = stored.as_ref().and_then(StoredToken::refresh_token)
+                == state.stored.as_ref().and_then(StoredToken::refresh_token);
             if let Some(rejected) = &state.rejected {
-                let same = stored.as_ref().and_then(StoredToken::refresh_token)
-                    == state.stored.as_ref().and_then(StoredToken::refresh_token);
-                if same {
+                if same_refresh_token {
                     return Err(rejected.clone());
                 }
             }
-            *state = GrantState {
-                loaded: true,
-                stored,
-                ..GrantState::default()
-            };
+            if state.loaded && same_refresh_token {
+                // Nobody refreshed meanwhile: what this grant knows of that token still holds.
+                state.stored = stored;
+            } else {
+                *state = GrantState {
+                    loaded: true,
+                    stored,
+                    handed_out: state.handed_out.take(),
+                    ..GrantState::default()
+                };
+            }
         }
 
-        if !state.access_handed_out {
-            if let Some(token) = state
-                .stored
-                .as_ref()
-                .and_then(StoredToken::live_access_token)
-            {
-                state.access_handed_out = true;
-                return Ok(token);
-            }
+        if let Some(token) = state
+            .stored
+            .as_ref()
+            .and_then(StoredToken::live_access_token)
+            .filter(|token| Some(token.access_token()) != state.handed_out.as_ref())
+        {
+            state.handed_out = Some(token.access_token().clone());
+            return Ok(token);
         }
 
         let Some(refresh) = state
@@ -245,7 +258,7 @@ impl Inner {
                 // The old refresh token is spent either way: keep the new one in memory even if
                 // the save fails, and never hand out the access token before the save succeeds.
                 state.stored = Some(next.clone());
-                state.access_handed_out = true;
+                state.handed_out = Some(token.access_token().clone());
                 self.store.save_boxed(&next).await?;
                 Ok(token)
             }

@@ -10,11 +10,18 @@ use std::{
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{StoredToken, TokenStore};
+use super::{StoreLock, StoredToken, TokenStore};
 use crate::{Error, error::StoreError};
 
 /// Version written to, and required in, the token file.
 const FORMAT_VERSION: u32 = 1;
+
+/// The longest a process waits for another that holds a [`FileStore`]'s lock: twice a token
+/// request's default timeout, so that a refresh in progress elsewhere can finish.
+pub const LOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// How often a waiting process tries the lock again.
+const LOCK_RETRY: Duration = Duration::from_millis(10);
 
 /// Keeps the token state in a JSON file.
 ///
@@ -22,6 +29,16 @@ const FORMAT_VERSION: u32 = 1;
 /// to disk, renames it over the old one and flushes the directory, so the file always holds
 /// either the old state or the new one, never a torn write. The file has a `version` field;
 /// a file of another version is an error rather than a guess.
+///
+/// **Several processes may share the file.** A grant refreshes under an advisory lock on a file
+/// beside it (the path with `.lock` added; [`TokenStore::lock`]), and reads the file again once
+/// it holds the lock: a process that finds an access token another one just bought uses it, and
+/// one that must refresh sends the refresh token the last process saved. So a refresh token is
+/// sent once across all the processes, and a rotated one is never lost to a race. The lock
+/// goes when its holder's file is closed, which the operating system does when a process dies;
+/// a process waits for it at most [`LOCK_WAIT`], then fails the fetch with [`Error::Store`].
+/// The lock is advisory: it keeps out only other users of this crate (or of `flock` on Unix,
+/// `LockFileEx` on Windows), and network file systems may not honour it.
 ///
 /// ```json
 /// {
@@ -154,6 +171,37 @@ impl TokenStore for FileStore {
             .await
     }
 
+    async fn lock(&self) -> Result<Option<StoreLock>, Error> {
+        let file = self
+            .blocking("open the lock file for", |path| {
+                let mut options = std::fs::OpenOptions::new();
+                options.create(true).truncate(false).write(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                options.open(lock_path(path))
+            })
+            .await?;
+        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match fs4::FileExt::try_lock(&file) {
+                Ok(()) => return Ok(Some(StoreLock::new(file))),
+                Err(fs4::TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(LOCK_RETRY).await;
+                }
+                Err(fs4::TryLockError::WouldBlock) => {
+                    let held = io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("another process held it for {} s", LOCK_WAIT.as_secs()),
+                    );
+                    return Err(Error::Store(StoreError::io("lock", &self.path, held)));
+                }
+                Err(fs4::TryLockError::Error(e)) => {
+                    return Err(Error::Store(StoreError::io("lock", &self.path, e)));
+                }
+            }
+        }
+    }
+
     async fn clear(&self) -> Result<(), Error> {
         self.blocking("remove", |path| match std::fs::remove_file(path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -161,6 +209,14 @@ impl TokenStore for FileStore {
         })
         .await
     }
+}
+
+/// The file whose advisory lock stands for the store's: not the store's own file, which each
+/// save replaces with a new one.
+fn lock_path(path: &Path) -> PathBuf {
+    let mut lock = path.as_os_str().to_owned();
+    lock.push(".lock");
+    PathBuf::from(lock)
 }
 
 /// Writes `bytes` to `path` so that `path` holds either its old content or all of `bytes`.
@@ -195,6 +251,25 @@ mod tests {
             )
             .with_scope("read")
             .with_token_type("Bearer")
+    }
+
+    /// The lock keeps a second holder out (another open file, as another process would have)
+    /// until the first lets go, and a waiter gives up after `LOCK_WAIT` with a store error.
+    #[tokio::test(start_paused = true)]
+    async fn a_held_lock_is_waited_for_and_given_up_after_lock_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path().join("tokens.json"));
+        let held = store.lock().await.unwrap().expect("a file store is shared");
+        let started = tokio::time::Instant::now();
+        let err = store.lock().await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Store(e) if e.io_error().is_some_and(|e| e.kind() == io::ErrorKind::TimedOut)),
+            "{err:?}"
+        );
+        assert!(started.elapsed() >= LOCK_WAIT);
+        assert!(started.elapsed() < LOCK_WAIT + Duration::from_secs(1));
+        drop(held);
+        assert!(store.lock().await.unwrap().is_some(), "free once dropped");
     }
 
     #[tokio::test]

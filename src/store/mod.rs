@@ -13,7 +13,7 @@
 //! | store | keeps tokens |
 //! |---|---|
 //! | [`MemoryStore`] | in memory, for one process (and tests) |
-//! | [`FileStore`] | in a JSON file, written atomically with mode 0600 |
+//! | [`FileStore`] | in a JSON file, written atomically with mode 0600; processes that share the file refresh one at a time |
 //!
 //! Implement [`TokenStore`] to keep them elsewhere (a database, a secrets manager).
 //!
@@ -41,7 +41,7 @@ use crate::{AccessToken, Error, RefreshToken, Token};
 mod file;
 mod memory;
 
-pub use file::FileStore;
+pub use file::{FileStore, LOCK_WAIT};
 pub use memory::MemoryStore;
 
 /// Persists the token state of a grant.
@@ -54,6 +54,40 @@ pub trait TokenStore: Send + Sync + 'static {
 
     /// Removes the saved state (after revocation or logout).
     fn clear(&self) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Holds off the other processes that share this store while a grant refreshes: the grant
+    /// takes the lock, reads the store again (another process may have refreshed), refreshes
+    /// only if it must, saves, and drops the lock. `None` says the store belongs to one
+    /// process, and the grant keeps what it read in memory. That is the default.
+    ///
+    /// A store that several processes share returns `Some`, and must wait for the lock with a
+    /// deadline of its own (an error past it, never a hang); the lock must go when its holder
+    /// dies. [`FileStore`] takes an advisory lock on a file beside its own.
+    fn lock(&self) -> impl Future<Output = Result<Option<StoreLock>, Error>> + Send {
+        std::future::ready(Ok(None))
+    }
+}
+
+/// A lock on a [`TokenStore`] shared by several processes, held while a grant refreshes; the
+/// next process gets in when it is dropped. Made by [`TokenStore::lock`].
+pub struct StoreLock {
+    _held: Box<dyn Send + Sync>,
+}
+
+impl StoreLock {
+    /// A lock that holds `held` (an open locked file, a database transaction, a lease) until it
+    /// is dropped.
+    pub fn new(held: impl Send + Sync + 'static) -> Self {
+        StoreLock {
+            _held: Box::new(held),
+        }
+    }
+}
+
+impl fmt::Debug for StoreLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreLock").finish_non_exhaustive()
+    }
 }
 
 /// What a [`TokenStore`] keeps: the refresh token and the last access token with its expiry.
@@ -185,6 +219,7 @@ pub(crate) trait DynTokenStore: Send + Sync + 'static {
     fn load_boxed(&self) -> BoxFuture<'_, Result<Option<StoredToken>, Error>>;
     fn save_boxed<'a>(&'a self, token: &'a StoredToken) -> BoxFuture<'a, Result<(), Error>>;
     fn clear_boxed(&self) -> BoxFuture<'_, Result<(), Error>>;
+    fn lock_boxed(&self) -> BoxFuture<'_, Result<Option<StoreLock>, Error>>;
     fn type_name(&self) -> &'static str;
 }
 
@@ -194,6 +229,9 @@ impl<T: TokenStore> DynTokenStore for T {
     }
     fn save_boxed<'a>(&'a self, token: &'a StoredToken) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(self.save(token))
+    }
+    fn lock_boxed(&self) -> BoxFuture<'_, Result<Option<StoreLock>, Error>> {
+        Box::pin(self.lock())
     }
     fn clear_boxed(&self) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(self.clear())
