@@ -270,7 +270,16 @@ impl Inner {
     async fn revoke(&self, current: Option<&Token>) -> Result<(), Error> {
         let mut state = self.state.lock().await;
         let mut first_error = None;
-        if !state.loaded {
+        // With a store other processes share: hold them off, so that none saves a refresh over
+        // the clearing, and revoke the refresh token they saved last.
+        let shared = match self.store.lock_boxed().await {
+            Ok(lock) => lock,
+            Err(err) => {
+                first_error = Some(err);
+                None
+            }
+        };
+        if shared.is_some() || !state.loaded {
             match self.store.load_boxed().await {
                 Ok(stored) => state.stored = stored,
                 Err(err) => first_error = Some(err),
