@@ -95,6 +95,12 @@ impl FlightGuard {
     pub(crate) async fn run(mut self) {
         let cache = Arc::clone(&self.cache);
         let started = Instant::now();
+        #[cfg(feature = "redis")]
+        let result = match &cache.settings().fleet {
+            Some(fleet) => fleet.fetch(&cache, started).await,
+            None => fetch_with_retries(&cache, started).await,
+        };
+        #[cfg(not(feature = "redis"))]
         let result = fetch_with_retries(&cache, started).await;
         let elapsed = started.elapsed();
         let failure = result.as_ref().err().map(Error::is_terminal);
@@ -145,7 +151,10 @@ impl Drop for FlightGuard {
 /// Calls the source, and again after a transient failure the source says may be retried at
 /// once, with a jittered, growing pause (or the endpoint's `Retry-After`), as long as the
 /// attempts and the fetch timeout allow.
-async fn fetch_with_retries(cache: &TokenCache, started: Instant) -> Result<Token, Error> {
+pub(crate) async fn fetch_with_retries(
+    cache: &TokenCache,
+    started: Instant,
+) -> Result<Token, Error> {
     let settings = cache.settings();
     let timeout = settings.fetch_timeout;
     let deadline = started + timeout;

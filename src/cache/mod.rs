@@ -20,6 +20,9 @@
 mod backoff;
 mod entry;
 mod flight;
+
+#[cfg(feature = "redis")]
+pub(crate) use flight::fetch_with_retries;
 mod refresh;
 
 use std::{
@@ -90,6 +93,9 @@ pub(crate) struct CacheSettings {
     pub(crate) runtime: Option<Handle>,
     /// The layer's name, for its metrics and traces.
     pub(crate) name: LayerName,
+    /// The fleet this cache shares tokens with, if any.
+    #[cfg(feature = "redis")]
+    pub(crate) fleet: Option<Arc<crate::distributed::Fleet>>,
 }
 
 impl Default for CacheSettings {
@@ -109,6 +115,8 @@ impl Default for CacheSettings {
             jitter_seed: None,
             runtime: None,
             name: LayerName::default(),
+            #[cfg(feature = "redis")]
+            fleet: None,
         }
     }
 }
@@ -522,7 +530,7 @@ pub(crate) fn has_timers() -> bool {
 }
 
 /// The output of `a`, or `None` if `b` finishes first.
-async fn first<A: Future, B: Future>(a: A, b: B) -> Option<A::Output> {
+pub(crate) async fn first<A: Future, B: Future>(a: A, b: B) -> Option<A::Output> {
     let mut a = pin!(a);
     let mut b = pin!(b);
     std::future::poll_fn(|cx| {

@@ -85,6 +85,8 @@ impl AuthLayer {
             origins: Vec::new(),
             channel_origin: None,
             allow_http: false,
+            #[cfg(feature = "redis")]
+            distributed: None,
         }
     }
 
@@ -311,9 +313,23 @@ pub struct AuthLayerBuilder {
     origins: Vec<String>,
     channel_origin: Option<String>,
     allow_http: bool,
+    /// Checked and keyed by `build`.
+    #[cfg(feature = "redis")]
+    distributed: Option<crate::distributed::RedisCache>,
 }
 
 impl AuthLayerBuilder {
+    /// Shares tokens with every process that uses the same Redis, key prefix and source
+    /// identity: one token fetch per token lifetime for the whole fleet (see
+    /// [`crate::distributed`]). `build` fails if the cache has no encryption key (and was not
+    /// told to store plain text).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn distributed(mut self, cache: crate::distributed::RedisCache) -> Self {
+        self.distributed = Some(cache);
+        self
+    }
+
     /// The refresh target: a token should be replaced this long before it expires. Clamped to
     /// half the token's lifetime, so a short-lived token is not refreshed on arrival.
     ///
@@ -526,7 +542,16 @@ impl AuthLayerBuilder {
             .map(Origin::parse)
             .transpose()?;
         let policy = OriginPolicy::new(origins, self.allow_http, channel)?;
-        Ok(self.assemble(policy))
+        #[cfg(feature = "redis")]
+        let mut this = self;
+        #[cfg(not(feature = "redis"))]
+        let this = self;
+        #[cfg(feature = "redis")]
+        if let Some(cache) = this.distributed.take() {
+            let fleet = cache.into_fleet(this.source.identity().as_deref())?;
+            this.settings.fleet = Some(Arc::new(fleet));
+        }
+        Ok(this.assemble(policy))
     }
 
     fn assemble(self, policy: OriginPolicy) -> AuthLayer {

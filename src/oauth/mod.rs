@@ -265,6 +265,17 @@ pub(crate) struct TokenEndpoint {
 }
 
 impl TokenEndpoint {
+    /// What tells this endpoint's tokens apart from another's: its URL, the client id and how
+    /// the client authenticates (not the secret).
+    pub(crate) fn identity(&self) -> String {
+        format!(
+            "token_endpoint={:?} client_id={:?} auth={:?}",
+            self.url.as_str(),
+            self.client_id,
+            self.auth
+        )
+    }
+
     /// The default HTTP client: no redirects (a redirect could carry credentials elsewhere),
     /// a connect timeout, and this crate's user agent. Each request's overall limit is the
     /// endpoint's `request_timeout`, set on the request itself so that it holds for a client

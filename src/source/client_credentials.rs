@@ -63,6 +63,18 @@ impl TokenSource for ClientCredentials {
         self.endpoint.request(&params).await
     }
 
+    fn identity(&self) -> Option<String> {
+        let mut identity = self.endpoint.identity();
+        identity.push_str(" grant_type=client_credentials");
+        if let Some(scope) = &self.scope {
+            identity.push_str(&format!(" scope={scope:?}"));
+        }
+        for (name, value) in &self.params {
+            identity.push_str(&format!(" {name:?}={value:?}"));
+        }
+        Some(identity)
+    }
+
     async fn revoke(&self, current: Option<&Token>) -> Result<(), Error> {
         match current {
             Some(token) if self.endpoint.can_revoke() => {

@@ -82,6 +82,17 @@ pub trait TokenSource: Send + Sync + 'static {
     fn retry_within_fetch(&self, error: &Error) -> bool {
         error.is_transient()
     }
+
+    /// What makes this source's tokens differ from another source's, for a cache that several
+    /// processes share ([`distributed`](crate::AuthLayerBuilder::distributed)): two sources
+    /// with the same identity must get tokens that serve each other's requests. It is hashed
+    /// into a Redis key; it should name no secret all the same. `None`, the default, says the
+    /// source cannot tell: a shared cache then tells such sources apart by its key prefix
+    /// alone. [`ClientCredentials`] names its token endpoint, client id, client
+    /// authentication, scope and extra parameters.
+    fn identity(&self) -> Option<String> {
+        None
+    }
 }
 
 impl<T: TokenSource> TokenSource for Arc<T> {
@@ -96,6 +107,10 @@ impl<T: TokenSource> TokenSource for Arc<T> {
     fn retry_within_fetch(&self, error: &Error) -> bool {
         T::retry_within_fetch(self, error)
     }
+
+    fn identity(&self) -> Option<String> {
+        T::identity(self)
+    }
 }
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -105,6 +120,8 @@ pub(crate) trait DynTokenSource: Send + Sync + 'static {
     fn fetch_boxed(&self) -> BoxFuture<'_, Result<Token, Error>>;
     fn revoke_boxed<'a>(&'a self, current: Option<&'a Token>) -> BoxFuture<'a, Result<(), Error>>;
     fn retry_within_fetch(&self, error: &Error) -> bool;
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    fn identity(&self) -> Option<String>;
     fn type_name(&self) -> &'static str;
 }
 
@@ -119,6 +136,10 @@ impl<T: TokenSource> DynTokenSource for T {
 
     fn retry_within_fetch(&self, error: &Error) -> bool {
         TokenSource::retry_within_fetch(self, error)
+    }
+
+    fn identity(&self) -> Option<String> {
+        TokenSource::identity(self)
     }
 
     fn type_name(&self) -> &'static str {

@@ -1,0 +1,273 @@
+//! One token fetch for a whole fleet: the protocol a process follows, in its fetch task, when
+//! its layer shares tokens through Redis.
+//!
+//! 1. Read the token the fleet stored. One that is not the token this process wants replaced
+//!    (the one it holds, which expired, reached its refresh point or was rejected) and that is
+//!    not itself due for a refresh is used as if this process had fetched it.
+//! 2. Otherwise take the lease (`SET NX PX` with a random owner). The holder fetches from the
+//!    source (renewing the lease while it does, within the fetch's own timeout), stores the
+//!    token sealed with a TTL of its remaining life, and lets the lease go (deleting it only if
+//!    it still owns it).
+//! 3. The others read again every few milliseconds until the new token is there; if the lease
+//!    goes without one (its holder failed or died: a lease outlives its holder by at most the
+//!    lease time), one of them takes it.
+//!
+//! Every Redis call has its own deadline. A Redis error or a late answer makes this fetch fall
+//! back to the source, as a process without Redis would: the layer keeps serving while Redis is
+//! down, and shares again as soon as it answers.
+
+use std::time::{Duration, SystemTime};
+
+use redis::{FromRedisValue, aio::ConnectionManager};
+use tokio::time::Instant;
+
+use super::{RedisCache, key::FleetKeys, sealed::Sealing};
+use crate::{
+    Error, Token,
+    cache::{TokenCache, fetch_with_retries, first},
+};
+
+/// How often a process waiting for the lease holder reads again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Lets the lease go only if `ARGV[1]` still owns it.
+const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+/// Extends the lease to `ARGV[2]` ms only if `ARGV[1]` still owns it.
+const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+
+/// A layer's share of a fleet: its Redis, its keys, how it seals tokens.
+pub(crate) struct Fleet {
+    connection: ConnectionManager,
+    keys: FleetKeys,
+    sealing: Sealing,
+    lease: Duration,
+    call_timeout: Duration,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("keys", &self.keys)
+            .field("sealing", &self.sealing)
+            .field("lease", &self.lease)
+            .field("call_timeout", &self.call_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a Redis call failed; logged, never shown with a secret (keys hold none).
+#[derive(Debug)]
+enum CallError {
+    Redis(redis::RedisError),
+    Late(Duration),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Redis(err) => write!(f, "{err}"),
+            CallError::Late(after) => write!(f, "no answer within {after:?}"),
+        }
+    }
+}
+
+impl Fleet {
+    pub(crate) fn new(redis: RedisCache, sealing: Sealing, keys: FleetKeys) -> Fleet {
+        Fleet {
+            connection: redis.connection,
+            keys,
+            sealing,
+            lease: redis.lease,
+            call_timeout: redis.call_timeout,
+        }
+    }
+
+    /// A token for `cache`, from the fleet or fetched under its lease; from the source alone
+    /// if Redis fails.
+    pub(crate) async fn fetch(&self, cache: &TokenCache, started: Instant) -> Result<Token, Error> {
+        let deadline = started + cache.settings().fetch_timeout;
+        let replacing = cache
+            .current()
+            .load_full()
+            .map(|entry| entry.token.access_token().clone());
+        let wanted = |token: &Token, left: Duration| {
+            Some(token.access_token()) != replacing.as_ref()
+                && left > cache.settings().expiry_margin
+        };
+        loop {
+            let stored: Option<Vec<u8>> =
+                match self.call(redis::cmd("GET").arg(&self.keys.token)).await {
+                    Ok(value) => value,
+                    Err(err) => return self.fall_back(cache, started, &err).await,
+                };
+            if let Some(token) = self.usable(stored.as_deref(), &wanted) {
+                return Ok(token);
+            }
+            let owner = owner();
+            let taken: Option<String> = match self
+                .call(
+                    redis::cmd("SET")
+                        .arg(&self.keys.lease)
+                        .arg(&owner)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(millis(self.lease)),
+                )
+                .await
+            {
+                Ok(taken) => taken,
+                Err(err) => return self.fall_back(cache, started, &err).await,
+            };
+            if taken.is_some() {
+                return self.fetch_under_lease(cache, started, &owner).await;
+            }
+            // Another process fetches: wait for its token, or for its lease to go.
+            loop {
+                if Instant::now() + POLL >= deadline {
+                    return Err(Error::Timeout(cache.settings().fetch_timeout));
+                }
+                tokio::time::sleep(POLL).await;
+                let mut both = redis::pipe();
+                both.get(&self.keys.token).pttl(&self.keys.lease);
+                let (stored, lease_left): (Option<Vec<u8>>, i64) = match self.call_all(&both).await
+                {
+                    Ok(answer) => answer,
+                    Err(err) => return self.fall_back(cache, started, &err).await,
+                };
+                if let Some(token) = self.usable(stored.as_deref(), &wanted) {
+                    return Ok(token);
+                }
+                if lease_left < 0 {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The token in `value`, if it opens and is `wanted`.
+    fn usable(
+        &self,
+        value: Option<&[u8]>,
+        wanted: &impl Fn(&Token, Duration) -> bool,
+    ) -> Option<Token> {
+        let (token, left) = self.sealing.open(value?, &self.keys.token)?;
+        wanted(&token, left).then_some(token)
+    }
+
+    async fn fetch_under_lease(
+        &self,
+        cache: &TokenCache,
+        started: Instant,
+        owner: &str,
+    ) -> Result<Token, Error> {
+        let renew = async {
+            loop {
+                tokio::time::sleep(self.lease / 3).await;
+                let renewed: Result<i64, _> = self
+                    .call(
+                        redis::cmd("EVAL")
+                            .arg(RENEW)
+                            .arg(1)
+                            .arg(&self.keys.lease)
+                            .arg(owner)
+                            .arg(millis(self.lease)),
+                    )
+                    .await;
+                if let Err(err) = renewed {
+                    tracing::debug!(target: "tower_bearer", error = %err, "fleet lease not renewed");
+                }
+            }
+        };
+        // The fetch ends within its timeout; the renewal never does, and stops with it.
+        let result = first(fetch_with_retries(cache, started), renew)
+            .await
+            .unwrap_or_else(|| Err(Error::Aborted));
+        if let Ok(token) = &result {
+            let life = token
+                .expires_in()
+                .unwrap_or(cache.settings().default_lifetime);
+            let value = self
+                .sealing
+                .seal(token, SystemTime::now() + life, &self.keys.token);
+            if let (Some(value), false) = (value, life.is_zero()) {
+                let stored: Result<(), _> = self
+                    .call(
+                        redis::cmd("SET")
+                            .arg(&self.keys.token)
+                            .arg(value)
+                            .arg("PX")
+                            .arg(millis(life)),
+                    )
+                    .await;
+                if let Err(err) = stored {
+                    tracing::warn!(target: "tower_bearer", error = %err, "token fetched but not shared with the fleet");
+                }
+            }
+        }
+        let released: Result<i64, _> = self
+            .call(
+                redis::cmd("EVAL")
+                    .arg(RELEASE)
+                    .arg(1)
+                    .arg(&self.keys.lease)
+                    .arg(owner),
+            )
+            .await;
+        if let Err(err) = released {
+            tracing::debug!(target: "tower_bearer", error = %err, "fleet lease not released; it expires");
+        }
+        result
+    }
+
+    /// Redis failed: fetch from the source, as a process without a fleet would.
+    async fn fall_back(
+        &self,
+        cache: &TokenCache,
+        started: Instant,
+        err: &CallError,
+    ) -> Result<Token, Error> {
+        tracing::warn!(target: "tower_bearer", error = %err, "fleet cache unavailable; fetching locally");
+        fetch_with_retries(cache, started).await
+    }
+
+    /// One Redis command, within its own deadline.
+    async fn call<T: FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, CallError> {
+        let mut connection = self.connection.clone();
+        within(self.call_timeout, command.query_async(&mut connection)).await
+    }
+
+    /// One pipeline of commands, within one deadline.
+    async fn call_all<T: FromRedisValue>(
+        &self,
+        commands: &redis::Pipeline,
+    ) -> Result<T, CallError> {
+        let mut connection = self.connection.clone();
+        within(self.call_timeout, commands.query_async(&mut connection)).await
+    }
+}
+
+async fn within<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, CallError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(CallError::Redis(err)),
+        Err(_) => Err(CallError::Late(limit)),
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// A random lease owner: 128 bits, hex.
+fn owner() -> String {
+    let mut bytes = [0u8; 16];
+    // Without randomness, a fixed owner still works: it only lets another process with the
+    // same failure release a lease it does not hold.
+    let _ = getrandom::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,68 @@
+//! Where a fleet keeps a token and its lease in Redis.
+
+use sha2::{Digest, Sha256};
+
+/// The Redis keys of one kind of token: the token and the lease on fetching it.
+///
+/// Both carry one Redis Cluster hash tag, the hash of what makes the tokens differ, so that they
+/// live in one slot and a script may touch both. The hash is all that comes from the source: no
+/// secret, URL or client id appears in a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FleetKeys {
+    pub(crate) token: String,
+    pub(crate) lease: String,
+}
+
+impl FleetKeys {
+    /// The keys under `prefix` for tokens of a source whose identity is `identity` (see
+    /// [`TokenSource::identity`](crate::TokenSource::identity); `None` for a source that cannot
+    /// tell, which the prefix alone then tells apart).
+    pub(crate) fn new(prefix: &str, identity: Option<&str>) -> FleetKeys {
+        let mut hash = Sha256::new();
+        hash.update(b"tower-bearer fleet key v1\0");
+        hash.update(identity.unwrap_or("").as_bytes());
+        let digest = hash.finalize();
+        let tag: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        FleetKeys {
+            token: format!("{prefix}:{{{tag}}}:token"),
+            lease: format!("{prefix}:{{{tag}}}:lease"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_and_lease_share_one_hash_tag_under_the_prefix() {
+        let keys = FleetKeys::new("billing", Some("https://idp/token client=a"));
+        let tag = |key: &str| {
+            let open = key.find('{').unwrap();
+            let close = key.find('}').unwrap();
+            key[open..=close].to_owned()
+        };
+        assert!(keys.token.starts_with("billing:{"));
+        assert!(keys.lease.starts_with("billing:{"));
+        assert_eq!(tag(&keys.token), tag(&keys.lease));
+        assert_ne!(keys.token, keys.lease);
+    }
+
+    #[test]
+    fn different_identities_or_prefixes_get_different_keys_and_none_shows_in_a_key() {
+        let identity = "https://idp.example.com/token client_id=svc-SECRETISH scope=read";
+        let a = FleetKeys::new("p", Some(identity));
+        assert_ne!(
+            a,
+            FleetKeys::new("p", Some("https://idp.example.com/token client_id=other"))
+        );
+        assert_ne!(a, FleetKeys::new("q", Some(identity)));
+        assert_eq!(a, FleetKeys::new("p", Some(identity)), "stable");
+        for key in [&a.token, &a.lease] {
+            assert!(
+                !key.contains("SECRETISH") && !key.contains("idp.example.com"),
+                "{key}"
+            );
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! One token fetch per token lifetime for a whole fleet of processes, shared through Redis
+//! (feature `redis`).
+//!
+//! Every process keeps its own in-process cache, the request path included: no Redis call per
+//! request. When a process needs a new token (none yet, its token reached its refresh point or
+//! expired, or a 401 rejected it) its fetch goes to Redis first:
+//!
+//! - a token another process stored, if it is not the one being replaced and not itself due for
+//!   a refresh, is used as if fetched here (the same refresh point and expiry rules apply);
+//! - otherwise one process takes a short lease and fetches from the token endpoint; it stores
+//!   the token, sealed, with a TTL of its remaining life; the others wait for it (reading again
+//!   every 20 ms, within the fetch timeout) and use it. A lease holder that dies costs at most
+//!   the lease time ([`RedisCache::lease`], 5 s by default): the others then take over.
+//! - every Redis call has its own deadline ([`RedisCache::call_timeout`], 500 ms), so a slow or
+//!   absent Redis never stalls a fetch for long: the fetch then goes to the token endpoint, as
+//!   without a fleet, and the next one tries Redis again.
+//!
+//! # Keys and values
+//!
+//! Tokens are keyed by a hash of what makes them differ ([`TokenSource::identity`]: the token
+//! endpoint, client, grant, scope, extra parameters and client authentication), under
+//! [`RedisCache::key_prefix`], with a Redis Cluster hash tag so that a token and its lease share
+//! a slot. No secret appears in a key. A source that cannot say what makes its tokens differ
+//! (one of your own) shares one key per prefix: give each such source a prefix of its own.
+//!
+//! Values are sealed with AES-256-GCM under [`RedisCache::encryption_key`] (with the key's id,
+//! so a value sealed with another key is ignored, and the token key as associated data). A
+//! cache without a key is refused when the layer is built, unless
+//! [`RedisCache::insecure_plaintext`] says otherwise.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use tower_bearer::{AuthLayer, ClientCredentials, distributed::RedisCache};
+//!
+//! let source = ClientCredentials::builder("https://idp.example.com/oauth2/token")
+//!     .client_id("billing")
+//!     .client_secret(std::env::var("CLIENT_SECRET")?)
+//!     .build()?;
+//! let key: [u8; 32] = [7; 32]; // from your secret store, the same in every process
+//! let conn = redis::aio::ConnectionManager::new(redis::Client::open("redis://127.0.0.1/")?).await?;
+//! let auth = AuthLayer::builder(source)
+//!     .distributed(RedisCache::new(conn).key_prefix("billing").encryption_key(key))
+//!     .build()?;
+//! # let _ = auth;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`TokenSource::identity`]: crate::TokenSource::identity
+
+use std::{fmt, time::Duration};
+
+use redis::aio::ConnectionManager;
+
+use crate::Error;
+
+mod fleet;
+mod key;
+mod sealed;
+
+pub(crate) use fleet::Fleet;
+pub(crate) use key::FleetKeys;
+pub(crate) use sealed::Sealing;
+
+/// Default for [`RedisCache::lease`].
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
+/// Default for [`RedisCache::call_timeout`].
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(500);
+/// Default for [`RedisCache::key_prefix`].
+pub const DEFAULT_KEY_PREFIX: &str = "tower-bearer";
+
+/// Tokens shared by every process that uses the same Redis, prefix and key; give it to
+/// [`AuthLayerBuilder::distributed`](crate::AuthLayerBuilder::distributed). See the
+/// [module documentation](self).
+#[derive(Clone)]
+#[must_use]
+pub struct RedisCache {
+    connection: ConnectionManager,
+    prefix: String,
+    sealing: Option<Sealing>,
+    lease: Duration,
+    call_timeout: Duration,
+}
+
+impl RedisCache {
+    /// A cache on `connection`, with the default prefix, lease and call timeout, and no
+    /// encryption key yet (the layer refuses to build without one).
+    pub fn new(connection: ConnectionManager) -> Self {
+        RedisCache {
+            connection,
+            prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            sealing: None,
+            lease: DEFAULT_LEASE,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+        }
+    }
+
+    /// A cache on `client` that connects at its first use, so that a process can start while
+    /// Redis is down (its fetches go to the token endpoint until Redis answers).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if the client's settings cannot make a connection manager.
+    pub fn connect_lazily(client: redis::Client) -> Result<Self, Error> {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(DEFAULT_CALL_TIMEOUT))
+            .set_response_timeout(Some(DEFAULT_CALL_TIMEOUT));
+        let connection = client
+            .get_connection_manager_lazy(config)
+            .map_err(|e| Error::config(format!("cannot use this Redis client: {e}")))?;
+        Ok(RedisCache::new(connection))
+    }
+
+    /// The prefix of every key (default `tower-bearer`): processes share tokens only under the
+    /// same prefix.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The AES-256-GCM key that seals the tokens stored in Redis; every process of the fleet
+    /// needs the same one.
+    pub fn encryption_key(mut self, key: [u8; 32]) -> Self {
+        self.sealing = Some(Sealing::with_key(&key));
+        self
+    }
+
+    /// Stores tokens in Redis as they are, readable by anyone who can read Redis. Only for a
+    /// Redis that holds nothing else and that nobody else can reach.
+    pub fn insecure_plaintext(mut self) -> Self {
+        self.sealing = Some(Sealing::Plaintext);
+        self
+    }
+
+    /// How long a process may fetch for the fleet before another may take over (default 5 s);
+    /// renewed while the fetch runs, within the layer's fetch timeout.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// The longest any one Redis call may take before the fetch goes to the token endpoint
+    /// instead (default 500 ms).
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// The fleet this cache makes for tokens of a source with `identity`, after checking the
+    /// settings.
+    pub(crate) fn into_fleet(self, identity: Option<&str>) -> Result<Fleet, Error> {
+        let Some(sealing) = self.sealing.clone() else {
+            return Err(Error::config(
+                "a RedisCache needs an encryption_key (or insecure_plaintext())",
+            ));
+        };
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
+            return Err(Error::config(
+                "a RedisCache key prefix must not be empty, and must not contain braces",
+            ));
+        }
+        if self.lease.is_zero() || self.call_timeout.is_zero() {
+            return Err(Error::config(
+                "a RedisCache lease and call timeout must be longer than zero",
+            ));
+        }
+        let keys = FleetKeys::new(&self.prefix, identity);
+        Ok(Fleet::new(self, sealing, keys))
+    }
+}
+
+impl fmt::Debug for RedisCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisCache")
+            .field("prefix", &self.prefix)
+            .field("sealing", &self.sealing)
+            .field("lease", &self.lease)
+            .field("call_timeout", &self.call_timeout)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,233 @@
+//! What a fleet stores in Redis for a token, sealed with AES-256-GCM.
+//!
+//! A value is `tb1` (sealed) or `tb0` (plain text, only when the user opted into it), then for a
+//! sealed value the key's id (8 bytes: the start of a SHA-256 of the key, so that a value sealed
+//! with another key is told apart from a forged one and keys can rotate), a random 96-bit
+//! nonce, and the ciphertext with its tag. The plain text is a small JSON document; the token
+//! key is the associated data, so a value copied under another key does not open.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aes_gcm::{
+    Aes256Gcm, Key, Nonce,
+    aead::{Aead, KeyInit, Payload},
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::Token;
+
+const SEALED: &[u8; 3] = b"tb1";
+const PLAIN: &[u8; 3] = b"tb0";
+const KEY_ID_LEN: usize = 8;
+const NONCE_LEN: usize = 12;
+
+/// How values are sealed: with a key, or (explicitly) not at all.
+#[derive(Clone)]
+pub(crate) enum Sealing {
+    Key {
+        cipher: Box<Aes256Gcm>,
+        id: [u8; KEY_ID_LEN],
+    },
+    Plaintext,
+}
+
+impl std::fmt::Debug for Sealing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sealing::Key { id, .. } => write!(f, "Key(id {})", hex(id)),
+            Sealing::Plaintext => f.write_str("Plaintext"),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A token as a fleet stores it. Its expiry is wall-clock time: processes share no monotonic
+/// clock.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    access_token: String,
+    token_type: String,
+    /// Milliseconds since the Unix epoch.
+    expires_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+}
+
+impl Drop for Stored {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.access_token.zeroize();
+    }
+}
+
+impl Sealing {
+    pub(crate) fn with_key(key: &[u8; 32]) -> Sealing {
+        let mut hash = Sha256::new();
+        hash.update(b"tower-bearer key id\0");
+        hash.update(key);
+        let mut id = [0u8; KEY_ID_LEN];
+        id.copy_from_slice(&hash.finalize()[..KEY_ID_LEN]);
+        Sealing::Key {
+            cipher: Box::new(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key))),
+            id,
+        }
+    }
+
+    /// The value to store for `token`, which expires at `expires_at`; `key` is the Redis key it
+    /// goes under.
+    pub(crate) fn seal(&self, token: &Token, expires_at: SystemTime, key: &str) -> Option<Vec<u8>> {
+        let stored = Stored {
+            access_token: token.access_token().secret().to_owned(),
+            token_type: token.token_type().to_owned(),
+            expires_at_ms: u64::try_from(expires_at.duration_since(UNIX_EPOCH).ok()?.as_millis())
+                .ok()?,
+            scope: token.scope().map(str::to_owned),
+        };
+        let json = Zeroizing::new(serde_json::to_vec(&stored).ok()?);
+        match self {
+            Sealing::Plaintext => {
+                let mut value = PLAIN.to_vec();
+                value.extend_from_slice(&json);
+                Some(value)
+            }
+            Sealing::Key { cipher, id } => {
+                let mut nonce = [0u8; NONCE_LEN];
+                getrandom::fill(&mut nonce).ok()?;
+                let sealed = cipher
+                    .encrypt(
+                        Nonce::from_slice(&nonce),
+                        Payload {
+                            msg: &json,
+                            aad: key.as_bytes(),
+                        },
+                    )
+                    .ok()?;
+                let mut value = Vec::with_capacity(3 + KEY_ID_LEN + NONCE_LEN + sealed.len());
+                value.extend_from_slice(SEALED);
+                value.extend_from_slice(id);
+                value.extend_from_slice(&nonce);
+                value.extend_from_slice(&sealed);
+                Some(value)
+            }
+        }
+    }
+
+    /// The token in `value`, stored under `key`, with its time left, if this sealing opens it
+    /// (a value sealed with another key, tampered with, or of the other kind does not) and it
+    /// has not expired.
+    pub(crate) fn open(&self, value: &[u8], key: &str) -> Option<(Token, Duration)> {
+        let (kind, rest) = value.split_at_checked(3)?;
+        let json = match self {
+            Sealing::Plaintext if kind == PLAIN => Zeroizing::new(rest.to_vec()),
+            Sealing::Key { cipher, id } if kind == SEALED => {
+                let (value_id, rest) = rest.split_at_checked(KEY_ID_LEN)?;
+                if value_id != id {
+                    return None;
+                }
+                let (nonce, sealed) = rest.split_at_checked(NONCE_LEN)?;
+                Zeroizing::new(
+                    cipher
+                        .decrypt(
+                            Nonce::from_slice(nonce),
+                            Payload {
+                                msg: sealed,
+                                aad: key.as_bytes(),
+                            },
+                        )
+                        .ok()?,
+                )
+            }
+            _ => return None,
+        };
+        let stored: Stored = serde_json::from_slice(&json).ok()?;
+        let expires_at = UNIX_EPOCH + Duration::from_millis(stored.expires_at_ms);
+        let left = expires_at.duration_since(SystemTime::now()).ok()?;
+        let mut token = Token::new(stored.access_token.as_str())
+            .with_token_type(stored.token_type.clone())
+            .with_expires_in(left);
+        if let Some(scope) = &stored.scope {
+            token = token.with_scope(scope.clone());
+        }
+        Some((token, left))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "app:{00}:token";
+
+    fn token() -> Token {
+        Token::new("at-VERY-SECRET")
+            .with_token_type("Bearer")
+            .with_scope("read")
+    }
+
+    fn in_an_hour() -> SystemTime {
+        SystemTime::now() + Duration::from_secs(3600)
+    }
+
+    #[test]
+    fn a_sealed_token_opens_with_its_key_only_and_shows_nothing_in_the_clear() {
+        let sealing = Sealing::with_key(&[7; 32]);
+        let value = sealing.seal(&token(), in_an_hour(), KEY).unwrap();
+        assert!(!value.windows(6).any(|w| w == b"SECRET"));
+        let (opened, left) = sealing.open(&value, KEY).unwrap();
+        assert_eq!(opened.access_token().secret(), "at-VERY-SECRET");
+        assert_eq!(opened.scope(), Some("read"));
+        assert!(left > Duration::from_secs(3590) && left <= Duration::from_secs(3600));
+
+        assert!(
+            Sealing::with_key(&[8; 32]).open(&value, KEY).is_none(),
+            "another key"
+        );
+        assert!(
+            sealing.open(&value, "app:{01}:token").is_none(),
+            "moved to another key"
+        );
+        assert!(
+            Sealing::Plaintext.open(&value, KEY).is_none(),
+            "not plain text"
+        );
+        let mut tampered = value.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert!(sealing.open(&tampered, KEY).is_none(), "tampered");
+        for cut in 0..value.len() {
+            assert!(sealing.open(&value[..cut], KEY).is_none(), "cut at {cut}");
+        }
+        assert!(
+            sealing.seal(&token(), in_an_hour(), KEY).unwrap() != value,
+            "a fresh nonce each time"
+        );
+    }
+
+    #[test]
+    fn a_sealing_with_a_key_never_accepts_a_plain_value() {
+        let plain = Sealing::Plaintext
+            .seal(&token(), in_an_hour(), KEY)
+            .unwrap();
+        assert!(Sealing::Plaintext.open(&plain, KEY).is_some());
+        assert!(Sealing::with_key(&[7; 32]).open(&plain, KEY).is_none());
+    }
+
+    #[test]
+    fn an_expired_token_does_not_open() {
+        let sealing = Sealing::with_key(&[7; 32]);
+        let past = SystemTime::now() - Duration::from_secs(1);
+        let value = sealing.seal(&token(), past, KEY).unwrap();
+        assert!(sealing.open(&value, KEY).is_none());
+    }
+
+    #[test]
+    fn debug_shows_the_key_id_only() {
+        let debug = format!("{:?}", Sealing::with_key(&[7; 32]));
+        assert!(debug.starts_with("Key(id "), "{debug}");
+        assert_eq!(debug.len(), "Key(id )".len() + 16);
+    }
+}

@@ -1,0 +1,240 @@
+//! A fleet of processes sharing tokens through a real Redis (feature `redis`).
+//!
+//! These tests need the Redis server that `scripts/test` starts (its URL in
+//! `TOWER_BEARER_REDIS`): a plain `cargo test` skips them as ignored. Every test uses a key
+//! prefix of its own, so they can share that server.
+
+#![cfg(feature = "redis")]
+
+mod support;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering::SeqCst},
+    },
+    time::Duration,
+};
+
+use support::{StandInEndpoint, token_json};
+use tokio::task::JoinSet;
+use tower_bearer::{AuthLayer, ClientCredentials, Error, distributed::RedisCache};
+
+const KEY: [u8; 32] = [42; 32];
+/// Set in the child processes of `processes_on_a_cold_start_make_one_token_request`: the token
+/// URL, the Redis URL and the key prefix, separated by spaces.
+const WORKER: &str = "TOWER_BEARER_FLEET_WORKER";
+const PROCESSES: usize = 8;
+const CALLERS: usize = 100;
+
+fn redis_url() -> String {
+    std::env::var("TOWER_BEARER_REDIS")
+        .expect("TOWER_BEARER_REDIS: run these tests with scripts/test")
+}
+
+/// A key prefix no other test (or earlier run) uses.
+fn fresh_prefix(test: &str) -> String {
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).unwrap();
+    let tag: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("test-{test}-{tag}")
+}
+
+/// A token endpoint issuing `tok-1`, `tok-2`, ... (an hour each), `latency` late.
+async fn endpoint(latency: Duration) -> (StandInEndpoint, Arc<AtomicUsize>) {
+    let issued = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&issued);
+    let endpoint = StandInEndpoint::start(move |_| {
+        std::thread::sleep(latency);
+        let n = counter.fetch_add(1, SeqCst) + 1;
+        token_json(&format!("tok-{n}"), 3600)
+    })
+    .await;
+    (endpoint, issued)
+}
+
+async fn connection(url: &str) -> redis::aio::ConnectionManager {
+    redis::aio::ConnectionManager::new(redis::Client::open(url).unwrap())
+        .await
+        .expect("Redis answers")
+}
+
+fn layer(token_url: &str, client_id: &str, cache: RedisCache) -> AuthLayer {
+    let source = ClientCredentials::builder(token_url)
+        .client_id(client_id)
+        .client_secret("fleet-secret")
+        .build()
+        .unwrap();
+    AuthLayer::builder(source)
+        .distributed(cache)
+        .build()
+        .unwrap()
+}
+
+/// One process of the fleet: `CALLERS` callers at once on a cold cache; prints the tokens they
+/// got.
+async fn worker(spec: &str) {
+    let [token_url, redis, prefix] = spec.split(' ').collect::<Vec<_>>()[..] else {
+        panic!("token url, Redis url and prefix: {spec}");
+    };
+    let cache = RedisCache::new(connection(redis).await)
+        .key_prefix(prefix)
+        .encryption_key(KEY);
+    let auth = layer(token_url, "fleet", cache);
+    let mut callers = JoinSet::new();
+    for _ in 0..CALLERS {
+        let token = auth.token();
+        callers.spawn(async move { token.await.map(|t| t.access_token().secret().to_owned()) });
+    }
+    for token in callers.join_all().await {
+        println!("token={}", token.expect("every caller gets a token"));
+    }
+}
+
+/// 8 processes × 100 callers start together on a cold cache: the token endpoint sees one
+/// request, and all 800 callers get its token. (Each answer takes 50 ms, so the processes
+/// overlap: without the fleet's lease every process would fetch.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis: run scripts/test"]
+async fn processes_on_a_cold_start_make_one_token_request() {
+    if let Ok(spec) = std::env::var(WORKER) {
+        return worker(&spec).await;
+    }
+    let (endpoint, issued) = endpoint(Duration::from_millis(50)).await;
+    let spec = format!(
+        "{} {} {}",
+        endpoint.url("/token"),
+        redis_url(),
+        fresh_prefix("cold")
+    );
+    let exe = std::env::current_exe().unwrap();
+    let mut workers = JoinSet::new();
+    for _ in 0..PROCESSES {
+        let mut child = tokio::process::Command::new(&exe);
+        child
+            .args([
+                "processes_on_a_cold_start_make_one_token_request",
+                "--exact",
+                "--nocapture",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env(WORKER, &spec)
+            .kill_on_drop(true);
+        workers.spawn(async move { child.output().await });
+    }
+    let outputs = tokio::time::timeout(Duration::from_secs(120), workers.join_all())
+        .await
+        .expect("the worker processes finished");
+    let mut tokens = Vec::new();
+    for output in outputs {
+        let output = output.unwrap();
+        assert!(
+            output.status.success(),
+            "a worker failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        tokens.extend(
+            stdout
+                .lines()
+                // The harness may print the test's name on the same line as the first token.
+                .filter_map(|line| line.split_once("token=").map(|(_, token)| token.to_owned())),
+        );
+    }
+    assert_eq!(tokens.len(), PROCESSES * CALLERS);
+    assert_eq!(issued.load(SeqCst), 1, "token requests fleet-wide");
+    assert!(tokens.iter().all(|t| t == "tok-1"));
+}
+
+/// Two clients sharing one Redis and one prefix keep their own tokens; no value in Redis holds
+/// a token in the clear.
+#[tokio::test]
+#[ignore = "needs Redis: run scripts/test"]
+async fn two_clients_on_one_prefix_never_get_each_others_token_and_redis_holds_no_raw_token() {
+    let prefix = fresh_prefix("clients");
+    let redis = connection(&redis_url()).await;
+    let (endpoint, issued) = endpoint(Duration::ZERO).await;
+    let cache = || {
+        RedisCache::new(redis.clone())
+            .key_prefix(&prefix)
+            .encryption_key(KEY)
+    };
+    let billing = layer(&endpoint.url("/token"), "billing", cache());
+    let search = layer(&endpoint.url("/token"), "search", cache());
+    let a = billing.token().await.unwrap();
+    let b = search.token().await.unwrap();
+    assert_ne!(a.access_token().secret(), b.access_token().secret());
+    assert_eq!(issued.load(SeqCst), 2);
+    // A second process of `billing` takes billing's token from Redis.
+    let billing_again = layer(&endpoint.url("/token"), "billing", cache());
+    let again = billing_again.token().await.unwrap();
+    assert_eq!(again.access_token().secret(), a.access_token().secret());
+    assert_eq!(issued.load(SeqCst), 2, "no third request");
+
+    let mut redis = redis.clone();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty());
+    for key in keys {
+        assert!(!key.contains("billing") && !key.contains("search") && !key.contains("secret"));
+        let value: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let value = value.unwrap_or_default();
+        for token in [&a, &b] {
+            let raw = token.access_token().secret().as_bytes();
+            assert!(
+                !value.windows(raw.len()).any(|w| w == raw),
+                "{key} holds a raw token"
+            );
+        }
+    }
+}
+
+/// Redis is not there (nothing listens on its port): every fetch goes to the token endpoint,
+/// after at most the call timeout, and no request fails.
+#[tokio::test]
+async fn without_redis_tokens_are_fetched_locally() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    let cache = RedisCache::connect_lazily(client)
+        .unwrap()
+        .encryption_key(KEY)
+        .call_timeout(Duration::from_millis(200));
+    let (endpoint, issued) = endpoint(Duration::ZERO).await;
+    let auth = layer(&endpoint.url("/token"), "alone", cache);
+    let token = tokio::time::timeout(Duration::from_secs(10), auth.token())
+        .await
+        .expect("no hang")
+        .unwrap();
+    assert_eq!(token.access_token().secret(), "tok-1");
+    assert_eq!(issued.load(SeqCst), 1);
+}
+
+/// A cache without an encryption key (and without an explicit opt-in to plain text) is a
+/// configuration error at `build`, before anything is fetched or stored.
+#[tokio::test]
+async fn a_cache_without_an_encryption_key_is_refused_at_build() {
+    let client = redis::Client::open("redis://127.0.0.1:1/").unwrap();
+    let cache = RedisCache::connect_lazily(client).unwrap();
+    let source = ClientCredentials::builder("http://127.0.0.1:1/token")
+        .client_id("c")
+        .client_secret("s")
+        .build()
+        .unwrap();
+    let err = AuthLayer::builder(source)
+        .distributed(cache)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    assert!(err.to_string().contains("encryption_key"), "{err}");
+}
