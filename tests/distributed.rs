@@ -26,6 +26,8 @@ const KEY: [u8; 32] = [42; 32];
 const WORKER: &str = "TOWER_BEARER_FLEET_WORKER";
 const PROCESSES: usize = 8;
 const CALLERS: usize = 100;
+/// The lease of every fleet here: short, so that the test of a dead holder is short too.
+const LEASE: Duration = Duration::from_secs(1);
 
 fn redis_url() -> String {
     std::env::var("TOWER_BEARER_REDIS")
@@ -42,11 +44,18 @@ fn fresh_prefix(test: &str) -> String {
 
 /// A token endpoint issuing `tok-1`, `tok-2`, ... (an hour each), `latency` late.
 async fn endpoint(latency: Duration) -> (StandInEndpoint, Arc<AtomicUsize>) {
+    endpoint_with(move |_| latency).await
+}
+
+/// The same, each answer as late as `latency(n)` says for the `n`th request.
+async fn endpoint_with(
+    latency: impl Fn(usize) -> Duration + Send + Sync + 'static,
+) -> (StandInEndpoint, Arc<AtomicUsize>) {
     let issued = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&issued);
     let endpoint = StandInEndpoint::start(move |_| {
-        std::thread::sleep(latency);
         let n = counter.fetch_add(1, SeqCst) + 1;
+        std::thread::sleep(latency(n));
         token_json(&format!("tok-{n}"), 3600)
     })
     .await;
@@ -79,7 +88,8 @@ async fn worker(spec: &str) {
     };
     let cache = RedisCache::new(connection(redis).await)
         .key_prefix(prefix)
-        .encryption_key(KEY);
+        .encryption_key(KEY)
+        .lease(LEASE);
     let auth = layer(token_url, "fleet", cache);
     let mut callers = JoinSet::new();
     for _ in 0..CALLERS {
@@ -237,4 +247,195 @@ async fn a_cache_without_an_encryption_key_is_refused_at_build() {
         .unwrap_err();
     assert!(matches!(err, Error::Config(_)), "{err:?}");
     assert!(err.to_string().contains("encryption_key"), "{err}");
+}
+
+/// A token one process finds rejected (a 401, here `invalidate`) is not handed back from Redis:
+/// that process fetches a new one for the fleet, and another process that then finds the old
+/// token rejected takes the new one from Redis. One refetch for the fleet.
+#[tokio::test]
+#[ignore = "needs Redis: run scripts/test"]
+async fn a_rejected_token_is_refetched_once_for_the_fleet() {
+    let prefix = fresh_prefix("rejected");
+    let redis = connection(&redis_url()).await;
+    let (endpoint, issued) = endpoint(Duration::ZERO).await;
+    let cache = || {
+        RedisCache::new(redis.clone())
+            .key_prefix(&prefix)
+            .encryption_key(KEY)
+    };
+    let first = layer(&endpoint.url("/token"), "api", cache());
+    let second = layer(&endpoint.url("/token"), "api", cache());
+    let old = first.token().await.unwrap();
+    assert_eq!(
+        second.token().await.unwrap().access_token(),
+        old.access_token()
+    );
+    assert_eq!(issued.load(SeqCst), 1);
+
+    assert!(first.invalidate(&old));
+    let new = first.token().await.unwrap();
+    assert_ne!(
+        new.access_token(),
+        old.access_token(),
+        "not the rejected token again"
+    );
+    assert!(second.invalidate(&old));
+    assert_eq!(
+        second.token().await.unwrap().access_token(),
+        new.access_token()
+    );
+    assert_eq!(issued.load(SeqCst), 2, "one refetch for both");
+}
+
+/// The process fetching for the fleet is killed (SIGKILL) in the middle of its token request:
+/// another process, waiting on its lease, takes over once the lease runs out (it is no longer
+/// renewed) and gets a token; no caller fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis: run scripts/test"]
+async fn a_lease_holder_killed_mid_fetch_costs_at_most_the_lease() {
+    if let Ok(spec) = std::env::var(WORKER) {
+        return worker(&spec).await;
+    }
+    // The first request (the doomed holder's) hangs for long; the next one answers at once.
+    let (endpoint, issued) = endpoint_with(|n| {
+        if n == 1 {
+            Duration::from_secs(3)
+        } else {
+            Duration::ZERO
+        }
+    })
+    .await;
+    let prefix = fresh_prefix("killed");
+    let spec = format!("{} {} {prefix}", endpoint.url("/token"), redis_url());
+    let mut holder = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "a_lease_holder_killed_mid_fetch_costs_at_most_the_lease",
+            "--exact",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .env(WORKER, &spec)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Wait until it holds the lease and has sent its request, then kill it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while issued.load(SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the holder never fetched"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    holder.start_kill().unwrap();
+    holder.wait().await.unwrap();
+
+    let redis = connection(&redis_url()).await;
+    let cache = RedisCache::new(redis)
+        .key_prefix(&prefix)
+        .encryption_key(KEY)
+        .lease(LEASE);
+    let survivor = layer(&endpoint.url("/token"), "fleet", cache);
+    let started = std::time::Instant::now();
+    let token = survivor.token().await.expect("the survivor gets a token");
+    let waited = started.elapsed();
+    assert_eq!(token.access_token().secret(), "tok-2");
+    assert_eq!(issued.load(SeqCst), 2);
+    assert!(waited < LEASE + Duration::from_secs(1), "waited {waited:?}");
+}
+
+/// A Redis server of this test's own, on `port`, in memory only.
+fn start_redis(port: u16) -> tokio::process::Child {
+    tokio::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server on the PATH (scripts/test needs it too)")
+}
+
+async fn until_redis_answers(url: &str) {
+    let client = redis::Client::open(url).unwrap();
+    for _ in 0..500 {
+        if let Ok(mut connection) = client.get_multiplexed_async_connection().await {
+            let pong: redis::RedisResult<String> =
+                redis::cmd("PING").query_async(&mut connection).await;
+            if pong.is_ok() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("Redis did not start");
+}
+
+/// Redis stops in the middle of a run and comes back: while it is gone every fetch goes to the
+/// token endpoint and no call fails; once it is back the processes share tokens again, by
+/// themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis: run scripts/test"]
+async fn redis_stopped_and_restarted_fails_no_call_and_sharing_resumes() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("redis://127.0.0.1:{port}/");
+    let mut server = start_redis(port);
+    until_redis_answers(&url).await;
+    let (endpoint, issued) = endpoint(Duration::ZERO).await;
+    let process = || {
+        let cache = RedisCache::connect_lazily(redis::Client::open(url.as_str()).unwrap())
+            .unwrap()
+            .key_prefix("restart")
+            .encryption_key(KEY)
+            .call_timeout(Duration::from_millis(200));
+        layer(&endpoint.url("/token"), "fleet", cache)
+    };
+    let (first, second) = (process(), process());
+    let shared = first.token().await.unwrap();
+    assert_eq!(
+        second.token().await.unwrap().access_token(),
+        shared.access_token()
+    );
+    assert_eq!(issued.load(SeqCst), 1);
+
+    server.start_kill().unwrap();
+    server.wait().await.unwrap();
+    let mut last = shared;
+    for round in 0..3 {
+        assert!(first.invalidate(&last));
+        let started = std::time::Instant::now();
+        last = first
+            .token()
+            .await
+            .unwrap_or_else(|err| panic!("round {round} without Redis: {err}"));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(issued.load(SeqCst), 4, "each fetch went to the endpoint");
+
+    let _server = start_redis(port);
+    until_redis_answers(&url).await;
+    // The connection managers reconnect on their own; a fetch meanwhile goes to the endpoint.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let third = process();
+        let before = issued.load(SeqCst);
+        let a = first.token().await.unwrap();
+        assert!(first.invalidate(&a));
+        let a = first.token().await.unwrap();
+        let b = third.token().await.unwrap();
+        if a.access_token() == b.access_token() && issued.load(SeqCst) == before + 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sharing never resumed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -158,6 +158,10 @@ struct CacheState {
     rng: fastrand::Rng,
     /// The generation of the last token installed.
     generation: u64,
+    /// The last token a response (or `invalidate`) rejected: a cache shared by processes must
+    /// not hand it back.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    rejected: Option<crate::AccessToken>,
 }
 
 /// What a caller finds in the cache: a token to send, or a fetch to wait for.
@@ -180,6 +184,7 @@ impl TokenCache {
                 rejections: RejectionStreak::default(),
                 rng,
                 generation: 0,
+                rejected: None,
             }),
             next_background: AtomicU64::new(0),
             clock_base: Instant::now(),
@@ -408,11 +413,16 @@ impl TokenCache {
             return Rejection::NotCurrent;
         }
         let CacheState {
-            rejections, rng, ..
+            rejections,
+            rng,
+            rejected,
+            ..
         } = &mut *state;
         match rejections.rejected(generation, now, &self.settings.backoff, rng) {
             Verdict::Forget => {
-                self.current.store(None);
+                if let Some(entry) = self.current.swap(None) {
+                    *rejected = Some(entry.token.access_token().clone());
+                }
                 self.counters.rejected();
                 tracing::debug!(target: "tower_bearer", layer = %self.counters.name, "rejected token forgotten; the next request fetches a new one");
                 Rejection::Forgotten
@@ -424,7 +434,7 @@ impl TokenCache {
     /// Forgets the current token if its access token is `token`'s, at once (no rejection
     /// backoff: the caller says so explicitly). `true` if it was forgotten by this call.
     pub(crate) fn invalidate_token(&self, token: &Token) -> bool {
-        let _state = self.lock_state();
+        let mut state = self.lock_state();
         let current = self.current.load();
         if current
             .as_ref()
@@ -432,9 +442,24 @@ impl TokenCache {
         {
             return false;
         }
+        drop(current);
+        state.rejected = Some(token.access_token().clone());
         self.current.store(None);
         self.counters.rejected();
         true
+    }
+
+    /// The tokens a new fetch must not hand back: the one in use (it is being replaced) and the
+    /// last one rejected.
+    #[cfg(feature = "redis")]
+    pub(crate) fn replacing(&self) -> [Option<crate::AccessToken>; 2] {
+        let rejected = self.lock_state().rejected.clone();
+        let current = self
+            .current
+            .load()
+            .as_ref()
+            .map(|entry| entry.token.access_token().clone());
+        [current, rejected]
     }
 
     /// Forgets everything (for [`AuthLayer::revoke`](crate::AuthLayer::revoke)): the current

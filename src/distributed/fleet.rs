@@ -86,12 +86,12 @@ impl Fleet {
     /// if Redis fails.
     pub(crate) async fn fetch(&self, cache: &TokenCache, started: Instant) -> Result<Token, Error> {
         let deadline = started + cache.settings().fetch_timeout;
-        let replacing = cache
-            .current()
-            .load_full()
-            .map(|entry| entry.token.access_token().clone());
+        let replacing = cache.replacing();
         let wanted = |token: &Token, left: Duration| {
-            Some(token.access_token()) != replacing.as_ref()
+            !replacing
+                .iter()
+                .flatten()
+                .any(|t| t == token.access_token())
                 && left > cache.settings().expiry_margin
         };
         loop {
