@@ -21,6 +21,9 @@
 //! | `tower_bearer.token.rejected` | counter | `layer` | tokens dropped after a 401 or `UNAUTHENTICATED` |
 //! | `tower_bearer.requests.retried` | counter | `layer` | requests resent with a new token |
 //! | `tower_bearer.requests.not_resent` | counter | `layer` | rejected requests that could not be resent |
+//! | `tower_bearer.fleet.tokens` | counter | `layer` | fetches served by a token another process stored (feature `redis`) |
+//! | `tower_bearer.fleet.lease_waits` | counter | `layer` | fetches that waited for the process holding the fleet's lease |
+//! | `tower_bearer.fleet.fallbacks` | counter | `layer` | fetches that went to the token endpoint because Redis failed or was late |
 
 use std::{
     sync::{
@@ -48,6 +51,9 @@ pub(crate) struct Counters {
     pub(crate) invalidations: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) not_resent: AtomicU64,
+    pub(crate) fleet_tokens: AtomicU64,
+    pub(crate) fleet_lease_waits: AtomicU64,
+    pub(crate) fleet_fallbacks: AtomicU64,
 }
 
 /// A snapshot of what a layer (all its clones and services together) has done.
@@ -99,6 +105,14 @@ pub struct Stats {
     /// replayed, one that streamed past the replay limit, or a token kept while fresh tokens
     /// keep being rejected): the caller got the 401.
     pub not_resent: u64,
+    /// Fetches served by a token another process stored in the fleet's Redis
+    /// ([`distributed`](crate::AuthLayerBuilder::distributed)): `fetches` less these (and less
+    /// the failures) is what this process asked the token endpoint for.
+    pub fleet_tokens: u64,
+    /// Fetches that waited for the process holding the fleet's lease.
+    pub fleet_lease_waits: u64,
+    /// Fetches that went to the token endpoint because Redis failed or answered late.
+    pub fleet_fallbacks: u64,
     /// How long ago the current token was fetched, if there is one.
     pub token_age: Option<Duration>,
     /// How long the current token will still be used, if there is one.
@@ -221,6 +235,32 @@ impl Counters {
             .increment(1);
     }
 
+    /// A fetch was served by a token another process stored.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn fleet_token(&self) {
+        self.fleet_tokens.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("tower_bearer.fleet.tokens", "layer" => self.name.label()).increment(1);
+    }
+
+    /// A fetch waited for the process holding the fleet's lease.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn fleet_lease_wait(&self) {
+        self.fleet_lease_waits.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("tower_bearer.fleet.lease_waits", "layer" => self.name.label())
+            .increment(1);
+    }
+
+    /// A fetch went to the token endpoint because Redis failed.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn fleet_fallback(&self) {
+        self.fleet_fallbacks.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("tower_bearer.fleet.fallbacks", "layer" => self.name.label())
+            .increment(1);
+    }
+
     pub(crate) fn retried(&self) {
         self.retries.fetch_add(1, Relaxed);
         #[cfg(feature = "metrics")]
@@ -241,6 +281,9 @@ impl Counters {
             unauthorized: self.invalidations.load(Relaxed),
             retries: self.retries.load(Relaxed),
             not_resent: self.not_resent.load(Relaxed),
+            fleet_tokens: self.fleet_tokens.load(Relaxed),
+            fleet_lease_waits: self.fleet_lease_waits.load(Relaxed),
+            fleet_fallbacks: self.fleet_fallbacks.load(Relaxed),
             token_age: None,
             token_usable_for: None,
         }

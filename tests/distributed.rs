@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use support::{StandInEndpoint, token_json};
+use support::{StandInEndpoint, delayed, token_json};
 use tokio::task::JoinSet;
 use tower_bearer::{AuthLayer, ClientCredentials, Error, distributed::RedisCache};
 
@@ -55,8 +55,8 @@ async fn endpoint_with(
     let counter = Arc::clone(&issued);
     let endpoint = StandInEndpoint::start(move |_| {
         let n = counter.fetch_add(1, SeqCst) + 1;
-        std::thread::sleep(latency(n));
-        token_json(&format!("tok-{n}"), 3600)
+        // Late without blocking the server's thread: the serving loop waits.
+        delayed(token_json(&format!("tok-{n}"), 3600), latency(n))
     })
     .await;
     (endpoint, issued)
@@ -181,6 +181,13 @@ async fn two_clients_on_one_prefix_never_get_each_others_token_and_redis_holds_n
     let again = billing_again.token().await.unwrap();
     assert_eq!(again.access_token().secret(), a.access_token().secret());
     assert_eq!(issued.load(SeqCst), 2, "no third request");
+    let stats = billing_again.stats();
+    assert_eq!(
+        (stats.fetches, stats.fleet_tokens),
+        (1, 1),
+        "its one fetch came from Redis"
+    );
+    assert_eq!(billing.stats().fleet_tokens, 0);
 
     let mut redis = redis.clone();
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -228,6 +235,7 @@ async fn without_redis_tokens_are_fetched_locally() {
         .unwrap();
     assert_eq!(token.access_token().secret(), "tok-1");
     assert_eq!(issued.load(SeqCst), 1);
+    assert_eq!(auth.stats().fleet_fallbacks, 1);
 }
 
 /// A cache without an encryption key (and without an explicit opt-in to plain text) is a
@@ -341,6 +349,11 @@ async fn a_lease_holder_killed_mid_fetch_costs_at_most_the_lease() {
     let waited = started.elapsed();
     assert_eq!(token.access_token().secret(), "tok-2");
     assert_eq!(issued.load(SeqCst), 2);
+    assert_eq!(
+        survivor.stats().fleet_lease_waits,
+        1,
+        "it waited for the dead holder's lease"
+    );
     assert!(waited < LEASE + Duration::from_secs(1), "waited {waited:?}");
 }
 
@@ -417,6 +430,7 @@ async fn redis_stopped_and_restarted_fails_no_call_and_sharing_resumes() {
         );
     }
     assert_eq!(issued.load(SeqCst), 4, "each fetch went to the endpoint");
+    assert_eq!(first.stats().fleet_fallbacks, 3);
 
     let _server = start_redis(port);
     until_redis_answers(&url).await;

@@ -101,6 +101,7 @@ impl Fleet {
                     Err(err) => return self.fall_back(cache, started, &err).await,
                 };
             if let Some(token) = self.usable(stored.as_deref(), &wanted) {
+                cache.counters.fleet_token();
                 return Ok(token);
             }
             let owner = owner();
@@ -122,6 +123,7 @@ impl Fleet {
                 return self.fetch_under_lease(cache, started, &owner).await;
             }
             // Another process fetches: wait for its token, or for its lease to go.
+            cache.counters.fleet_lease_wait();
             loop {
                 if Instant::now() + POLL >= deadline {
                     return Err(Error::Timeout(cache.settings().fetch_timeout));
@@ -135,6 +137,7 @@ impl Fleet {
                     Err(err) => return self.fall_back(cache, started, &err).await,
                 };
                 if let Some(token) = self.usable(stored.as_deref(), &wanted) {
+                    cache.counters.fleet_token();
                     return Ok(token);
                 }
                 if lease_left < 0 {
@@ -227,6 +230,7 @@ impl Fleet {
         err: &CallError,
     ) -> Result<Token, Error> {
         tracing::warn!(target: "tower_bearer", error = %err, "fleet cache unavailable; fetching locally");
+        cache.counters.fleet_fallback();
         fetch_with_retries(cache, started).await
     }
 

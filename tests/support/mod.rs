@@ -468,7 +468,7 @@ async fn record(State(state): State<EndpointState>, req: AxumRequest) -> AxumRes
 const DELAY_HEADER: &str = "x-stand-in-delay-ms";
 
 /// `response`, sent `delay` after the request was handled.
-fn delayed(mut response: AxumResponse, delay: Duration) -> AxumResponse {
+pub fn delayed(mut response: AxumResponse, delay: Duration) -> AxumResponse {
     response.headers_mut().insert(
         DELAY_HEADER,
         header::HeaderValue::from_str(&delay.as_millis().to_string()).unwrap(),
