@@ -16,9 +16,13 @@ use std::{
     time::Duration,
 };
 
-use support::{StandInEndpoint, delayed, token_json};
+use support::{LostAnswer, StandInEndpoint, StandInIdp, delayed, token_json};
 use tokio::task::JoinSet;
-use tower_bearer::{AuthLayer, ClientCredentials, Error, distributed::RedisCache};
+use tower_bearer::{
+    AuthLayer, ClientAuth, ClientCredentials, Error, RefreshTokenGrant,
+    distributed::{RedisCache, RedisStore},
+    store::{StoredToken, TokenStore},
+};
 
 const KEY: [u8; 32] = [42; 32];
 /// Set in the child processes of `processes_on_a_cold_start_make_one_token_request`: the token
@@ -452,4 +456,99 @@ async fn redis_stopped_and_restarted_fails_no_call_and_sharing_resumes() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Set in the child processes of `processes_sharing_a_redis_store_send_each_refresh_token_once`:
+/// the token URL, the Redis URL and the store's key, separated by spaces.
+const GRANT_WORKER: &str = "TOWER_BEARER_FLEET_GRANT_WORKER";
+const GRANT_PROCESSES: usize = 4;
+const GRANT_ROUNDS: usize = 8;
+
+async fn grant_worker(spec: &str) {
+    let [token_url, redis, key] = spec.split(' ').collect::<Vec<_>>()[..] else {
+        panic!("token url, Redis url and key: {spec}");
+    };
+    let store = RedisStore::new(connection(redis).await, key).encryption_key(KEY);
+    let grant = RefreshTokenGrant::builder(token_url)
+        .client_id("app")
+        .client_secret("app-secret")
+        .auth(ClientAuth::Post)
+        .store(store)
+        .build()
+        .unwrap();
+    let auth = AuthLayer::new(grant);
+    for round in 0..GRANT_ROUNDS {
+        let token = auth
+            .token()
+            .await
+            .unwrap_or_else(|err| panic!("round {round}: {err}"));
+        auth.invalidate(&token);
+    }
+}
+
+/// Four processes refresh one grant through a `RedisStore`, against a server that revokes the
+/// grant when a spent refresh token comes back (each answer 30 ms late, so refreshes overlap):
+/// the store's Redis lock makes them refresh in turn with the refresh token saved last. No
+/// refresh token is sent twice; the store ends with the one issued last, sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis: run scripts/test"]
+async fn processes_sharing_a_redis_store_send_each_refresh_token_once() {
+    if let Ok(spec) = std::env::var(GRANT_WORKER) {
+        return grant_worker(&spec).await;
+    }
+    let idp = StandInIdp::start().await;
+    idp.add_refresh_token("rt-0");
+    idp.lose_answers(
+        &[LostAnswer::Late(Duration::from_millis(30)); GRANT_PROCESSES * GRANT_ROUNDS],
+    );
+    let key = fresh_prefix("grant");
+    let store = RedisStore::new(connection(&redis_url()).await, &key).encryption_key(KEY);
+    store
+        .save(&StoredToken::new().with_refresh_token("rt-0"))
+        .await
+        .unwrap();
+
+    let spec = format!("{} {} {key}", idp.url("/token"), redis_url());
+    let mut workers = JoinSet::new();
+    for _ in 0..GRANT_PROCESSES {
+        let mut child = tokio::process::Command::new(std::env::current_exe().unwrap());
+        child
+            .args([
+                "processes_sharing_a_redis_store_send_each_refresh_token_once",
+                "--exact",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env(GRANT_WORKER, &spec)
+            .kill_on_drop(true);
+        workers.spawn(async move { child.output().await });
+    }
+    let outputs = tokio::time::timeout(Duration::from_secs(120), workers.join_all())
+        .await
+        .expect("the worker processes finished");
+    for output in outputs {
+        let output = output.unwrap();
+        assert!(
+            output.status.success(),
+            "a worker failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert_eq!(idp.reuse_detected(), 0, "a refresh token was sent twice");
+    let sent = idp.refresh_tokens_sent();
+    let distinct: std::collections::HashSet<_> = sent.iter().collect();
+    assert_eq!(distinct.len(), sent.len(), "{sent:?}");
+    assert!(sent.len() >= GRANT_ROUNDS, "{} refreshes", sent.len());
+    let saved = store.load().await.unwrap().unwrap();
+    assert_eq!(
+        saved.refresh_token().unwrap().secret(),
+        format!("rt-{}", sent.len())
+    );
+    let mut redis = connection(&redis_url()).await;
+    let raw: Vec<u8> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(!raw.windows(3).any(|w| w == b"rt-"), "the store is sealed");
 }

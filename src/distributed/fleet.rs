@@ -31,9 +31,9 @@ use crate::{
 const POLL: Duration = Duration::from_millis(20);
 
 /// Lets the lease go only if `ARGV[1]` still owns it.
-const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+pub(super) const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 /// Extends the lease to `ARGV[2]` ms only if `ARGV[1]` still owns it.
-const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+pub(super) const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 
 /// A layer's share of a fleet: its Redis, its keys, how it seals tokens.
 pub(crate) struct Fleet {
@@ -261,14 +261,14 @@ async fn within<T>(
     }
 }
 
-fn millis(duration: Duration) -> u64 {
+pub(super) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis())
         .unwrap_or(u64::MAX)
         .max(1)
 }
 
 /// A random lease owner: 128 bits, hex.
-fn owner() -> String {
+pub(super) fn owner() -> String {
     let mut bytes = [0u8; 16];
     // Without randomness, a fixed owner still works: it only lets another process with the
     // same failure release a lease it does not hold.

@@ -28,6 +28,14 @@
 //! cache without a key is refused when the layer is built, unless
 //! [`RedisCache::insecure_plaintext`] says otherwise.
 //!
+//! # Refresh tokens across a fleet
+//!
+//! A [`RefreshTokenGrant`](crate::RefreshTokenGrant) shared by several processes keeps its
+//! state in a [`RedisStore`]: its lock (a lease in Redis) makes the processes refresh one at a
+//! time, each with the refresh token saved last, so a refresh token is sent once fleet-wide and
+//! a rotated one is never lost. (A [`FileStore`](crate::store::FileStore) does the same for
+//! processes on one machine.)
+//!
 //! # Example
 //!
 //! ```no_run
@@ -59,10 +67,12 @@ use crate::Error;
 mod fleet;
 mod key;
 mod sealed;
+mod store;
 
 pub(crate) use fleet::Fleet;
 pub(crate) use key::FleetKeys;
 pub(crate) use sealed::Sealing;
+pub use store::RedisStore;
 
 /// Default for [`RedisCache::lease`].
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);

@@ -89,10 +89,15 @@ impl Sealing {
             scope: token.scope().map(str::to_owned),
         };
         let json = Zeroizing::new(serde_json::to_vec(&stored).ok()?);
+        self.seal_bytes(&json, key)
+    }
+
+    /// `plain` sealed for the Redis key `key` (or marked plain, for a plain-text sealing).
+    pub(crate) fn seal_bytes(&self, plain: &[u8], key: &str) -> Option<Vec<u8>> {
         match self {
             Sealing::Plaintext => {
                 let mut value = PLAIN.to_vec();
-                value.extend_from_slice(&json);
+                value.extend_from_slice(plain);
                 Some(value)
             }
             Sealing::Key { cipher, id } => {
@@ -102,7 +107,7 @@ impl Sealing {
                     .encrypt(
                         Nonce::from_slice(&nonce),
                         Payload {
-                            msg: &json,
+                            msg: plain,
                             aad: key.as_bytes(),
                         },
                     )
@@ -117,33 +122,37 @@ impl Sealing {
         }
     }
 
-    /// The token in `value`, stored under `key`, with its time left, if this sealing opens it
-    /// (a value sealed with another key, tampered with, or of the other kind does not) and it
-    /// has not expired.
-    pub(crate) fn open(&self, value: &[u8], key: &str) -> Option<(Token, Duration)> {
+    /// What `value`, stored under `key`, holds, if this sealing opens it: a value sealed with
+    /// another key, tampered with, or of the other kind does not.
+    pub(crate) fn open_bytes(&self, value: &[u8], key: &str) -> Option<Zeroizing<Vec<u8>>> {
         let (kind, rest) = value.split_at_checked(3)?;
-        let json = match self {
-            Sealing::Plaintext if kind == PLAIN => Zeroizing::new(rest.to_vec()),
+        match self {
+            Sealing::Plaintext if kind == PLAIN => Some(Zeroizing::new(rest.to_vec())),
             Sealing::Key { cipher, id } if kind == SEALED => {
                 let (value_id, rest) = rest.split_at_checked(KEY_ID_LEN)?;
                 if value_id != id {
                     return None;
                 }
                 let (nonce, sealed) = rest.split_at_checked(NONCE_LEN)?;
-                Zeroizing::new(
-                    cipher
-                        .decrypt(
-                            Nonce::from_slice(nonce),
-                            Payload {
-                                msg: sealed,
-                                aad: key.as_bytes(),
-                            },
-                        )
-                        .ok()?,
-                )
+                let plain = cipher
+                    .decrypt(
+                        Nonce::from_slice(nonce),
+                        Payload {
+                            msg: sealed,
+                            aad: key.as_bytes(),
+                        },
+                    )
+                    .ok()?;
+                Some(Zeroizing::new(plain))
             }
-            _ => return None,
-        };
+            _ => None,
+        }
+    }
+
+    /// The token in `value`, stored under `key`, with its time left, if this sealing opens it
+    /// and it has not expired.
+    pub(crate) fn open(&self, value: &[u8], key: &str) -> Option<(Token, Duration)> {
+        let json = self.open_bytes(value, key)?;
         let stored: Stored = serde_json::from_slice(&json).ok()?;
         let expires_at = UNIX_EPOCH + Duration::from_millis(stored.expires_at_ms);
         let left = expires_at.duration_since(SystemTime::now()).ok()?;
