@@ -2,8 +2,8 @@
 //! its layer shares tokens through Redis.
 //!
 //! 1. Read the token the fleet stored. One that is not the token this process wants replaced
-//!    (the one it holds, which expired, reached its refresh point or was rejected) and that is
-//!    not itself due for a refresh is used as if this process had fetched it.
+//!    (the one it holds, which expired, reached its refresh point or was rejected) is used as
+//!    if this process had fetched it, with the life it has left.
 //! 2. Otherwise take the lease (`SET NX PX` with a random owner). The holder fetches from the
 //!    source (renewing the lease while it does, within the fetch's own timeout), stores the
 //!    token sealed with a TTL of its remaining life, and lets the lease go (deleting it only if
@@ -87,12 +87,13 @@ impl Fleet {
     pub(crate) async fn fetch(&self, cache: &TokenCache, started: Instant) -> Result<Token, Error> {
         let deadline = started + cache.settings().fetch_timeout;
         let replacing = cache.replacing();
-        let wanted = |token: &Token, left: Duration| {
+        // Any token but those being replaced: one with little life left is installed with
+        // that life, and refreshed (by one process for all) when it is due.
+        let wanted = |token: &Token, _left: Duration| {
             !replacing
                 .iter()
                 .flatten()
                 .any(|t| t == token.access_token())
-                && left > cache.settings().expiry_margin
         };
         loop {
             let stored: Option<Vec<u8>> =

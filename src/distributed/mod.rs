@@ -5,8 +5,8 @@
 //! request. When a process needs a new token (none yet, its token reached its refresh point or
 //! expired, or a 401 rejected it) its fetch goes to Redis first:
 //!
-//! - a token another process stored, if it is not the one being replaced and not itself due for
-//!   a refresh, is used as if fetched here (the same refresh point and expiry rules apply);
+//! - a token another process stored, if it is not the one being replaced, is used as if
+//!   fetched here, with the life it has left (the same refresh point and expiry rules apply);
 //! - otherwise one process takes a short lease and fetches from the token endpoint; it stores
 //!   the token, sealed, with a TTL of its remaining life; the others wait for it (reading again
 //!   every 20 ms, within the fetch timeout) and use it. A lease holder that dies costs at most
