@@ -89,7 +89,7 @@ impl Fleet {
         let replacing = cache.replacing();
         // Any token but those being replaced: one with little life left is installed with
         // that life, and refreshed (by one process for all) when it is due.
-        let wanted = |token: &Token, _left: Duration| {
+        let wanted = |token: &Token| {
             !replacing
                 .iter()
                 .flatten()
@@ -149,13 +149,9 @@ impl Fleet {
     }
 
     /// The token in `value`, if it opens and is `wanted`.
-    fn usable(
-        &self,
-        value: Option<&[u8]>,
-        wanted: &impl Fn(&Token, Duration) -> bool,
-    ) -> Option<Token> {
-        let (token, left) = self.sealing.open(value?, &self.keys.token)?;
-        wanted(&token, left).then_some(token)
+    fn usable(&self, value: Option<&[u8]>, wanted: &impl Fn(&Token) -> bool) -> Option<Token> {
+        let (token, _left) = self.sealing.open(value?, &self.keys.token)?;
+        wanted(&token).then_some(token)
     }
 
     async fn fetch_under_lease(
