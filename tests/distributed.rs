@@ -552,3 +552,37 @@ async fn processes_sharing_a_redis_store_send_each_refresh_token_once() {
         .unwrap();
     assert!(!raw.windows(3).any(|w| w == b"rt-"), "the store is sealed");
 }
+
+/// During a key rotation, a process with the new key and the old one as previous reads tokens
+/// sealed with the old key; a process with the new key alone does not (and fetches its own,
+/// sealed with the new key).
+#[tokio::test]
+#[ignore = "needs Redis: run scripts/test"]
+async fn a_rotated_key_still_reads_tokens_sealed_with_the_previous_one() {
+    let prefix = fresh_prefix("rotation");
+    let redis = connection(&redis_url()).await;
+    let (endpoint, issued) = endpoint(Duration::ZERO).await;
+    let cache = |key: [u8; 32]| {
+        RedisCache::new(redis.clone())
+            .key_prefix(&prefix)
+            .encryption_key(key)
+    };
+    let old = layer(&endpoint.url("/token"), "rotation", cache([1; 32]));
+    let sealed_with_old = old.token().await.unwrap();
+    let rotating = layer(
+        &endpoint.url("/token"),
+        "rotation",
+        cache([2; 32]).previous_encryption_key([1; 32]),
+    );
+    assert_eq!(
+        rotating.token().await.unwrap().access_token(),
+        sealed_with_old.access_token()
+    );
+    assert_eq!(issued.load(SeqCst), 1);
+    let new_only = layer(&endpoint.url("/token"), "rotation", cache([2; 32]));
+    assert_ne!(
+        new_only.token().await.unwrap().access_token(),
+        sealed_with_old.access_token()
+    );
+    assert_eq!(issued.load(SeqCst), 2);
+}

@@ -24,7 +24,9 @@
 //! (one of your own) shares one key per prefix: give each such source a prefix of its own.
 //!
 //! Values are sealed with AES-256-GCM under [`RedisCache::encryption_key`] (with the key's id,
-//! so a value sealed with another key is ignored, and the token key as associated data). A
+//! so a value sealed with another key is ignored, and the token key as associated data). To
+//! rotate keys, give the old one to [`RedisCache::previous_encryption_key`] while the new one
+//! rolls out. A
 //! cache without a key is refused when the layer is built, unless
 //! [`RedisCache::insecure_plaintext`] says otherwise.
 //!
@@ -134,6 +136,17 @@ impl RedisCache {
     /// needs the same one.
     pub fn encryption_key(mut self, key: [u8; 32]) -> Self {
         self.sealing = Some(Sealing::with_key(&key));
+        self
+    }
+
+    /// A key being rotated out: tokens sealed with it are still read, and new ones are sealed
+    /// with the [`encryption_key`](Self::encryption_key). Roll a new key out as the current key
+    /// everywhere with the old one as previous, then drop the previous one. Call it after
+    /// `encryption_key`; with plain text it does nothing.
+    pub fn previous_encryption_key(mut self, key: [u8; 32]) -> Self {
+        if let Some(sealing) = self.sealing.take() {
+            self.sealing = Some(sealing.clone().with_previous(&key).unwrap_or(sealing));
+        }
         self
     }
 

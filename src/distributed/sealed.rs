@@ -23,20 +23,48 @@ const PLAIN: &[u8; 3] = b"tb0";
 const KEY_ID_LEN: usize = 8;
 const NONCE_LEN: usize = 12;
 
-/// How values are sealed: with a key, or (explicitly) not at all.
+/// How values are sealed: with a key (values sealed with earlier keys still open), or
+/// (explicitly) not at all.
 #[derive(Clone)]
 pub(crate) enum Sealing {
     Key {
-        cipher: Box<Aes256Gcm>,
-        id: [u8; KEY_ID_LEN],
+        current: SealKey,
+        previous: Vec<SealKey>,
     },
     Plaintext,
+}
+
+/// One AES-256-GCM key and its id.
+#[derive(Clone)]
+pub(crate) struct SealKey {
+    cipher: Box<Aes256Gcm>,
+    id: [u8; KEY_ID_LEN],
+}
+
+impl SealKey {
+    fn new(key: &[u8; 32]) -> SealKey {
+        let mut hash = Sha256::new();
+        hash.update(b"tower-bearer key id\0");
+        hash.update(key);
+        let mut id = [0u8; KEY_ID_LEN];
+        id.copy_from_slice(&hash.finalize()[..KEY_ID_LEN]);
+        SealKey {
+            cipher: Box::new(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key))),
+            id,
+        }
+    }
 }
 
 impl std::fmt::Debug for Sealing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Sealing::Key { id, .. } => write!(f, "Key(id {})", hex(id)),
+            Sealing::Key { current, previous } => {
+                write!(f, "Key(id {}", hex(&current.id))?;
+                for key in previous {
+                    write!(f, ", previous {}", hex(&key.id))?;
+                }
+                f.write_str(")")
+            }
             Sealing::Plaintext => f.write_str("Plaintext"),
         }
     }
@@ -67,14 +95,24 @@ impl Drop for Stored {
 
 impl Sealing {
     pub(crate) fn with_key(key: &[u8; 32]) -> Sealing {
-        let mut hash = Sha256::new();
-        hash.update(b"tower-bearer key id\0");
-        hash.update(key);
-        let mut id = [0u8; KEY_ID_LEN];
-        id.copy_from_slice(&hash.finalize()[..KEY_ID_LEN]);
         Sealing::Key {
-            cipher: Box::new(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key))),
-            id,
+            current: SealKey::new(key),
+            previous: Vec::new(),
+        }
+    }
+
+    /// The same, also opening values sealed with `key` (a key being rotated out); `None` for
+    /// a plain-text sealing.
+    pub(crate) fn with_previous(self, key: &[u8; 32]) -> Option<Sealing> {
+        match self {
+            Sealing::Key {
+                current,
+                mut previous,
+            } => {
+                previous.push(SealKey::new(key));
+                Some(Sealing::Key { current, previous })
+            }
+            Sealing::Plaintext => None,
         }
     }
 
@@ -100,7 +138,10 @@ impl Sealing {
                 value.extend_from_slice(plain);
                 Some(value)
             }
-            Sealing::Key { cipher, id } => {
+            Sealing::Key {
+                current: SealKey { cipher, id },
+                ..
+            } => {
                 let mut nonce = [0u8; NONCE_LEN];
                 getrandom::fill(&mut nonce).ok()?;
                 let sealed = cipher
@@ -128,13 +169,14 @@ impl Sealing {
         let (kind, rest) = value.split_at_checked(3)?;
         match self {
             Sealing::Plaintext if kind == PLAIN => Some(Zeroizing::new(rest.to_vec())),
-            Sealing::Key { cipher, id } if kind == SEALED => {
+            Sealing::Key { current, previous } if kind == SEALED => {
                 let (value_id, rest) = rest.split_at_checked(KEY_ID_LEN)?;
-                if value_id != id {
-                    return None;
-                }
+                let opener = std::iter::once(current)
+                    .chain(previous)
+                    .find(|candidate| candidate.id == value_id)?;
                 let (nonce, sealed) = rest.split_at_checked(NONCE_LEN)?;
-                let plain = cipher
+                let plain = opener
+                    .cipher
                     .decrypt(
                         Nonce::from_slice(nonce),
                         Payload {
@@ -223,6 +265,22 @@ mod tests {
             .unwrap();
         assert!(Sealing::Plaintext.open(&plain, KEY).is_some());
         assert!(Sealing::with_key(&[7; 32]).open(&plain, KEY).is_none());
+    }
+
+    #[test]
+    fn a_value_sealed_with_a_previous_key_opens_and_new_values_use_the_current_one() {
+        let old = Sealing::with_key(&[1; 32]);
+        let value = old.seal(&token(), in_an_hour(), KEY).unwrap();
+        let rotated = Sealing::with_key(&[2; 32]).with_previous(&[1; 32]).unwrap();
+        assert!(
+            rotated.open(&value, KEY).is_some(),
+            "the previous key opens it"
+        );
+        assert!(Sealing::with_key(&[2; 32]).open(&value, KEY).is_none());
+        let new = rotated.seal(&token(), in_an_hour(), KEY).unwrap();
+        assert!(old.open(&new, KEY).is_none(), "sealed with the current key");
+        assert!(Sealing::with_key(&[2; 32]).open(&new, KEY).is_some());
+        assert!(Sealing::Plaintext.with_previous(&[1; 32]).is_none());
     }
 
     #[test]

@@ -80,6 +80,16 @@ impl RedisStore {
         self
     }
 
+    /// A key being rotated out: state sealed with it is still read; saves use the
+    /// [`encryption_key`](Self::encryption_key). Call it after `encryption_key`.
+    #[must_use]
+    pub fn previous_encryption_key(mut self, key: [u8; 32]) -> Self {
+        if let Some(sealing) = self.sealing.take() {
+            self.sealing = Some(sealing.clone().with_previous(&key).unwrap_or(sealing));
+        }
+        self
+    }
+
     /// Stores the tokens as they are: only for a Redis nobody else can read.
     #[must_use]
     pub fn insecure_plaintext(mut self) -> Self {
