@@ -42,7 +42,7 @@
 //! | module | holds | source |
 //! |---|---|---|
 //! | [`layer`] | [`AuthLayer`] and its settings | `src/middleware/layer.rs` |
-//! | [`service`] | [`AuthService`], the per-request hot path | `src/middleware/service.rs` |
+//! | [`service`] | [`AuthService`], the per-request hot path; the handle each response future holds, and the header copy a service makes for its clones | `src/middleware/service.rs`, `src/middleware/handle.rs` |
 //! | [`future`] | [`ResponseFuture`]: acquire → send → on 401 refresh → resend | `src/middleware/future.rs` |
 //! | [`message`] | [`AuthRequest`], [`AuthResponse`]: `http` and `reqwest` requests and responses | `src/middleware/message.rs` |
 //! | [`origin`] | where a token may go: https only (http to loopback), origin limits, requests addressed by path alone | `src/middleware/origin.rs` |

@@ -18,7 +18,7 @@
 
 use http::HeaderMap;
 
-use crate::{BoxError, Error, layer::LayerHandle, message::AuthRequest};
+use crate::{BoxError, Error, message::AuthRequest, middleware::handle::LayerHandle};
 
 /// Whether `headers` are those of a gRPC request.
 #[cfg_attr(not(feature = "tonic"), allow(dead_code))]

@@ -31,8 +31,8 @@ use crate::{
     cache::{Entry, Rejection},
     challenge,
     grpc::{self, TrailerWatch},
-    layer::LayerHandle,
     message::{AuthRequest, AuthResponse},
+    middleware::handle::LayerHandle,
 };
 
 pub(crate) type Acquire = Pin<Box<dyn Future<Output = Result<Arc<Entry>, Error>> + Send>>;

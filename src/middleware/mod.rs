@@ -6,6 +6,7 @@
 
 pub(crate) mod challenge;
 pub mod future;
+pub(crate) mod handle;
 pub mod layer;
 pub mod message;
 pub mod origin;

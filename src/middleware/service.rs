@@ -16,8 +16,8 @@ use crate::{
     cache::{Entry, TokenCache},
     future::ResponseFuture,
     grpc,
-    layer::{LayerHandle, ServiceHandle},
     message::{AuthRequest, AuthResponse},
+    middleware::handle::{LayerHandle, ServiceHandle},
     origin::Decision,
     token,
 };
