@@ -16,7 +16,11 @@ use std::{
     time::Duration,
 };
 
-use support::{LostAnswer, StandInEndpoint, StandInIdp, delayed, token_json};
+use support::{
+    LostAnswer, StandInEndpoint, StandInIdp, delayed,
+    processes::{ask_and_reject, each_sent_once, run_workers},
+    token_json,
+};
 use tokio::task::JoinSet;
 use tower_bearer::{
     AuthLayer, ClientAuth, ClientCredentials, Error, RefreshTokenGrant,
@@ -121,33 +125,15 @@ async fn processes_on_a_cold_start_make_one_token_request() {
         redis_url(),
         fresh_prefix("cold")
     );
-    let exe = std::env::current_exe().unwrap();
-    let mut workers = JoinSet::new();
-    for _ in 0..PROCESSES {
-        let mut child = tokio::process::Command::new(&exe);
-        child
-            .args([
-                "processes_on_a_cold_start_make_one_token_request",
-                "--exact",
-                "--nocapture",
-                "--ignored",
-                "--test-threads=1",
-            ])
-            .env(WORKER, &spec)
-            .kill_on_drop(true);
-        workers.spawn(async move { child.output().await });
-    }
-    let outputs = tokio::time::timeout(Duration::from_secs(120), workers.join_all())
-        .await
-        .expect("the worker processes finished");
+    let outputs = run_workers(
+        "processes_on_a_cold_start_make_one_token_request",
+        PROCESSES,
+        WORKER,
+        &spec,
+    )
+    .await;
     let mut tokens = Vec::new();
     for output in outputs {
-        let output = output.unwrap();
-        assert!(
-            output.status.success(),
-            "a worker failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
         let stdout = String::from_utf8_lossy(&output.stdout);
         tokens.extend(
             stdout
@@ -476,14 +462,7 @@ async fn grant_worker(spec: &str) {
         .store(store)
         .build()
         .unwrap();
-    let auth = AuthLayer::new(grant);
-    for round in 0..GRANT_ROUNDS {
-        let token = auth
-            .token()
-            .await
-            .unwrap_or_else(|err| panic!("round {round}: {err}"));
-        auth.invalidate(&token);
-    }
+    ask_and_reject(&AuthLayer::new(grant), GRANT_ROUNDS).await;
 }
 
 /// Four processes refresh one grant through a `RedisStore`, against a server that revokes the
@@ -509,36 +488,16 @@ async fn processes_sharing_a_redis_store_send_each_refresh_token_once() {
         .unwrap();
 
     let spec = format!("{} {} {key}", idp.url("/token"), redis_url());
-    let mut workers = JoinSet::new();
-    for _ in 0..GRANT_PROCESSES {
-        let mut child = tokio::process::Command::new(std::env::current_exe().unwrap());
-        child
-            .args([
-                "processes_sharing_a_redis_store_send_each_refresh_token_once",
-                "--exact",
-                "--ignored",
-                "--test-threads=1",
-            ])
-            .env(GRANT_WORKER, &spec)
-            .kill_on_drop(true);
-        workers.spawn(async move { child.output().await });
-    }
-    let outputs = tokio::time::timeout(Duration::from_secs(120), workers.join_all())
-        .await
-        .expect("the worker processes finished");
-    for output in outputs {
-        let output = output.unwrap();
-        assert!(
-            output.status.success(),
-            "a worker failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    run_workers(
+        "processes_sharing_a_redis_store_send_each_refresh_token_once",
+        GRANT_PROCESSES,
+        GRANT_WORKER,
+        &spec,
+    )
+    .await;
     assert_eq!(idp.reuse_detected(), 0, "a refresh token was sent twice");
     let sent = idp.refresh_tokens_sent();
-    let distinct: std::collections::HashSet<_> = sent.iter().collect();
-    assert_eq!(distinct.len(), sent.len(), "{sent:?}");
-    assert!(sent.len() >= GRANT_ROUNDS, "{} refreshes", sent.len());
+    each_sent_once(&sent, GRANT_ROUNDS);
     let saved = store.load().await.unwrap().unwrap();
     assert_eq!(
         saved.refresh_token().unwrap().secret(),

@@ -7,7 +7,11 @@ use std::{sync::atomic::Ordering::SeqCst, time::Duration};
 
 use http::{Request, StatusCode};
 use http_body_util::Empty;
-use support::{LostAnswer, StandInEndpoint, StandInIdp, store::FlakyStore};
+use support::{
+    LostAnswer, StandInEndpoint, StandInIdp,
+    processes::{ask_and_reject, each_sent_once, run_workers},
+    store::FlakyStore,
+};
 use tokio::task::JoinSet;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_bearer::{
@@ -597,14 +601,7 @@ async fn file_store_worker(spec: &str) {
         .store(FileStore::new(path))
         .build()
         .unwrap();
-    let auth = AuthLayer::new(grant);
-    for round in 0..FILE_STORE_ROUNDS {
-        let token = auth
-            .token()
-            .await
-            .unwrap_or_else(|err| panic!("round {round}: {err}"));
-        auth.invalidate(&token);
-    }
+    ask_and_reject(&AuthLayer::new(grant), FILE_STORE_ROUNDS).await;
 }
 
 /// Several OS processes refresh through one `FileStore` against a server that revokes the
@@ -629,42 +626,19 @@ async fn processes_sharing_one_file_store_send_each_refresh_token_once() {
         .await
         .unwrap();
 
-    let exe = std::env::current_exe().unwrap();
     let spec = format!("{}|{}", idp.url("/token"), path.display());
-    let mut workers = JoinSet::new();
-    for _ in 0..FILE_STORE_PROCESSES {
-        let mut child = tokio::process::Command::new(&exe);
-        child
-            .args([
-                "processes_sharing_one_file_store_send_each_refresh_token_once",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(FILE_STORE_WORKER, &spec)
-            .kill_on_drop(true);
-        workers.spawn(async move { child.output().await });
-    }
-    // A deadline for the whole run, so that a stuck process fails the test instead of hanging.
-    let outputs = tokio::time::timeout(Duration::from_secs(120), workers.join_all())
-        .await
-        .expect("the worker processes finished");
-    for output in outputs {
-        let output = output.unwrap();
-        assert!(
-            output.status.success(),
-            "a worker failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-
+    run_workers(
+        "processes_sharing_one_file_store_send_each_refresh_token_once",
+        FILE_STORE_PROCESSES,
+        FILE_STORE_WORKER,
+        &spec,
+    )
+    .await;
     assert_eq!(idp.reuse_detected(), 0, "a refresh token was sent twice");
     let sent = idp.refresh_tokens_sent();
-    let distinct: std::collections::HashSet<_> = sent.iter().collect();
-    assert_eq!(distinct.len(), sent.len(), "{sent:?}");
     // Each process's first token may be one another process bought; every other token is a
     // refresh of its own or one bought by another process after it.
-    assert!(sent.len() >= FILE_STORE_ROUNDS, "{} refreshes", sent.len());
+    each_sent_once(&sent, FILE_STORE_ROUNDS);
     let saved = FileStore::new(&path).load().await.unwrap().unwrap();
     assert_eq!(
         saved.refresh_token().unwrap().secret(),

@@ -27,6 +27,7 @@ use http::{Request, Response};
 use tokio::sync::Semaphore;
 use tower_bearer::{Error, Token, TokenSource};
 
+pub mod processes;
 pub mod serve;
 pub mod store;
 pub mod upload;
