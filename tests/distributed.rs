@@ -405,6 +405,15 @@ async fn redis_stopped_and_restarted_fails_no_call_and_sharing_resumes() {
 
     server.start_kill().unwrap();
     server.wait().await.unwrap();
+    // A cached token goes out without Redis: no Redis call per request.
+    for _ in 0..100 {
+        assert_eq!(
+            first.token().await.unwrap().access_token(),
+            shared.access_token()
+        );
+    }
+    assert_eq!(first.stats().fleet_fallbacks, 0);
+    assert_eq!(issued.load(SeqCst), 1);
     let mut last = shared;
     for round in 0..3 {
         assert!(first.invalidate(&last));
