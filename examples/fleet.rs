@@ -31,7 +31,7 @@ use clap::Parser;
 use tower_bearer::{AuthLayer, ClientCredentials, distributed::RedisCache};
 
 /// Set in the worker processes: `<shared|alone> <token url> <redis url> <prefix> <run ms>`.
-const WORKER: &str = "TOWER_BEARER_FLEET_EXAMPLE_WORKER";
+pub const WORKER: &str = "TOWER_BEARER_FLEET_EXAMPLE_WORKER";
 /// Tasks asking for a token in each worker, and how often each asks.
 const TASKS: usize = 10;
 const EVERY: Duration = Duration::from_millis(20);
@@ -141,7 +141,7 @@ async fn run_workers(workers: usize, spec: &str) -> Result<Run, Box<dyn std::err
 }
 
 /// One worker: `TASKS` tasks asking for a token every `EVERY` for the run's length.
-async fn worker(spec: &str) -> ExitCode {
+pub async fn worker(spec: &str) -> ExitCode {
     let [mode, token_url, redis_url, prefix, run_ms] = spec.split(' ').collect::<Vec<_>>()[..]
     else {
         eprintln!("worker: bad spec");
