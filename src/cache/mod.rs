@@ -158,8 +158,9 @@ struct CacheState {
     rng: fastrand::Rng,
     /// The generation of the last token installed.
     generation: u64,
-    /// The last token a response (or `invalidate`) rejected: a cache shared by processes must
-    /// not hand it back.
+    /// The last token a response (or `invalidate`) rejected, kept only for a cache shared by
+    /// processes, which must not hand it back from Redis (anywhere else it would only be one
+    /// more copy of a secret in memory).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     rejected: Option<crate::AccessToken>,
 }
@@ -421,7 +422,7 @@ impl TokenCache {
         match rejections.rejected(generation, now, &self.settings.backoff, rng) {
             Verdict::Forget => {
                 if let Some(entry) = self.current.swap(None) {
-                    *rejected = Some(entry.token.access_token().clone());
+                    self.remember_rejected(rejected, entry.token.access_token());
                 }
                 self.counters.rejected();
                 tracing::debug!(target: "tower_bearer", layer = %self.counters.name, "rejected token forgotten; the next request fetches a new one");
@@ -443,10 +444,21 @@ impl TokenCache {
             return false;
         }
         drop(current);
-        state.rejected = Some(token.access_token().clone());
+        self.remember_rejected(&mut state.rejected, token.access_token());
         self.current.store(None);
         self.counters.rejected();
         true
+    }
+
+    /// Keeps `token` in `slot` as the last one rejected, if this cache shares tokens with a
+    /// fleet.
+    fn remember_rejected(&self, slot: &mut Option<crate::AccessToken>, token: &crate::AccessToken) {
+        #[cfg(feature = "redis")]
+        if self.settings.fleet.is_some() {
+            *slot = Some(token.clone());
+        }
+        #[cfg(not(feature = "redis"))]
+        let _ = (slot, token);
     }
 
     /// The tokens a new fetch must not hand back: the one in use (it is being replaced) and the
@@ -611,6 +623,20 @@ mod tests {
         fn call(&mut self, _: Request<()>) -> Self::Future {
             ready(Ok(Response::new(())))
         }
+    }
+
+    /// A rejected token is kept only by a cache that shares tokens with a fleet (which must
+    /// not take it back from Redis); any other cache keeps no copy of that secret.
+    #[tokio::test]
+    async fn a_cache_without_a_fleet_keeps_no_copy_of_a_rejected_token() {
+        let auth = AuthLayer::new(StaticToken::new("t"));
+        let token = auth.token().await.unwrap();
+        assert!(auth.invalidate(&token));
+        assert!(auth.cache().current().load_full().is_none());
+        auth.token().await.unwrap();
+        let current = auth.cache().current().load_full().unwrap();
+        auth.cache().reject(current.generation);
+        assert!(auth.cache().lock_state().rejected.is_none());
     }
 
     /// The valid-token path takes no lock: requests complete while another thread holds the

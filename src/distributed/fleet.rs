@@ -164,14 +164,7 @@ impl Fleet {
             loop {
                 tokio::time::sleep(self.lease / 3).await;
                 let renewed: Result<i64, _> = self
-                    .call(
-                        redis::cmd("EVAL")
-                            .arg(RENEW)
-                            .arg(1)
-                            .arg(&self.keys.lease)
-                            .arg(owner)
-                            .arg(millis(self.lease)),
-                    )
+                    .call(owned_script(RENEW, &self.keys.lease, owner).arg(millis(self.lease)))
                     .await;
                 if let Err(err) = renewed {
                     tracing::debug!(target: "tower_bearer", error = %err, "fleet lease not renewed");
@@ -205,13 +198,7 @@ impl Fleet {
             }
         }
         let released: Result<i64, _> = self
-            .call(
-                redis::cmd("EVAL")
-                    .arg(RELEASE)
-                    .arg(1)
-                    .arg(&self.keys.lease)
-                    .arg(owner),
-            )
+            .call(&owned_script(RELEASE, &self.keys.lease, owner))
             .await;
         if let Err(err) = released {
             tracing::debug!(target: "tower_bearer", error = %err, "fleet lease not released; it expires");
@@ -256,6 +243,13 @@ async fn within<T>(
         Ok(Err(err)) => Err(CallError::Redis(err)),
         Err(_) => Err(CallError::Late(limit)),
     }
+}
+
+/// `EVAL script 1 key owner`: one of the scripts above on a lease `owner` may hold.
+pub(super) fn owned_script(script: &str, key: &str, owner: &str) -> redis::Cmd {
+    let mut command = redis::cmd("EVAL");
+    command.arg(script).arg(1).arg(key).arg(owner);
+    command
 }
 
 pub(super) fn millis(duration: Duration) -> u64 {

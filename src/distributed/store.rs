@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 use super::{
     DEFAULT_CALL_TIMEOUT,
-    fleet::{RELEASE, RENEW, millis, owner},
+    fleet::{RELEASE, RENEW, millis, owned_script, owner},
     sealed::Sealing,
 };
 use crate::{
@@ -269,13 +269,8 @@ impl Held {
         let renewal = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(LOCK_LEASE / 3).await;
-                let mut renew = redis::cmd("EVAL");
-                renew
-                    .arg(RENEW)
-                    .arg(1)
-                    .arg(&renew_key)
-                    .arg(&renew_owner)
-                    .arg(millis(LOCK_LEASE));
+                let mut renew = owned_script(RENEW, &renew_key, &renew_owner);
+                renew.arg(millis(LOCK_LEASE));
                 let renewed = renew.query_async::<i64>(&mut connection);
                 let _ = tokio::time::timeout(timeout, renewed).await;
             }
@@ -297,8 +292,7 @@ impl Drop for Held {
         // Released on the runtime if there is one; otherwise the lease runs out by itself.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let mut release = redis::cmd("EVAL");
-                release.arg(RELEASE).arg(1).arg(&key).arg(&owner);
+                let release = owned_script(RELEASE, &key, &owner);
                 let released = release.query_async::<i64>(&mut connection);
                 let _ = tokio::time::timeout(timeout, released).await;
             });
