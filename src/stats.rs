@@ -24,6 +24,9 @@
 //! | `tower_bearer.fleet.tokens` | counter | `layer` | fetches served by a token another process stored (feature `redis`) |
 //! | `tower_bearer.fleet.lease_waits` | counter | `layer` | fetches that waited for the process holding the fleet's lease |
 //! | `tower_bearer.fleet.fallbacks` | counter | `layer` | fetches that went to the token endpoint because Redis failed or was late |
+//! | `tower_bearer.fleet.rejections` | counter | `layer` | tokens forgotten because another process saw them rejected |
+//! | `tower_bearer.fleet.notices` | counter | `layer` | notices heard from the fleet's other processes |
+//! | `tower_bearer.fleet.redis_errors` | counter | `layer` | Redis calls that failed or were late |
 
 use std::{
     sync::{
@@ -54,6 +57,9 @@ pub(crate) struct Counters {
     pub(crate) fleet_tokens: AtomicU64,
     pub(crate) fleet_lease_waits: AtomicU64,
     pub(crate) fleet_fallbacks: AtomicU64,
+    pub(crate) fleet_rejections: AtomicU64,
+    pub(crate) fleet_notices: AtomicU64,
+    pub(crate) fleet_redis_errors: AtomicU64,
 }
 
 /// A snapshot of what a layer (all its clones and services together) has done.
@@ -113,6 +119,15 @@ pub struct Stats {
     pub fleet_lease_waits: u64,
     /// Fetches that went to the token endpoint because Redis failed or answered late.
     pub fleet_fallbacks: u64,
+    /// Tokens this process forgot because another process of the fleet saw them rejected (it
+    /// sent a notice): this process fetches again without a 401 of its own.
+    pub fleet_rejections: u64,
+    /// Notices heard from the fleet's other processes (a token stored, a token rejected); none
+    /// without [`RedisCache::notices`](crate::distributed::RedisCache::notices).
+    pub fleet_notices: u64,
+    /// Redis calls that failed or answered late, the connection for notices included: each
+    /// one is logged at `warn` (those that cost a fallback) or `debug`.
+    pub fleet_redis_errors: u64,
     /// How long ago the current token was fetched, if there is one.
     pub token_age: Option<Duration>,
     /// How long the current token will still be used, if there is one.
@@ -261,6 +276,32 @@ impl Counters {
             .increment(1);
     }
 
+    /// A token was forgotten because another process saw it rejected.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn fleet_rejection(&self) {
+        self.fleet_rejections.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("tower_bearer.fleet.rejections", "layer" => self.name.label())
+            .increment(1);
+    }
+
+    /// A notice came from another process of the fleet.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn fleet_notice(&self) {
+        self.fleet_notices.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("tower_bearer.fleet.notices", "layer" => self.name.label()).increment(1);
+    }
+
+    /// A Redis call failed or was late.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn fleet_redis_error(&self) {
+        self.fleet_redis_errors.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("tower_bearer.fleet.redis_errors", "layer" => self.name.label())
+            .increment(1);
+    }
+
     pub(crate) fn retried(&self) {
         self.retries.fetch_add(1, Relaxed);
         #[cfg(feature = "metrics")]
@@ -284,6 +325,9 @@ impl Counters {
             fleet_tokens: self.fleet_tokens.load(Relaxed),
             fleet_lease_waits: self.fleet_lease_waits.load(Relaxed),
             fleet_fallbacks: self.fleet_fallbacks.load(Relaxed),
+            fleet_rejections: self.fleet_rejections.load(Relaxed),
+            fleet_notices: self.fleet_notices.load(Relaxed),
+            fleet_redis_errors: self.fleet_redis_errors.load(Relaxed),
             token_age: None,
             token_usable_for: None,
         }

@@ -89,15 +89,19 @@ fn layer(token_url: &str, client_id: &str, cache: RedisCache) -> AuthLayer {
 }
 
 /// One process of the fleet: `CALLERS` callers at once on a cold cache; prints the tokens they
-/// got.
+/// got. It listens for the fleet's notices if the spec ends in `notices`, and reads Redis every
+/// 20 ms while it waits (`polling`) otherwise.
 async fn worker(spec: &str) {
-    let [token_url, redis, prefix] = spec.split(' ').collect::<Vec<_>>()[..] else {
-        panic!("token url, Redis url and prefix: {spec}");
+    let [token_url, redis, prefix, mode] = spec.split(' ').collect::<Vec<_>>()[..] else {
+        panic!("token url, Redis url, prefix and mode: {spec}");
     };
-    let cache = RedisCache::new(connection(redis).await)
+    let mut cache = RedisCache::new(connection(redis).await)
         .key_prefix(prefix)
         .encryption_key(KEY)
         .lease(LEASE);
+    if mode == "notices" {
+        cache = cache.notices(redis::Client::open(redis).unwrap());
+    }
     let auth = layer(token_url, "fleet", cache);
     let mut callers = JoinSet::new();
     for _ in 0..CALLERS {
@@ -120,7 +124,7 @@ async fn processes_on_a_cold_start_make_one_token_request() {
     }
     let (endpoint, issued) = endpoint(Duration::from_millis(50)).await;
     let spec = format!(
-        "{} {} {}",
+        "{} {} {} notices",
         endpoint.url("/token"),
         redis_url(),
         fresh_prefix("cold")
@@ -285,6 +289,227 @@ async fn a_rejected_token_is_refetched_once_for_the_fleet() {
     assert_eq!(issued.load(SeqCst), 2, "one refetch for both");
 }
 
+/// Waits until `done` holds, for 10 s at most.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until `listeners` processes listen for the notices of the fleet under `prefix`
+/// (asking Redis, which knows its subscribers).
+async fn until_listening(prefix: &str, listeners: usize) {
+    let mut redis = connection(&redis_url()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let channels: Vec<String> = redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .arg(format!("{prefix}:*"))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let mut subscribers = 0;
+        for channel in channels {
+            let (_, count): (String, usize) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channel)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            subscribers += count;
+        }
+        if subscribers >= listeners {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{subscribers} listening"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A process of a fleet that listens for notices.
+fn listening_process(token_url: &str, prefix: &str) -> AuthLayer {
+    let cache = RedisCache::connect_lazily(redis::Client::open(redis_url()).unwrap())
+        .unwrap()
+        .key_prefix(prefix)
+        .encryption_key(KEY);
+    layer(token_url, "api", cache)
+}
+
+/// An API that answers 401 to the tokens in `revoked` and 200 to any other, recording the
+/// token of each request.
+#[derive(Clone, Default)]
+struct RevokingApi {
+    revoked: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RevokingApi {
+    fn service(
+        &self,
+    ) -> impl tower::Service<
+        http::Request<String>,
+        Response = http::Response<String>,
+        Error = std::convert::Infallible,
+        Future: Send,
+    > + Clone {
+        let api = self.clone();
+        tower::service_fn(move |request: http::Request<String>| {
+            let token = request
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default()
+                .to_owned();
+            let status = if api.revoked.lock().unwrap().contains(&token) {
+                http::StatusCode::UNAUTHORIZED
+            } else {
+                http::StatusCode::OK
+            };
+            api.seen.lock().unwrap().push(token);
+            let response = http::Response::builder().status(status).body(String::new());
+            std::future::ready(Ok(response.unwrap()))
+        })
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// One request through `auth` to `api`: its status.
+async fn call(auth: &AuthLayer, api: &RevokingApi) -> http::StatusCode {
+    use tower::{Layer, ServiceExt};
+    let request = http::Request::post("http://127.0.0.1/orders")
+        .body("{}".to_owned())
+        .unwrap();
+    auth.layer(api.service())
+        .oneshot(request)
+        .await
+        .unwrap()
+        .status()
+}
+
+/// The API revokes the fleet's token. The first process whose request gets the 401 deletes the
+/// token from Redis (it is still the one stored) and tells the fleet; it fetches the next one
+/// and resends. The other process forgets the revoked token on that notice: its next request
+/// goes with the new token, without a 401 of its own. One token request for the fleet.
+#[tokio::test]
+#[ignore = "needs Redis: run scripts/test"]
+async fn a_revoked_token_costs_the_fleet_one_refetch_and_the_others_no_401() {
+    let prefix = fresh_prefix("revoked");
+    let (endpoint, issued) = endpoint(Duration::ZERO).await;
+    let api = RevokingApi::default();
+    let first = listening_process(&endpoint.url("/token"), &prefix);
+    let second = listening_process(&endpoint.url("/token"), &prefix);
+    assert_eq!(call(&first, &api).await, http::StatusCode::OK);
+    assert_eq!(call(&second, &api).await, http::StatusCode::OK);
+    assert_eq!(api.seen(), ["tok-1", "tok-1"]);
+    until_listening(&prefix, 2).await;
+
+    api.revoked.lock().unwrap().insert("tok-1".to_owned());
+    assert_eq!(call(&first, &api).await, http::StatusCode::OK, "resent");
+    assert_eq!(api.seen()[2..], ["tok-1", "tok-2"]);
+    until("the other process forgot the revoked token", || {
+        second.stats().fleet_rejections == 1
+    })
+    .await;
+    assert_eq!(call(&second, &api).await, http::StatusCode::OK);
+    assert_eq!(
+        api.seen()[4..],
+        ["tok-2"],
+        "no request with the revoked token"
+    );
+    assert_eq!(issued.load(SeqCst), 2, "one refetch for the fleet");
+    let (first, second) = (first.stats(), second.stats());
+    assert_eq!((first.unauthorized, second.unauthorized), (1, 0));
+    assert_eq!(second.fleet_tokens, 2, "both tokens from the fleet");
+    assert_eq!(first.fleet_rejections, 0, "its own notice changes nothing");
+}
+
+/// A process whose fetch finds another process holding the lease waits for that process's
+/// notice, and takes the token it stored. The notice names the token by its fingerprint only.
+#[tokio::test]
+#[ignore = "needs Redis: run scripts/test"]
+async fn a_process_waiting_on_the_lease_holder_takes_the_token_its_notice_announces() {
+    let prefix = fresh_prefix("notice");
+    // The first token at once; the second after a while, so that the other process waits.
+    let (endpoint, issued) = endpoint_with(|n| {
+        if n == 2 {
+            Duration::from_millis(500)
+        } else {
+            Duration::ZERO
+        }
+    })
+    .await;
+    let holder = listening_process(&endpoint.url("/token"), &prefix);
+    let waiter = listening_process(&endpoint.url("/token"), &prefix);
+    let old = holder.token().await.unwrap();
+    waiter.token().await.unwrap();
+    until_listening(&prefix, 2).await;
+    let mut listener = redis::Client::open(redis_url())
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    listener.psubscribe(format!("{prefix}:*")).await.unwrap();
+
+    assert!(holder.invalidate(&old));
+    let fetching = tokio::spawn({
+        let holder = holder.clone();
+        async move { holder.token().await }
+    });
+    let mut redis = connection(&redis_url()).await;
+    until_lease_taken(&mut redis, &prefix).await;
+    let token = waiter.token().await.unwrap();
+    assert_eq!(token.access_token().secret(), "tok-2");
+    assert_eq!(
+        fetching.await.unwrap().unwrap().access_token(),
+        token.access_token()
+    );
+    assert_eq!(issued.load(SeqCst), 2);
+    let stats = waiter.stats();
+    assert_eq!(stats.fleet_lease_waits, 1);
+    assert_eq!(
+        stats.fleet_rejections, 1,
+        "it had forgotten tok-1 on its notice"
+    );
+    assert_eq!(stats.fleet_notices, 2, "the rejection, then the new token");
+
+    let mut messages = listener.on_message();
+    for expected in ["rejected ", "stored "] {
+        use futures_core::Stream;
+        let message = std::future::poll_fn(|cx| std::pin::Pin::new(&mut messages).poll_next(cx))
+            .await
+            .unwrap();
+        let payload = message.get_payload_bytes();
+        assert!(payload.starts_with(expected.as_bytes()), "{payload:?}");
+        assert_eq!(payload.len(), expected.len() + 16, "a fingerprint only");
+        assert!(!payload.windows(5).any(|w| w == b"tok-2" || w == b"tok-1"));
+    }
+}
+
+async fn until_lease_taken(redis: &mut redis::aio::ConnectionManager, prefix: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let leases: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:*:lease"))
+            .query_async(redis)
+            .await
+            .unwrap();
+        if !leases.is_empty() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "no lease taken");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// The process fetching for the fleet is killed (SIGKILL) in the middle of its token request:
 /// another process, waiting on its lease, takes over once the lease runs out (it is no longer
 /// renewed) and gets a token; no caller fails.
@@ -304,7 +529,11 @@ async fn a_lease_holder_killed_mid_fetch_costs_at_most_the_lease() {
     })
     .await;
     let prefix = fresh_prefix("killed");
-    let spec = format!("{} {} {prefix}", endpoint.url("/token"), redis_url());
+    let spec = format!(
+        "{} {} {prefix} polling",
+        endpoint.url("/token"),
+        redis_url()
+    );
     let mut holder = tokio::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "a_lease_holder_killed_mid_fetch_costs_at_most_the_lease",

@@ -97,7 +97,7 @@ impl FlightGuard {
         let started = Instant::now();
         #[cfg(feature = "redis")]
         let result = match &cache.settings().fleet {
-            Some(fleet) => fleet.fetch(&cache, started).await,
+            Some(fleet) => fleet.fetch(&self.cache, started).await,
             None => fetch_with_retries(&cache, started).await,
         };
         #[cfg(not(feature = "redis"))]

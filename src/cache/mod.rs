@@ -450,6 +450,34 @@ impl TokenCache {
         true
     }
 
+    /// Forgets the current token if it is the one `rejected_elsewhere` names, which another
+    /// process of the fleet saw rejected; it is then remembered as rejected, like one a response
+    /// here rejected. `true` if it was forgotten by this call.
+    #[cfg(feature = "redis")]
+    pub(crate) fn forget_rejected_elsewhere(
+        &self,
+        rejected_elsewhere: impl Fn(&crate::AccessToken) -> bool,
+    ) -> bool {
+        let mut state = self.lock_state();
+        let current = self.current.load_full();
+        let Some(entry) = current.filter(|e| rejected_elsewhere(e.token.access_token())) else {
+            return false;
+        };
+        self.remember_rejected(&mut state.rejected, entry.token.access_token());
+        self.current.store(None);
+        drop(state);
+        self.counters.fleet_rejection();
+        tracing::debug!(target: "tower_bearer", layer = %self.counters.name, "token rejected by another process of the fleet forgotten");
+        true
+    }
+
+    /// The last token a response (or `invalidate`) rejected, if this cache shares tokens with a
+    /// fleet (no other cache keeps one).
+    #[cfg(feature = "redis")]
+    pub(crate) fn last_rejected(&self) -> Option<crate::AccessToken> {
+        self.lock_state().rejected.clone()
+    }
+
     /// Keeps `token` in `slot` as the last one rejected, if this cache shares tokens with a
     /// fleet.
     fn remember_rejected(&self, slot: &mut Option<crate::AccessToken>, token: &crate::AccessToken) {

@@ -1,39 +1,56 @@
 //! One token fetch for a whole fleet: the protocol a process follows, in its fetch task, when
 //! its layer shares tokens through Redis.
 //!
-//! 1. Read the token the fleet stored. One that is not the token this process wants replaced
+//! 1. If a response rejected this process's token, delete it from Redis if it is still the one
+//!    stored (compared by fingerprint, in one script) and tell the fleet, whose processes
+//!    forget it too: the whole fleet refetches once.
+//! 2. Read the token the fleet stored. One that is not the token this process wants replaced
 //!    (the one it holds, which expired, reached its refresh point or was rejected) is used as
 //!    if this process had fetched it, with the life it has left.
-//! 2. Otherwise take the lease (`SET NX PX` with a random owner). The holder fetches from the
+//! 3. Otherwise take the lease (`SET NX PX` with a random owner). The holder fetches from the
 //!    source (renewing the lease while it does, within the fetch's own timeout), stores the
-//!    token sealed with a TTL of its remaining life, and lets the lease go (deleting it only if
-//!    it still owns it).
-//! 3. The others read again every few milliseconds until the new token is there; if the lease
-//!    goes without one (its holder failed or died: a lease outlives its holder by at most the
-//!    lease time), one of them takes it.
+//!    token sealed with a TTL of its remaining life, tells the fleet, and lets the lease go
+//!    (deleting it only if it still owns it).
+//! 4. The others wait for that notice, reading again when it comes (or every few milliseconds
+//!    without notices, and every quarter second with them, in case one is lost); if the lease
+//!    goes without a token (its holder failed or died: a lease outlives its holder by at most
+//!    the lease time), one of them takes it.
 //!
 //! Every Redis call has its own deadline. A Redis error or a late answer makes this fetch fall
 //! back to the source, as a process without Redis would: the layer keeps serving while Redis is
 //! down, and shares again as soon as it answers.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use redis::{FromRedisValue, aio::ConnectionManager};
 use tokio::time::Instant;
 
-use super::{RedisCache, key::FleetKeys, sealed::Sealing};
+use super::{
+    RedisCache,
+    key::FleetKeys,
+    notices::{self, Notices},
+    sealed::{Sealing, fingerprint},
+};
 use crate::{
     Error, Token,
     cache::{TokenCache, fetch_with_retries, first},
 };
 
-/// How often a process waiting for the lease holder reads again.
+/// How often a process waiting for the lease holder reads again without notices.
 const POLL: Duration = Duration::from_millis(20);
+/// The same while notices come in: a read then only makes up for a lost notice.
+const POLL_LISTENING: Duration = Duration::from_millis(250);
 
 /// Lets the lease go only if `ARGV[1]` still owns it.
 pub(super) const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 /// Extends the lease to `ARGV[2]` ms only if `ARGV[1]` still owns it.
 pub(super) const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+/// Reads the token, first deleting it if it is the one whose fingerprint is `ARGV[1]` (rejected
+/// here) and then publishing the notice `ARGV[3]` on the channel `ARGV[2]`.
+const READ_DROPPING: &str = "local v = redis.call('GET', KEYS[1]) if v and string.sub(v, 1, 16) == ARGV[1] then redis.call('DEL', KEYS[1]) redis.call('PUBLISH', ARGV[2], ARGV[3]) return false end return v";
 
 /// A layer's share of a fleet: its Redis, its keys, how it seals tokens.
 pub(crate) struct Fleet {
@@ -42,6 +59,7 @@ pub(crate) struct Fleet {
     sealing: Sealing,
     lease: Duration,
     call_timeout: Duration,
+    notices: Option<Notices>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -51,6 +69,7 @@ impl std::fmt::Debug for Fleet {
             .field("sealing", &self.sealing)
             .field("lease", &self.lease)
             .field("call_timeout", &self.call_timeout)
+            .field("notices", &self.notices)
             .finish_non_exhaustive()
     }
 }
@@ -73,18 +92,29 @@ impl std::fmt::Display for CallError {
 
 impl Fleet {
     pub(crate) fn new(redis: RedisCache, sealing: Sealing, keys: FleetKeys) -> Fleet {
+        let notices = redis
+            .notices
+            .map(|client| Notices::new(client, keys.notices.clone(), redis.call_timeout));
         Fleet {
             connection: redis.connection,
             keys,
             sealing,
             lease: redis.lease,
             call_timeout: redis.call_timeout,
+            notices,
         }
     }
 
     /// A token for `cache`, from the fleet or fetched under its lease; from the source alone
     /// if Redis fails.
-    pub(crate) async fn fetch(&self, cache: &TokenCache, started: Instant) -> Result<Token, Error> {
+    pub(crate) async fn fetch(
+        &self,
+        cache: &Arc<TokenCache>,
+        started: Instant,
+    ) -> Result<Token, Error> {
+        if let Some(notices) = &self.notices {
+            notices.listen(cache);
+        }
         let deadline = started + cache.settings().fetch_timeout;
         let replacing = cache.replacing();
         // Any token but those being replaced: one with little life left is installed with
@@ -95,12 +125,22 @@ impl Fleet {
                 .flatten()
                 .any(|t| t == token.access_token())
         };
+        let read = match cache.last_rejected() {
+            // Deleted only if it is still the token stored: a newer one stays.
+            Some(rejected) => {
+                let named = fingerprint(&rejected);
+                let mut read = owned_script(READ_DROPPING, &self.keys.token, &named[..]);
+                read.arg(&self.keys.notices)
+                    .arg(Notices::message(notices::REJECTED, &named));
+                read
+            }
+            None => redis::cmd("GET").arg(&self.keys.token).clone(),
+        };
         loop {
-            let stored: Option<Vec<u8>> =
-                match self.call(redis::cmd("GET").arg(&self.keys.token)).await {
-                    Ok(value) => value,
-                    Err(err) => return self.fall_back(cache, started, &err).await,
-                };
+            let stored: Option<Vec<u8>> = match self.call(&read).await {
+                Ok(value) => value,
+                Err(err) => return self.fall_back(cache, started, &err).await,
+            };
             if let Some(token) = self.usable(stored.as_deref(), &wanted) {
                 cache.counters.fleet_token();
                 return Ok(token);
@@ -125,11 +165,20 @@ impl Fleet {
             }
             // Another process fetches: wait for its token, or for its lease to go.
             cache.counters.fleet_lease_wait();
+            let mut notice = self.notices.as_ref().map(Notices::stored);
             loop {
-                if Instant::now() + POLL >= deadline {
+                let listening = self.notices.as_ref().is_some_and(Notices::is_listening);
+                let poll = if listening { POLL_LISTENING } else { POLL };
+                let wake = tokio::time::sleep_until((Instant::now() + poll).min(deadline));
+                match notice {
+                    Some(notice) => drop(first(notice, wake).await),
+                    None => wake.await,
+                }
+                if Instant::now() >= deadline {
                     return Err(Error::Timeout(cache.settings().fetch_timeout));
                 }
-                tokio::time::sleep(POLL).await;
+                // Listen again before reading: a notice sent after the read is not lost.
+                notice = self.notices.as_ref().map(Notices::stored);
                 let mut both = redis::pipe();
                 both.get(&self.keys.token).pttl(&self.keys.lease);
                 let (stored, lease_left): (Option<Vec<u8>>, i64) = match self.call_all(&both).await
@@ -167,6 +216,7 @@ impl Fleet {
                     .call(owned_script(RENEW, &self.keys.lease, owner).arg(millis(self.lease)))
                     .await;
                 if let Err(err) = renewed {
+                    cache.counters.fleet_redis_error();
                     tracing::debug!(target: "tower_bearer", error = %err, "fleet lease not renewed");
                 }
             }
@@ -183,16 +233,22 @@ impl Fleet {
                 .sealing
                 .seal(token, SystemTime::now() + life, &self.keys.token);
             if let (Some(value), false) = (value, life.is_zero()) {
-                let stored: Result<(), _> = self
-                    .call(
-                        redis::cmd("SET")
-                            .arg(&self.keys.token)
-                            .arg(value)
-                            .arg("PX")
-                            .arg(millis(life)),
+                let mut store = redis::pipe();
+                store
+                    .cmd("SET")
+                    .arg(&self.keys.token)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(millis(life))
+                    .ignore()
+                    .publish(
+                        &self.keys.notices,
+                        Notices::message(notices::STORED, &fingerprint(token.access_token())),
                     )
-                    .await;
+                    .ignore();
+                let stored: Result<(), _> = self.call_all(&store).await;
                 if let Err(err) = stored {
+                    cache.counters.fleet_redis_error();
                     tracing::warn!(target: "tower_bearer", error = %err, "token fetched but not shared with the fleet");
                 }
             }
@@ -201,6 +257,7 @@ impl Fleet {
             .call(&owned_script(RELEASE, &self.keys.lease, owner))
             .await;
         if let Err(err) = released {
+            cache.counters.fleet_redis_error();
             tracing::debug!(target: "tower_bearer", error = %err, "fleet lease not released; it expires");
         }
         result
@@ -214,6 +271,7 @@ impl Fleet {
         err: &CallError,
     ) -> Result<Token, Error> {
         tracing::warn!(target: "tower_bearer", error = %err, "fleet cache unavailable; fetching locally");
+        cache.counters.fleet_redis_error();
         cache.counters.fleet_fallback();
         fetch_with_retries(cache, started).await
     }
@@ -245,8 +303,9 @@ async fn within<T>(
     }
 }
 
-/// `EVAL script 1 key owner`: one of the scripts above on a lease `owner` may hold.
-pub(super) fn owned_script(script: &str, key: &str, owner: &str) -> redis::Cmd {
+/// `EVAL script 1 key owner`: one of the scripts above on a key `owner` (a lease owner, or a
+/// fingerprint) names.
+pub(super) fn owned_script(script: &str, key: &str, owner: impl redis::ToRedisArgs) -> redis::Cmd {
     let mut command = redis::cmd("EVAL");
     command.arg(script).arg(1).arg(key).arg(owner);
     command

@@ -2,15 +2,18 @@
 
 use sha2::{Digest, Sha256};
 
-/// The Redis keys of one kind of token: the token and the lease on fetching it.
+/// The Redis keys of one kind of token: the token and the lease on fetching it, and the channel
+/// of notices about it.
 ///
-/// Both carry one Redis Cluster hash tag, the hash of what makes the tokens differ, so that they
+/// The keys carry one Redis Cluster hash tag, the hash of what makes the tokens differ, so that they
 /// live in one slot and a script may touch both. The hash is all that comes from the source: no
 /// secret, URL or client id appears in a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct FleetKeys {
     pub(crate) token: String,
     pub(crate) lease: String,
+    /// A pub/sub channel, not a key: the processes' notices about this token.
+    pub(crate) notices: String,
 }
 
 impl FleetKeys {
@@ -26,6 +29,7 @@ impl FleetKeys {
         FleetKeys {
             token: format!("{prefix}:{{{tag}}}:token"),
             lease: format!("{prefix}:{{{tag}}}:lease"),
+            notices: format!("{prefix}:{{{tag}}}:notices"),
         }
     }
 }
@@ -45,7 +49,9 @@ mod tests {
         assert!(keys.token.starts_with("billing:{"));
         assert!(keys.lease.starts_with("billing:{"));
         assert_eq!(tag(&keys.token), tag(&keys.lease));
+        assert_eq!(tag(&keys.token), tag(&keys.notices));
         assert_ne!(keys.token, keys.lease);
+        assert_ne!(keys.token, keys.notices);
     }
 
     #[test]
@@ -58,7 +64,7 @@ mod tests {
         );
         assert_ne!(a, FleetKeys::new("q", Some(identity)));
         assert_eq!(a, FleetKeys::new("p", Some(identity)), "stable");
-        for key in [&a.token, &a.lease] {
+        for key in [&a.token, &a.lease, &a.notices] {
             assert!(
                 !key.contains("SECRETISH") && !key.contains("idp.example.com"),
                 "{key}"

@@ -68,6 +68,7 @@ use crate::Error;
 
 mod fleet;
 mod key;
+mod notices;
 mod sealed;
 mod store;
 
@@ -94,11 +95,17 @@ pub struct RedisCache {
     sealing: Option<Sealing>,
     lease: Duration,
     call_timeout: Duration,
+    /// Where the listener for the fleet's notices connects, if anywhere.
+    notices: Option<redis::Client>,
 }
 
 impl RedisCache {
     /// A cache on `connection`, with the default prefix, lease and call timeout, and no
     /// encryption key yet (the layer refuses to build without one).
+    ///
+    /// A connection manager cannot listen for the fleet's notices: give
+    /// [`notices`](Self::notices) a client for that, or use
+    /// [`connect_lazily`](Self::connect_lazily), which does both.
     pub fn new(connection: ConnectionManager) -> Self {
         RedisCache {
             connection,
@@ -106,11 +113,13 @@ impl RedisCache {
             sealing: None,
             lease: DEFAULT_LEASE,
             call_timeout: DEFAULT_CALL_TIMEOUT,
+            notices: None,
         }
     }
 
     /// A cache on `client` that connects at its first use, so that a process can start while
-    /// Redis is down (its fetches go to the token endpoint until Redis answers).
+    /// Redis is down (its fetches go to the token endpoint until Redis answers). It listens for
+    /// the fleet's notices on a connection of its own from `client`.
     ///
     /// # Errors
     ///
@@ -122,7 +131,21 @@ impl RedisCache {
         let connection = client
             .get_connection_manager_lazy(config)
             .map_err(|e| Error::config(format!("cannot use this Redis client: {e}")))?;
-        Ok(RedisCache::new(connection))
+        Ok(RedisCache::new(connection).notices(client))
+    }
+
+    /// Listens for the fleet's notices (Redis pub/sub) on a connection of its own from
+    /// `client`, which must reach the same Redis (on Redis Cluster, any node of it).
+    ///
+    /// With notices, a process waiting for another's fetch reads the token as soon as it is
+    /// stored, and a token one process saw rejected is forgotten by all of them at once (one
+    /// refetch for the fleet, no 401 each). Without them, a waiting process reads Redis every
+    /// 20 ms, and each process finds out about a rejected token at its own 401. The listener
+    /// starts with the first fetch and stops when the layer is dropped; it connects again by
+    /// itself after a failure.
+    pub fn notices(mut self, client: redis::Client) -> Self {
+        self.notices = Some(client);
+        self
     }
 
     /// The prefix of every key (default `tower-bearer`): processes share tokens only under the
@@ -201,6 +224,7 @@ impl fmt::Debug for RedisCache {
             .field("sealing", &self.sealing)
             .field("lease", &self.lease)
             .field("call_timeout", &self.call_timeout)
+            .field("notices", &self.notices.is_some())
             .finish_non_exhaustive()
     }
 }

@@ -5,6 +5,9 @@
 //! with another key is told apart from a forged one and keys can rotate), a random 96-bit
 //! nonce, and the ciphertext with its tag. The plain text is a small JSON document; the token
 //! key is the associated data, so a value copied under another key does not open.
+//!
+//! A token's value starts with the token's [`fingerprint`], in the clear, so that a script can
+//! delete a rejected token only if it is still the one stored, and notices can name it.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,12 +19,26 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::Token;
+use crate::{AccessToken, Token};
 
 const SEALED: &[u8; 3] = b"tb1";
 const PLAIN: &[u8; 3] = b"tb0";
 const KEY_ID_LEN: usize = 8;
 const NONCE_LEN: usize = 12;
+/// The length of a token's [`fingerprint`].
+pub(crate) const FINGERPRINT_LEN: usize = 16;
+
+/// A token's fingerprint: the first 128 bits of a SHA-256 of it. It names a token without
+/// revealing it, the way a DPoP proof's `ath` (RFC 9449) does in the clear: an access token is
+/// too random to be found from its hash.
+pub(crate) fn fingerprint(token: &AccessToken) -> [u8; FINGERPRINT_LEN] {
+    let mut hash = Sha256::new();
+    hash.update(b"tower-bearer token fingerprint\0");
+    hash.update(token.secret().as_bytes());
+    let mut fingerprint = [0u8; FINGERPRINT_LEN];
+    fingerprint.copy_from_slice(&hash.finalize()[..FINGERPRINT_LEN]);
+    fingerprint
+}
 
 /// How values are sealed: with a key (values sealed with earlier keys still open), or
 /// (explicitly) not at all.
@@ -117,7 +134,7 @@ impl Sealing {
     }
 
     /// The value to store for `token`, which expires at `expires_at`; `key` is the Redis key it
-    /// goes under.
+    /// goes under. It starts with the token's fingerprint.
     pub(crate) fn seal(&self, token: &Token, expires_at: SystemTime, key: &str) -> Option<Vec<u8>> {
         let stored = Stored {
             access_token: token.access_token().secret().to_owned(),
@@ -127,7 +144,9 @@ impl Sealing {
             scope: token.scope().map(str::to_owned),
         };
         let json = Zeroizing::new(serde_json::to_vec(&stored).ok()?);
-        self.seal_bytes(&json, key)
+        let mut value = fingerprint(token.access_token()).to_vec();
+        value.extend(self.seal_bytes(&json, key)?);
+        Some(value)
     }
 
     /// `plain` sealed for the Redis key `key` (or marked plain, for a plain-text sealing).
@@ -194,6 +213,7 @@ impl Sealing {
     /// The token in `value`, stored under `key`, with its time left, if this sealing opens it
     /// and it has not expired.
     pub(crate) fn open(&self, value: &[u8], key: &str) -> Option<(Token, Duration)> {
+        let (named, value) = value.split_at_checked(FINGERPRINT_LEN)?;
         let json = self.open_bytes(value, key)?;
         let stored: Stored = serde_json::from_slice(&json).ok()?;
         let expires_at = UNIX_EPOCH + Duration::from_millis(stored.expires_at_ms);
@@ -204,7 +224,8 @@ impl Sealing {
         if let Some(scope) = &stored.scope {
             token = token.with_scope(scope.clone());
         }
-        Some((token, left))
+        // The fingerprint is in the clear: one that does not name the token is a forgery.
+        (fingerprint(token.access_token()) == named).then_some((token, left))
     }
 }
 
@@ -256,6 +277,26 @@ mod tests {
             sealing.seal(&token(), in_an_hour(), KEY).unwrap() != value,
             "a fresh nonce each time"
         );
+    }
+
+    #[test]
+    fn a_value_starts_with_the_fingerprint_of_its_token_and_a_wrong_one_does_not_open() {
+        let sealing = Sealing::with_key(&[7; 32]);
+        let value = sealing.seal(&token(), in_an_hour(), KEY).unwrap();
+        let named = fingerprint(token().access_token());
+        assert_eq!(value[..FINGERPRINT_LEN], named);
+        assert_ne!(
+            named,
+            fingerprint(Token::new("at-OTHER").access_token()),
+            "each token its own"
+        );
+        let mut renamed = value.clone();
+        renamed[0] ^= 1;
+        assert!(sealing.open(&renamed, KEY).is_none());
+        for sealing in [sealing, Sealing::Plaintext] {
+            let value = sealing.seal(&token(), in_an_hour(), KEY).unwrap();
+            assert_eq!(value[..FINGERPRINT_LEN], named);
+        }
     }
 
     #[test]
