@@ -299,26 +299,32 @@ async fn until(what: &str, done: impl Fn() -> bool) {
 }
 
 /// Waits until `listeners` processes listen for the notices of the fleet under `prefix`
-/// (asking Redis, which knows its subscribers).
-async fn until_listening(prefix: &str, listeners: usize) {
-    let mut redis = connection(&redis_url()).await;
+/// (asking Redis, which knows its subscribers: each node in `nodes`, which is the server's URL,
+/// or the cluster's node URLs separated by commas).
+async fn until_listening(nodes: &str, prefix: &str, listeners: usize) {
+    let mut connections = Vec::new();
+    for node in nodes.split(',') {
+        connections.push(connection(node).await);
+    }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let channels: Vec<String> = redis::cmd("PUBSUB")
-            .arg("CHANNELS")
-            .arg(format!("{prefix}:*"))
-            .query_async(&mut redis)
-            .await
-            .unwrap();
         let mut subscribers = 0;
-        for channel in channels {
-            let (_, count): (String, usize) = redis::cmd("PUBSUB")
-                .arg("NUMSUB")
-                .arg(&channel)
-                .query_async(&mut redis)
+        for redis in &mut connections {
+            let channels: Vec<String> = redis::cmd("PUBSUB")
+                .arg("CHANNELS")
+                .arg(format!("{prefix}:*"))
+                .query_async(redis)
                 .await
                 .unwrap();
-            subscribers += count;
+            for channel in channels {
+                let (_, count): (String, usize) = redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg(&channel)
+                    .query_async(redis)
+                    .await
+                    .unwrap();
+                subscribers += count;
+            }
         }
         if subscribers >= listeners {
             return;
@@ -404,31 +410,55 @@ async fn call(auth: &AuthLayer, api: &RevokingApi) -> http::StatusCode {
 async fn a_revoked_token_costs_the_fleet_one_refetch_and_the_others_no_401() {
     let prefix = fresh_prefix("revoked");
     let (endpoint, issued) = endpoint(Duration::ZERO).await;
-    let api = RevokingApi::default();
-    let first = listening_process(&endpoint.url("/token"), &prefix);
-    let second = listening_process(&endpoint.url("/token"), &prefix);
-    assert_eq!(call(&first, &api).await, http::StatusCode::OK);
-    assert_eq!(call(&second, &api).await, http::StatusCode::OK);
-    assert_eq!(api.seen(), ["tok-1", "tok-1"]);
-    until_listening(&prefix, 2).await;
+    let processes = [
+        listening_process(&endpoint.url("/token"), &prefix),
+        listening_process(&endpoint.url("/token"), &prefix),
+    ];
+    one_refetch_for_a_revoked_token(&processes, &issued, &redis_url(), &prefix).await;
+}
 
+/// What `a_revoked_token_costs_the_fleet_one_refetch_and_the_others_no_401` checks, on the
+/// `processes` of one fleet (fresh, under `prefix`, listening for notices on `nodes`): the first
+/// one's request meets the revocation.
+async fn one_refetch_for_a_revoked_token(
+    processes: &[AuthLayer],
+    issued: &AtomicUsize,
+    nodes: &str,
+    prefix: &str,
+) {
+    let api = RevokingApi::default();
+    let (first, others) = processes.split_first().unwrap();
+    for process in processes {
+        assert_eq!(call(process, &api).await, http::StatusCode::OK);
+    }
+    assert!(api.seen().iter().all(|t| t == "tok-1"));
+    assert_eq!(issued.load(SeqCst), 1, "one fetch for the fleet");
+    until_listening(nodes, prefix, processes.len()).await;
+
+    let from_fleet: Vec<u64> = others.iter().map(|o| o.stats().fleet_tokens).collect();
     api.revoked.lock().unwrap().insert("tok-1".to_owned());
-    assert_eq!(call(&first, &api).await, http::StatusCode::OK, "resent");
-    assert_eq!(api.seen()[2..], ["tok-1", "tok-2"]);
-    until("the other process forgot the revoked token", || {
-        second.stats().fleet_rejections == 1
-    })
-    .await;
-    assert_eq!(call(&second, &api).await, http::StatusCode::OK);
-    assert_eq!(
-        api.seen()[4..],
-        ["tok-2"],
-        "no request with the revoked token"
-    );
+    let before = api.seen().len();
+    assert_eq!(call(first, &api).await, http::StatusCode::OK, "resent");
+    assert_eq!(api.seen()[before..], ["tok-1", "tok-2"]);
+    for (other, from_fleet) in others.iter().zip(from_fleet) {
+        until("the other processes forgot the revoked token", || {
+            other.stats().fleet_rejections == 1
+        })
+        .await;
+        assert_eq!(call(other, &api).await, http::StatusCode::OK);
+        assert_eq!(
+            api.seen().last().unwrap(),
+            "tok-2",
+            "no request with the revoked token"
+        );
+        let stats = other.stats();
+        assert_eq!(stats.unauthorized, 0);
+        assert_eq!(stats.fleet_tokens, from_fleet + 1, "tok-2 from the fleet");
+    }
+    assert_eq!(api.seen().len(), before + 2 + others.len());
     assert_eq!(issued.load(SeqCst), 2, "one refetch for the fleet");
-    let (first, second) = (first.stats(), second.stats());
-    assert_eq!((first.unauthorized, second.unauthorized), (1, 0));
-    assert_eq!(second.fleet_tokens, 2, "both tokens from the fleet");
+    let first = first.stats();
+    assert_eq!(first.unauthorized, 1);
     assert_eq!(first.fleet_rejections, 0, "its own notice changes nothing");
 }
 
@@ -451,7 +481,7 @@ async fn a_process_waiting_on_the_lease_holder_takes_the_token_its_notice_announ
     let waiter = listening_process(&endpoint.url("/token"), &prefix);
     let old = holder.token().await.unwrap();
     waiter.token().await.unwrap();
-    until_listening(&prefix, 2).await;
+    until_listening(&redis_url(), &prefix, 2).await;
     let mut listener = redis::Client::open(redis_url())
         .unwrap()
         .get_async_pubsub()
@@ -690,17 +720,26 @@ const GRANT_ROUNDS: usize = 8;
 
 async fn grant_worker(spec: &str) {
     let [token_url, redis, key] = spec.split(' ').collect::<Vec<_>>()[..] else {
-        panic!("token url, Redis url and key: {spec}");
+        panic!("token url, Redis url(s) and key: {spec}");
     };
-    let store = RedisStore::new(connection(redis).await, key).encryption_key(KEY);
     let grant = RefreshTokenGrant::builder(token_url)
         .client_id("app")
         .client_secret("app-secret")
         .auth(ClientAuth::Post)
-        .store(store)
+        .store(redis_store(redis, key).await)
         .build()
         .unwrap();
     ask_and_reject(&AuthLayer::new(grant), GRANT_ROUNDS).await;
+}
+
+/// A sealed store under `key` on `redis`: a server's URL, or a cluster's node URLs separated
+/// by commas.
+async fn redis_store(redis: &str, key: &str) -> RedisStore {
+    #[cfg(feature = "redis-cluster")]
+    if redis.contains(',') {
+        return RedisStore::cluster(cluster::connection(redis).await, key).encryption_key(KEY);
+    }
+    RedisStore::new(connection(redis).await, key).encryption_key(KEY)
 }
 
 /// Four processes refresh one grant through a `RedisStore`, against a server that revokes the
@@ -713,26 +752,31 @@ async fn processes_sharing_a_redis_store_send_each_refresh_token_once() {
     if let Ok(spec) = std::env::var(GRANT_WORKER) {
         return grant_worker(&spec).await;
     }
+    refresh_tokens_sent_once(
+        "processes_sharing_a_redis_store_send_each_refresh_token_once",
+        &redis_url(),
+    )
+    .await;
+}
+
+/// What `processes_sharing_a_redis_store_send_each_refresh_token_once` checks, with the
+/// workers of `test` on `redis` (a server's URL, or a cluster's node URLs).
+async fn refresh_tokens_sent_once(test: &str, redis: &str) {
     let idp = StandInIdp::start().await;
     idp.add_refresh_token("rt-0");
     idp.lose_answers(
         &[LostAnswer::Late(Duration::from_millis(30)); GRANT_PROCESSES * GRANT_ROUNDS],
     );
-    let key = fresh_prefix("grant");
-    let store = RedisStore::new(connection(&redis_url()).await, &key).encryption_key(KEY);
+    // A hash tag: on a cluster the key and its lock then share a node, as a user would set it.
+    let key = format!("{{{}}}:refresh", fresh_prefix("grant"));
+    let store = redis_store(redis, &key).await;
     store
         .save(&StoredToken::new().with_refresh_token("rt-0"))
         .await
         .unwrap();
 
-    let spec = format!("{} {} {key}", idp.url("/token"), redis_url());
-    run_workers(
-        "processes_sharing_a_redis_store_send_each_refresh_token_once",
-        GRANT_PROCESSES,
-        GRANT_WORKER,
-        &spec,
-    )
-    .await;
+    let spec = format!("{} {redis} {key}", idp.url("/token"));
+    run_workers(test, GRANT_PROCESSES, GRANT_WORKER, &spec).await;
     assert_eq!(idp.reuse_detected(), 0, "a refresh token was sent twice");
     let sent = idp.refresh_tokens_sent();
     each_sent_once(&sent, GRANT_ROUNDS);
@@ -741,13 +785,21 @@ async fn processes_sharing_a_redis_store_send_each_refresh_token_once() {
         saved.refresh_token().unwrap().secret(),
         format!("rt-{}", sent.len())
     );
-    let mut redis = connection(&redis_url()).await;
-    let raw: Vec<u8> = redis::cmd("GET")
-        .arg(&key)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let raw = raw_value(redis, &key).await;
     assert!(!raw.windows(3).any(|w| w == b"rt-"), "the store is sealed");
+}
+
+/// The value of `key` as Redis holds it.
+async fn raw_value(redis: &str, key: &str) -> Vec<u8> {
+    let get = redis::cmd("GET").arg(key).clone();
+    #[cfg(feature = "redis-cluster")]
+    if redis.contains(',') {
+        return get
+            .query_async(&mut cluster::connection(redis).await)
+            .await
+            .unwrap();
+    }
+    get.query_async(&mut connection(redis).await).await.unwrap()
 }
 
 /// During a key rotation, a process with the new key and the old one as previous reads tokens
@@ -782,4 +834,70 @@ async fn a_rotated_key_still_reads_tokens_sealed_with_the_previous_one() {
         sealed_with_old.access_token()
     );
     assert_eq!(issued.load(SeqCst), 2);
+}
+
+/// The same fleet on a Redis Cluster of three primaries (feature `redis-cluster`; `scripts/test`
+/// starts it and names its nodes in `TOWER_BEARER_REDIS_CLUSTER`).
+#[cfg(feature = "redis-cluster")]
+mod cluster {
+    use super::*;
+
+    pub fn urls() -> String {
+        std::env::var("TOWER_BEARER_REDIS_CLUSTER")
+            .expect("TOWER_BEARER_REDIS_CLUSTER: run these tests with scripts/test")
+    }
+
+    pub async fn connection(urls: &str) -> redis::cluster_async::ClusterConnection {
+        redis::cluster::ClusterClient::new(urls.split(',').collect::<Vec<_>>())
+            .unwrap()
+            .get_async_connection()
+            .await
+            .expect("the Redis Cluster answers")
+    }
+
+    /// Three processes, each on its own cluster connection and listening for notices on a
+    /// different node, start together: one token request; then the API revokes the token: one
+    /// refetch, and the processes told on the other nodes send no request with it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs a Redis Cluster: run scripts/test"]
+    async fn on_a_redis_cluster_the_fleet_fetches_once_and_refetches_a_revoked_token_once() {
+        let prefix = fresh_prefix("cluster");
+        let (endpoint, issued) = endpoint(Duration::from_millis(50)).await;
+        let urls = urls();
+        let mut processes = Vec::new();
+        for node in urls.split(',') {
+            let cache = RedisCache::cluster(connection(&urls).await)
+                .notices(redis::Client::open(node).unwrap())
+                .key_prefix(&prefix)
+                .encryption_key(KEY)
+                .lease(LEASE);
+            processes.push(layer(&endpoint.url("/token"), "api", cache));
+        }
+        let mut callers = JoinSet::new();
+        for process in &processes {
+            for _ in 0..CALLERS {
+                let token = process.token();
+                callers.spawn(async move { token.await.unwrap() });
+            }
+        }
+        let tokens = callers.join_all().await;
+        assert!(tokens.iter().all(|t| t.access_token().secret() == "tok-1"));
+        assert_eq!(issued.load(SeqCst), 1, "one token request on a cold start");
+
+        one_refetch_for_a_revoked_token(&processes, &issued, &urls, &prefix).await;
+    }
+
+    /// `processes_sharing_a_redis_store_send_each_refresh_token_once`, its store on the cluster.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs a Redis Cluster: run scripts/test"]
+    async fn processes_sharing_a_redis_store_on_a_cluster_send_each_refresh_token_once() {
+        if let Ok(spec) = std::env::var(GRANT_WORKER) {
+            return grant_worker(&spec).await;
+        }
+        refresh_tokens_sent_once(
+            "cluster::processes_sharing_a_redis_store_on_a_cluster_send_each_refresh_token_once",
+            &urls(),
+        )
+        .await;
+    }
 }

@@ -25,11 +25,12 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use redis::{FromRedisValue, aio::ConnectionManager};
+use redis::FromRedisValue;
 use tokio::time::Instant;
 
 use super::{
     RedisCache,
+    connection::RedisConnection,
     key::FleetKeys,
     notices::{self, Notices},
     sealed::{Sealing, fingerprint},
@@ -54,7 +55,7 @@ const READ_DROPPING: &str = "local v = redis.call('GET', KEYS[1]) if v and strin
 
 /// A layer's share of a fleet: its Redis, its keys, how it seals tokens.
 pub(crate) struct Fleet {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     keys: FleetKeys,
     sealing: Sealing,
     lease: Duration,

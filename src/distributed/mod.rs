@@ -66,6 +66,7 @@ use redis::aio::ConnectionManager;
 
 use crate::Error;
 
+mod connection;
 mod fleet;
 mod key;
 mod notices;
@@ -90,7 +91,7 @@ pub const DEFAULT_KEY_PREFIX: &str = "tower-bearer";
 #[derive(Clone)]
 #[must_use]
 pub struct RedisCache {
-    connection: ConnectionManager,
+    connection: connection::RedisConnection,
     prefix: String,
     sealing: Option<Sealing>,
     lease: Duration,
@@ -107,6 +108,19 @@ impl RedisCache {
     /// [`notices`](Self::notices) a client for that, or use
     /// [`connect_lazily`](Self::connect_lazily), which does both.
     pub fn new(connection: ConnectionManager) -> Self {
+        RedisCache::on(connection::RedisConnection::Server(connection))
+    }
+
+    /// The same on a Redis Cluster (feature `redis-cluster`). A token, its lease and its
+    /// notices share one hash tag, so every command and script goes to the one node that owns
+    /// their slot. For notices, give [`notices`](Self::notices) a client of any node: Redis
+    /// Cluster sends what is published to every node.
+    #[cfg(feature = "redis-cluster")]
+    pub fn cluster(connection: redis::cluster_async::ClusterConnection) -> Self {
+        RedisCache::on(connection::RedisConnection::Cluster(connection))
+    }
+
+    fn on(connection: connection::RedisConnection) -> Self {
         RedisCache {
             connection,
             prefix: DEFAULT_KEY_PREFIX.to_owned(),

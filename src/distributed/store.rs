@@ -6,6 +6,8 @@ use std::{
 };
 
 use redis::aio::ConnectionManager;
+
+use super::connection::RedisConnection;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -54,7 +56,7 @@ const LOCK_RETRY: Duration = Duration::from_millis(20);
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     key: String,
     sealing: Option<Sealing>,
     call_timeout: Duration,
@@ -66,7 +68,23 @@ impl RedisStore {
     /// [`Error::Store`].
     pub fn new(connection: ConnectionManager, key: impl Into<String>) -> Self {
         RedisStore {
-            connection,
+            connection: RedisConnection::Server(connection),
+            key: key.into(),
+            sealing: None,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+        }
+    }
+
+    /// The same on a Redis Cluster (feature `redis-cluster`). The key and its lock go to one
+    /// slot only if `key` has a hash tag (`{billing}:refresh`); the store does not need that,
+    /// as it never touches both in one command.
+    #[cfg(feature = "redis-cluster")]
+    pub fn cluster(
+        connection: redis::cluster_async::ClusterConnection,
+        key: impl Into<String>,
+    ) -> Self {
+        RedisStore {
+            connection: RedisConnection::Cluster(connection),
             key: key.into(),
             sealing: None,
             call_timeout: DEFAULT_CALL_TIMEOUT,
@@ -259,7 +277,7 @@ impl TokenStore for RedisStore {
 /// A lock taken: renewed in the background until dropped, then released if still owned.
 struct Held {
     renewal: tokio::task::AbortHandle,
-    release: Option<(ConnectionManager, String, String, Duration)>,
+    release: Option<(RedisConnection, String, String, Duration)>,
 }
 
 impl Held {
