@@ -13,7 +13,10 @@
 //!
 //! Alone, each worker refreshes its token on its own (a 2-second token about twice a
 //! lifetime: the refresh target is half its life, and the refresh starts a little before); a
-//! fleet sharing through Redis makes about what one process alone makes. It exits non-zero if a
+//! fleet sharing through Redis makes about what one process alone makes. The table also shows
+//! what sharing costs Redis: the commands it ran during the shared run (from `INFO
+//! commandstats`, the commands inside the fleet's scripts included; with `REDIS_URL`, other
+//! clients' too), per process and token lifetime. It exits non-zero if a
 //! worker failed, or if the shared fleet made more than one and a half times what one worker
 //! alone made, plus one.
 
@@ -82,11 +85,15 @@ pub async fn fleet(settings: Settings) -> Result<bool, Box<dyn std::error::Error
         settings.lifetime_secs,
         run_for.as_secs()
     );
-    println!("| fleet | token requests | per token lifetime | failed workers |");
-    println!("|---|---:|---:|---:|");
+    println!(
+        "| fleet | token requests | per token lifetime | Redis commands per process per lifetime | failed workers |"
+    );
+    println!("|---|---:|---:|---:|---:|");
     let mut made_by = [0u64; 2];
+    let redis_client = redis::Client::open(redis_url.as_str())?;
     for (i, mode) in ["shared", "alone"].into_iter().enumerate() {
         let before = requests.load(Relaxed);
+        let commands_before = redis_commands(&redis_client).await?;
         let prefix = format!("fleet-example-{}", std::process::id());
         let spec = format!(
             "{mode} {token_url} {redis_url} {prefix} {}",
@@ -94,15 +101,18 @@ pub async fn fleet(settings: Settings) -> Result<bool, Box<dyn std::error::Error
         );
         let run = run_workers(settings.workers, &spec).await?;
         let made = requests.load(Relaxed) - before;
+        let commands = redis_commands(&redis_client).await? - commands_before;
         made_by[i] = made;
         let per_lifetime = made as f64 / f64::from(settings.lifetimes);
-        let name = if mode == "shared" {
-            "sharing through Redis"
+        let (name, commands) = if mode == "shared" {
+            let per_process =
+                commands as f64 / settings.workers as f64 / f64::from(settings.lifetimes);
+            ("sharing through Redis", format!("{per_process:.1}"))
         } else {
-            "each process alone"
+            ("each process alone", "none".to_owned())
         };
         println!(
-            "| {name} | {made} | {per_lifetime:.1} | {} |",
+            "| {name} | {made} | {per_lifetime:.1} | {commands} | {} |",
             run.failed_workers
         );
         if run.failed_workers > 0 {
@@ -116,6 +126,24 @@ pub async fn fleet(settings: Settings) -> Result<bool, Box<dyn std::error::Error
         shared as f64 / one_worker
     );
     Ok(shared as f64 <= 1.5 * one_worker + 1.0)
+}
+
+/// The commands Redis has run so far, by `INFO commandstats` (less the `INFO` calls).
+async fn redis_commands(client: &redis::Client) -> Result<u64, Box<dyn std::error::Error>> {
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut connection)
+        .await?;
+    let calls = info
+        .lines()
+        .filter(|line| line.starts_with("cmdstat_") && !line.starts_with("cmdstat_info:"))
+        .filter_map(|line| {
+            let calls = line.split_once("calls=")?.1;
+            calls.split(',').next()?.parse::<u64>().ok()
+        })
+        .sum();
+    Ok(calls)
 }
 
 /// Starts `workers` processes of this program with `spec`, and waits for them.

@@ -462,6 +462,81 @@ async fn one_refetch_for_a_revoked_token(
     assert_eq!(first.fleet_rejections, 0, "its own notice changes nothing");
 }
 
+/// The Redis ACL the README gives a fleet's user: its keys and channels under its prefix, and
+/// the commands it runs (those inside its scripts included).
+const FLEET_ACL: &str = "+get +set +pttl +eval +publish +subscribe +del +pexpire";
+
+/// A fleet whose Redis user may run only the commands in [`FLEET_ACL`], on its prefix only,
+/// still fetches once, refetches a revoked token once and hears its notices; a shared refresh
+/// token store works with the same rights.
+#[tokio::test]
+#[ignore = "needs Redis: run scripts/test"]
+async fn a_fleet_needs_only_the_redis_commands_the_readme_lists() {
+    let prefix = fresh_prefix("acl");
+    let user = prefix.replace('-', "_");
+    let mut admin = connection(&redis_url()).await;
+    let mut rules = vec![
+        "reset".to_owned(),
+        "on".to_owned(),
+        ">fleet-password".to_owned(),
+        format!("~{prefix}:*"),
+        format!("&{prefix}:*"),
+    ];
+    rules.extend(FLEET_ACL.split(' ').map(str::to_owned));
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg(&rules)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let url = redis_url().replacen("redis://", &format!("redis://{user}:fleet-password@"), 1);
+
+    // The first fetch outlasts a third of the lease: the holder renews it.
+    let (endpoint, issued) =
+        endpoint_with(|n| Duration::from_millis(if n == 1 { 250 } else { 0 })).await;
+    let process = || {
+        let cache = RedisCache::connect_lazily(redis::Client::open(url.as_str()).unwrap())
+            .unwrap()
+            .key_prefix(&prefix)
+            .encryption_key(KEY)
+            .lease(Duration::from_millis(300));
+        layer(&endpoint.url("/token"), "api", cache)
+    };
+    let processes = [process(), process()];
+    // Together: one holds the lease (and renews it), the other waits for it.
+    let (a, b) = tokio::join!(processes[0].token(), processes[1].token());
+    assert_eq!(a.unwrap().access_token(), b.unwrap().access_token());
+    let waits: u64 = processes.iter().map(|p| p.stats().fleet_lease_waits).sum();
+    assert_eq!(waits, 1);
+    one_refetch_for_a_revoked_token(&processes, &issued, &redis_url(), &prefix).await;
+    for process in &processes {
+        assert_eq!(
+            process.stats().fleet_redis_errors,
+            0,
+            "every command allowed"
+        );
+    }
+
+    let idp = StandInIdp::start().await;
+    idp.add_refresh_token("rt-0");
+    let key = format!("{prefix}:refresh");
+    let store = RedisStore::new(connection(&url).await, &key).encryption_key(KEY);
+    store
+        .save(&StoredToken::new().with_refresh_token("rt-0"))
+        .await
+        .unwrap();
+    let grant = RefreshTokenGrant::builder(idp.url("/token"))
+        .client_id("app")
+        .client_secret("app-secret")
+        .auth(ClientAuth::Post)
+        .store(store)
+        .build()
+        .unwrap();
+    ask_and_reject(&AuthLayer::new(grant), 2).await;
+    assert_eq!(idp.refresh_tokens_sent(), ["rt-0", "rt-1"]);
+}
+
 /// A process whose fetch finds another process holding the lease waits for that process's
 /// notice, and takes the token it stored. The notice names the token by its fingerprint only.
 #[tokio::test]
