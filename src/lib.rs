@@ -52,7 +52,7 @@
 //! | [`source`] | the [`TokenSource`] trait and its implementations: `ClientCredentials`, `RefreshTokenGrant`, `AuthorizationCode` (feature `oauth`), [`from_fn`](source::from_fn), [`StaticToken`] | `src/source/` |
 //! | (internal) | the OAuth 2.0 wire protocol: token requests, client authentication, responses, discovery, PKCE (feature `oauth`) | `src/oauth/` |
 //! | [`store`] | [`TokenStore`](store::TokenStore): where refresh tokens persist ([`MemoryStore`](store::MemoryStore), [`FileStore`](store::FileStore), shared by processes under its lock) | `src/store/` |
-//! | `distributed` | `RedisCache`: one token fetch per lifetime for a fleet of processes (feature `redis`): the fetch protocol, the keys, the sealed values | `src/distributed/` (`mod.rs`, `fleet.rs`, `key.rs`, `sealed.rs`) |
+//! | `distributed` | `RedisCache`: one token fetch per lifetime for a fleet of processes (feature `redis`): the fetch protocol, the notices, the keys, the sealed values, the connection (one server or a cluster), the refresh-token store | `src/distributed/` (`mod.rs`, `fleet.rs`, `notices.rs`, `key.rs`, `sealed.rs`, `connection.rs`, `store.rs`) |
 //! | [`token`] | [`Token`] and the redacted, zeroized secret types | `src/token.rs` |
 //! | [`grpc`] | gRPC: token failures as a `tonic::Status`, `UNAUTHENTICATED` in a stream's trailers | `src/integrations/grpc.rs` |
 //! | `redirect` | `FilterToken`, a tower-http `FollowRedirect` policy (feature `follow-redirect`) | `src/integrations/redirect.rs` |

@@ -1,19 +1,60 @@
 //! One token fetch per token lifetime for a whole fleet of processes, shared through Redis
-//! (feature `redis`).
+//! (feature `redis`; Redis Cluster with feature `redis-cluster`).
 //!
 //! Every process keeps its own in-process cache, the request path included: no Redis call per
 //! request. When a process needs a new token (none yet, its token reached its refresh point or
 //! expired, or a 401 rejected it) its fetch goes to Redis first:
 //!
 //! - a token another process stored, if it is not the one being replaced, is used as if
-//!   fetched here, with the life it has left (the same refresh point and expiry rules apply);
+//!   fetched here, with the life it has left (the same refresh point and expiry rules apply;
+//!   each process picks its refresh point at random in the refresh window, so the first to
+//!   reach it refreshes for all);
 //! - otherwise one process takes a short lease and fetches from the token endpoint; it stores
-//!   the token, sealed, with a TTL of its remaining life; the others wait for it (reading again
-//!   every 20 ms, within the fetch timeout) and use it. A lease holder that dies costs at most
-//!   the lease time ([`RedisCache::lease`], 5 s by default): the others then take over.
-//! - every Redis call has its own deadline ([`RedisCache::call_timeout`], 500 ms), so a slow or
-//!   absent Redis never stalls a fetch for long: the fetch then goes to the token endpoint, as
-//!   without a fleet, and the next one tries Redis again.
+//!   the token, sealed, with a TTL of its remaining life, and publishes a notice; the others
+//!   wait for that notice (within the fetch timeout) and use the token. A lease holder that
+//!   dies costs at most the lease time ([`RedisCache::lease`], 5 s by default): the others then
+//!   take over.
+//! - a token a response rejected (401, gRPC `UNAUTHENTICATED`, or
+//!   [`AuthLayer::invalidate`](crate::AuthLayer::invalidate)) is deleted from Redis if it is
+//!   still the one stored (a script compares its fingerprint), and a notice tells the other
+//!   processes, which forget it at once: the fleet refetches once, and the others send no
+//!   request with it.
+//! - every Redis call has its own deadline ([`RedisCache::call_timeout`], 500 ms; the
+//!   connection manager's reconnect backoff is never waited for), so a slow or absent Redis
+//!   never stalls a fetch for long: the fetch then goes to the token endpoint, as without a
+//!   fleet, and the next one tries Redis again.
+//!
+//! Notices travel by Redis pub/sub on a connection of their own, which needs a
+//! [`redis::Client`]: [`RedisCache::connect_lazily`] has one, and [`RedisCache::notices`] adds
+//! one to a cache made from a connection. Without notices the fleet still fetches once: a
+//! waiting process reads Redis every 20 ms instead, and a process finds out that a token was
+//! rejected at its own 401.
+//!
+//! # What it costs
+//!
+//! No Redis call per request. Per token refresh, each process makes one `GET` (it finds the new
+//! token), and the one process that fetches makes about four round trips (`GET`, `SET NX`, the
+//! `SET` and `PUBLISH` in one pipeline, the release script). `examples/fleet.rs` (8 processes,
+//! 2-second tokens, each process refreshing about 2.5 times a lifetime) counts about six Redis
+//! commands per process per token lifetime, those inside scripts included: about two per
+//! refresh. With one-hour tokens that is a few commands per process per hour. A waiting process reads once per notice (and every 250 ms in
+//! case one is lost).
+//!
+//! # Redis Cluster and managed Redis
+//!
+//! - A token, its lease and its notice channel share one hash tag, so every command, pipeline
+//!   and script of a fetch goes to the one node that owns their slot. Use
+//!   [`RedisCache::cluster`] with a `redis::cluster_async::ClusterConnection`, and give
+//!   [`RedisCache::notices`] a client of any node: a cluster sends what is published to every
+//!   node. A [`RedisStore`] on a cluster is [`RedisStore::cluster`].
+//! - A managed Redis behind one endpoint (a primary with replicas, a proxy) is
+//!   [`RedisCache::new`] or [`RedisCache::connect_lazily`]; for TLS (`rediss://`) enable one of
+//!   the `redis` crate's TLS features in your own `Cargo.toml`. The service must allow `EVAL`
+//!   and pub/sub (those of the large clouds do).
+//! - The fleet's Redis user needs only its keys and channels and eight commands:
+//!   `ACL SETUSER billing on >password ~billing:* &billing:* +get +set +pttl +eval +publish
+//!   +subscribe +del +pexpire` for the prefix `billing` (`del` and `pexpire` run inside the
+//!   fleet's scripts).
 //!
 //! # Keys and values
 //!
@@ -38,6 +79,13 @@
 //! a rotated one is never lost. (A [`FileStore`](crate::store::FileStore) does the same for
 //! processes on one machine.)
 //!
+//! # Observability
+//!
+//! [`Stats`](crate::Stats) (and the `tower_bearer.fleet.*` metrics) count the fetches served
+//! from Redis (`fleet_tokens`), those that waited for a lease holder (`fleet_lease_waits`), fell
+//! back to the token endpoint (`fleet_fallbacks`), tokens forgotten on another process's notice
+//! (`fleet_rejections`), notices heard (`fleet_notices`) and Redis errors (`fleet_redis_errors`).
+//!
 //! # Example
 //!
 //! ```no_run
@@ -49,9 +97,15 @@
 //!     .client_secret(std::env::var("CLIENT_SECRET")?)
 //!     .build()?;
 //! let key: [u8; 32] = [7; 32]; // from your secret store, the same in every process
-//! let conn = redis::aio::ConnectionManager::new(redis::Client::open("redis://127.0.0.1/")?).await?;
+//! let client = redis::Client::open("redis://127.0.0.1/")?;
+//! let conn = redis::aio::ConnectionManager::new(client.clone()).await?;
 //! let auth = AuthLayer::builder(source)
-//!     .distributed(RedisCache::new(conn).key_prefix("billing").encryption_key(key))
+//!     .distributed(
+//!         RedisCache::new(conn)
+//!             .notices(client) // or RedisCache::connect_lazily(client)?, which does both
+//!             .key_prefix("billing")
+//!             .encryption_key(key),
+//!     )
 //!     .build()?;
 //! # let _ = auth;
 //! # Ok(())
