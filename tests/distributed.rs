@@ -462,6 +462,60 @@ async fn one_refetch_for_a_revoked_token(
     assert_eq!(first.fleet_rejections, 0, "its own notice changes nothing");
 }
 
+/// The listener for notices runs on the runtime of the fetch that started it. When that runtime
+/// shuts down the listener goes with it (Redis sees its subscription close), and the layer's
+/// next fetch, on another runtime, starts it again. Dropping the layer stops it.
+#[test]
+#[ignore = "needs Redis: run scripts/test"]
+fn after_its_runtime_shuts_down_the_next_fetch_listens_again() {
+    let servers = tokio::runtime::Runtime::new().unwrap();
+    let prefix = fresh_prefix("runtimes");
+    let (endpoint, issued) = servers.block_on(endpoint(Duration::ZERO));
+    let process = servers.block_on(async { listening_process(&endpoint.url("/token"), &prefix) });
+    let current_thread = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+
+    let first = current_thread();
+    let token = first.block_on(process.token()).unwrap();
+    // A current-thread runtime runs its tasks only while it is driven.
+    first.block_on(until_listening(&redis_url(), &prefix, 1));
+    drop(first);
+    servers.block_on(until_no_listener(&prefix));
+
+    let second = current_thread();
+    assert!(process.invalidate(&token));
+    second.block_on(process.token()).unwrap();
+    second.block_on(until_listening(&redis_url(), &prefix, 1));
+    assert_eq!(issued.load(SeqCst), 2);
+
+    // Dropping the layer stops its listener.
+    drop(process);
+    second.block_on(until_no_listener(&prefix));
+}
+
+/// Waits until no process listens for notices under `prefix`.
+async fn until_no_listener(prefix: &str) {
+    let mut redis = connection(&redis_url()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let channels: Vec<String> = redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .arg(format!("{prefix}:*"))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if channels.is_empty() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "still listening");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// The Redis ACL the README gives a fleet's user: its keys and channels under its prefix, and
 /// the commands it runs (those inside its scripts included).
 const FLEET_ACL: &str = "+get +set +pttl +eval +publish +subscribe +del +pexpire";
@@ -708,8 +762,8 @@ async fn until_redis_answers(url: &str) {
 }
 
 /// Redis stops in the middle of a run and comes back: while it is gone every fetch goes to the
-/// token endpoint and no call fails; once it is back the processes share tokens again, by
-/// themselves.
+/// token endpoint and no call fails; once it is back the processes share tokens again, and
+/// listen for notices again, by themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Redis: run scripts/test"]
 async fn redis_stopped_and_restarted_fails_no_call_and_sharing_resumes() {
@@ -785,6 +839,9 @@ async fn redis_stopped_and_restarted_fails_no_call_and_sharing_resumes() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The listeners for notices connect again by themselves too.
+    until_listening(&url, "restart", 2).await;
+    assert!(first.stats().fleet_redis_errors >= 3, "errors are counted");
 }
 
 /// Set in the child processes of `processes_sharing_a_redis_store_send_each_refresh_token_once`:

@@ -209,8 +209,9 @@ impl RedisCache {
     /// stored, and a token one process saw rejected is forgotten by all of them at once (one
     /// refetch for the fleet, no 401 each). Without them, a waiting process reads Redis every
     /// 20 ms, and each process finds out about a rejected token at its own 401. The listener
-    /// starts with the first fetch and stops when the layer is dropped; it connects again by
-    /// itself after a failure.
+    /// starts with the first fetch, on that fetch's runtime, and stops when the layer is
+    /// dropped; it connects again by itself after a failure, and if its runtime shuts down the
+    /// layer's next fetch starts it again.
     pub fn notices(mut self, client: redis::Client) -> Self {
         self.notices = Some(client);
         self
