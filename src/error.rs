@@ -38,6 +38,11 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(Cow<'static, str>),
 
+    /// A signing key that cannot be used (feature `jose`): not a PKCS#8 private key, a curve or
+    /// algorithm this crate does not sign with, or a key the algorithm refuses.
+    #[error("unusable signing key: {0}")]
+    Key(Cow<'static, str>),
+
     /// The token endpoint answered with an OAuth 2.0 error response (RFC 6749 §5.2).
     #[error(transparent)]
     OAuth(#[from] OAuthError),
@@ -167,6 +172,7 @@ impl Error {
         match self {
             Error::OAuth(e) => e.is_terminal(),
             Error::Config(_)
+            | Error::Key(_)
             | Error::InvalidToken
             | Error::AuthorizationRequired(_)
             | Error::InsecureRequest { .. }

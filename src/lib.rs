@@ -93,6 +93,9 @@ mod cache;
 pub mod distributed;
 pub mod error;
 mod integrations;
+#[cfg(feature = "jose")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jose")))]
+pub mod jose;
 mod middleware;
 #[cfg(feature = "oauth")]
 mod oauth;
