@@ -42,7 +42,7 @@ const REFRESH_WINDOW_MAX: Duration = Duration::from_secs(5 * 60);
 /// A token with its pre-built header and the instants of its life.
 pub(crate) struct Entry {
     pub(crate) token: Token,
-    /// `Bearer <token>`, built once, marked sensitive.
+    /// `Bearer <token>` (or `DPoP <token>`), built once, marked sensitive.
     pub(crate) header: HeaderValue,
     /// Increases with every token installed; identifies the token a request carried.
     pub(crate) generation: u64,
@@ -84,7 +84,20 @@ impl Entry {
         now: Instant,
         rng: &mut fastrand::Rng,
     ) -> Result<Entry, Error> {
-        let header = token.header_value(&settings.scheme)?;
+        // A DPoP-bound token goes as `DPoP` (with a proof), whatever the layer's scheme.
+        #[cfg(feature = "jose")]
+        let scheme = if settings.dpop
+            && token
+                .token_type()
+                .eq_ignore_ascii_case(crate::middleware::dpop::SCHEME)
+        {
+            crate::middleware::dpop::SCHEME
+        } else {
+            &settings.scheme
+        };
+        #[cfg(not(feature = "jose"))]
+        let scheme = &settings.scheme;
+        let header = token.header_value(scheme)?;
         // A refresh token stays with its grant: nothing the layer hands out can leak it.
         token.forget_refresh_token();
         let lifetime = token

@@ -93,6 +93,10 @@ pub(crate) struct CacheSettings {
     pub(crate) runtime: Option<Handle>,
     /// The layer's name, for its metrics and traces.
     pub(crate) name: LayerName,
+    /// Whether the source binds tokens to a DPoP key: a token of type `DPoP` is then sent with
+    /// that scheme (and a proof).
+    #[cfg(feature = "jose")]
+    pub(crate) dpop: bool,
     /// The fleet this cache shares tokens with, if any.
     #[cfg(feature = "redis")]
     pub(crate) fleet: Option<Arc<crate::distributed::Fleet>>,
@@ -115,6 +119,8 @@ impl Default for CacheSettings {
             jitter_seed: None,
             runtime: None,
             name: LayerName::default(),
+            #[cfg(feature = "jose")]
+            dpop: false,
             #[cfg(feature = "redis")]
             fleet: None,
         }

@@ -5,7 +5,11 @@ use std::{fmt, sync::Arc};
 use http::Extensions;
 use reqwest_middleware::{Middleware, Next, Result};
 
-use crate::{cache::Rejection, challenge, layer::LayerState, origin::Decision};
+use crate::{
+    challenge,
+    layer::{LayerState, Verdict},
+    origin::Decision,
+};
 
 /// A `reqwest_middleware` middleware that attaches the token of an
 /// [`AuthLayer`](crate::AuthLayer), sharing its cache, and resends a request once after a 401
@@ -58,17 +62,23 @@ impl Middleware for AuthMiddleware {
         } else {
             None
         };
-        request
-            .headers_mut()
-            .insert(layer.header_name.clone(), entry.header.clone());
+        let proof = layer
+            .attach(&mut request, entry.header.clone(), entry.generation)
+            .map_err(reqwest_middleware::Error::middleware)?;
         let response = next.clone().run(request, extensions).await?;
-        if !challenge::rejects_token(&response, &cache.settings().scheme) {
+        if !challenge::may_reject(&response) {
+            layer.remember_nonce(proof, response.headers());
             return Ok(response);
         }
-        // Forget the rejected token only if nothing newer replaced it meanwhile; not resent
-        // when the cache keeps it (fresh tokens keep being rejected).
-        let kept = cache.reject(entry.generation) == Rejection::Kept;
-        let Some(mut again) = again.filter(|_| !kept) else {
+        match layer.judge(&response, entry.generation, proof) {
+            Verdict::Answer => return Ok(response),
+            Verdict::Futile => {
+                cache.counters.not_resent();
+                return Ok(response);
+            }
+            Verdict::Resend => {}
+        }
+        let Some(mut again) = again else {
             cache.counters.not_resent();
             return Ok(response);
         };
@@ -77,11 +87,13 @@ impl Middleware for AuthMiddleware {
             .acquire()
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
-        again
-            .headers_mut()
-            .insert(layer.header_name.clone(), entry.header.clone());
+        let proof = layer
+            .attach(&mut again, entry.header.clone(), entry.generation)
+            .map_err(reqwest_middleware::Error::middleware)?;
         cache.counters.retried();
-        next.run(again, extensions).await
+        let response = next.run(again, extensions).await?;
+        layer.remember_nonce(proof, response.headers());
+        Ok(response)
     }
 }
 

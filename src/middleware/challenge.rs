@@ -79,6 +79,16 @@ pub(crate) fn calls_for_new_token(headers: &HeaderMap, scheme: &str) -> bool {
     true
 }
 
+/// Whether a `WWW-Authenticate` challenge of `scheme` names the error `error`.
+#[cfg_attr(not(feature = "jose"), allow(dead_code))]
+pub(crate) fn names_error(headers: &HeaderMap, scheme: &str, error: &str) -> bool {
+    headers.get_all(WWW_AUTHENTICATE).iter().any(|value| {
+        parse(value.as_bytes())
+            .iter()
+            .any(|c| c.scheme.eq_ignore_ascii_case(scheme) && c.param("error") == Some(error))
+    })
+}
+
 /// Parses one `WWW-Authenticate` header value into its challenges.
 pub(crate) fn parse(value: &[u8]) -> Vec<Challenge> {
     let mut p = Parser {

@@ -28,9 +28,10 @@ use tower_service::Service;
 
 use crate::{
     BoxError, Error,
-    cache::{Entry, Rejection},
+    cache::Entry,
     challenge,
     grpc::{self, TrailerWatch},
+    layer::{Proof, Verdict},
     message::{AuthRequest, AuthResponse},
     middleware::handle::LayerHandle,
 };
@@ -50,6 +51,8 @@ struct Pending<S, R> {
     resend: bool,
     /// The generation of the token the resend carries, once it has one.
     generation: u64,
+    /// What the resend carries besides, once it has its token.
+    proof: Proof,
 }
 
 /// What a request that may be resent keeps: the readied service and what its
@@ -90,6 +93,7 @@ pin_project! {
             fut: F,
             layer: LayerHandle,
             generation: u64,
+            proof: Proof,
         },
         // Waiting for the inner service to be ready for the resend.
         Ready {
@@ -102,7 +106,7 @@ pin_project! {
         Forward {
             #[pin]
             fut: F,
-            sent: Option<(LayerHandle, u64)>,
+            sent: Option<(LayerHandle, u64, Proof)>,
         },
         // The request was refused before it was sent.
         Refused {
@@ -123,6 +127,7 @@ where
         fut: S::Future,
         layer: LayerHandle,
         generation: u64,
+        proof: Proof,
         replay: Option<Replay<S, R>>,
     ) -> Self {
         ResponseFuture {
@@ -130,6 +135,7 @@ where
                 fut,
                 layer,
                 generation,
+                proof,
             },
             replay,
         }
@@ -164,6 +170,7 @@ where
                     replay_limit,
                     resend: false,
                     generation: 0,
+                    proof: None,
                 })),
             },
             replay: None,
@@ -188,6 +195,7 @@ where
             fut,
             layer,
             generation,
+            proof,
         } = self.as_mut().project().state.project()
         {
             return match ready!(fut.poll(cx)) {
@@ -195,6 +203,7 @@ where
                 // the `Future` contract leaves to the inner future to answer. Not setting
                 // `Done` saves dropping the state twice on every request.
                 Ok(mut response) if !challenge::may_reject(&response) => {
+                    layer.remember_nonce(*proof, response.headers());
                     response.watch_trailers(|| TrailerWatch::new(layer, *generation));
                     Poll::Ready(Ok(response))
                 }
@@ -223,15 +232,20 @@ where
     ) -> Poll<Result<S::Response, BoxError>> {
         let this = self.as_mut().project();
         let StateProj::Send {
-            layer, generation, ..
+            layer,
+            generation,
+            proof,
+            ..
         } = this.state.project()
         else {
             return Poll::Ready(Err(polled_after_completion()));
         };
-        let (layer, generation, replay) = (Arc::clone(layer), *generation, this.replay.take());
+        let (layer, generation, proof, replay) =
+            (Arc::clone(layer), *generation, *proof, this.replay.take());
         let response = match result {
             Ok(response) if challenge::may_reject(&response) => response,
             Ok(mut response) => {
+                layer.remember_nonce(proof, response.headers());
                 response.watch_trailers(|| TrailerWatch::new(&layer, generation));
                 self.set_done();
                 return Poll::Ready(Ok(response));
@@ -241,7 +255,7 @@ where
                 return Poll::Ready(Err(err.into()));
             }
         };
-        match rejected::<S, R>(response, layer, generation, replay) {
+        match rejected::<S, R>(response, layer, generation, proof, replay) {
             Ok(response) => {
                 self.set_done();
                 Poll::Ready(Ok(response))
@@ -280,12 +294,16 @@ where
                     let Some(mut pending) = pending.take() else {
                         return Poll::Ready(Err(polled_after_completion()));
                     };
-                    let header_name = pending.layer.header_name.clone();
                     if pending.resend {
-                        pending
-                            .request
-                            .headers_mut()
-                            .insert(header_name, entry.header.clone());
+                        let Pending { layer, request, .. } = &mut *pending;
+                        match layer.attach(request, entry.header.clone(), entry.generation) {
+                            Ok(proof) => pending.proof = proof,
+                            Err(err) => {
+                                let err = grpc::token_error(&pending.request, err);
+                                self.set_done();
+                                return Poll::Ready(Err(err));
+                            }
+                        }
                         pending.generation = entry.generation;
                         State::Ready {
                             pending: Some(pending),
@@ -299,15 +317,25 @@ where
                             ..
                         } = *pending;
                         let replay = replay_limit.and_then(|limit| request.prepare_replay(limit));
-                        request
-                            .headers_mut()
-                            .insert(header_name, entry.header.clone());
+                        let proof = match layer.attach(
+                            &mut request,
+                            entry.header.clone(),
+                            entry.generation,
+                        ) {
+                            Ok(proof) => proof,
+                            Err(err) => {
+                                let err = grpc::token_error(&request, err);
+                                self.set_done();
+                                return Poll::Ready(Err(err));
+                            }
+                        };
                         let fut = service.call(request);
                         *self.as_mut().project().replay = replay.map(|r| (service, r));
                         State::Send {
                             fut,
                             layer,
                             generation: entry.generation,
+                            proof,
                         }
                     }
                 }
@@ -327,12 +355,13 @@ where
                         request,
                         mut service,
                         generation,
+                        proof,
                         ..
                     } = *pending;
                     layer.cache.counters.retried();
                     State::Forward {
                         fut: service.call(request),
-                        sent: Some((layer, generation)),
+                        sent: Some((layer, generation, proof)),
                     }
                 }
                 StateProj::Forward { fut, sent } => {
@@ -341,7 +370,8 @@ where
                     self.set_done();
                     return Poll::Ready(match result {
                         Ok(mut response) => {
-                            if let Some((layer, generation)) = &sent {
+                            if let Some((layer, generation, proof)) = &sent {
+                                layer.remember_nonce(*proof, response.headers());
                                 response.watch_trailers(|| TrailerWatch::new(layer, *generation));
                             }
                             Ok(response)
@@ -368,12 +398,16 @@ where
 /// the token if it is still current, unless fresh tokens keep being rejected) and, when the
 /// request can be sent again with another token, go on to the wait before the resend
 /// (`Err(next state)`); otherwise the response goes to the caller (`Ok`).
+///
+/// A 401 that asks for a DPoP nonce (and brings a new one) does not reject the token: the
+/// request is sent again, once, with the same token and a proof with the nonce.
 #[cold]
 #[inline(never)]
 fn rejected<S, R>(
     response: S::Response,
     layer: LayerHandle,
     generation: u64,
+    proof: Proof,
     replay: Option<Replay<S, R>>,
 ) -> Result<S::Response, State<S::Future, S, R>>
 where
@@ -382,13 +416,13 @@ where
     R: AuthRequest,
 {
     let cache = &layer.cache;
-    if !challenge::rejects_token(&response, &cache.settings().scheme) {
-        return Ok(response);
-    }
-    if cache.reject(generation) == Rejection::Kept {
-        // The same token would be rejected again.
-        cache.counters.not_resent();
-        return Ok(response);
+    match layer.judge(&response, generation, proof) {
+        Verdict::Answer => return Ok(response),
+        Verdict::Futile => {
+            cache.counters.not_resent();
+            return Ok(response);
+        }
+        Verdict::Resend => {}
     }
     let resend = replay.and_then(|(service, replay)| Some((service, R::replay(replay)?)));
     let Some((service, request)) = resend else {
@@ -405,6 +439,7 @@ where
             replay_limit: None,
             resend: true,
             generation: 0,
+            proof: None,
         })),
     })
 }

@@ -28,6 +28,117 @@ pub(crate) struct LayerState {
     pub(crate) header_name: HeaderName,
     pub(crate) retry: bool,
     pub(crate) replay_limit: usize,
+    /// Proofs for requests that carry DPoP-bound tokens, if the source has a DPoP key.
+    #[cfg(feature = "jose")]
+    pub(crate) dpop: Option<crate::middleware::dpop::RequestDpop>,
+}
+
+/// What a request was sent with, beyond its token's generation: for a DPoP-bound token, the
+/// key of its origin's nonce.
+pub(crate) type Proof = Option<u64>;
+
+impl LayerState {
+    /// Puts `header` (the token of `generation`) on `request`, and for a DPoP-bound token a
+    /// fresh proof.
+    ///
+    /// # Errors
+    ///
+    /// The proof could not be made: no destination to bind it to, or signing failed.
+    #[inline]
+    pub(crate) fn attach<R: crate::message::AuthRequest>(
+        &self,
+        request: &mut R,
+        header: http::HeaderValue,
+        generation: u64,
+    ) -> Result<Proof, Error> {
+        #[cfg(feature = "jose")]
+        if let Some(dpop) = &self.dpop {
+            if header
+                .as_bytes()
+                .starts_with(crate::middleware::dpop::SCHEME.as_bytes())
+            {
+                let (proof, origin) = dpop.proof(request, &header, generation)?;
+                let headers = request.headers_mut();
+                headers.insert(self.header_name.clone(), header);
+                headers.insert(crate::middleware::dpop::DPOP.clone(), proof);
+                return Ok(Some(origin));
+            }
+        }
+        let _ = generation;
+        request
+            .headers_mut()
+            .insert(self.header_name.clone(), header);
+        Ok(None)
+    }
+
+    /// Keeps the `DPoP-Nonce` of a response to a request sent with `proof`; `true` if the
+    /// nonce is new.
+    #[inline]
+    pub(crate) fn remember_nonce(&self, proof: Proof, headers: &http::HeaderMap) -> bool {
+        #[cfg(feature = "jose")]
+        if let (Some(dpop), Some(origin)) = (&self.dpop, proof) {
+            return dpop.remember_nonce(origin, headers);
+        }
+        let _ = (proof, headers);
+        false
+    }
+
+    /// The scheme a request sent with `proof` carried its token with.
+    fn scheme_of(&self, proof: Proof) -> &str {
+        #[cfg(feature = "jose")]
+        if proof.is_some() {
+            return crate::middleware::dpop::SCHEME;
+        }
+        let _ = proof;
+        &self.cache.settings().scheme
+    }
+
+    /// What to do with a response that may reject the token of `generation` it carried
+    /// ([`may_reject`](crate::challenge::may_reject) said so). Tells the cache of a rejection
+    /// (it forgets the token if it is still current), and keeps a DPoP nonce.
+    #[cold]
+    pub(crate) fn judge(
+        &self,
+        response: &impl crate::message::AuthResponse,
+        generation: u64,
+        proof: Proof,
+    ) -> Verdict {
+        let new_nonce = self.remember_nonce(proof, response.headers());
+        #[cfg(feature = "jose")]
+        if proof.is_some()
+            && response.status() == http::StatusCode::UNAUTHORIZED
+            && crate::middleware::dpop::asks_for_nonce(response.headers())
+        {
+            // Not a rejection of the token: the same token goes again with the nonce, unless
+            // the server named no new one (the same proof would be refused again).
+            return if new_nonce {
+                Verdict::Resend
+            } else {
+                Verdict::Futile
+            };
+        }
+        let _ = new_nonce;
+        if !crate::challenge::rejects_token(response, self.scheme_of(proof)) {
+            return Verdict::Answer;
+        }
+        if self.cache.reject(generation) == crate::cache::Rejection::Kept {
+            // The same token would be rejected again.
+            return Verdict::Futile;
+        }
+        Verdict::Resend
+    }
+}
+
+/// What [`LayerState::judge`] decided about a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// It goes to the caller: it did not reject the token.
+    Answer,
+    /// Send the request again, if its body allows, with the current token (a new one after a
+    /// rejection, the same one after a nonce challenge).
+    Resend,
+    /// It goes to the caller: sending again would meet the same answer.
+    Futile,
 }
 
 /// Layer that applies [`AuthService`]: every request gets `Authorization: Bearer <token>`.
@@ -68,7 +179,7 @@ impl AuthLayer {
     /// A layer with default settings around `source`.
     pub fn new(source: impl TokenSource) -> Self {
         // The defaults pass every check of `build`.
-        AuthLayer::builder(source).assemble(OriginPolicy::default())
+        AuthLayer::builder(source).assemble(OriginPolicy::default(), None)
     }
 
     /// Starts configuring a layer around `source`.
@@ -448,7 +559,7 @@ impl AuthLayerBuilder {
             .as_deref()
             .map(Origin::parse)
             .transpose()?;
-        let policy = OriginPolicy::new(origins, self.allow_http, channel)?;
+        let policy = OriginPolicy::new(origins, self.allow_http, channel.clone())?;
         #[cfg(feature = "redis")]
         let mut this = self;
         #[cfg(not(feature = "redis"))]
@@ -458,10 +569,25 @@ impl AuthLayerBuilder {
             let fleet = cache.into_fleet(this.source.identity().as_deref())?;
             this.settings.fleet = Some(Arc::new(fleet));
         }
-        Ok(this.assemble(policy))
+        #[cfg(feature = "jose")]
+        if this.header_name != http::header::AUTHORIZATION && this.source.dpop_key().is_some() {
+            return Err(Error::config(
+                "a DPoP-bound token goes in the Authorization header; do not set header_name \
+                 with a source that has a DPoP key",
+            ));
+        }
+        Ok(this.assemble(policy, channel.as_ref()))
     }
 
-    fn assemble(self, policy: OriginPolicy) -> AuthLayer {
+    /// The layer: the checks of `build` passed (or, from `AuthLayer::new`, the defaults did).
+    /// `channel` is where requests addressed by path alone go.
+    #[cfg_attr(not(feature = "jose"), allow(unused_mut, unused_variables))]
+    fn assemble(mut self, policy: OriginPolicy, channel: Option<&Origin>) -> AuthLayer {
+        #[cfg(feature = "jose")]
+        let dpop = self.source.dpop_key().map(|key| {
+            self.settings.dpop = true;
+            crate::middleware::dpop::RequestDpop::new(key, channel.map(Origin::serialize))
+        });
         AuthLayer {
             state: Arc::new(LayerState {
                 cache: TokenCache::new(self.source, self.settings),
@@ -469,6 +595,8 @@ impl AuthLayerBuilder {
                 header_name: self.header_name,
                 retry: self.retry,
                 replay_limit: self.replay_limit,
+                #[cfg(feature = "jose")]
+                dpop,
             }),
         }
     }

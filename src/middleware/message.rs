@@ -41,6 +41,12 @@ pub trait AuthRequest: Sized {
     /// channel or a hyper connection sees them) return `None`.
     fn target(&self) -> Option<Target<'_>>;
 
+    /// The request method (a DPoP proof's `htm`).
+    fn method(&self) -> &http::Method;
+
+    /// The URL's path, without query (a DPoP proof's `htu` ends with it).
+    fn path(&self) -> &str;
+
     /// The URL scheme alone, if the URL is absolute: a cheaper look than [`target`](Self::target)
     /// for the common case where only the scheme matters.
     fn scheme(&self) -> Option<&str> {
@@ -116,6 +122,16 @@ impl<B: 'static> AuthRequest for Request<B> {
     }
 
     #[inline]
+    fn method(&self) -> &http::Method {
+        Request::method(self)
+    }
+
+    #[inline]
+    fn path(&self) -> &str {
+        self.uri().path()
+    }
+
+    #[inline]
     fn scheme(&self) -> Option<&str> {
         self.uri().scheme_str()
     }
@@ -174,6 +190,14 @@ impl AuthRequest for reqwest::Request {
                 .trim_end_matches(']'),
             port: url.port_or_known_default(),
         })
+    }
+
+    fn method(&self) -> &http::Method {
+        reqwest::Request::method(self)
+    }
+
+    fn path(&self) -> &str {
+        self.url().path()
     }
 
     fn prepare_replay(&mut self, _limit: usize) -> Option<Self::Replay> {

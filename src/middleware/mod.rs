@@ -5,6 +5,8 @@
 //! The modules are public at the crate root.
 
 pub(crate) mod challenge;
+#[cfg(feature = "jose")]
+pub(crate) mod dpop;
 pub mod future;
 pub(crate) mod handle;
 pub mod layer;

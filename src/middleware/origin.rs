@@ -76,6 +76,25 @@ impl Origin {
         })
     }
 
+    /// `scheme://host[:port]`, the port left out when it is the scheme's default.
+    #[cfg_attr(not(feature = "jose"), allow(dead_code))]
+    pub(crate) fn serialize(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let default = match self.scheme.as_str() {
+            "https" => Some(443),
+            "http" => Some(80),
+            _ => None,
+        };
+        match self.port.filter(|p| Some(*p) != default) {
+            Some(port) => format!("{}://{host}:{port}", self.scheme),
+            None => format!("{}://{host}", self.scheme),
+        }
+    }
+
     fn target(&self) -> Target<'_> {
         Target {
             scheme: &self.scheme,

@@ -208,19 +208,24 @@ where
         let Some((header, generation, layer)) = self.token() else {
             return self.acquiring(request);
         };
-        let header_name = layer.header_name.clone();
         if layer.retry {
             if let Some(replay) = request.prepare_replay(layer.replay_limit) {
-                request.headers_mut().insert(header_name, header);
+                let proof = match layer.attach(&mut request, header, generation) {
+                    Ok(proof) => proof,
+                    Err(err) => return ResponseFuture::refused(grpc::token_error(&request, err)),
+                };
                 // Keep the readied service for a possible resend; leave a clone behind.
                 let clone = self.inner.clone();
                 let mut inner = mem::replace(&mut self.inner, clone);
                 let fut = inner.call(request);
-                return ResponseFuture::sent(fut, layer, generation, Some((inner, replay)));
+                return ResponseFuture::sent(fut, layer, generation, proof, Some((inner, replay)));
             }
         }
-        request.headers_mut().insert(header_name, header);
-        ResponseFuture::sent(self.inner.call(request), layer, generation, None)
+        let proof = match layer.attach(&mut request, header, generation) {
+            Ok(proof) => proof,
+            Err(err) => return ResponseFuture::refused(grpc::token_error(&request, err)),
+        };
+        ResponseFuture::sent(self.inner.call(request), layer, generation, proof, None)
     }
 }
 

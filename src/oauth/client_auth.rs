@@ -10,6 +10,7 @@ use std::borrow::Cow;
 /// | `Post` | `client_id` and `client_secret` in the form body | `client_secret_post` |
 /// | `Query` | `client_id`, `client_secret` and the grant's plain parameters (`grant_type`, `scope`, ...) in the URL query; the grant's secrets (refresh token, code, code verifier) in the form body | (none) |
 /// | `None` | only `client_id` in the form body: a public client | `none` |
+/// | `PrivateKeyJwt` | `client_id` and a fresh client assertion signed with the client's key (RFC 7523), set with the builders' `.private_key_jwt(key)` (feature `jose`) | `private_key_jwt` |
 ///
 /// `Query` exists for endpoints documented that way (Casebook lists its parameters as query
 /// parameters). It puts the secret in the URL, where proxies and access logs may record it, and
@@ -28,21 +29,26 @@ pub enum ClientAuth {
     Query,
     /// A public client: `client_id` in the body and no secret (use PKCE with it).
     None,
+    /// A client assertion (`client_assertion_type` `jwt-bearer`, RFC 7523 §2.2) signed with the
+    /// key given to the builder's `.private_key_jwt(key)`, with `client_id`; no secret.
+    PrivateKeyJwt,
 }
 
 impl std::str::FromStr for ClientAuth {
     type Err = crate::Error;
 
     /// `basic`, `post`, `query`, `none`, or the RFC 8414 names `client_secret_basic`,
-    /// `client_secret_post` (any case).
+    /// `client_secret_post`, `private_key_jwt` (any case).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "basic" | "client_secret_basic" => Ok(ClientAuth::Basic),
             "post" | "client_secret_post" => Ok(ClientAuth::Post),
             "query" => Ok(ClientAuth::Query),
             "none" => Ok(ClientAuth::None),
+            "private_key_jwt" => Ok(ClientAuth::PrivateKeyJwt),
             _ => Err(crate::Error::config(format!(
-                "unknown client authentication {s:?}: expected basic, post, query or none"
+                "unknown client authentication {s:?}: expected basic, post, query, none or \
+                 private_key_jwt"
             ))),
         }
     }
@@ -83,7 +89,11 @@ mod tests {
         );
         assert_eq!("query".parse::<ClientAuth>().unwrap(), ClientAuth::Query);
         assert_eq!("none".parse::<ClientAuth>().unwrap(), ClientAuth::None);
-        assert!("private_key_jwt".parse::<ClientAuth>().is_err());
+        assert_eq!(
+            "private_key_jwt".parse::<ClientAuth>().unwrap(),
+            ClientAuth::PrivateKeyJwt
+        );
+        assert!("client_secret_jwt".parse::<ClientAuth>().is_err());
     }
 
     #[test]

@@ -23,7 +23,11 @@ use crate::{Error, error::TransportError};
 /// The grant builders take it with `from_metadata`: the token and revocation endpoints, and the
 /// client authentication method from `token_endpoint_auth_methods_supported` unless the builder
 /// sets one (`client_secret_basic` first, as RFC 8414 makes it the default, then
-/// `client_secret_post`). Nothing ever probes a token endpoint with two methods.
+/// `client_secret_post`). Nothing ever probes a token endpoint with two methods. With a key
+/// (`.private_key_jwt(key)`, feature `jose`) the client authenticates with `private_key_jwt`:
+/// the server must list it (when it lists methods) and the key's algorithm among
+/// `token_endpoint_auth_signing_alg_values_supported`, and the assertions' `aud` is the issuer.
+/// A DPoP key's algorithm must be among `dpop_signing_alg_values_supported`, when listed.
 ///
 /// ```no_run
 /// use tower_bearer::{AuthLayer, ClientCredentials, ProviderMetadata};
@@ -52,6 +56,10 @@ pub struct ProviderMetadata {
     grant_types_supported: Option<Vec<String>>,
     #[serde(default)]
     scopes_supported: Option<Vec<String>>,
+    #[serde(default)]
+    token_endpoint_auth_signing_alg_values_supported: Option<Vec<String>>,
+    #[serde(default)]
+    dpop_signing_alg_values_supported: Option<Vec<String>>,
     #[serde(skip)]
     allow_http: bool,
 }
@@ -149,6 +157,19 @@ impl ProviderMetadata {
         self.scopes_supported.as_deref()
     }
 
+    /// The algorithms the token endpoint accepts for client assertions
+    /// (`token_endpoint_auth_signing_alg_values_supported`), if published.
+    pub fn token_endpoint_auth_signing_alg_values_supported(&self) -> Option<&[String]> {
+        self.token_endpoint_auth_signing_alg_values_supported
+            .as_deref()
+    }
+
+    /// The algorithms the server accepts for DPoP proofs (`dpop_signing_alg_values_supported`,
+    /// RFC 9449 §5.1), if published.
+    pub fn dpop_signing_alg_values_supported(&self) -> Option<&[String]> {
+        self.dpop_signing_alg_values_supported.as_deref()
+    }
+
     /// The client authentication to use: `client_secret_basic` if supported (or if the server
     /// lists nothing, the RFC 8414 default), else `client_secret_post`. `None` if the server
     /// supports neither.
@@ -171,6 +192,14 @@ impl ProviderMetadata {
         config.discovered_auth = self.client_auth();
         config.revocation_url = self.revocation_endpoint.clone();
         config.allow_http = self.allow_http;
+        config.discovered = Some(super::Discovered {
+            issuer: self.issuer.clone(),
+            auth_methods: self.token_endpoint_auth_methods_supported.clone(),
+            assertion_algorithms: self
+                .token_endpoint_auth_signing_alg_values_supported
+                .clone(),
+            dpop_algorithms: self.dpop_signing_alg_values_supported.clone(),
+        });
         config
     }
 }

@@ -15,6 +15,8 @@ use crate::{ClientSecret, Error, Token, error::TransportError};
 
 mod client_auth;
 mod discovery;
+#[cfg(feature = "jose")]
+pub(crate) mod key_binding;
 mod pkce;
 pub(crate) mod response;
 
@@ -71,6 +73,28 @@ pub(crate) struct EndpointConfig {
     pub(crate) allow_http: bool,
     pub(crate) revocation_url: Option<String>,
     pub(crate) request_timeout: Duration,
+    /// What discovery found that the keys must fit, if the builder came from metadata.
+    pub(crate) discovered: Option<Discovered>,
+    /// The client's key for `private_key_jwt`.
+    #[cfg(feature = "jose")]
+    pub(crate) client_key: Option<crate::jose::SigningKey>,
+    /// The `aud` of client assertions, if set; else the issuer discovery found, else the token
+    /// endpoint.
+    #[cfg(feature = "jose")]
+    pub(crate) assertion_audience: Option<String>,
+    /// The DPoP key.
+    #[cfg(feature = "jose")]
+    pub(crate) dpop_key: Option<crate::jose::SigningKey>,
+}
+
+/// What authorization server metadata says about key-based requests.
+#[cfg_attr(not(feature = "jose"), allow(dead_code))]
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Discovered {
+    pub(crate) issuer: String,
+    pub(crate) auth_methods: Option<Vec<String>>,
+    pub(crate) assertion_algorithms: Option<Vec<String>>,
+    pub(crate) dpop_algorithms: Option<Vec<String>>,
 }
 
 /// What [`EndpointConfig::build`] checked and made.
@@ -94,6 +118,13 @@ impl EndpointConfig {
             allow_http: false,
             revocation_url: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            discovered: None,
+            #[cfg(feature = "jose")]
+            client_key: None,
+            #[cfg(feature = "jose")]
+            assertion_audience: None,
+            #[cfg(feature = "jose")]
+            dpop_key: None,
         }
     }
 
@@ -104,11 +135,23 @@ impl EndpointConfig {
         let auth = self.auth.or(self.discovered_auth).unwrap_or_default();
         let client_id = self
             .client_id
+            .clone()
             .filter(|id| !id.is_empty())
             .ok_or_else(|| Error::config(format!("{grant} needs a client id")))?;
-        if auth != ClientAuth::None && self.client_secret.is_none() {
+        if !matches!(auth, ClientAuth::None | ClientAuth::PrivateKeyJwt)
+            && self.client_secret.is_none()
+        {
             return Err(Error::config(format!(
-                "{grant} needs a client secret (or `.auth(ClientAuth::None)` for a public client)"
+                "{grant} needs a client secret (or `.private_key_jwt(key)`, or \
+                 `.auth(ClientAuth::None)` for a public client)"
+            )));
+        }
+        #[cfg(feature = "jose")]
+        let keys = self.key_binding(grant, auth, &url)?;
+        #[cfg(not(feature = "jose"))]
+        if auth == ClientAuth::PrivateKeyJwt {
+            return Err(Error::config(format!(
+                "{grant}: private_key_jwt needs the `jose` feature"
             )));
         }
         if let Some((name, _)) = self.params.iter().find(|(k, _)| {
@@ -138,10 +181,87 @@ impl EndpointConfig {
                 auth,
                 http,
                 timeout: self.request_timeout,
+                #[cfg(feature = "jose")]
+                keys,
             },
             scope: self.scope,
             params: self.params,
         })
+    }
+
+    /// The client assertion and DPoP settings, checked against each other and against what
+    /// discovery found.
+    #[cfg(feature = "jose")]
+    fn key_binding(
+        &self,
+        grant: &str,
+        auth: ClientAuth,
+        url: &Url,
+    ) -> Result<key_binding::KeyBinding, Error> {
+        let discovered = self.discovered.as_ref();
+        let offers =
+            |list: Option<&Vec<String>>, what: &str, key: &crate::jose::SigningKey| match list {
+                Some(algorithms) if !algorithms.iter().any(|a| a == key.algorithm().name()) => {
+                    Err(Error::config(format!(
+                        "{grant}: the server accepts {what} signed with {}, not {}",
+                        algorithms.join(", "),
+                        key.algorithm()
+                    )))
+                }
+                _ => Ok(()),
+            };
+        let assertion = match (auth, &self.client_key) {
+            (ClientAuth::PrivateKeyJwt, Some(key)) => {
+                if let Some(methods) = discovered.and_then(|d| d.auth_methods.as_ref()) {
+                    if !methods.iter().any(|m| m == "private_key_jwt") {
+                        return Err(Error::config(format!(
+                            "{grant}: the server does not list private_key_jwt among its \
+                             client authentication methods ({})",
+                            methods.join(", ")
+                        )));
+                    }
+                }
+                offers(
+                    discovered.and_then(|d| d.assertion_algorithms.as_ref()),
+                    "client assertions",
+                    key,
+                )?;
+                // Current guidance (RFC 7523bis) is the issuer's identifier; without one, the
+                // token endpoint, which every server accepts.
+                let audience = self
+                    .assertion_audience
+                    .clone()
+                    .or_else(|| discovered.map(|d| d.issuer.clone()))
+                    .unwrap_or_else(|| url.as_str().to_owned());
+                Some((key.clone(), audience))
+            }
+            (ClientAuth::PrivateKeyJwt, None) => {
+                return Err(Error::config(format!(
+                    "{grant}: private_key_jwt needs the client's key: `.private_key_jwt(key)`"
+                )));
+            }
+            (_, Some(_)) => {
+                return Err(Error::config(format!(
+                    "{grant}: a key for private_key_jwt is set, but the client authentication \
+                     is {auth:?}"
+                )));
+            }
+            (_, None) => None,
+        };
+        let dpop = match &self.dpop_key {
+            Some(key) => {
+                offers(
+                    discovered.and_then(|d| d.dpop_algorithms.as_ref()),
+                    "DPoP proofs",
+                    key,
+                )?;
+                Some(std::sync::Arc::new(key_binding::EndpointDpop::new(
+                    key.clone(),
+                )))
+            }
+            None => None,
+        };
+        Ok(key_binding::KeyBinding { assertion, dpop })
     }
 }
 
@@ -160,7 +280,7 @@ impl fmt::Debug for EndpointConfig {
             .field("allow_http", &self.allow_http)
             .field("revocation_url", &self.revocation_url)
             .field("request_timeout", &self.request_timeout)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -238,6 +358,37 @@ macro_rules! client_builder_methods {
             self
         }
 
+        /// Authenticates the client with a client assertion signed with `key`
+        /// (`private_key_jwt`, RFC 7523) instead of a secret: each token request carries a
+        /// fresh one (`iss` and `sub` the client id, a unique `jti`, valid 60 s, the key's
+        /// `kid` in its header). Its `aud` is the issuer that discovery found, else the token
+        /// endpoint; see [`assertion_audience`](Self::assertion_audience). Feature `jose`.
+        #[cfg(feature = "jose")]
+        pub fn private_key_jwt(mut self, key: crate::jose::SigningKey) -> Self {
+            self.config.client_key = Some(key);
+            self.config.auth = Some(crate::ClientAuth::PrivateKeyJwt);
+            self
+        }
+
+        /// The `aud` of client assertions, for a server that wants another than the issuer
+        /// or the token endpoint URL. Feature `jose`.
+        #[cfg(feature = "jose")]
+        pub fn assertion_audience(mut self, audience: impl Into<String>) -> Self {
+            self.config.assertion_audience = Some(audience.into());
+            self
+        }
+
+        /// Binds tokens to `key` with DPoP (RFC 9449): every token request carries a DPoP
+        /// proof signed with it, so the server issues DPoP-bound tokens (`token_type` `DPoP`),
+        /// which the layer sends as `Authorization: DPoP <token>` with a fresh `DPoP` proof on
+        /// each request. A server's `use_dpop_nonce` answer is retried at once with its nonce.
+        /// Feature `jose`.
+        #[cfg(feature = "jose")]
+        pub fn dpop(mut self, key: crate::jose::SigningKey) -> Self {
+            self.config.dpop_key = Some(key);
+            self
+        }
+
         /// The longest one request to the token or revocation endpoint may take, connecting
         /// and reading the answer included (30 s unless set; zero is refused). It applies to
         /// a client given with [`http_client`](Self::http_client) too. The layer's
@@ -262,18 +413,30 @@ pub(crate) struct TokenEndpoint {
     http: reqwest::Client,
     /// Of each request.
     timeout: Duration,
+    #[cfg(feature = "jose")]
+    keys: key_binding::KeyBinding,
 }
 
 impl TokenEndpoint {
     /// What tells this endpoint's tokens apart from another's: its URL, the client id and how
     /// the client authenticates (not the secret).
     pub(crate) fn identity(&self) -> String {
-        format!(
+        #[allow(unused_mut)]
+        let mut identity = format!(
             "token_endpoint={:?} client_id={:?} auth={:?}",
             self.url.as_str(),
             self.client_id,
             self.auth
-        )
+        );
+        #[cfg(feature = "jose")]
+        identity.push_str(&self.keys.identity());
+        identity
+    }
+
+    /// The DPoP key tokens from this endpoint are bound to, if any.
+    #[cfg(feature = "jose")]
+    pub(crate) fn dpop_key(&self) -> Option<&crate::jose::SigningKey> {
+        self.keys.dpop.as_ref().map(|dpop| dpop.prover.key())
     }
 
     /// The default HTTP client: no redirects (a redirect could carry credentials elsewhere),
@@ -293,7 +456,8 @@ impl TokenEndpoint {
 
     /// Sends a token request with the grant's `params` and parses the answer.
     pub(crate) async fn request(&self, params: &[(&str, &str)]) -> Result<Token, Error> {
-        let (status, content_type, body, retry_after) = self.post(&self.url, params).await?;
+        let (status, content_type, body, retry_after, _) =
+            self.post_once_more_for_nonce(&self.url, params).await?;
         response::parse(
             status,
             content_type.as_deref(),
@@ -315,7 +479,8 @@ impl TokenEndpoint {
             return Err(Error::config("no revocation endpoint is configured"));
         };
         let params = [("token", token), ("token_type_hint", hint)];
-        let (status, content_type, body, retry_after) = self.post(url, &params).await?;
+        let (status, content_type, body, retry_after, _) =
+            self.post_once_more_for_nonce(url, &params).await?;
         if status.is_success() {
             return Ok(());
         }
@@ -335,9 +500,25 @@ impl TokenEndpoint {
         }
     }
 
+    /// [`post`](Self::post), and once more at once if a DPoP server asked for its nonce
+    /// (RFC 9449 §8): that first answer is not a failure.
+    async fn post_once_more_for_nonce(
+        &self,
+        url: &Url,
+        params: &[(&str, &str)],
+    ) -> Result<Posted, Error> {
+        let posted = self.post(url, params).await?;
+        #[cfg(feature = "jose")]
+        if self.keys.is_nonce_challenge(posted.0, &posted.2, posted.4) {
+            tracing::debug!(target: "tower_bearer", "token endpoint asked for a DPoP nonce; sending again with it");
+            return self.post(url, params).await;
+        }
+        Ok(posted)
+    }
+
     /// Posts a form with the client authentication and reads the answer (capped).
     async fn post(&self, url: &Url, params: &[(&str, &str)]) -> Result<Posted, Error> {
-        let request = self.build_request(url, params).timeout(self.timeout);
+        let request = self.build_request(url, params)?.timeout(self.timeout);
         let response = request
             .send()
             .await
@@ -351,6 +532,10 @@ impl TokenEndpoint {
             ));
         }
         let status = response.status();
+        #[cfg(feature = "jose")]
+        let new_nonce = self.keys.remember_nonce(response.headers());
+        #[cfg(not(feature = "jose"))]
+        let new_nonce = false;
         let content_type = response
             .headers()
             .get(CONTENT_TYPE)
@@ -365,7 +550,7 @@ impl TokenEndpoint {
             _ => None,
         };
         let body = read_capped(response, MAX_RESPONSE_BYTES).await?;
-        Ok((status, content_type, body, retry_after))
+        Ok((status, content_type, body, retry_after, new_nonce))
     }
 
     /// Values in `params` and the client secret: cut out of any error excerpt.
@@ -384,7 +569,11 @@ impl TokenEndpoint {
     /// With [`ClientAuth::Query`] the client credentials and the grant's plain parameters
     /// (`grant_type`, `scope`, ...) go in the query, and its secrets (`SECRET_PARAMS`) in
     /// the body.
-    fn build_request(&self, url: &Url, params: &[(&str, &str)]) -> reqwest::RequestBuilder {
+    fn build_request(
+        &self,
+        url: &Url,
+        params: &[(&str, &str)],
+    ) -> Result<reqwest::RequestBuilder, Error> {
         // Room for the usual request, so the secret is not left behind in reallocated buffers.
         let mut form = form_urlencoded::Serializer::new(String::with_capacity(1024));
         let mut url = url.clone();
@@ -404,6 +593,14 @@ impl TokenEndpoint {
                 form.extend_pairs(params.iter().copied());
                 form.append_pair("client_id", &self.client_id);
             }
+            ClientAuth::PrivateKeyJwt => {
+                form.extend_pairs(params.iter().copied());
+                form.append_pair("client_id", &self.client_id);
+                #[cfg(feature = "jose")]
+                if let Some(assertion) = self.keys.assertion_params(&self.client_id)? {
+                    form.extend_pairs(assertion.iter().map(|(k, v)| (*k, v.as_str())));
+                }
+            }
             ClientAuth::Query => {
                 // Grant secrets go in the body: a URL ends up in proxy and access logs.
                 let mut query = url.query_pairs_mut();
@@ -421,25 +618,31 @@ impl TokenEndpoint {
             }
         }
         let body = Zeroizing::new(form.finish());
-        let request = self
+        #[allow(unused_mut)]
+        let mut request = self
             .http
-            .post(url)
+            .post(url.clone())
             .header(ACCEPT, "application/json")
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(Bytes::from_owner(ZeroizingString(body)));
+        #[cfg(feature = "jose")]
+        if let Some(proof) = self.keys.proof(&url)? {
+            request = request.header(key_binding::DPOP, proof);
+        }
         if self.auth == ClientAuth::Basic {
             let (user, pass) =
                 client_auth::basic_credentials(&self.client_id, secret.unwrap_or(""));
-            request.basic_auth(&*user, Some(&*pass))
+            Ok(request.basic_auth(&*user, Some(&*pass)))
         } else {
-            request
+            Ok(request)
         }
     }
 }
 
 impl fmt::Debug for TokenEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenEndpoint")
+        let mut debug = f.debug_struct("TokenEndpoint");
+        debug
             .field("url", &self.url.as_str())
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret)
@@ -448,17 +651,21 @@ impl fmt::Debug for TokenEndpoint {
             .field(
                 "revocation_url",
                 &self.revocation_url.as_ref().map(Url::as_str),
-            )
-            .finish()
+            );
+        #[cfg(feature = "jose")]
+        debug.field("keys", &self.keys);
+        debug.finish()
     }
 }
 
-/// Status, content type, body and `Retry-After` of a token-endpoint response.
+/// Status, content type, body and `Retry-After` of a token-endpoint response, and whether it
+/// brought a new DPoP nonce.
 type Posted = (
     http::StatusCode,
     Option<String>,
     Zeroizing<Vec<u8>>,
     Option<std::time::Duration>,
+    bool,
 );
 
 /// `Retry-After` as delay-seconds or an HTTP date (RFC 9110 §10.2.3).

@@ -68,7 +68,8 @@ impl AuthorizationCode {
     }
 
     /// The URL to send the user to: `response_type=code` with the client id, redirect URI,
-    /// scope, `state`, and the PKCE challenge if given.
+    /// scope, `state`, the PKCE challenge if given, and with a DPoP key
+    /// ([`dpop`](AuthorizationCodeBuilder::dpop)) its thumbprint as `dpop_jkt`.
     ///
     /// # Errors
     ///
@@ -96,6 +97,11 @@ impl AuthorizationCode {
                 query
                     .append_pair("code_challenge", pkce.challenge())
                     .append_pair("code_challenge_method", pkce.method());
+            }
+            // Binds the code to the DPoP key (RFC 9449 §10).
+            #[cfg(feature = "jose")]
+            if let Some(key) = self.built.endpoint.dpop_key() {
+                query.append_pair("dpop_jkt", key.thumbprint());
             }
         }
         Ok(url)

@@ -63,6 +63,11 @@ impl TokenSource for ClientCredentials {
         self.endpoint.request(&params).await
     }
 
+    #[cfg(feature = "jose")]
+    fn dpop_key(&self) -> Option<crate::jose::SigningKey> {
+        self.endpoint.dpop_key().cloned()
+    }
+
     fn identity(&self) -> Option<String> {
         let mut identity = self.endpoint.identity();
         identity.push_str(" grant_type=client_credentials");

@@ -93,6 +93,15 @@ pub trait TokenSource: Send + Sync + 'static {
     fn identity(&self) -> Option<String> {
         None
     }
+
+    /// The key this source's tokens are bound to with DPoP (RFC 9449; feature `jose`), if any.
+    /// For a token whose `token_type` is `DPoP`, the layer sends `Authorization: DPoP <token>`
+    /// and a fresh `DPoP` proof signed with this key on every request. The default is `None`;
+    /// the grants return the key given to their builder's `.dpop(key)`.
+    #[cfg(feature = "jose")]
+    fn dpop_key(&self) -> Option<crate::jose::SigningKey> {
+        None
+    }
 }
 
 impl<T: TokenSource> TokenSource for Arc<T> {
@@ -111,6 +120,11 @@ impl<T: TokenSource> TokenSource for Arc<T> {
     fn identity(&self) -> Option<String> {
         T::identity(self)
     }
+
+    #[cfg(feature = "jose")]
+    fn dpop_key(&self) -> Option<crate::jose::SigningKey> {
+        T::dpop_key(self)
+    }
 }
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -122,6 +136,8 @@ pub(crate) trait DynTokenSource: Send + Sync + 'static {
     fn retry_within_fetch(&self, error: &Error) -> bool;
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     fn identity(&self) -> Option<String>;
+    #[cfg(feature = "jose")]
+    fn dpop_key(&self) -> Option<crate::jose::SigningKey>;
     fn type_name(&self) -> &'static str;
 }
 
@@ -140,6 +156,11 @@ impl<T: TokenSource> DynTokenSource for T {
 
     fn identity(&self) -> Option<String> {
         TokenSource::identity(self)
+    }
+
+    #[cfg(feature = "jose")]
+    fn dpop_key(&self) -> Option<crate::jose::SigningKey> {
+        TokenSource::dpop_key(self)
     }
 
     fn type_name(&self) -> &'static str {

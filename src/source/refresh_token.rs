@@ -155,6 +155,11 @@ impl TokenSource for RefreshTokenGrant {
     fn retry_within_fetch(&self, error: &Error) -> bool {
         error.is_unprocessed()
     }
+
+    #[cfg(feature = "jose")]
+    fn dpop_key(&self) -> Option<crate::jose::SigningKey> {
+        self.inner.endpoint.dpop_key().cloned()
+    }
 }
 
 impl Inner {
