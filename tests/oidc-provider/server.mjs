@@ -88,6 +88,13 @@ const clients = [
     ...CODE_CLIENT,
   },
   {
+    // For the nonce tests alone, so that turning nonces on for it touches no other test.
+    client_id: 'dpop-nonce',
+    client_secret: 'dpop-nonce-value',
+    token_endpoint_auth_method: 'client_secret_basic',
+    ...CODE_CLIENT,
+  },
+  {
     client_id: 'code-pkjwt',
     token_endpoint_auth_method: 'private_key_jwt',
     jwks: { keys: [ES1] },

@@ -27,6 +27,8 @@ use http::{Request, Response};
 use tokio::sync::Semaphore;
 use tower_bearer::{Error, Token, TokenSource};
 
+#[cfg(feature = "jose")]
+pub mod dpop_api;
 pub mod processes;
 pub mod serve;
 pub mod store;
