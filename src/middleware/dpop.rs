@@ -247,3 +247,137 @@ impl fmt::Debug for RequestDpop {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http::Request;
+
+    use super::*;
+
+    fn dpop(channel: Option<&str>) -> RequestDpop {
+        RequestDpop::new(
+            SigningKey::generate_es256().unwrap(),
+            channel.map(str::to_owned),
+        )
+    }
+
+    fn uri_of(dpop: &RequestDpop, request: &impl AuthRequest) -> Option<(String, usize)> {
+        let mut out = Vec::new();
+        let origin_len = dpop.write_uri(&mut out, request).unwrap()?;
+        Some((String::from_utf8(out).unwrap(), origin_len))
+    }
+
+    #[test]
+    fn htu_is_the_uri_without_query_and_fragment_normalized() {
+        let layer = dpop(None);
+        let cases = [
+            (
+                "https://API.Example.com/v1/items?page=2",
+                "https://api.example.com/v1/items",
+            ),
+            ("https://api.example.com:443/x", "https://api.example.com/x"),
+            ("http://127.0.0.1:8080/x?y", "http://127.0.0.1:8080/x"),
+            ("http://[::1]:9/a/b", "http://[::1]:9/a/b"),
+            ("https://api.example.com", "https://api.example.com/"),
+        ];
+        for (uri, htu) in cases {
+            let request = Request::get(uri).body(()).unwrap();
+            let (written, origin_len) = uri_of(&layer, &request).unwrap();
+            assert_eq!(written, htu, "{uri}");
+            assert!(htu.starts_with(&written[..origin_len]));
+            assert!(written[origin_len..].starts_with('/'));
+        }
+        let reqwest = reqwest::Request::new(
+            http::Method::POST,
+            "https://api.example.com/orders?id=1#frag".parse().unwrap(),
+        );
+        assert_eq!(
+            uri_of(&layer, &reqwest).unwrap().0,
+            "https://api.example.com/orders"
+        );
+    }
+
+    #[test]
+    fn a_path_only_request_is_bound_to_the_channel_origin_or_refused() {
+        let request = Request::post("/pkg.Service/Method").body(()).unwrap();
+        assert_eq!(
+            uri_of(&dpop(Some("https://grpc.example.com:8443")), &request)
+                .unwrap()
+                .0,
+            "https://grpc.example.com:8443/pkg.Service/Method"
+        );
+        let header = HeaderValue::from_static("DPoP t");
+        assert!(matches!(
+            dpop(None).proof(&request, &header, 1),
+            Err(Error::UnknownDestination)
+        ));
+    }
+
+    #[test]
+    fn nonces_are_kept_per_origin_and_replaced_by_newer_ones() {
+        let layer = dpop(None);
+        let header = HeaderValue::from_static("DPoP the-token");
+        let a = Request::get("https://a.example/x").body(()).unwrap();
+        let b = Request::get("https://b.example/x").body(()).unwrap();
+        let (_, origin_a) = layer.proof(&a, &header, 1).unwrap();
+        let (_, origin_b) = layer.proof(&b, &header, 1).unwrap();
+        assert_ne!(origin_a, origin_b);
+        let mut headers = HeaderMap::new();
+        headers.insert("dpop-nonce", HeaderValue::from_static("n-1"));
+        assert!(layer.remember_nonce(origin_a, &headers));
+        assert!(!layer.remember_nonce(origin_a, &headers), "not new");
+        let nonce_of = |request: &Request<()>| {
+            let (proof, _) = layer.proof(request, &header, 1).unwrap();
+            let claims = proof
+                .to_str()
+                .unwrap()
+                .split('.')
+                .nth(1)
+                .unwrap()
+                .to_owned();
+            let claims: serde_json::Value = serde_json::from_slice(
+                &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims)
+                    .unwrap(),
+            )
+            .unwrap();
+            claims["nonce"].as_str().map(str::to_owned)
+        };
+        assert_eq!(nonce_of(&a).as_deref(), Some("n-1"));
+        assert_eq!(nonce_of(&b), None, "another origin's nonce is not sent");
+        headers.insert("dpop-nonce", HeaderValue::from_static("n-2"));
+        assert!(layer.remember_nonce(origin_a, &headers));
+        assert_eq!(nonce_of(&a).as_deref(), Some("n-2"));
+        assert!(!layer.remember_nonce(origin_a, &HeaderMap::new()));
+    }
+
+    #[test]
+    fn ath_is_computed_once_per_token() {
+        let layer = dpop(None);
+        let first = layer.token_hash(&HeaderValue::from_static("DPoP one"), 1);
+        assert_eq!(&*first.1, access_token_hash("one"));
+        let again = layer.token_hash(&HeaderValue::from_static("DPoP one"), 1);
+        assert!(Arc::ptr_eq(&first, &again), "cached");
+        let next = layer.token_hash(&HeaderValue::from_static("DPoP two"), 2);
+        assert_eq!(&*next.1, access_token_hash("two"));
+    }
+
+    #[test]
+    fn a_nonce_challenge_is_a_dpop_challenge_naming_use_dpop_nonce() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"DPoP error="use_dpop_nonce", algs="ES256""#),
+        );
+        assert!(asks_for_nonce(&headers));
+        headers.insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"DPoP error="invalid_dpop_proof""#),
+        );
+        assert!(!asks_for_nonce(&headers));
+        headers.insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Bearer error="use_dpop_nonce""#),
+        );
+        assert!(!asks_for_nonce(&headers));
+    }
+}

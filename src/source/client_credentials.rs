@@ -193,4 +193,114 @@ mod tests {
         let dbg = format!("{:?}", builder().param("audience", "v"));
         assert!(!dbg.contains("SECRET"), "{dbg}");
     }
+
+    #[cfg(feature = "jose")]
+    mod keys {
+        use super::*;
+        use crate::{ClientAuth, ProviderMetadata, jose::SigningKey};
+
+        fn key() -> SigningKey {
+            SigningKey::generate_es256().unwrap().with_key_id("k1")
+        }
+
+        #[test]
+        fn private_key_jwt_needs_no_secret_and_a_key_to_go_with_it() {
+            ClientCredentials::builder("https://idp/token")
+                .client_id("svc")
+                .private_key_jwt(key())
+                .build()
+                .unwrap();
+            let no_key = ClientCredentials::builder("https://idp/token")
+                .client_id("svc")
+                .auth(ClientAuth::PrivateKeyJwt)
+                .build()
+                .unwrap_err();
+            assert!(
+                no_key.to_string().contains(".private_key_jwt(key)"),
+                "{no_key}"
+            );
+            let other_auth = ClientCredentials::builder("https://idp/token")
+                .client_id("svc")
+                .private_key_jwt(key())
+                .client_secret("s")
+                .auth(ClientAuth::Basic)
+                .build()
+                .unwrap_err();
+            assert!(other_auth.to_string().contains("Basic"), "{other_auth}");
+        }
+
+        #[test]
+        fn debug_shows_key_thumbprints_not_keys_and_the_identity_names_the_dpop_key() {
+            let (assertion, dpop) = (key(), SigningKey::generate_ed25519().unwrap());
+            let source = ClientCredentials::builder("https://idp/token")
+                .client_id("svc")
+                .private_key_jwt(assertion.clone())
+                .dpop(dpop.clone())
+                .build()
+                .unwrap();
+            let debug = format!("{source:?}");
+            assert!(debug.contains(assertion.thumbprint()), "{debug}");
+            assert!(debug.contains(dpop.thumbprint()), "{debug}");
+            assert!(debug.contains(r#"assertion_audience: Some("https://idp/token")"#));
+            let identity = source.identity().unwrap();
+            assert!(identity.contains(&format!("dpop_jkt={}", dpop.thumbprint())));
+            let other = ClientCredentials::builder("https://idp/token")
+                .client_id("svc")
+                .private_key_jwt(assertion)
+                .dpop(SigningKey::generate_ed25519().unwrap())
+                .build()
+                .unwrap();
+            assert_ne!(other.identity(), source.identity(), "another DPoP key");
+        }
+
+        #[test]
+        fn discovery_refuses_a_method_or_algorithm_the_server_does_not_offer() {
+            let metadata = |methods: &[&str], algs: &[&str], dpop: &[&str]| -> ProviderMetadata {
+                serde_json::from_value(serde_json::json!({
+                    "issuer": "https://idp.example.com",
+                    "token_endpoint": "https://idp.example.com/token",
+                    "token_endpoint_auth_methods_supported": methods,
+                    "token_endpoint_auth_signing_alg_values_supported": algs,
+                    "dpop_signing_alg_values_supported": dpop,
+                }))
+                .unwrap()
+            };
+            let build = |metadata: &ProviderMetadata, dpop: Option<SigningKey>| {
+                let mut builder = ClientCredentials::from_metadata(metadata)
+                    .client_id("svc")
+                    .private_key_jwt(key());
+                if let Some(dpop) = dpop {
+                    builder = builder.dpop(dpop);
+                }
+                builder.build()
+            };
+            let ok = build(
+                &metadata(&["private_key_jwt"], &["ES256"], &["ES256"]),
+                None,
+            )
+            .unwrap();
+            assert!(
+                format!("{ok:?}")
+                    .contains(r#"assertion_audience: Some("https://idp.example.com")"#)
+            );
+            let err =
+                build(&metadata(&["client_secret_basic"], &["ES256"], &[]), None).unwrap_err();
+            assert!(
+                err.to_string().contains("does not list private_key_jwt"),
+                "{err}"
+            );
+            let err = build(
+                &metadata(&["private_key_jwt"], &["RS256", "PS256"], &[]),
+                None,
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("RS256, PS256, not ES256"), "{err}");
+            let err = build(
+                &metadata(&["private_key_jwt"], &["ES256"], &["ES256"]),
+                Some(SigningKey::generate_ed25519().unwrap()),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("DPoP proofs"), "{err}");
+        }
+    }
 }
