@@ -19,9 +19,19 @@ use crate::Error;
 /// Claims longer than this (a very long URL or nonce) are written on the heap instead.
 const CLAIMS_ON_STACK: usize = 1024;
 
-/// Signs DPoP proofs with one key.
+/// Signs DPoP proofs (RFC 9449 §4) with one key, for requests the layer does not send (a
+/// WebSocket upgrade, a client of your own). The layer and the token sources make their own.
+///
+/// ```
+/// use tower_bearer::jose::{DpopProver, SigningKey};
+///
+/// let prover = DpopProver::new(SigningKey::generate_es256()?);
+/// let proof = prover.proof("GET", "https://api.example.com/items", Some("the-token"), None)?;
+/// assert_eq!(proof.split('.').count(), 3);
+/// # Ok::<(), tower_bearer::Error>(())
+/// ```
 #[derive(Clone)]
-pub(crate) struct DpopProver {
+pub struct DpopProver {
     key: SigningKey,
     /// `base64url(header)` and the `.` after it.
     header: Box<str>,
@@ -41,7 +51,8 @@ pub(crate) struct ProofFor<'a> {
 }
 
 impl DpopProver {
-    pub(crate) fn new(key: SigningKey) -> DpopProver {
+    /// A prover signing with `key`; its public JWK goes in every proof's header.
+    pub fn new(key: SigningKey) -> DpopProver {
         let header = serde_json::json!({
             "typ": "dpop+jwt",
             "alg": key.algorithm().name(),
@@ -56,12 +67,35 @@ impl DpopProver {
     }
 
     /// The key proofs are signed with.
-    pub(crate) fn key(&self) -> &SigningKey {
+    pub fn key(&self) -> &SigningKey {
         &self.key
     }
 
+    /// A fresh proof (new `jti`, `iat` now) for a `method` request to `uri`, which must be
+    /// the target URI without query and fragment (`htu`); with `access_token` for requests
+    /// that carry one (its hash is the proof's `ath`), and the server's last `nonce`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Key`] if signing fails.
+    pub fn proof(
+        &self,
+        method: &str,
+        uri: &str,
+        access_token: Option<&str>,
+        nonce: Option<&str>,
+    ) -> Result<String, Error> {
+        let token_hash = access_token.map(access_token_hash);
+        self.proof_for(ProofFor {
+            method,
+            uri,
+            token_hash: token_hash.as_deref(),
+            nonce,
+        })
+    }
+
     /// A fresh proof (new `jti`, `iat` now) for `request`.
-    pub(crate) fn proof(&self, request: ProofFor<'_>) -> Result<String, Error> {
+    pub(crate) fn proof_for(&self, request: ProofFor<'_>) -> Result<String, Error> {
         let mut jti = [0u8; 16];
         aws_lc_rs::rand::fill(&mut jti)
             .map_err(|_| Error::Key("no randomness for a DPoP proof".into()))?;

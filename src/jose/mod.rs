@@ -37,4 +37,5 @@ mod key;
 #[cfg(test)]
 mod tests;
 
+pub use dpop::DpopProver;
 pub use key::{Algorithm, SigningKey};

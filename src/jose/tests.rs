@@ -237,7 +237,7 @@ fn a_dpop_proof_has_rfc_9449s_header_and_claims_and_verifies_with_its_embedded_k
             token_hash: Some(&ath),
             nonce: Some(r#"n"o\nce"#),
         };
-        let proof = prover.proof(request).unwrap();
+        let proof = prover.proof_for(request).unwrap();
         let header: Value = serde_json::from_slice(&b64(proof.split('.').next().unwrap())).unwrap();
         assert_eq!(header["typ"], "dpop+jwt");
         assert_eq!(header["alg"], key.algorithm().name());
@@ -253,7 +253,7 @@ fn a_dpop_proof_has_rfc_9449s_header_and_claims_and_verifies_with_its_embedded_k
             .as_secs();
         assert!(claims["iat"].as_u64().unwrap().abs_diff(now) <= 2);
         assert_eq!(b64(claims["jti"].as_str().unwrap()).len(), 16);
-        let again = prover.proof(request).unwrap();
+        let again = prover.proof_for(request).unwrap();
         let (_, again) = verified(&again, &header["jwk"], key.algorithm());
         assert_ne!(again["jti"], claims["jti"], "a new jti each time");
         assert_eq!(
@@ -273,7 +273,7 @@ fn ath_is_the_base64url_sha256_of_the_token_and_optional_claims_stay_out() {
     );
     let key = SigningKey::generate_ed25519().unwrap();
     let proof = DpopProver::new(key.clone())
-        .proof(ProofFor {
+        .proof_for(ProofFor {
             method: "GET",
             uri: "https://as.example.com/token",
             token_hash: None,
@@ -289,7 +289,7 @@ fn a_proof_for_a_uri_longer_than_the_stack_buffer_is_still_whole() {
     let key = SigningKey::generate_es256().unwrap();
     let uri = format!("https://api.example.com/{}", "a".repeat(5000));
     let proof = DpopProver::new(key.clone())
-        .proof(ProofFor {
+        .proof_for(ProofFor {
             method: "GET",
             uri: &uri,
             token_hash: None,

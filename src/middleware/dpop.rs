@@ -95,7 +95,7 @@ impl RequestDpop {
             .iter()
             .find(|(key, _)| *key == origin)
             .map(|(_, nonce)| &**nonce);
-        let proof = self.prover.proof(ProofFor {
+        let proof = self.prover.proof_for(ProofFor {
             method: request.method().as_str(),
             uri,
             token_hash: Some(&token_hash.1),

@@ -50,7 +50,7 @@ impl EndpointDpop {
         uri.set_query(None);
         uri.set_fragment(None);
         let nonce = self.nonce.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        self.prover.proof(ProofFor {
+        self.prover.proof_for(ProofFor {
             method: "POST",
             uri: uri.as_str(),
             token_hash: None,
