@@ -47,10 +47,12 @@
 //! | [`message`] | [`AuthRequest`], [`AuthResponse`]: `http` and `reqwest` requests and responses | `src/middleware/message.rs` |
 //! | [`origin`] | where a token may go: https only (http to loopback), origin limits, requests addressed by path alone | `src/middleware/origin.rs` |
 //! | (internal) | reading a 401's `WWW-Authenticate` challenge | `src/middleware/challenge.rs` |
+//! | (internal) | DPoP on requests: a proof per request, nonces per origin (feature `jose`) | `src/middleware/dpop.rs` |
 //! | (internal) | the token cache: one current token, single flight, refresh ahead, backoff | `src/cache/` (`mod.rs`, `entry.rs`, `refresh.rs`, `flight.rs`, `backoff.rs`) |
 //! | [`replay`] | which request bodies are resent after a 401, and [`ReplayableBody`](replay::ReplayableBody) for streams | `src/replay/` |
 //! | [`source`] | the [`TokenSource`] trait and its implementations: `ClientCredentials`, `RefreshTokenGrant`, `AuthorizationCode` (feature `oauth`), [`from_fn`](source::from_fn), [`StaticToken`] | `src/source/` |
-//! | (internal) | the OAuth 2.0 wire protocol: token requests, client authentication, responses, discovery, PKCE (feature `oauth`) | `src/oauth/` |
+//! | (internal) | the OAuth 2.0 wire protocol: token requests, client authentication (`private_key_jwt` and DPoP at the token endpoint in `key_binding.rs`), responses, discovery, PKCE (feature `oauth`) | `src/oauth/` |
+//! | `jose` | [`SigningKey`](jose::SigningKey), JWS signing, DPoP proofs and client assertions (feature `jose`) | `src/jose/` (`key.rs`, `jws.rs`, `dpop.rs`, `assertion.rs`) |
 //! | [`store`] | [`TokenStore`](store::TokenStore): where refresh tokens persist ([`MemoryStore`](store::MemoryStore), [`FileStore`](store::FileStore), shared by processes under its lock) | `src/store/` |
 //! | `distributed` | `RedisCache`: one token fetch per lifetime for a fleet of processes (feature `redis`): the fetch protocol, the notices, the keys, the sealed values, the connection (one server or a cluster), the refresh-token store | `src/distributed/` (`mod.rs`, `fleet.rs`, `notices.rs`, `key.rs`, `sealed.rs`, `connection.rs`, `store.rs`) |
 //! | [`token`] | [`Token`] and the redacted, zeroized secret types | `src/token.rs` |
