@@ -290,7 +290,8 @@ async fn the_servers_nonce_costs_one_immediate_resend_and_no_failure() {
 }
 
 /// The API demands nonces of its own and rotates them every 50 requests (accepting the
-/// current one and the one before, as servers do) while 32 callers send 10 requests each:
+/// current one and the two before, as servers accept recent ones) while 32 callers send 10
+/// requests each:
 /// every request succeeds, each nonce challenge costs one resend with the same token (never a
 /// new fetch), and later requests carry the nonce learned from any response.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,8 +43,9 @@ pub(crate) struct RequestDpop {
     prover: DpopProver,
     /// Where requests addressed by path alone go (the layer's channel origin).
     channel: Option<Box<str>>,
-    /// The last nonce of each origin that gave one, by a hash of the origin.
-    nonces: ArcSwap<Vec<(u64, Arc<str>)>>,
+    /// The last nonce of each origin that gave one, by a hash of the origin, and its version
+    /// (counting the origin's nonces from 1).
+    nonces: ArcSwap<Vec<(u64, Arc<str>, u32)>>,
     /// `ath` of the token of a generation: computed once per token.
     token_hash: ArcSwapOption<(u64, Box<str>)>,
 }
@@ -62,13 +63,14 @@ impl RequestDpop {
     }
 
     /// A `DPoP` header for `request`, which carries `authorization` (`DPoP <token>`) of
-    /// `generation`, and the key of its origin for nonces.
+    /// `generation`, and what it was sent with: its origin's key and the version of the nonce
+    /// it carries (0 for none).
     pub(crate) fn proof(
         &self,
         request: &impl AuthRequest,
         authorization: &HeaderValue,
         generation: u64,
-    ) -> Result<(HeaderValue, u64), Error> {
+    ) -> Result<(HeaderValue, Sent), Error> {
         let mut stack = [0u8; URI_ON_STACK];
         let mut cursor = &mut stack[..];
         let mut heap = Vec::new();
@@ -91,10 +93,10 @@ impl RequestDpop {
         let origin = origin_key(&uri[..origin_len]);
         let token_hash = self.token_hash(authorization, generation);
         let nonces = self.nonces.load();
-        let nonce = nonces
+        let (nonce, version) = nonces
             .iter()
-            .find(|(key, _)| *key == origin)
-            .map(|(_, nonce)| &**nonce);
+            .find(|(key, ..)| *key == origin)
+            .map_or((None, 0), |(_, nonce, version)| (Some(&**nonce), *version));
         let proof = self.prover.proof_for(ProofFor {
             method: request.method().as_str(),
             uri,
@@ -103,7 +105,7 @@ impl RequestDpop {
         })?;
         let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(proof))
             .map_err(|_| Error::Key("a DPoP proof is not a header value".into()))?;
-        Ok((value, origin))
+        Ok((value, Sent { origin, version }))
     }
 
     /// `scheme://host[:port]path` of `request` (the default port left out, the scheme and host
@@ -174,39 +176,58 @@ impl RequestDpop {
         hash
     }
 
-    /// Keeps the `DPoP-Nonce` of a response from `origin`; `true` if it is new.
+    /// Keeps the `DPoP-Nonce` of a response to a request sent as `sent`; `true` if the origin
+    /// now has another nonce than the one the request carried (from this response or from
+    /// another that came meanwhile): sending again with it may pass.
     #[inline]
-    pub(crate) fn remember_nonce(&self, origin: u64, headers: &HeaderMap) -> bool {
-        if headers.is_empty() {
-            return false;
+    pub(crate) fn remember_nonce(&self, sent: Sent, headers: &HeaderMap) -> bool {
+        if !headers.is_empty() {
+            if let Some(nonce) = headers.get(&DPOP_NONCE).and_then(|v| v.to_str().ok()) {
+                self.store_nonce(sent.origin, nonce);
+            }
         }
-        match headers.get(&DPOP_NONCE).and_then(|v| v.to_str().ok()) {
-            Some(nonce) => self.store_nonce(origin, nonce),
-            None => false,
-        }
+        self.nonce_version(sent.origin) != sent.version
+    }
+
+    fn nonce_version(&self, origin: u64) -> u32 {
+        self.nonces
+            .load()
+            .iter()
+            .find(|(key, ..)| *key == origin)
+            .map_or(0, |(.., version)| *version)
     }
 
     #[cold]
-    fn store_nonce(&self, origin: u64, nonce: &str) -> bool {
-        let mut changed = false;
+    fn store_nonce(&self, origin: u64, nonce: &str) {
+        if self
+            .nonces
+            .load()
+            .iter()
+            .any(|(key, old, _)| *key == origin && &**old == nonce)
+        {
+            return;
+        }
         self.nonces.rcu(|nonces| {
-            changed = false;
             let mut nonces = Vec::clone(nonces);
-            match nonces.iter_mut().find(|(key, _)| *key == origin) {
-                Some((_, old)) if &**old == nonce => {}
-                Some((_, old)) => {
+            match nonces.iter_mut().find(|(key, ..)| *key == origin) {
+                Some((_, old, _)) if &**old == nonce => {}
+                Some((_, old, version)) => {
                     *old = nonce.into();
-                    changed = true;
+                    *version = version.wrapping_add(1).max(1);
                 }
-                None => {
-                    nonces.push((origin, nonce.into()));
-                    changed = true;
-                }
+                None => nonces.push((origin, nonce.into(), 1)),
             }
             nonces
         });
-        changed
     }
+}
+
+/// What a DPoP request was sent with: the key of its origin, and the version of the origin's
+/// nonce it carried (0 for none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sent {
+    origin: u64,
+    version: u32,
 }
 
 /// Whether a 401's `WWW-Authenticate` asks for a DPoP nonce (RFC 9449 §9).
@@ -319,13 +340,24 @@ mod tests {
         let header = HeaderValue::from_static("DPoP the-token");
         let a = Request::get("https://a.example/x").body(()).unwrap();
         let b = Request::get("https://b.example/x").body(()).unwrap();
-        let (_, origin_a) = layer.proof(&a, &header, 1).unwrap();
-        let (_, origin_b) = layer.proof(&b, &header, 1).unwrap();
-        assert_ne!(origin_a, origin_b);
+        let (_, sent_a) = layer.proof(&a, &header, 1).unwrap();
+        let (_, sent_b) = layer.proof(&b, &header, 1).unwrap();
+        assert_ne!(sent_a.origin, sent_b.origin);
         let mut headers = HeaderMap::new();
         headers.insert("dpop-nonce", HeaderValue::from_static("n-1"));
-        assert!(layer.remember_nonce(origin_a, &headers));
-        assert!(!layer.remember_nonce(origin_a, &headers), "not new");
+        assert!(
+            layer.remember_nonce(sent_a, &headers),
+            "a nonce the request did not carry"
+        );
+        assert!(
+            layer.remember_nonce(sent_a, &headers),
+            "another request sent without it may go again with it"
+        );
+        let (_, with_n1) = layer.proof(&a, &header, 1).unwrap();
+        assert!(
+            !layer.remember_nonce(with_n1, &headers),
+            "the nonce it carried: going again is futile"
+        );
         let nonce_of = |request: &Request<()>| {
             let (proof, _) = layer.proof(request, &header, 1).unwrap();
             let claims = proof
@@ -345,9 +377,12 @@ mod tests {
         assert_eq!(nonce_of(&a).as_deref(), Some("n-1"));
         assert_eq!(nonce_of(&b), None, "another origin's nonce is not sent");
         headers.insert("dpop-nonce", HeaderValue::from_static("n-2"));
-        assert!(layer.remember_nonce(origin_a, &headers));
+        assert!(layer.remember_nonce(with_n1, &headers));
         assert_eq!(nonce_of(&a).as_deref(), Some("n-2"));
-        assert!(!layer.remember_nonce(origin_a, &HeaderMap::new()));
+        assert!(
+            layer.remember_nonce(with_n1, &HeaderMap::new()),
+            "a newer nonce came meanwhile"
+        );
     }
 
     #[test]

@@ -33,9 +33,13 @@ pub(crate) struct LayerState {
     pub(crate) dpop: Option<crate::middleware::dpop::RequestDpop>,
 }
 
-/// What a request was sent with, beyond its token's generation: for a DPoP-bound token, the
-/// key of its origin's nonce.
-pub(crate) type Proof = Option<u64>;
+/// What a request was sent with, beyond its token's generation: for a DPoP-bound token, its
+/// origin and the nonce its proof carried.
+#[cfg(feature = "jose")]
+pub(crate) type Proof = Option<crate::middleware::dpop::Sent>;
+/// What a request was sent with, beyond its token's generation: nothing without DPoP.
+#[cfg(not(feature = "jose"))]
+pub(crate) type Proof = Option<std::convert::Infallible>;
 
 impl LayerState {
     /// Puts `header` (the token of `generation`) on `request`, and for a DPoP-bound token a
@@ -57,11 +61,11 @@ impl LayerState {
                 .as_bytes()
                 .starts_with(crate::middleware::dpop::SCHEME.as_bytes())
             {
-                let (proof, origin) = dpop.proof(request, &header, generation)?;
+                let (proof, sent) = dpop.proof(request, &header, generation)?;
                 let headers = request.headers_mut();
                 headers.insert(self.header_name.clone(), header);
                 headers.insert(crate::middleware::dpop::DPOP.clone(), proof);
-                return Ok(Some(origin));
+                return Ok(Some(sent));
             }
         }
         let _ = generation;
@@ -71,13 +75,13 @@ impl LayerState {
         Ok(None)
     }
 
-    /// Keeps the `DPoP-Nonce` of a response to a request sent with `proof`; `true` if the
-    /// nonce is new.
+    /// Keeps the `DPoP-Nonce` of a response to a request sent with `proof`; `true` if its
+    /// origin now has another nonce than the one the request carried.
     #[inline]
     pub(crate) fn remember_nonce(&self, proof: Proof, headers: &http::HeaderMap) -> bool {
         #[cfg(feature = "jose")]
-        if let (Some(dpop), Some(origin)) = (&self.dpop, proof) {
-            return dpop.remember_nonce(origin, headers);
+        if let (Some(dpop), Some(sent)) = (&self.dpop, proof) {
+            return dpop.remember_nonce(sent, headers);
         }
         let _ = (proof, headers);
         false
@@ -110,7 +114,7 @@ impl LayerState {
             && crate::middleware::dpop::asks_for_nonce(response.headers())
         {
             // Not a rejection of the token: the same token goes again with the nonce, unless
-            // the server named no new one (the same proof would be refused again).
+            // the request already carried the origin's latest (it would be refused again).
             return if new_nonce {
                 Verdict::Resend
             } else {

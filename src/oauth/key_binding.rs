@@ -44,18 +44,19 @@ impl EndpointDpop {
         }
     }
 
-    /// A proof for a `POST` to `url`, with the server's last nonce.
-    fn proof(&self, url: &Url) -> Result<String, Error> {
+    /// A proof for a `POST` to `url`, with the server's last nonce, which it returns too.
+    fn proof(&self, url: &Url) -> Result<(String, Option<Box<str>>), Error> {
         let mut uri = url.clone();
         uri.set_query(None);
         uri.set_fragment(None);
         let nonce = self.nonce.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        self.prover.proof_for(ProofFor {
+        let proof = self.prover.proof_for(ProofFor {
             method: "POST",
             uri: uri.as_str(),
             token_hash: None,
             nonce: nonce.as_deref(),
-        })
+        })?;
+        Ok((proof, nonce))
     }
 }
 
@@ -75,26 +76,26 @@ impl KeyBinding {
         ]))
     }
 
-    /// The `DPoP` header value for a request to `url`, if this endpoint uses DPoP.
-    pub(crate) fn proof(&self, url: &Url) -> Result<Option<String>, Error> {
+    /// The `DPoP` header value for a request to `url`, if this endpoint uses DPoP, and the
+    /// nonce it carries.
+    pub(crate) fn proof(&self, url: &Url) -> Result<Option<(String, Option<Box<str>>)>, Error> {
         self.dpop.as_ref().map(|dpop| dpop.proof(url)).transpose()
     }
 
-    /// Keeps the nonce a response carries (any response may: RFC 9449 §8.2). `true` if it is
-    /// new.
-    pub(crate) fn remember_nonce(&self, headers: &HeaderMap) -> bool {
-        let (Some(dpop), Some(nonce)) = (
-            &self.dpop,
-            headers.get(DPOP_NONCE).and_then(|v| v.to_str().ok()),
-        ) else {
+    /// Keeps the nonce a response carries (any response may: RFC 9449 §8.2). `true` if the
+    /// server's nonce is now another than `sent`, the one the request carried (from this
+    /// response, or from another to a request sent meanwhile).
+    pub(crate) fn remember_nonce(&self, headers: &HeaderMap, sent: Option<&str>) -> bool {
+        let Some(dpop) = &self.dpop else {
             return false;
         };
         let mut slot = dpop.nonce.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.as_deref() == Some(nonce) {
-            return false;
+        if let Some(nonce) = headers.get(DPOP_NONCE).and_then(|v| v.to_str().ok()) {
+            if slot.as_deref() != Some(nonce) {
+                *slot = Some(nonce.into());
+            }
         }
-        *slot = Some(nonce.into());
-        true
+        slot.as_deref().is_some_and(|nonce| Some(nonce) != sent)
     }
 
     /// Whether a response asks for the request again with a nonce: a 400 with the error

@@ -518,7 +518,8 @@ impl TokenEndpoint {
 
     /// Posts a form with the client authentication and reads the answer (capped).
     async fn post(&self, url: &Url, params: &[(&str, &str)]) -> Result<Posted, Error> {
-        let request = self.build_request(url, params)?.timeout(self.timeout);
+        let (request, _sent_nonce) = self.build_request(url, params)?;
+        let request = request.timeout(self.timeout);
         let response = request
             .send()
             .await
@@ -533,7 +534,9 @@ impl TokenEndpoint {
         }
         let status = response.status();
         #[cfg(feature = "jose")]
-        let new_nonce = self.keys.remember_nonce(response.headers());
+        let new_nonce = self
+            .keys
+            .remember_nonce(response.headers(), _sent_nonce.as_deref());
         #[cfg(not(feature = "jose"))]
         let new_nonce = false;
         let content_type = response
@@ -573,7 +576,7 @@ impl TokenEndpoint {
         &self,
         url: &Url,
         params: &[(&str, &str)],
-    ) -> Result<reqwest::RequestBuilder, Error> {
+    ) -> Result<(reqwest::RequestBuilder, Option<Box<str>>), Error> {
         // Room for the usual request, so the secret is not left behind in reallocated buffers.
         let mut form = form_urlencoded::Serializer::new(String::with_capacity(1024));
         let mut url = url.clone();
@@ -625,17 +628,19 @@ impl TokenEndpoint {
             .header(ACCEPT, "application/json")
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(Bytes::from_owner(ZeroizingString(body)));
+        #[allow(unused_mut)]
+        let mut sent_nonce = None;
         #[cfg(feature = "jose")]
-        if let Some(proof) = self.keys.proof(&url)? {
+        if let Some((proof, nonce)) = self.keys.proof(&url)? {
             request = request.header(key_binding::DPOP, proof);
+            sent_nonce = nonce;
         }
         if self.auth == ClientAuth::Basic {
             let (user, pass) =
                 client_auth::basic_credentials(&self.client_id, secret.unwrap_or(""));
-            Ok(request.basic_auth(&*user, Some(&*pass)))
-        } else {
-            Ok(request)
+            request = request.basic_auth(&*user, Some(&*pass));
         }
+        Ok((request, sent_nonce))
     }
 }
 
@@ -658,8 +663,8 @@ impl fmt::Debug for TokenEndpoint {
     }
 }
 
-/// Status, content type, body and `Retry-After` of a token-endpoint response, and whether it
-/// brought a new DPoP nonce.
+/// Status, content type, body and `Retry-After` of a token-endpoint response, and whether the
+/// server's DPoP nonce is now another than the one the request carried.
 type Posted = (
     http::StatusCode,
     Option<String>,

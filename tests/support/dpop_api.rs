@@ -116,8 +116,10 @@ impl DpopApi {
         format!("http://{}{path}", self.addr)
     }
 
-    /// Demands a nonce, rotated every `rotate_every` requests (0: never); the one before the
-    /// current one is still accepted.
+    /// Demands a nonce, rotated every `rotate_every` requests (0: never); the two before the
+    /// current one are still accepted (oidc-provider accepts a nonce for three to four of its
+    /// rotations): responses to concurrent requests may arrive out of order and hand a client
+    /// an older nonce after a newer one.
     pub fn require_nonce(&self, rotate_every: usize) {
         let mut rule = self.state.nonce.lock().unwrap();
         rule.required = true;
@@ -175,6 +177,7 @@ async fn answer(State(state): State<Arc<ApiState>>, request: Request) -> Respons
         let accepted = [
             rule.value(),
             format!("rs-nonce-{}", rule.current.wrapping_sub(1)),
+            format!("rs-nonce-{}", rule.current.wrapping_sub(2)),
         ];
         if rule.rotate_every > 0 && rule.served % rule.rotate_every == 0 {
             rule.current += 1;
@@ -236,7 +239,7 @@ fn check(
     headers: &HeaderMap,
     method: &str,
     htu: &str,
-    nonces: Option<&[String; 2]>,
+    nonces: Option<&[String; 3]>,
 ) -> Result<(String, String), Refusal> {
     let authorization = headers
         .get(header::AUTHORIZATION)
