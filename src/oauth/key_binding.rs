@@ -20,6 +20,9 @@ use crate::{
 pub(crate) const DPOP: &str = "dpop";
 pub(crate) const DPOP_NONCE: &str = "dpop-nonce";
 
+/// A `DPoP` header value, and the nonce it carries.
+pub(crate) type EndpointProof = (String, Option<Box<str>>);
+
 /// The keys a token endpoint's requests are signed with.
 #[derive(Clone, Default)]
 pub(crate) struct KeyBinding {
@@ -45,7 +48,7 @@ impl EndpointDpop {
     }
 
     /// A proof for a `POST` to `url`, with the server's last nonce, which it returns too.
-    fn proof(&self, url: &Url) -> Result<(String, Option<Box<str>>), Error> {
+    fn proof(&self, url: &Url) -> Result<EndpointProof, Error> {
         let mut uri = url.clone();
         uri.set_query(None);
         uri.set_fragment(None);
@@ -78,7 +81,7 @@ impl KeyBinding {
 
     /// The `DPoP` header value for a request to `url`, if this endpoint uses DPoP, and the
     /// nonce it carries.
-    pub(crate) fn proof(&self, url: &Url) -> Result<Option<(String, Option<Box<str>>)>, Error> {
+    pub(crate) fn proof(&self, url: &Url) -> Result<Option<EndpointProof>, Error> {
         self.dpop.as_ref().map(|dpop| dpop.proof(url)).transpose()
     }
 
