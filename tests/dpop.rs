@@ -556,3 +556,45 @@ async fn follow_to_redirect_uri(url: &str) -> String {
         .map(|(_, v)| v.into_owned())
         .unwrap_or_else(|| panic!("no code in {location}"))
 }
+
+/// The same proofs when the inner client is a `reqwest::Client` (the layer serves
+/// `reqwest::Request`) and through `reqwest_middleware`: the strict API accepts every request,
+/// nonce challenges included.
+#[cfg(feature = "reqwest-middleware")]
+#[tokio::test]
+#[ignore = "needs the oidc-provider server: run scripts/test"]
+async fn reqwest_clients_send_the_same_proofs() {
+    let api = DpopApi::start(&issuer()).await;
+    api.require_nonce(3);
+    let source = ClientCredentials::builder(token_url())
+        .client_id("dpop-secret")
+        .client_secret("dpop-secret-value")
+        .dpop(SigningKey::generate_ed25519().unwrap())
+        .build()
+        .unwrap();
+    let auth = AuthLayer::new(source);
+    let service = auth.layer(reqwest::Client::new());
+    for i in 0..5 {
+        let request = reqwest::Request::new(
+            http::Method::PUT,
+            api.url(&format!("/tower/{i}?q=1")).parse().unwrap(),
+        );
+        let response = service.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(auth.middleware())
+        .build();
+    for i in 0..5 {
+        let response = client
+            .delete(api.url(&format!("/middleware/{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(api.accepted(), 10);
+    assert!(api.refused("use_dpop_nonce") > 0);
+    assert_eq!(api.refused("invalid"), 0);
+    assert_eq!(auth.stats().fetches, 1);
+}

@@ -59,7 +59,10 @@
 //! # Keys and values
 //!
 //! Tokens are keyed by a hash of what makes them differ ([`TokenSource::identity`]: the token
-//! endpoint, client, grant, scope, extra parameters and client authentication), under
+//! endpoint, client, grant, scope, extra parameters and client authentication, and the
+//! thumbprint of a DPoP key: a DPoP-bound token is useless without its key, so processes share
+//! such tokens only if they share the key, and each process with a key of its own fetches its
+//! own), under
 //! [`RedisCache::key_prefix`], with a Redis Cluster hash tag so that a token and its lease share
 //! a slot. No secret appears in a key. A source that cannot say what makes its tokens differ
 //! (one of your own) shares one key per prefix: give each such source a prefix of its own.
