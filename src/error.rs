@@ -166,8 +166,8 @@ impl Error {
 
     /// `true` when asking again with the same credentials cannot succeed: the endpoint rejected
     /// the request, the client or the grant (`invalid_request`, `invalid_client`,
-    /// `invalid_grant`, `unauthorized_client`, `unsupported_grant_type`, `invalid_scope`), or
-    /// the configuration is invalid.
+    /// `invalid_grant`, `unauthorized_client`, `unsupported_grant_type`, `invalid_scope`), the
+    /// configuration is invalid, or a signing key is unusable ([`Error::Key`]).
     pub fn is_terminal(&self) -> bool {
         match self {
             Error::OAuth(e) => e.is_terminal(),
