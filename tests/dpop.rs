@@ -72,6 +72,18 @@ async fn require_server_nonce(client: &str, required: bool) {
     assert!(response.status().is_success());
 }
 
+/// A layer for the test server's `dpop-secret` client (its tokens always DPoP-bound), binding
+/// them to `proof_key`.
+fn dpop_secret_client(proof_key: SigningKey) -> AuthLayer {
+    let source = ClientCredentials::builder(token_url())
+        .client_id("dpop-secret")
+        .client_secret("dpop-secret-value")
+        .dpop(proof_key)
+        .build()
+        .unwrap();
+    AuthLayer::new(source)
+}
+
 /// The claims of a JWT (not verified: the resource server does that).
 fn claims(jwt: &str) -> Value {
     let payload = jwt.split('.').nth(1).unwrap();
@@ -196,13 +208,7 @@ async fn a_dpop_bound_token_goes_with_a_fresh_proof_on_every_request_that_a_stri
         key(RSA, "rsa-1").with_algorithm(Algorithm::PS256).unwrap(),
     ];
     for proof_key in proof_keys {
-        let source = ClientCredentials::builder(token_url())
-            .client_id("dpop-secret")
-            .client_secret("dpop-secret-value")
-            .dpop(proof_key.clone())
-            .build()
-            .unwrap();
-        let auth = AuthLayer::new(source);
+        let auth = dpop_secret_client(proof_key.clone());
         let accepted = api.accepted();
         for i in 0..20 {
             assert_eq!(
@@ -299,13 +305,7 @@ async fn the_servers_nonce_costs_one_immediate_resend_and_no_failure() {
 async fn the_apis_rotating_nonces_cost_resends_under_load_and_no_failed_request() {
     let api = DpopApi::start(&issuer()).await;
     api.require_nonce(50);
-    let source = ClientCredentials::builder(token_url())
-        .client_id("dpop-secret")
-        .client_secret("dpop-secret-value")
-        .dpop(SigningKey::generate_es256().unwrap())
-        .build()
-        .unwrap();
-    let auth = AuthLayer::new(source);
+    let auth = dpop_secret_client(SigningKey::generate_es256().unwrap());
     let mut callers = JoinSet::new();
     for caller in 0..32 {
         let auth = auth.clone();
@@ -350,13 +350,7 @@ async fn the_apis_rotating_nonces_cost_resends_under_load_and_no_failed_request(
 async fn a_refused_proof_keeps_the_token_and_reaches_the_caller() {
     let api = DpopApi::start(&issuer()).await;
     api.expect_base("https://api.example.com");
-    let source = ClientCredentials::builder(token_url())
-        .client_id("dpop-secret")
-        .client_secret("dpop-secret-value")
-        .dpop(SigningKey::generate_es256().unwrap())
-        .build()
-        .unwrap();
-    let auth = AuthLayer::new(source);
+    let auth = dpop_secret_client(SigningKey::generate_es256().unwrap());
     assert_eq!(get(&auth, &api, "/x").await, StatusCode::UNAUTHORIZED);
     assert_eq!(api.refused("invalid_dpop_proof: htu"), 1);
     let stats = auth.stats();
@@ -373,13 +367,10 @@ async fn a_refused_proof_keeps_the_token_and_reaches_the_caller() {
 #[ignore = "needs the oidc-provider server: run scripts/test"]
 async fn the_test_api_refuses_replayed_misdirected_mismatched_stale_and_foreign_proofs() {
     let api = DpopApi::start(&issuer()).await;
-    let source = ClientCredentials::builder(token_url())
-        .client_id("dpop-secret")
-        .client_secret("dpop-secret-value")
-        .dpop(key(ES256_1, "es-1"))
-        .build()
+    let token = dpop_secret_client(key(ES256_1, "es-1"))
+        .token()
+        .await
         .unwrap();
-    let token = AuthLayer::new(source).token().await.unwrap();
     let token = token.access_token().secret().to_owned();
     let url = api.url("/hand-made");
     let now = std::time::SystemTime::now()
@@ -566,13 +557,7 @@ async fn follow_to_redirect_uri(url: &str) -> String {
 async fn reqwest_clients_send_the_same_proofs() {
     let api = DpopApi::start(&issuer()).await;
     api.require_nonce(3);
-    let source = ClientCredentials::builder(token_url())
-        .client_id("dpop-secret")
-        .client_secret("dpop-secret-value")
-        .dpop(SigningKey::generate_ed25519().unwrap())
-        .build()
-        .unwrap();
-    let auth = AuthLayer::new(source);
+    let auth = dpop_secret_client(SigningKey::generate_ed25519().unwrap());
     let service = auth.layer(reqwest::Client::new());
     for i in 0..5 {
         let request = reqwest::Request::new(
@@ -597,4 +582,113 @@ async fn reqwest_clients_send_the_same_proofs() {
     assert!(api.refused("use_dpop_nonce") > 0);
     assert_eq!(api.refused("invalid"), 0);
     assert_eq!(auth.stats().fetches, 1);
+}
+
+/// A token endpoint (a stand-in, over HTTP) that demands DPoP nonces and rotates them every 10
+/// requests, accepting the current one and the two before, while 8 layers sharing one source
+/// refetch 10 times each, all at once: no fetch fails, and each `use_dpop_nonce` answer costs
+/// exactly one resend. Every request carries a client assertion and a proof for the endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_endpoints_rotating_nonces_under_load_fail_no_fetch() {
+    use std::sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering::SeqCst},
+    };
+    use support::StandInEndpoint;
+
+    let rotation = Arc::new(Mutex::new((0usize, 0usize)));
+    let (challenges, issued) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let endpoint = {
+        let (rotation, challenges, issued) = (
+            Arc::clone(&rotation),
+            Arc::clone(&challenges),
+            Arc::clone(&issued),
+        );
+        StandInEndpoint::start(move |request| {
+            use axum::response::IntoResponse;
+            let form = request.form();
+            let field = |name: &str| {
+                form.iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            assert_eq!(
+                field("client_assertion_type"),
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+            );
+            assert_eq!(claims(&field("client_assertion"))["sub"], "svc");
+            let proof = claims(request.header("dpop").expect("a DPoP proof"));
+            assert_eq!(proof["htm"], "POST");
+            let (nonce, accepted) = {
+                let mut rotation = rotation.lock().unwrap();
+                rotation.0 += 1;
+                if rotation.0 % 10 == 0 {
+                    rotation.1 += 1;
+                }
+                let current = format!("as-{}", rotation.1);
+                let accepted = [
+                    current.clone(),
+                    format!("as-{}", rotation.1.wrapping_sub(1)),
+                    format!("as-{}", rotation.1.wrapping_sub(2)),
+                ];
+                (current, accepted)
+            };
+            let mut response = if accepted.iter().any(|n| proof["nonce"] == n.as_str()) {
+                let n = issued.fetch_add(1, SeqCst);
+                let body = serde_json::json!({
+                    "access_token": format!("tok-{n}"),
+                    "token_type": "DPoP",
+                    "expires_in": 3600,
+                });
+                (StatusCode::OK, axum::Json(body)).into_response()
+            } else {
+                challenges.fetch_add(1, SeqCst);
+                (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(serde_json::json!({ "error": "use_dpop_nonce" })),
+                )
+                    .into_response()
+            };
+            response
+                .headers_mut()
+                .insert("dpop-nonce", nonce.parse().unwrap());
+            response
+        })
+        .await
+    };
+    let source = Arc::new(
+        ClientCredentials::builder(endpoint.url("/token"))
+            .client_id("svc")
+            .private_key_jwt(key(ES256_1, "es-1"))
+            .dpop(SigningKey::generate_ed25519().unwrap())
+            .build()
+            .unwrap(),
+    );
+    let layers: Vec<AuthLayer> = (0..8)
+        .map(|_| AuthLayer::new(Arc::clone(&source)))
+        .collect();
+    let mut fetching = JoinSet::new();
+    for auth in &layers {
+        let auth = auth.clone();
+        fetching.spawn(async move {
+            for _ in 0..10 {
+                let token = auth.token().await.expect("no fetch fails");
+                assert_eq!(token.token_type(), "DPoP");
+                auth.invalidate(&token);
+            }
+        });
+    }
+    fetching.join_all().await;
+    let failures: u64 = layers.iter().map(|l| l.stats().fetch_failures).sum();
+    let fetches: u64 = layers.iter().map(|l| l.stats().fetches).sum();
+    assert_eq!(failures, 0);
+    assert_eq!(fetches, 80);
+    assert_eq!(issued.load(SeqCst), 80);
+    assert_eq!(
+        endpoint.recorded().len(),
+        80 + challenges.load(SeqCst),
+        "one resend per challenge"
+    );
+    assert!(challenges.load(SeqCst) > 0);
 }

@@ -86,7 +86,17 @@ async fn warm_service<B: 'static>(
     retry: bool,
     request: impl Fn() -> Request<B>,
 ) -> AuthService<Noop> {
-    let auth = AuthLayer::builder(StaticToken::new("cached-token-of-similar-length"))
+    let source = StaticToken::new("cached-token-of-similar-length");
+    warm(source, retry, request).await
+}
+
+/// A service of a layer around `source` past its first requests, its token cached.
+async fn warm<B: 'static>(
+    source: impl tower_bearer::TokenSource,
+    retry: bool,
+    request: impl Fn() -> Request<B>,
+) -> AuthService<Noop> {
+    let auth = AuthLayer::builder(source)
         .retry_unauthorized(retry)
         .build()
         .unwrap();
@@ -403,18 +413,11 @@ async fn a_dpop_request_allocates_its_proof_and_nothing_else() {
         SigningKey::generate_ed25519().unwrap(),
     ] {
         for retry in [false, true] {
-            let auth = AuthLayer::builder(static_dpop::StaticDpop {
+            let source = static_dpop::StaticDpop {
                 key: key.clone(),
                 token: "cached-token-of-similar-length".to_owned(),
-            })
-            .retry_unauthorized(retry)
-            .build()
-            .unwrap();
-            auth.token().await.unwrap();
-            let mut svc = auth.layer(Noop);
-            for _ in 0..WARM_UP {
-                run_once(&mut svc, bare());
-            }
+            };
+            let mut svc = warm(source, retry, bare).await;
             let dpop = (0..SAMPLES)
                 .map(|_| {
                     let req = bare();
