@@ -1,0 +1,330 @@
+//! The two load models and what a run records.
+//!
+//! - **Closed loop** ([`Model::Closed`]): N workers, each sending its next request when the
+//!   last one answered. Throughput follows the server: a slow server gets fewer requests.
+//! - **Open model** ([`Model::Open`]): request `i` is due at `start + i / rate`, whatever the
+//!   earlier ones are doing, and its latency counts from that intended start, so time spent
+//!   queued behind a slow server shows in the percentiles (no coordinated omission). At most
+//!   `max_in_flight` requests are in flight; a request that starts more than [`LATE_AFTER`]
+//!   after its intended time is counted in [`Recorded::late_starts`].
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use hdrhistogram::Histogram;
+use indicatif::ProgressBar;
+use serde::{Deserialize, Serialize};
+use tokio::{sync::Semaphore, time::Instant};
+
+use crate::{grpc::GrpcTarget, transport::HttpTarget};
+
+/// A request that starts later than this after its intended time is a late start.
+pub const LATE_AFTER: Duration = Duration::from_millis(5);
+/// The longest latency the histogram tells apart (longer ones count as this), in µs: 1 hour.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// How the load is applied.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Model {
+    /// `concurrency` workers, each sending its next request when the last one answered.
+    Closed {
+        /// The number of workers.
+        concurrency: u32,
+    },
+    /// `rate` requests per second on a fixed schedule, at most `max_in_flight` at once.
+    Open {
+        /// Requests per second.
+        rate: f64,
+        /// The most requests in flight at once.
+        max_in_flight: u32,
+    },
+}
+
+/// When a run stops starting requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// After this long (closed loop: no request starts after it; open model: every request
+    /// due before it is sent).
+    Duration(Duration),
+    /// After this many requests.
+    Requests(u64),
+}
+
+/// A load model and when to stop.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Plan {
+    /// How requests are started.
+    pub model: Model,
+    /// When to stop.
+    pub stop: Stop,
+}
+
+/// Why a request failed without a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorKind {
+    /// No connection: refused, unreachable, a connect timeout.
+    Connect,
+    /// No answer within `--timeout`.
+    Timeout,
+    /// The TLS handshake failed (an untrusted certificate, a protocol mismatch).
+    Tls,
+    /// The response body broke off.
+    Body,
+    /// The layer could not get a token (a `tower_bearer::Error`).
+    Token,
+    /// Anything else.
+    Other,
+}
+
+impl ErrorKind {
+    /// Every kind, in report order.
+    pub const ALL: [ErrorKind; 6] = [
+        ErrorKind::Connect,
+        ErrorKind::Timeout,
+        ErrorKind::Tls,
+        ErrorKind::Body,
+        ErrorKind::Token,
+        ErrorKind::Other,
+    ];
+
+    /// The kind's name in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Tls => "tls",
+            ErrorKind::Body => "body",
+            ErrorKind::Token => "token",
+            ErrorKind::Other => "other",
+        }
+    }
+}
+
+/// What one request came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// An answer: an HTTP status code (`"200"`) or a gRPC status (`"OK"`), and whether it counts
+    /// as a success.
+    Status {
+        /// The status as the report shows it.
+        code: String,
+        /// 2xx for HTTP; OK and `SERVING` for gRPC.
+        success: bool,
+    },
+    /// No answer.
+    Error(ErrorKind),
+}
+
+/// The requests to send: HTTP or gRPC.
+#[derive(Clone)]
+pub enum Target {
+    /// HTTP requests through the layer.
+    Http(HttpTarget),
+    /// `grpc.health.v1.Health/Check` calls through the layer.
+    Grpc(GrpcTarget),
+}
+
+impl Target {
+    /// Sends request number `i`.
+    pub async fn send(&self, i: u64) -> Outcome {
+        match self {
+            Target::Http(target) => target.send(i).await,
+            Target::Grpc(target) => target.send(i).await,
+        }
+    }
+}
+
+/// What a run (or one worker) recorded.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Latencies in microseconds.
+    pub latency_us: Histogram<u64>,
+    /// Answers by status.
+    pub statuses: BTreeMap<String, u64>,
+    /// Requests without an answer, by kind.
+    pub errors: BTreeMap<ErrorKind, u64>,
+    /// Requests that succeeded.
+    pub succeeded: u64,
+    /// Requests that failed: an error, or a status that is not a success.
+    pub failed: u64,
+    /// Open model: requests that started more than [`LATE_AFTER`] after their intended time.
+    pub late_starts: u64,
+    /// From the first request's start to the last answer.
+    pub elapsed: Duration,
+    /// Open model: from the first request's start to the last one's.
+    pub last_start: Duration,
+}
+
+impl Default for Recorded {
+    fn default() -> Self {
+        Recorded {
+            latency_us: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+                .expect("constant bounds that hdrhistogram accepts"),
+            statuses: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            succeeded: 0,
+            failed: 0,
+            late_starts: 0,
+            elapsed: Duration::ZERO,
+            last_start: Duration::ZERO,
+        }
+    }
+}
+
+impl Recorded {
+    /// Requests recorded.
+    pub fn requests(&self) -> u64 {
+        self.succeeded + self.failed
+    }
+
+    /// Counts one request.
+    pub fn record(&mut self, latency: Duration, outcome: Outcome) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.latency_us
+            .saturating_record(us.clamp(1, MAX_LATENCY_US));
+        match outcome {
+            Outcome::Status { code, success } => {
+                *self.statuses.entry(code).or_default() += 1;
+                if success {
+                    self.succeeded += 1;
+                } else {
+                    self.failed += 1;
+                }
+            }
+            Outcome::Error(kind) => {
+                *self.errors.entry(kind).or_default() += 1;
+                self.failed += 1;
+            }
+        }
+    }
+
+    /// Adds what `other` recorded.
+    pub fn merge(&mut self, other: &Recorded) {
+        // Both histograms have the same bounds, so adding cannot fail.
+        let _ = self.latency_us.add(&other.latency_us);
+        for (code, n) in &other.statuses {
+            *self.statuses.entry(code.clone()).or_default() += n;
+        }
+        for (kind, n) in &other.errors {
+            *self.errors.entry(*kind).or_default() += n;
+        }
+        self.succeeded += other.succeeded;
+        self.failed += other.failed;
+        self.late_starts += other.late_starts;
+    }
+}
+
+/// Applies `plan` to `target`; `bar` counts the answers.
+pub async fn run(target: &Target, plan: &Plan, bar: &ProgressBar) -> Recorded {
+    let start = Instant::now();
+    let mut recorded = match plan.model {
+        Model::Closed { concurrency } => closed(target, concurrency, plan.stop, start, bar).await,
+        Model::Open {
+            rate,
+            max_in_flight,
+        } => open(target, rate, max_in_flight, plan.stop, start, bar).await,
+    };
+    recorded.elapsed = start.elapsed();
+    recorded
+}
+
+/// `concurrency` workers that share a budget of requests (or a deadline).
+async fn closed(
+    target: &Target,
+    concurrency: u32,
+    stop: Stop,
+    start: Instant,
+    bar: &ProgressBar,
+) -> Recorded {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (target, next, bar) = (target.clone(), next.clone(), bar.clone());
+        workers.spawn(async move {
+            let mut recorded = Recorded::default();
+            loop {
+                let i = next.fetch_add(1, Relaxed);
+                let go_on = match stop {
+                    Stop::Requests(n) => i < n,
+                    Stop::Duration(d) => start.elapsed() < d,
+                };
+                if !go_on {
+                    break;
+                }
+                let sent = Instant::now();
+                let outcome = target.send(i).await;
+                recorded.record(sent.elapsed(), outcome);
+                bar.inc(1);
+            }
+            recorded
+        });
+    }
+    let mut all = Recorded::default();
+    while let Some(worker) = workers.join_next().await {
+        // A worker only panics if the runtime is going down; its requests are then lost.
+        if let Ok(recorded) = worker {
+            all.merge(&recorded);
+        }
+    }
+    all
+}
+
+/// Request `i` at `start + i / rate`, at most `max_in_flight` at once; latency from the
+/// intended start.
+async fn open(
+    target: &Target,
+    rate: f64,
+    max_in_flight: u32,
+    stop: Stop,
+    start: Instant,
+    bar: &ProgressBar,
+) -> Recorded {
+    let permits = Arc::new(Semaphore::new(max_in_flight as usize));
+    let shared = Arc::new(Mutex::new(Recorded::default()));
+    let (mut late_starts, mut last_start) = (0, Duration::ZERO);
+    for i in 0u64.. {
+        let offset = Duration::from_secs_f64(i as f64 / rate);
+        let due = match stop {
+            Stop::Requests(n) => i < n,
+            Stop::Duration(d) => offset < d,
+        };
+        if !due {
+            break;
+        }
+        let intended = start + offset;
+        if Instant::now() < intended {
+            tokio::time::sleep_until(intended).await;
+        }
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break; // never closed
+        };
+        let now = Instant::now();
+        if now.saturating_duration_since(intended) > LATE_AFTER {
+            late_starts += 1;
+        }
+        last_start = now - start;
+        let (target, shared, bar) = (target.clone(), shared.clone(), bar.clone());
+        tokio::spawn(async move {
+            let outcome = target.send(i).await;
+            let latency = intended.elapsed();
+            if let Ok(mut recorded) = shared.lock() {
+                recorded.record(latency, outcome);
+            }
+            bar.inc(1);
+            drop(permit);
+        });
+    }
+    // Every permit back: every request answered.
+    let _ = permits.acquire_many(max_in_flight).await;
+    let mut recorded = shared.lock().map(|r| r.clone()).unwrap_or_default();
+    recorded.late_starts = late_starts;
+    recorded.last_start = last_start;
+    recorded
+}

@@ -1,0 +1,282 @@
+//! The HTTP client under the layer: hyper-util's pooled client over a rustls connector that
+//! speaks HTTP/1.1 and h2 (by ALPN) on `https://`, HTTP/1.1 or h2c (`--http2`, prior
+//! knowledge) on `http://`.
+
+use std::{
+    error::Error as StdError,
+    io,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use rustls::{
+    ClientConfig, RootCertStore,
+    pki_types::{CertificateDer, pem::PemObject},
+};
+use tower::ServiceExt;
+use tower_bearer::{AuthLayer, AuthService};
+
+use crate::{
+    Error,
+    cli::Args,
+    load::{ErrorKind, Outcome},
+};
+
+/// The request body: shared bytes, which the layer can send again after a 401.
+pub type Body = Full<Bytes>;
+/// hyper-util's client over the TLS-or-plain connector.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// Which certificates the client trusts besides the system's roots.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// A PEM file of certificates (`--cacert`).
+    pub cacert: Option<PathBuf>,
+    /// Certificates given in memory (the demo's self-signed one).
+    pub extra_roots: Vec<CertificateDer<'static>>,
+}
+
+impl TlsOptions {
+    /// The system's roots, the certificates of `cacert` and the extra roots.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Read`] or [`Error::Pem`] for a `cacert` that cannot be read or holds no
+    /// certificate; [`Error::Tls`] for one rustls refuses.
+    pub fn roots(&self) -> Result<RootCertStore, Error> {
+        let mut roots = RootCertStore::empty();
+        // A system without a certificate store still works with --cacert.
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+        if let Some(path) = &self.cacert {
+            for cert in read_pem_certificates(path)? {
+                roots.add(cert)?;
+            }
+        }
+        for cert in &self.extra_roots {
+            roots.add(cert.clone())?;
+        }
+        Ok(roots)
+    }
+
+    /// A rustls client configuration (AWS-LC, TLS 1.2 and 1.3) that offers `alpn`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`roots`](Self::roots).
+    pub fn client_config(&self, alpn: &[&[u8]]) -> Result<ClientConfig, Error> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(self.roots()?)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(config)
+    }
+
+    /// A connector for `http://` and `https://` URLs; `h2_only` offers only h2 by ALPN.
+    ///
+    /// # Errors
+    ///
+    /// As for [`roots`](Self::roots).
+    pub fn connector(&self, h2_only: bool) -> Result<HttpsConnector<HttpConnector>, Error> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        // The builder sets ALPN itself from the protocols enabled.
+        let config = self.client_config(&[])?;
+        let builder = HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http();
+        Ok(if h2_only {
+            builder.enable_http2().wrap_connector(http)
+        } else {
+            builder.enable_http1().enable_http2().wrap_connector(http)
+        })
+    }
+}
+
+/// Reads every certificate of a PEM file.
+fn read_pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let pem = std::fs::read(path).map_err(|source| Error::Read {
+        path: path.into(),
+        source,
+    })?;
+    let pem_error = |e: rustls::pki_types::pem::Error| Error::Pem {
+        path: path.into(),
+        reason: e.to_string(),
+    };
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pem_error)?;
+    if certs.is_empty() {
+        return Err(Error::Pem {
+            path: path.into(),
+            reason: "no CERTIFICATE block".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Sends the run's HTTP requests through the layer.
+#[derive(Clone)]
+pub struct HttpTarget {
+    client: AuthService<HttpClient>,
+    urls: Arc<[Uri]>,
+    method: Method,
+    headers: Arc<HeaderMap>,
+    body: Bytes,
+    timeout: Duration,
+}
+
+impl HttpTarget {
+    /// The client for `urls` (round-robin) with the method, headers and body of `args`, every
+    /// request going through `layer`.
+    ///
+    /// # Errors
+    ///
+    /// An unreadable `--body-file`, a URL that is not `http://` or `https://`, or TLS settings
+    /// as for [`TlsOptions::roots`].
+    pub fn new(
+        args: &Args,
+        urls: Vec<Uri>,
+        layer: AuthLayer,
+        tls: &TlsOptions,
+    ) -> Result<HttpTarget, Error> {
+        if urls.is_empty() {
+            return Err(Error::Usage("no --url to load".into()));
+        }
+        for url in &urls {
+            if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
+                return Err(Error::Usage(format!(
+                    "--url {url}: give an absolute http:// or https:// URL"
+                )));
+            }
+        }
+        let body = match (&args.body, &args.body_file) {
+            (Some(body), _) => Bytes::from(body.clone()),
+            (None, Some(path)) => {
+                Bytes::from(std::fs::read(path).map_err(|source| Error::Read {
+                    path: path.clone(),
+                    source,
+                })?)
+            }
+            (None, None) => Bytes::new(),
+        };
+        let mut headers = HeaderMap::new();
+        for (name, value) in &args.headers {
+            headers.append(name.clone(), value.clone());
+        }
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(args.http2)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(tls.connector(args.http2)?);
+        Ok(HttpTarget {
+            client: tower::ServiceBuilder::new().layer(layer).service(client),
+            urls: urls.into(),
+            method: args.method.clone(),
+            headers: Arc::new(headers),
+            body,
+            timeout: args.timeout,
+        })
+    }
+
+    /// Sends request number `i` (to URL `i` modulo their number) and reads its whole answer.
+    pub async fn send(&self, i: u64) -> Outcome {
+        let mut request = Request::new(Full::new(self.body.clone()));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.urls[(i % self.urls.len() as u64) as usize].clone();
+        *request.headers_mut() = (*self.headers).clone();
+        let exchange = async {
+            let response = self
+                .client
+                .clone()
+                .oneshot(request)
+                .await
+                .map_err(|e| classify(&*e))?;
+            let status = response.status();
+            // Read the whole body, so that the connection goes back to the pool.
+            response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| classify(&e).or_kind(ErrorKind::Body))?;
+            Ok::<_, ErrorKind>(status)
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Err(_) => Outcome::Error(ErrorKind::Timeout),
+            Ok(Err(kind)) => Outcome::Error(kind),
+            Ok(Ok(status)) => Outcome::Status {
+                code: status.as_u16().to_string(),
+                success: status.is_success(),
+            },
+        }
+    }
+}
+
+/// What an error, or any error in its source chain, is: a token failure (a
+/// `tower_bearer::Error`), TLS (a rustls error), a timeout, a failure to connect; else
+/// [`ErrorKind::Other`].
+pub fn classify(err: &(dyn StdError + 'static)) -> ErrorKind {
+    let mut connect = false;
+    let mut timeout = false;
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if e.is::<tower_bearer::Error>() {
+            return ErrorKind::Token;
+        }
+        if e.is::<rustls::Error>() {
+            return ErrorKind::Tls;
+        }
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            // An io::Error's `source()` skips the error it wraps: look at that one here.
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                return ErrorKind::Tls;
+            }
+            match io.kind() {
+                io::ErrorKind::TimedOut => timeout = true,
+                io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::AddrNotAvailable
+                | io::ErrorKind::HostUnreachable
+                | io::ErrorKind::NetworkUnreachable => connect = true,
+                _ => {}
+            }
+        }
+        if let Some(e) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+            connect |= e.is_connect();
+        }
+        if let Some(e) = e.downcast_ref::<hyper::Error>() {
+            timeout |= e.is_timeout();
+        }
+        current = e.source();
+    }
+    match (timeout, connect) {
+        (true, _) => ErrorKind::Timeout,
+        (false, true) => ErrorKind::Connect,
+        (false, false) => ErrorKind::Other,
+    }
+}
+
+trait OrKind {
+    fn or_kind(self, kind: ErrorKind) -> ErrorKind;
+}
+
+impl OrKind for ErrorKind {
+    /// `kind` where nothing more precise was found.
+    fn or_kind(self, kind: ErrorKind) -> ErrorKind {
+        if self == ErrorKind::Other { kind } else { self }
+    }
+}
