@@ -238,13 +238,12 @@ pub fn classify(err: &(dyn StdError + 'static)) -> ErrorKind {
         if e.is::<rustls::Error>() {
             return ErrorKind::Tls;
         }
+        let mut next = e.source();
         if let Some(io) = e.downcast_ref::<io::Error>() {
-            // An io::Error's `source()` skips the error it wraps: look at that one here.
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>())
-            {
-                return ErrorKind::Tls;
+            // An io::Error's `source()` skips the error it wraps (hyper-rustls wraps rustls's
+            // error in two): go on with that one.
+            if let Some(inner) = io.get_ref() {
+                next = Some(inner as &(dyn StdError + 'static));
             }
             match io.kind() {
                 io::ErrorKind::TimedOut => timeout = true,
@@ -261,7 +260,7 @@ pub fn classify(err: &(dyn StdError + 'static)) -> ErrorKind {
         if let Some(e) = e.downcast_ref::<hyper::Error>() {
             timeout |= e.is_timeout();
         }
-        current = e.source();
+        current = next;
     }
     match (timeout, connect) {
         (true, _) => ErrorKind::Timeout,
