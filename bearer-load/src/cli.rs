@@ -191,6 +191,8 @@ pub enum AuthMethod {
     Basic,
     /// In the form body (client_secret_post).
     Post,
+    /// In the URL query of the form POST (some providers want this).
+    Query,
 }
 
 /// `10s`, `500ms`, `1m30s` (humantime), or a bare number of seconds; zero is refused.

@@ -14,7 +14,7 @@ use tower_bearer::{AuthLayer, AuthService};
 use crate::{
     Error,
     load::{ErrorKind, Outcome},
-    transport::{TlsOptions, classify},
+    transport::{TlsOptions, classify, describe},
 };
 
 /// Calls `Health/Check` for one service name through the layer.
@@ -62,7 +62,13 @@ impl GrpcTarget {
             service: self.service.clone(),
         };
         match tokio::time::timeout(self.timeout, client.check(request)).await {
-            Err(_) => Outcome::Error(ErrorKind::Timeout),
+            Err(_) => Outcome::Error(
+                ErrorKind::Timeout,
+                format!(
+                    "no answer within {}",
+                    humantime::format_duration(self.timeout)
+                ),
+            ),
             Ok(Ok(response)) => {
                 let serving = response.into_inner().status == ServingStatus::Serving as i32;
                 Outcome::Status {
@@ -73,7 +79,7 @@ impl GrpcTarget {
             // tonic reports a token failure or a transport error as a status whose source is
             // the error; a status the server sent has none.
             Ok(Err(status)) => match std::error::Error::source(&status) {
-                Some(source) => Outcome::Error(classify(source)),
+                Some(source) => Outcome::Error(classify(source), describe(source)),
                 None => Outcome::Status {
                     code: code_name(status.code()).into(),
                     success: false,

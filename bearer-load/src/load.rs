@@ -118,8 +118,8 @@ pub enum Outcome {
         /// 2xx for HTTP; OK and `SERVING` for gRPC.
         success: bool,
     },
-    /// No answer.
-    Error(ErrorKind),
+    /// No answer: why, and the error's message (its source chain, secret-free).
+    Error(ErrorKind, String),
 }
 
 /// The requests to send: HTTP or gRPC.
@@ -150,6 +150,8 @@ pub struct Recorded {
     pub statuses: BTreeMap<String, u64>,
     /// Requests without an answer, by kind.
     pub errors: BTreeMap<ErrorKind, u64>,
+    /// The first error message of each kind.
+    pub examples: BTreeMap<ErrorKind, String>,
     /// Requests that succeeded.
     pub succeeded: u64,
     /// Requests that failed: an error, or a status that is not a success.
@@ -169,6 +171,7 @@ impl Default for Recorded {
                 .expect("constant bounds that hdrhistogram accepts"),
             statuses: BTreeMap::new(),
             errors: BTreeMap::new(),
+            examples: BTreeMap::new(),
             succeeded: 0,
             failed: 0,
             late_starts: 0,
@@ -198,8 +201,9 @@ impl Recorded {
                     self.failed += 1;
                 }
             }
-            Outcome::Error(kind) => {
+            Outcome::Error(kind, message) => {
                 *self.errors.entry(kind).or_default() += 1;
+                self.examples.entry(kind).or_insert(message);
                 self.failed += 1;
             }
         }
@@ -214,6 +218,11 @@ impl Recorded {
         }
         for (kind, n) in &other.errors {
             *self.errors.entry(*kind).or_default() += n;
+        }
+        for (kind, message) in &other.examples {
+            self.examples
+                .entry(*kind)
+                .or_insert_with(|| message.clone());
         }
         self.succeeded += other.succeeded;
         self.failed += other.failed;

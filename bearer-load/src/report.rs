@@ -22,6 +22,7 @@
 //! | `latency` | object | milliseconds (floats): `min_ms`, `mean_ms`, `p50_ms`, `p90_ms`, `p99_ms`, `p999_ms`, `max_ms`; `from`: `"send"` (closed loop) or `"intended_start"` (open model) |
 //! | `status_codes` | object | answers by status: `"200"`, `"401"` (gRPC: `"OK"`, `"UNAUTHENTICATED"`) → count |
 //! | `errors` | object | requests without an answer by kind: `connect`, `timeout`, `tls`, `body`, `token`, `other` (all six always present) |
+//! | `error_examples` | object | the first error message of each kind that occurred (`{}` when none) |
 //! | `tokens` | object | from `AuthLayer::stats()`: `fetches`, `fetch_failures`, `fetch_retries`, `background_refreshes`, `waiters` (callers that waited for a fetch), `unauthorized` (tokens rejected by a 401), `resent` (requests sent again after a 401), `not_resent` |
 //! | `demo` | object or null | with the built-in demo, what its servers counted: `token_requests`, `tokens_issued`, `api_requests`, `api_ok`, `api_rejected` |
 
@@ -77,6 +78,8 @@ pub struct Report {
     pub status_codes: BTreeMap<String, u64>,
     /// Requests without an answer, by kind.
     pub errors: Errors,
+    /// The first error message of each kind that occurred.
+    pub error_examples: BTreeMap<String, String>,
     /// What the layer did.
     pub tokens: TokenStats,
     /// What the demo's servers counted.
@@ -258,6 +261,11 @@ impl Report {
             },
             status_codes: recorded.statuses.clone(),
             errors: Errors::from_map(&recorded.errors),
+            error_examples: recorded
+                .examples
+                .iter()
+                .map(|(kind, message)| (kind.name().to_string(), message.clone()))
+                .collect(),
             tokens: stats.into(),
             demo,
         }
@@ -343,6 +351,9 @@ impl Report {
                 errors.join(", ")
             }
         );
+        for (kind, message) in &self.error_examples {
+            let _ = writeln!(w, "    first {kind} error: {message}");
+        }
         let t = &self.tokens;
         let _ = writeln!(
             w,

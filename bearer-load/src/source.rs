@@ -71,6 +71,7 @@ macro_rules! configure {
                 builder = builder.client_secret(secret).auth(match $args.auth {
                     AuthMethod::Basic => ClientAuth::Basic,
                     AuthMethod::Post => ClientAuth::Post,
+                    AuthMethod::Query => ClientAuth::Query,
                 })
             }
             (None, None) => builder = builder.auth(ClientAuth::None),

@@ -203,19 +203,25 @@ impl HttpTarget {
                 .clone()
                 .oneshot(request)
                 .await
-                .map_err(|e| classify(&*e))?;
+                .map_err(|e| (classify(&*e), describe(&*e)))?;
             let status = response.status();
             // Read the whole body, so that the connection goes back to the pool.
             response
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| classify(&e).or_kind(ErrorKind::Body))?;
-            Ok::<_, ErrorKind>(status)
+                .map_err(|e| (classify(&e).or_kind(ErrorKind::Body), describe(&e)))?;
+            Ok::<_, (ErrorKind, String)>(status)
         };
         match tokio::time::timeout(self.timeout, exchange).await {
-            Err(_) => Outcome::Error(ErrorKind::Timeout),
-            Ok(Err(kind)) => Outcome::Error(kind),
+            Err(_) => Outcome::Error(
+                ErrorKind::Timeout,
+                format!(
+                    "no answer within {}",
+                    humantime::format_duration(self.timeout)
+                ),
+            ),
+            Ok(Err((kind, message))) => Outcome::Error(kind, message),
             Ok(Ok(status)) => Outcome::Status {
                 code: status.as_u16().to_string(),
                 success: status.is_success(),
@@ -267,6 +273,33 @@ pub fn classify(err: &(dyn StdError + 'static)) -> ErrorKind {
         (false, true) => ErrorKind::Connect,
         (false, false) => ErrorKind::Other,
     }
+}
+
+/// An error's message followed by its sources' (the ones an io::Error wraps included), each
+/// once, at most 500 characters.
+pub fn describe(err: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current = Some(err);
+    while let Some(e) = current {
+        let message = e.to_string();
+        if !parts.iter().any(|p| p.contains(&message)) {
+            parts.push(message);
+        }
+        current = match e.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn StdError + 'static)),
+            None => e.source(),
+        };
+    }
+    let mut all = parts.join(": ");
+    if all.len() > 500 {
+        let mut end = 500;
+        while !all.is_char_boundary(end) {
+            end -= 1;
+        }
+        all.truncate(end);
+        all.push_str("...");
+    }
+    all
 }
 
 trait OrKind {

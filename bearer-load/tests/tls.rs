@@ -39,6 +39,8 @@ async fn self_signed_certificate_needs_cacert() {
     assert_eq!(out.code, 1, "{}", out.stderr);
     let report = out.report();
     assert_eq!((report.failed, report.errors.tls), (5, 5), "{report:?}");
+    let example = &report.error_examples["tls"];
+    assert!(example.contains("certificate"), "{example}");
     assert_eq!(
         seen.requests(),
         50,

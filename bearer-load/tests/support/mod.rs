@@ -81,6 +81,7 @@ pub struct Report {
     pub latency: Latency,
     pub status_codes: BTreeMap<String, u64>,
     pub errors: Errors,
+    pub error_examples: BTreeMap<String, String>,
     pub tokens: Tokens,
     pub demo: Option<Demo>,
 }
@@ -163,6 +164,7 @@ pub fn check_fields(value: &serde_json::Value) {
             "latency",
             "status_codes",
             "errors",
+            "error_examples",
             "tokens",
             "demo",
         ])
