@@ -26,7 +26,7 @@ pub mod report;
 pub mod source;
 pub mod transport;
 
-use std::{io::IsTerminal, time::Duration};
+use std::{io::IsTerminal, sync::Arc, time::Duration};
 
 use http::Uri;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -86,20 +86,23 @@ pub async fn run(args: Args) -> Result<Report, Error> {
     };
     let layer = source::layer(&args, demo.as_ref(), &urls)?;
     let target = if args.grpc {
-        Target::Grpc(grpc::GrpcTarget::new(
-            &urls[0],
+        let url = urls
+            .first()
+            .ok_or_else(|| Error::Usage("--grpc needs --url".into()))?;
+        Target::Grpc(Arc::new(grpc::GrpcTarget::new(
+            url,
             layer.clone(),
             &tls,
             args.grpc_service.clone().unwrap_or_default(),
             args.timeout,
-        )?)
+        )?))
     } else {
-        Target::Http(transport::HttpTarget::new(
+        Target::Http(Arc::new(transport::HttpTarget::new(
             &args,
             urls.clone(),
             layer.clone(),
             &tls,
-        )?)
+        )?))
     };
 
     let plan = plan(&args)?;

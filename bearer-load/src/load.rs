@@ -126,9 +126,9 @@ pub enum Outcome {
 #[derive(Clone)]
 pub enum Target {
     /// HTTP requests through the layer.
-    Http(HttpTarget),
+    Http(Arc<HttpTarget>),
     /// `grpc.health.v1.Health/Check` calls through the layer.
-    Grpc(GrpcTarget),
+    Grpc(Arc<GrpcTarget>),
 }
 
 impl Target {

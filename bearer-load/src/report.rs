@@ -373,11 +373,9 @@ impl Report {
                 d.token_requests, d.tokens_issued, d.api_requests, d.api_ok, d.api_rejected
             );
         }
-        if let Some(histogram) = plot {
-            if !histogram.is_empty() {
-                let _ = writeln!(w, "\nlatency histogram");
-                out.push_str(&plot_histogram(histogram, 10, 40));
-            }
+        if let Some(histogram) = plot.filter(|h| !h.is_empty()) {
+            let _ = writeln!(w, "\nlatency histogram");
+            out.push_str(&plot_histogram(histogram, 10, 40));
         }
         out
     }
