@@ -213,11 +213,17 @@ pub struct Seen {
     pub versions: Mutex<BTreeMap<String, u64>>,
     /// Requests by the `Authorization` header they carried.
     pub tokens: Mutex<BTreeMap<String, u64>>,
+    /// The distinct `DPoP` proofs requests carried.
+    pub proofs: Mutex<BTreeSet<String>>,
 }
 
 impl Seen {
     pub fn versions(&self) -> BTreeMap<String, u64> {
         self.versions.lock().unwrap().clone()
+    }
+
+    pub fn proofs(&self) -> usize {
+        self.proofs.lock().unwrap().len()
     }
 
     pub fn tokens(&self) -> BTreeMap<String, u64> {
@@ -275,6 +281,11 @@ pub async fn api_server(tls: bool) -> (SocketAddr, Arc<Seen>, Option<String>) {
                             .unwrap()
                             .entry(format!("{:?}", request.version()))
                             .or_default() += 1;
+                        if let Some(proof) =
+                            request.headers().get("dpop").and_then(|v| v.to_str().ok())
+                        {
+                            seen.proofs.lock().unwrap().insert(proof.to_owned());
+                        }
                         let token = request
                             .headers()
                             .get(header::AUTHORIZATION)
