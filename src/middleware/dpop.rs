@@ -45,7 +45,7 @@ pub(crate) struct RequestDpop {
     channel: Option<Box<str>>,
     /// The last nonce of each origin that gave one, by a hash of the origin, and its version
     /// (counting the origin's nonces from 1).
-    nonces: ArcSwap<Vec<(u64, Arc<str>, u32)>>,
+    nonces: ArcSwap<Vec<(u32, Arc<str>, u32)>>,
     /// `ath` of the token of a generation: computed once per token.
     token_hash: ArcSwapOption<(u64, Box<str>)>,
 }
@@ -105,7 +105,7 @@ impl RequestDpop {
         })?;
         let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(proof))
             .map_err(|_| Error::Key("a DPoP proof is not a header value".into()))?;
-        Ok((value, Sent { origin, version }))
+        Ok((value, Sent::new(origin, version)))
     }
 
     /// `scheme://host[:port]path` of `request` (the default port left out, the scheme and host
@@ -183,13 +183,13 @@ impl RequestDpop {
     pub(crate) fn remember_nonce(&self, sent: Sent, headers: &HeaderMap) -> bool {
         if !headers.is_empty() {
             if let Some(nonce) = headers.get(&DPOP_NONCE).and_then(|v| v.to_str().ok()) {
-                self.store_nonce(sent.origin, nonce);
+                self.store_nonce(sent.origin(), nonce);
             }
         }
-        self.nonce_version(sent.origin) != sent.version
+        self.nonce_version(sent.origin()) != sent.version()
     }
 
-    fn nonce_version(&self, origin: u64) -> u32 {
+    fn nonce_version(&self, origin: u32) -> u32 {
         self.nonces
             .load()
             .iter()
@@ -198,7 +198,7 @@ impl RequestDpop {
     }
 
     #[cold]
-    fn store_nonce(&self, origin: u64, nonce: &str) {
+    fn store_nonce(&self, origin: u32, nonce: &str) {
         if self
             .nonces
             .load()
@@ -222,12 +222,26 @@ impl RequestDpop {
     }
 }
 
-/// What a DPoP request was sent with: the key of its origin, and the version of the origin's
-/// nonce it carried (0 for none).
+/// What a DPoP request was sent with: the key of its origin (high half), and the version of
+/// the origin's nonce it carried (low half, 0 for none). One word, never zero, so that the
+/// `Option<Sent>` every response future carries (`None` for a bearer token) stays one word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Sent {
-    origin: u64,
-    version: u32,
+pub(crate) struct Sent(std::num::NonZeroU64);
+
+impl Sent {
+    fn new(origin: u32, version: u32) -> Sent {
+        let packed = (u64::from(origin) << 32) | u64::from(version);
+        // `origin_key` is never zero, so neither is `packed`.
+        Sent(std::num::NonZeroU64::new(packed).unwrap_or(std::num::NonZeroU64::MIN))
+    }
+
+    fn origin(self) -> u32 {
+        (self.0.get() >> 32) as u32
+    }
+
+    fn version(self) -> u32 {
+        self.0.get() as u32
+    }
 }
 
 /// Whether a 401's `WWW-Authenticate` asks for a DPoP nonce (RFC 9449 §9).
@@ -235,11 +249,12 @@ pub(crate) fn asks_for_nonce(headers: &HeaderMap) -> bool {
     challenge::names_error(headers, SCHEME, "use_dpop_nonce")
 }
 
-/// A hash of an origin, to find its nonce.
-fn origin_key(origin: &str) -> u64 {
+/// A hash of an origin, to find its nonce; never zero. 32 bits tell apart the few origins a
+/// layer talks to.
+fn origin_key(origin: &str) -> u32 {
     let mut hasher = DefaultHasher::new();
     origin.hash(&mut hasher);
-    hasher.finish()
+    (hasher.finish() as u32) | 1
 }
 
 /// Counts what goes through.
@@ -342,7 +357,7 @@ mod tests {
         let b = Request::get("https://b.example/x").body(()).unwrap();
         let (_, sent_a) = layer.proof(&a, &header, 1).unwrap();
         let (_, sent_b) = layer.proof(&b, &header, 1).unwrap();
-        assert_ne!(sent_a.origin, sent_b.origin);
+        assert_ne!(sent_a.origin(), sent_b.origin());
         let mut headers = HeaderMap::new();
         headers.insert("dpop-nonce", HeaderValue::from_static("n-1"));
         assert!(

@@ -203,7 +203,9 @@ where
                 // the `Future` contract leaves to the inner future to answer. Not setting
                 // `Done` saves dropping the state twice on every request.
                 Ok(mut response) if !challenge::may_reject(&response) => {
-                    layer.remember_nonce(*proof, response.headers());
+                    if proof.is_some() {
+                        layer.remember_nonce(*proof, response.headers());
+                    }
                     response.watch_trailers(|| TrailerWatch::new(layer, *generation));
                     Poll::Ready(Ok(response))
                 }

@@ -48,7 +48,7 @@ impl LayerState {
     /// # Errors
     ///
     /// The proof could not be made: no destination to bind it to, or signing failed.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn attach<R: crate::message::AuthRequest>(
         &self,
         request: &mut R,
@@ -56,17 +56,8 @@ impl LayerState {
         generation: u64,
     ) -> Result<Proof, Error> {
         #[cfg(feature = "jose")]
-        if let Some(dpop) = &self.dpop {
-            if header
-                .as_bytes()
-                .starts_with(crate::middleware::dpop::SCHEME.as_bytes())
-            {
-                let (proof, sent) = dpop.proof(request, &header, generation)?;
-                let headers = request.headers_mut();
-                headers.insert(self.header_name.clone(), header);
-                headers.insert(crate::middleware::dpop::DPOP.clone(), proof);
-                return Ok(Some(sent));
-            }
+        if self.dpop.is_some() {
+            return self.attach_dpop(request, header, generation);
         }
         let _ = generation;
         request
@@ -75,9 +66,37 @@ impl LayerState {
         Ok(None)
     }
 
+    /// [`attach`](Self::attach) for a layer whose source has a DPoP key: out of line, so that a
+    /// bearer layer's requests pay one check for it.
+    #[cfg(feature = "jose")]
+    #[inline(never)]
+    fn attach_dpop<R: crate::message::AuthRequest>(
+        &self,
+        request: &mut R,
+        header: http::HeaderValue,
+        generation: u64,
+    ) -> Result<Proof, Error> {
+        let dpop = self.dpop.as_ref().ok_or(Error::Aborted)?;
+        if !header
+            .as_bytes()
+            .starts_with(crate::middleware::dpop::SCHEME.as_bytes())
+        {
+            // A bearer token from a DPoP source (the server did not bind it): no proof.
+            request
+                .headers_mut()
+                .insert(self.header_name.clone(), header);
+            return Ok(None);
+        }
+        let (proof, sent) = dpop.proof(request, &header, generation)?;
+        let headers = request.headers_mut();
+        headers.insert(self.header_name.clone(), header);
+        headers.insert(crate::middleware::dpop::DPOP.clone(), proof);
+        Ok(Some(sent))
+    }
+
     /// Keeps the `DPoP-Nonce` of a response to a request sent with `proof`; `true` if its
     /// origin now has another nonce than the one the request carried.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn remember_nonce(&self, proof: Proof, headers: &http::HeaderMap) -> bool {
         #[cfg(feature = "jose")]
         if let (Some(dpop), Some(sent)) = (&self.dpop, proof) {
