@@ -524,3 +524,64 @@ async fn token_failures_reach_tonic_callers_as_unavailable_or_unauthenticated() 
     );
     server.shutdown().await.unwrap();
 }
+
+#[cfg(feature = "jose")]
+#[path = "support/static_dpop.rs"]
+mod static_dpop;
+
+/// A DPoP-bound token over a tonic channel: every call carries `authorization: DPoP <token>`
+/// and a proof of its own whose `htu` is the channel origin the layer was given plus the
+/// method's path (the request itself names only the path) and whose `htm` is `POST`.
+#[cfg(feature = "jose")]
+#[tokio::test]
+async fn a_dpop_bound_token_goes_over_a_channel_with_a_proof_for_its_origin() {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    use std::sync::Mutex;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = {
+        let seen = Arc::clone(&seen);
+        move |request: Request<()>| {
+            let value = |name: &str| {
+                request
+                    .metadata()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            seen.lock()
+                .unwrap()
+                .push((value("authorization"), value("dpop")));
+            Ok(request)
+        }
+    };
+    let server = grpc_fixture::serve(record).await.unwrap();
+    let channel = Endpoint::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let auth = AuthLayer::builder(static_dpop::StaticDpop {
+        key: tower_bearer::jose::SigningKey::generate_es256().unwrap(),
+        token: "grpc-dpop-token".to_owned(),
+    })
+    .channel_origin(server.url())
+    .build()
+    .unwrap();
+    let mut client = EchoClient::new(ServiceBuilder::new().layer(auth).service(channel));
+    for text in ["one", "two"] {
+        assert_eq!(say(&mut client, text).await.unwrap(), text);
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    assert_ne!(seen[0].1, seen[1].1, "a proof per call");
+    for (authorization, proof) in seen {
+        assert_eq!(authorization, "DPoP grpc-dpop-token");
+        let claims = proof.split('.').nth(1).expect("a compact JWS");
+        let claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
+        assert_eq!(claims["htm"], "POST");
+        assert_eq!(claims["htu"], format!("{}/echo.Echo/Say", server.url()));
+    }
+    server.shutdown().await.unwrap();
+}
