@@ -50,10 +50,9 @@
 //! - A managed Redis behind one endpoint (a primary with replicas, a proxy) is
 //!   [`RedisCache::new`] or [`RedisCache::connect_lazily`]; for TLS (`rediss://`) enable one of
 //!   the `redis` crate's TLS features in your own `Cargo.toml`. The service must allow `EVAL`
-//!   and `PUBLISH` (check your provider: some restrict scripting). Without `SUBSCRIBE` the
-//!   fleet still fetches once: the listener keeps failing (counted in `fleet_redis_errors`)
-//!   and waiters read every 20 ms; use [`RedisCache::new`] without
-//!   [`notices`](RedisCache::notices) to skip it.
+//!   and `PUBLISH` (check your provider: some restrict scripting). Where `SUBSCRIBE` is not
+//!   allowed, use [`RedisCache::new`] without [`notices`](RedisCache::notices): waiters then
+//!   read every 20 ms.
 //! - The fleet's Redis user needs only its keys and channels and eight commands:
 //!   `ACL SETUSER billing on >password ~billing:* &billing:* +get +set +pttl +eval +publish
 //!   +subscribe +del +pexpire` for the prefix `billing` (`del` and `pexpire` run inside the
