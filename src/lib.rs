@@ -86,6 +86,18 @@
 //! [tower]: https://docs.rs/tower
 
 #![deny(missing_docs, unsafe_code)]
+// Nothing a server, Redis or a file sends can make the library panic: no unwrap, no expect, no
+// indexing outside the tests (time arithmetic goes through `cache::later`, or checked calls).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::unreachable
+    )
+)]
 #![warn(rust_2018_idioms, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -245,6 +245,40 @@ async fn retry_after_is_read_from_429_and_503() {
     }
 }
 
+/// A `Retry-After` of any value (more than a u64 of seconds, `u64::MAX`, a date at the end of
+/// time or long past, negative, junk) costs a typed error and a pause of at most an hour, never
+/// a panic of the fetch task (which callers would see as `Error::Aborted`).
+#[tokio::test]
+async fn a_hostile_retry_after_is_capped_and_never_panics() {
+    let hour = Some(Duration::from_secs(3600));
+    let cases: &[(&str, Option<Duration>)] = &[
+        ("18446744073709551615", hour),
+        ("99999999999999999999999999999999", hour),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", hour),
+        ("Thu, 01 Jan 1970 00:00:00 GMT", Some(Duration::ZERO)),
+        ("-1", None),
+        ("1e9", None),
+        ("", None),
+    ];
+    for &(value, expected) in cases {
+        let headers: &'static [(&str, &str)] = Box::leak(Box::new([("retry-after", value)]));
+        let endpoint = stand_in(StatusCode::SERVICE_UNAVAILABLE, headers, "busy").await;
+        let auth = builder(endpoint.url("/token"))
+            .fetch_attempts(2)
+            .build()
+            .unwrap();
+        let err = auth.token().await.unwrap_err();
+        assert!(
+            matches!(err, Error::UnexpectedResponse { status, .. } if status == 503),
+            "Retry-After {value:?}: {err:?}"
+        );
+        assert_eq!(err.retry_after(), expected, "Retry-After {value:?}");
+        // A second caller gets the same error at once (the backoff holds), not a panic.
+        let again = auth.token().await.unwrap_err();
+        assert!(!matches!(again, Error::Aborted), "Retry-After {value:?}");
+    }
+}
+
 #[tokio::test]
 async fn malformed_answers_are_typed_errors() {
     let cases: &[(&[(&str, &str)], &str)] = &[

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::later;
 use crate::Error;
 
 /// Exponential backoff with "equal jitter": the `n`th wait in a row is a random time between
@@ -62,7 +63,7 @@ impl FetchFailures {
         backoff: &Backoff,
         rng: &mut fastrand::Rng,
     ) -> FetchFailures {
-        let count = previous.map_or(0, |f| f.count) + 1;
+        let count = previous.map_or(0, |f| f.count).saturating_add(1);
         let mut delay = backoff.delay(count, rng);
         if let Some(until) = usable_until.filter(|until| now < *until) {
             let half_left = until.saturating_duration_since(now) / 2;
@@ -74,7 +75,7 @@ impl FetchFailures {
         FetchFailures {
             count,
             error,
-            retry_at: now + delay,
+            retry_at: later(now, delay),
         }
     }
 }
@@ -138,12 +139,12 @@ impl RejectionStreak {
             self.last = Some(now);
             return Verdict::Forget;
         }
-        self.count += 1;
+        self.count = self.count.saturating_add(1);
         if self.count == 1 {
             self.last = Some(now);
             return Verdict::Forget;
         }
-        let until = now + backoff.delay(self.count - 1, rng);
+        let until = later(now, backoff.delay(self.count - 1, rng));
         self.hold = Some(Hold { generation, until });
         self.last = Some(until);
         Verdict::Keep

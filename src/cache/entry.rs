@@ -27,7 +27,7 @@ use std::{
 use http::HeaderValue;
 use tokio::time::Instant;
 
-use super::CacheSettings;
+use super::{CacheSettings, later};
 use crate::{Error, Token};
 
 /// What a token's last moments are left for: the request's transit and the skew between this
@@ -107,10 +107,10 @@ impl Entry {
             })
             .min(MAX_LIFETIME);
         let allowance = EXPIRY_ALLOWANCE.min(lifetime / 10);
-        let usable_until = now + (lifetime - allowance);
+        let usable_until = later(now, lifetime - allowance);
         // A margin larger than half the lifetime would make short-lived tokens due on arrival.
         let margin = settings.expiry_margin.min(lifetime / 2).max(allowance);
-        let refresh_target = now + (lifetime - margin);
+        let refresh_target = later(now, lifetime - margin);
         let refresh_at = if settings.refresh_ahead && settings.max_uses.is_none() {
             // The last fifth of the time before the target (at most 5 minutes), from a random
             // point of its first half, so that a fleet of processes spreads its refreshes.

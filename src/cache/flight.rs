@@ -13,7 +13,7 @@ use std::{
 
 use tokio::{sync::Notify, time::Instant};
 
-use super::TokenCache;
+use super::{TokenCache, later};
 use crate::{Error, Token, cache::entry::Entry};
 
 /// How long past the fetch timeout a waiter waits before giving up on a fetch by itself: the
@@ -157,7 +157,7 @@ pub(crate) async fn fetch_with_retries(
 ) -> Result<Token, Error> {
     let settings = cache.settings();
     let timeout = settings.fetch_timeout;
-    let deadline = started + timeout;
+    let deadline = later(started, timeout);
     let mut attempt = 1;
     loop {
         let error = match tokio::time::timeout_at(deadline, cache.source().fetch_boxed()).await {
@@ -174,7 +174,7 @@ pub(crate) async fn fetch_with_retries(
         }
         // Only if the next attempt would still start well inside the fetch timeout; otherwise
         // the error goes to the callers, and the backoff between fetches takes over.
-        if Instant::now() + pause + pause >= deadline {
+        if later(Instant::now(), pause.saturating_mul(2)) >= deadline {
             return Err(error);
         }
         tracing::debug!(

@@ -45,7 +45,7 @@ use tokio::{
 };
 use tracing::Instrument;
 
-pub(crate) use backoff::Backoff;
+pub(crate) use backoff::{Backoff, MAX_RETRY_AFTER};
 use backoff::{FetchFailures, RETRY_PAUSES, RejectionStreak, Verdict};
 pub use entry::EXPIRY_ALLOWANCE;
 pub(crate) use entry::{Entry, Use};
@@ -252,7 +252,9 @@ impl TokenCache {
                         Some(outcome) => outcome,
                         None => {
                             self.give_up(&flight, Instant::now());
-                            return Err(Error::Timeout(self.settings.fetch_timeout + WAITER_SLACK));
+                            return Err(Error::Timeout(
+                                self.settings.fetch_timeout.saturating_add(WAITER_SLACK),
+                            ));
                         }
                     }
                 }
@@ -348,7 +350,10 @@ impl TokenCache {
         now: Instant,
         background: bool,
     ) -> Arc<Flight> {
-        let deadline = now + self.settings.fetch_timeout + WAITER_SLACK;
+        let deadline = later(
+            now,
+            self.settings.fetch_timeout.saturating_add(WAITER_SLACK),
+        );
         let flight = Arc::new(Flight::new(deadline));
         state.flight = Some(Arc::clone(&flight));
         self.next_background
@@ -381,7 +386,7 @@ impl TokenCache {
         tracing::warn!(target: "tower_bearer", layer = %self.counters.name, "token fetch overdue; given up, the next caller starts another");
         self.record_failure(state, Error::Timeout(self.settings.fetch_timeout), now);
         self.counters.fetch_finished(
-            self.settings.fetch_timeout + WAITER_SLACK,
+            self.settings.fetch_timeout.saturating_add(WAITER_SLACK),
             Some(false),
             None,
         );
@@ -588,6 +593,15 @@ impl TokenCache {
             .store(self.nanos_since_base(next.retry_at), Relaxed);
         *failures = Some(next);
     }
+}
+
+/// The longest span of time added to an instant: about 30 years, as tokio's timers cap theirs.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// `at + by`, with `by` capped at about 30 years: no duration, from a setting or from the
+/// network, makes instant arithmetic overflow.
+pub(crate) fn later(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by.min(FAR_FUTURE)).unwrap_or(at)
 }
 
 /// Whether the current runtime has timers. Tokio has no call that says so; creating a timer

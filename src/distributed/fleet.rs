@@ -37,7 +37,7 @@ use super::{
 };
 use crate::{
     Error, Token,
-    cache::{TokenCache, fetch_with_retries, first},
+    cache::{TokenCache, fetch_with_retries, first, later},
 };
 
 /// How often a process waiting for the lease holder reads again without notices.
@@ -116,7 +116,7 @@ impl Fleet {
         if let Some(notices) = &self.notices {
             notices.listen(cache);
         }
-        let deadline = started + cache.settings().fetch_timeout;
+        let deadline = later(started, cache.settings().fetch_timeout);
         let replacing = cache.replacing();
         // Any token but those being replaced: one with little life left is installed with
         // that life, and refreshed (by one process for all) when it is due.
@@ -170,7 +170,7 @@ impl Fleet {
             loop {
                 let listening = self.notices.as_ref().is_some_and(Notices::is_listening);
                 let poll = if listening { POLL_LISTENING } else { POLL };
-                let wake = tokio::time::sleep_until((Instant::now() + poll).min(deadline));
+                let wake = tokio::time::sleep_until(later(Instant::now(), poll).min(deadline));
                 match notice {
                     Some(notice) => drop(first(notice, wake).await),
                     None => wake.await,
@@ -230,9 +230,9 @@ impl Fleet {
             let life = token
                 .expires_in()
                 .unwrap_or(cache.settings().default_lifetime);
-            let value = self
-                .sealing
-                .seal(token, SystemTime::now() + life, &self.keys.token);
+            let value = SystemTime::now()
+                .checked_add(life)
+                .and_then(|expires_at| self.sealing.seal(token, expires_at, &self.keys.token));
             if let (Some(value), false) = (value, life.is_zero()) {
                 let mut store = redis::pipe();
                 store

@@ -25,7 +25,7 @@ impl FleetKeys {
         hash.update(b"tower-bearer fleet key v1\0");
         hash.update(identity.unwrap_or("").as_bytes());
         let digest = hash.finalize();
-        let tag: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let tag: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
         FleetKeys {
             token: format!("{prefix}:{{{tag}}}:token"),
             lease: format!("{prefix}:{{{tag}}}:lease"),

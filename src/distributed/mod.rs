@@ -286,6 +286,11 @@ impl RedisCache {
                 "a RedisCache lease and call timeout must be longer than zero",
             ));
         }
+        if self.lease.max(self.call_timeout) > crate::layer::LONGEST_SETTING {
+            return Err(Error::config(
+                "a RedisCache lease and call timeout must be at most a year",
+            ));
+        }
         let keys = FleetKeys::new(&self.prefix, identity);
         Ok(Fleet::new(self, sealing, keys))
     }

@@ -36,7 +36,9 @@ pub(crate) fn fingerprint(token: &AccessToken) -> [u8; FINGERPRINT_LEN] {
     hash.update(b"tower-bearer token fingerprint\0");
     hash.update(token.secret().as_bytes());
     let mut fingerprint = [0u8; FINGERPRINT_LEN];
-    fingerprint.copy_from_slice(&hash.finalize()[..FINGERPRINT_LEN]);
+    for (byte, hashed) in fingerprint.iter_mut().zip(hash.finalize()) {
+        *byte = hashed;
+    }
     fingerprint
 }
 
@@ -64,7 +66,9 @@ impl SealKey {
         hash.update(b"tower-bearer key id\0");
         hash.update(key);
         let mut id = [0u8; KEY_ID_LEN];
-        id.copy_from_slice(&hash.finalize()[..KEY_ID_LEN]);
+        for (byte, hashed) in id.iter_mut().zip(hash.finalize()) {
+            *byte = hashed;
+        }
         SealKey {
             cipher: Box::new(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key))),
             id,
@@ -216,7 +220,7 @@ impl Sealing {
         let (named, value) = value.split_at_checked(FINGERPRINT_LEN)?;
         let json = self.open_bytes(value, key)?;
         let stored: Stored = serde_json::from_slice(&json).ok()?;
-        let expires_at = UNIX_EPOCH + Duration::from_millis(stored.expires_at_ms);
+        let expires_at = UNIX_EPOCH.checked_add(Duration::from_millis(stored.expires_at_ms))?;
         let left = expires_at.duration_since(SystemTime::now()).ok()?;
         let mut token = Token::new(stored.access_token.as_str())
             .with_token_type(stored.token_type.clone())

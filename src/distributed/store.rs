@@ -200,7 +200,7 @@ impl TokenStore for RedisStore {
         if let Some(at) = &state.access_token {
             let expires_at = state
                 .expires_at_ms
-                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+                .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms)));
             token = token.with_access_token(at.as_str(), expires_at);
         }
         if let Some(scope) = &state.scope {

@@ -22,8 +22,8 @@ pub(crate) fn client_assertion(
     audience: &str,
 ) -> Result<String, Error> {
     let mut header = serde_json::json!({ "alg": key.algorithm().name(), "typ": "JWT" });
-    if let Some(kid) = key.key_id() {
-        header["kid"] = kid.into();
+    if let (Some(kid), Some(members)) = (key.key_id(), header.as_object_mut()) {
+        members.insert("kid".into(), kid.into());
     }
     let mut jti = [0u8; 16];
     aws_lc_rs::rand::fill(&mut jti)

@@ -19,6 +19,19 @@ use crate::Error;
 /// Claims longer than this (a very long URL or nonce) are written on the heap instead.
 const CLAIMS_ON_STACK: usize = 1024;
 
+/// The longest `DPoP-Nonce` a server may set: every proof carries it.
+pub(crate) const LONGEST_NONCE: usize = 512;
+
+/// Whether a server's `DPoP-Nonce` may go into proofs: 1 to [`LONGEST_NONCE`] characters of
+/// RFC 9449's `NQCHAR` (visible ASCII but the double quote and the backslash). Another is
+/// ignored, so that a hostile server cannot make every proof as large as a header it sends.
+pub(crate) fn acceptable_nonce(nonce: &str) -> bool {
+    (1..=LONGEST_NONCE).contains(&nonce.len())
+        && nonce
+            .bytes()
+            .all(|b| matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E))
+}
+
 /// Signs DPoP proofs (RFC 9449 §4) with one key, for requests the layer does not send (a
 /// WebSocket upgrade, a client of your own). The layer and the token sources make their own.
 ///
@@ -107,7 +120,7 @@ impl DpopProver {
         match write_claims(&mut cursor, &jti, iat, request) {
             Ok(()) => {
                 let written = CLAIMS_ON_STACK - cursor.len();
-                self.sign(&stack[..written])
+                self.sign(stack.get(..written).unwrap_or_default())
             }
             Err(_) => {
                 let mut heap = Vec::with_capacity(4 * CLAIMS_ON_STACK);

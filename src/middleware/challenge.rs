@@ -92,7 +92,7 @@ pub(crate) fn names_error(headers: &HeaderMap, scheme: &str, error: &str) -> boo
 /// Parses one `WWW-Authenticate` header value into its challenges.
 pub(crate) fn parse(value: &[u8]) -> Vec<Challenge> {
     let mut p = Parser {
-        s: &value[..value.len().min(MAX_HEADER_BYTES)],
+        s: value.get(..MAX_HEADER_BYTES).unwrap_or(value),
         i: 0,
     };
     let mut challenges = Vec::new();
@@ -184,7 +184,7 @@ impl<'a> Parser<'a> {
     fn token(&mut self) -> Option<&'a [u8]> {
         let start = self.i;
         self.skip(|c| is_tchar(c) || c == b'/');
-        (self.i > start).then(|| &self.s[start..self.i])
+        self.s.get(start..self.i).filter(|token| !token.is_empty())
     }
 
     /// A quoted-string starting at `"`, with backslash escapes; unterminated runs to the end.

@@ -77,7 +77,7 @@ impl RequestDpop {
         let (uri, origin_len) = match self.write_uri(&mut cursor, request) {
             Ok(Some(origin_len)) => {
                 let written = URI_ON_STACK - cursor.len();
-                (&stack[..written], origin_len)
+                (stack.get(..written).unwrap_or_default(), origin_len)
             }
             Ok(None) => return Err(Error::UnknownDestination),
             Err(_) => {
@@ -182,7 +182,11 @@ impl RequestDpop {
     #[inline]
     pub(crate) fn remember_nonce(&self, sent: Sent, headers: &HeaderMap) -> bool {
         if !headers.is_empty() {
-            if let Some(nonce) = headers.get(&DPOP_NONCE).and_then(|v| v.to_str().ok()) {
+            if let Some(nonce) = headers
+                .get(&DPOP_NONCE)
+                .and_then(|v| v.to_str().ok())
+                .filter(|nonce| crate::jose::dpop::acceptable_nonce(nonce))
+            {
                 self.store_nonce(sent.origin(), nonce);
             }
         }
@@ -398,6 +402,36 @@ mod tests {
             layer.remember_nonce(with_n1, &HeaderMap::new()),
             "a newer nonce came meanwhile"
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// Any `DPoP-Nonce` a server sends, whatever its bytes or length, never panics; one the
+        /// proofs may not carry (too long, or not `NQCHAR`) is ignored, and every proof made
+        /// afterwards is a well-formed JWS whose nonce, if any, is acceptable.
+        #[test]
+        fn arbitrary_nonces_never_panic_and_only_acceptable_ones_are_kept(
+            nonce in proptest::collection::vec(proptest::num::u8::ANY, 0..2_000),
+        ) {
+            let layer = dpop(None);
+            let header = HeaderValue::from_static("DPoP the-token");
+            let request = Request::get("https://a.example/x").body(()).unwrap();
+            let (_, sent) = layer.proof(&request, &header, 1).unwrap();
+            let Ok(value) = HeaderValue::from_bytes(&nonce) else {
+                return Ok(());
+            };
+            let mut headers = HeaderMap::new();
+            headers.insert("dpop-nonce", value);
+            let changed = layer.remember_nonce(sent, &headers);
+            let acceptable = std::str::from_utf8(&nonce)
+                .is_ok_and(crate::jose::dpop::acceptable_nonce);
+            proptest::prop_assert_eq!(changed, acceptable);
+            let (proof, _) = layer.proof(&request, &header, 1).unwrap();
+            let proof = proof.to_str().unwrap();
+            proptest::prop_assert_eq!(proof.split('.').count(), 3);
+            proptest::prop_assert!(proof.len() < 2 * crate::jose::dpop::LONGEST_NONCE + 1_024);
+        }
     }
 
     #[test]

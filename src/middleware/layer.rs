@@ -20,6 +20,10 @@ use crate::{
 /// Default for [`AuthLayerBuilder::replay_limit`].
 pub const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
 
+/// The longest a duration setting may be: a year. [`AuthLayerBuilder::build`] refuses longer
+/// ones (a slip of the unit more likely than an intent), so no arithmetic on them overflows.
+pub(crate) const LONGEST_SETTING: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// What every clone of a layer, and every service and response future it made, share: the
 /// token cache and the request-side settings.
 pub(crate) struct LayerState {
@@ -545,8 +549,8 @@ impl AuthLayerBuilder {
     /// # Errors
     ///
     /// [`Error::Config`] for a scheme that is not an HTTP token, an origin that is not
-    /// `scheme://host[:port]`, a zero fetch timeout, default lifetime or attempt count;
-    /// [`Error::NoTimer`] for a [`runtime`](Self::runtime) without timers.
+    /// `scheme://host[:port]`, a zero fetch timeout, default lifetime or attempt count, a
+    /// duration setting longer than a year; [`Error::NoTimer`] for a [`runtime`](Self::runtime) without timers.
     pub fn build(self) -> Result<AuthLayer, Error> {
         let scheme = &*self.settings.scheme;
         if !scheme.bytes().all(crate::challenge::is_tchar) {
@@ -565,6 +569,15 @@ impl AuthLayerBuilder {
         }
         if self.settings.fetch_attempts == 0 {
             return Err(Error::config("fetch_attempts must be at least 1"));
+        }
+        let durations = [
+            ("expiry_margin", self.settings.expiry_margin),
+            ("default_lifetime", self.settings.default_lifetime),
+            ("fetch_timeout", self.settings.fetch_timeout),
+            ("backoff", self.settings.backoff.max),
+        ];
+        if let Some((name, _)) = durations.iter().find(|(_, d)| *d > LONGEST_SETTING) {
+            return Err(Error::config(format!("{name} must be at most a year")));
         }
         if let Some(runtime) = &self.settings.runtime {
             let _entered = runtime.enter();
@@ -682,6 +695,19 @@ mod tests {
             matches!(&err, Error::Config(m) if m.contains("fetch_attempts")),
             "{err}"
         );
+        for configure in [
+            (|b| b.fetch_timeout(Duration::MAX)) as fn(AuthLayerBuilder) -> AuthLayerBuilder,
+            |b| b.expiry_margin(Duration::MAX),
+            |b| b.default_lifetime(Duration::MAX),
+            |b| b.backoff(Duration::MAX, Duration::MAX),
+            |b| b.backoff(Duration::ZERO, LONGEST_SETTING + Duration::from_nanos(1)),
+        ] {
+            let err = build(configure);
+            assert!(
+                matches!(&err, Error::Config(m) if m.contains("at most a year")),
+                "{err}"
+            );
+        }
         let err = build(|b| b.name(""));
         assert!(
             matches!(&err, Error::Config(m) if m.contains("name")),

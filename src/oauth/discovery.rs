@@ -104,27 +104,45 @@ impl ProviderMetadata {
                     format!("{location} answered HTTP {status}").into(),
                 ));
             }
-            let mut metadata: ProviderMetadata = serde_json::from_slice(&body).map_err(|e| {
-                Error::Discovery(
-                    format!("{location} is not authorization server metadata: {e}").into(),
-                )
-            })?;
-            if metadata.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
-                return Err(Error::Discovery(
-                    format!(
-                        "{location} names issuer {:?}, not {issuer:?}",
-                        metadata.issuer
-                    )
-                    .into(),
-                ));
-            }
-            endpoint_url(&metadata.token_endpoint, allow_http)?;
-            metadata.allow_http = allow_http;
-            return Ok(metadata);
+            return ProviderMetadata::from_document(&location, &body, issuer, allow_http);
         }
         Err(Error::Discovery(
             format!("no metadata document found for issuer {issuer}").into(),
         ))
+    }
+
+    /// The metadata in `body`, the document found at `location` for `issuer`: an error unless
+    /// it is a JSON object with the members RFC 8414 requires, names `issuer`, and has a token
+    /// endpoint this crate may send credentials to. The server's text in an error is cut short
+    /// and stripped of control characters.
+    fn from_document(
+        location: &Url,
+        body: &[u8],
+        issuer: &str,
+        allow_http: bool,
+    ) -> Result<Self, Error> {
+        let shown = |text: &str| super::scrub::Carried::default().scrub(text);
+        let mut metadata: ProviderMetadata = serde_json::from_slice(body).map_err(|e| {
+            Error::Discovery(
+                format!(
+                    "{location} is not authorization server metadata: {}",
+                    shown(&e.to_string())
+                )
+                .into(),
+            )
+        })?;
+        if metadata.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
+            return Err(Error::Discovery(
+                format!(
+                    "{location} names issuer {:?}, not {issuer:?}",
+                    shown(&metadata.issuer)
+                )
+                .into(),
+            ));
+        }
+        endpoint_url(&metadata.token_endpoint, allow_http)?;
+        metadata.allow_http = allow_http;
+        Ok(metadata)
     }
 
     /// The issuer identifier.
@@ -263,6 +281,49 @@ mod tests {
             json["token_endpoint_auth_methods_supported"] = serde_json::json!(m);
         }
         serde_json::from_value(json).unwrap()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1_000))]
+
+        /// Arbitrary bytes never panic: a document or a typed error, whose text is bounded.
+        #[test]
+        fn arbitrary_documents_never_panic(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..2_048),
+        ) {
+            let location = Url::parse("https://idp.test/.well-known/openid-configuration").unwrap();
+            if let Err(err) = ProviderMetadata::from_document(&location, &body, "https://idp.test", false) {
+                proptest::prop_assert!(err.to_string().len() < 2_048);
+            }
+        }
+
+        /// Documents of the right shape with any member values: accepted only for the issuer
+        /// asked for, with a token endpoint credentials may go to.
+        #[test]
+        fn documents_with_any_values_are_checked(
+            issuer in "\\PC{0,40}",
+            token_endpoint in "\\PC{0,40}",
+            methods in proptest::collection::vec("\\PC{0,20}", 0..4),
+            extra in proptest::option::of(proptest::num::f64::ANY),
+        ) {
+            let body = serde_json::json!({
+                "issuer": issuer,
+                "token_endpoint": token_endpoint,
+                "token_endpoint_auth_methods_supported": methods,
+                "extra": extra,
+            });
+            let location = Url::parse("https://idp.test/.well-known/openid-configuration").unwrap();
+            let parsed = ProviderMetadata::from_document(
+                &location,
+                body.to_string().as_bytes(),
+                "https://idp.test",
+                false,
+            );
+            if let Ok(metadata) = parsed {
+                proptest::prop_assert_eq!(metadata.issuer.trim_end_matches('/'), "https://idp.test");
+                proptest::prop_assert!(endpoint_url(metadata.token_endpoint(), false).is_ok());
+            }
+        }
     }
 
     #[test]

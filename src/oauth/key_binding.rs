@@ -93,7 +93,11 @@ impl KeyBinding {
             return false;
         };
         let mut slot = dpop.nonce.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(nonce) = headers.get(DPOP_NONCE).and_then(|v| v.to_str().ok()) {
+        if let Some(nonce) = headers
+            .get(DPOP_NONCE)
+            .and_then(|v| v.to_str().ok())
+            .filter(|nonce| crate::jose::dpop::acceptable_nonce(nonce))
+        {
             if slot.as_deref() != Some(nonce) {
                 *slot = Some(nonce.into());
             }

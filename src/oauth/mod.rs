@@ -6,12 +6,14 @@
 
 use std::{fmt, time::Duration};
 
+use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use url::{Host, Url};
 use zeroize::Zeroizing;
 
 use crate::{ClientSecret, Error, Token, error::TransportError};
+use scrub::Carried;
 
 mod client_auth;
 mod discovery;
@@ -19,6 +21,7 @@ mod discovery;
 pub(crate) mod key_binding;
 mod pkce;
 pub(crate) mod response;
+mod scrub;
 
 pub use client_auth::ClientAuth;
 pub use discovery::ProviderMetadata;
@@ -163,6 +166,9 @@ impl EndpointConfig {
         }
         if self.request_timeout.is_zero() {
             return Err(Error::config("request_timeout must be longer than zero"));
+        }
+        if self.request_timeout > crate::layer::LONGEST_SETTING {
+            return Err(Error::config("request_timeout must be at most a year"));
         }
         let revocation_url = self
             .revocation_url
@@ -456,15 +462,14 @@ impl TokenEndpoint {
 
     /// Sends a token request with the grant's `params` and parses the answer.
     pub(crate) async fn request(&self, params: &[(&str, &str)]) -> Result<Token, Error> {
-        let (status, content_type, body, retry_after, _) =
-            self.post_once_more_for_nonce(&self.url, params).await?;
+        let posted = self.post_once_more_for_nonce(&self.url, params).await?;
         response::parse(
-            status,
-            content_type.as_deref(),
-            &body,
-            &self.secrets(params),
+            posted.status,
+            posted.content_type.as_deref(),
+            &posted.body,
+            &posted.carried,
         )
-        .map_err(|e| e.with_retry_after(retry_after))
+        .map_err(|e| e.with_retry_after(posted.retry_after))
     }
 
     /// `true` when a revocation endpoint is configured.
@@ -479,20 +484,19 @@ impl TokenEndpoint {
             return Err(Error::config("no revocation endpoint is configured"));
         };
         let params = [("token", token), ("token_type_hint", hint)];
-        let (status, content_type, body, retry_after, _) =
-            self.post_once_more_for_nonce(url, &params).await?;
-        if status.is_success() {
+        let posted = self.post_once_more_for_nonce(url, &params).await?;
+        if posted.status.is_success() {
             return Ok(());
         }
         match response::parse(
-            status,
-            content_type.as_deref(),
-            &body,
-            &self.secrets(&params),
+            posted.status,
+            posted.content_type.as_deref(),
+            &posted.body,
+            &posted.carried,
         ) {
-            Err(err) => Err(err.with_retry_after(retry_after)),
+            Err(err) => Err(err.with_retry_after(posted.retry_after)),
             Ok(_) => Err(Error::UnexpectedResponse {
-                status,
+                status: posted.status,
                 reason: "revocation failed".into(),
                 excerpt: None,
                 retry_after: None,
@@ -509,7 +513,10 @@ impl TokenEndpoint {
     ) -> Result<Posted, Error> {
         let posted = self.post(url, params).await?;
         #[cfg(feature = "jose")]
-        if self.keys.is_nonce_challenge(posted.0, &posted.2, posted.4) {
+        if self
+            .keys
+            .is_nonce_challenge(posted.status, &posted.body, posted.new_nonce)
+        {
             tracing::debug!(target: "tower_bearer", "token endpoint asked for a DPoP nonce; sending again with it");
             return self.post(url, params).await;
         }
@@ -518,7 +525,7 @@ impl TokenEndpoint {
 
     /// Posts a form with the client authentication and reads the answer (capped).
     async fn post(&self, url: &Url, params: &[(&str, &str)]) -> Result<Posted, Error> {
-        let (request, _sent_nonce) = self.build_request(url, params)?;
+        let (request, _sent_nonce, carried) = self.build_request(url, params)?;
         let request = request.timeout(self.timeout);
         let response = request
             .send()
@@ -553,18 +560,14 @@ impl TokenEndpoint {
             _ => None,
         };
         let body = read_capped(response, MAX_RESPONSE_BYTES).await?;
-        Ok((status, content_type, body, retry_after, new_nonce))
-    }
-
-    /// Values in `params` and the client secret: cut out of any error excerpt.
-    fn secrets<'a>(&'a self, params: &[(&'a str, &'a str)]) -> Vec<&'a str> {
-        let mut secrets: Vec<&str> = params
-            .iter()
-            .filter(|(k, _)| SECRET_PARAMS.contains(k))
-            .map(|(_, v)| *v)
-            .collect();
-        secrets.extend(self.client_secret.as_ref().map(ClientSecret::secret));
-        secrets
+        Ok(Posted {
+            status,
+            content_type,
+            body,
+            retry_after,
+            new_nonce,
+            carried,
+        })
     }
 
     /// The token request: form-encoded `params` plus the client authentication.
@@ -572,15 +575,25 @@ impl TokenEndpoint {
     /// With [`ClientAuth::Query`] the client credentials and the grant's plain parameters
     /// (`grant_type`, `scope`, ...) go in the query, and its secrets (`SECRET_PARAMS`) in
     /// the body.
+    /// Also returns the nonce its DPoP proof carries, and every secret it carries (the
+    /// client secret, the grant's secret parameters, a client assertion, the proof), which
+    /// the server's answer may echo.
     fn build_request(
         &self,
         url: &Url,
         params: &[(&str, &str)],
-    ) -> Result<(reqwest::RequestBuilder, Option<Box<str>>), Error> {
+    ) -> Result<(reqwest::RequestBuilder, Option<Box<str>>, Carried), Error> {
+        let mut carried = Carried::of(
+            params
+                .iter()
+                .filter(|(k, _)| SECRET_PARAMS.contains(k))
+                .map(|(_, v)| *v),
+        );
         // Room for the usual request, so the secret is not left behind in reallocated buffers.
         let mut form = form_urlencoded::Serializer::new(String::with_capacity(1024));
         let mut url = url.clone();
         let secret = self.client_secret.as_ref().map(ClientSecret::secret);
+        carried.add(secret.unwrap_or_default());
         match self.auth {
             ClientAuth::Basic => {
                 form.extend_pairs(params.iter().copied());
@@ -602,6 +615,9 @@ impl TokenEndpoint {
                 #[cfg(feature = "jose")]
                 if let Some(assertion) = self.keys.assertion_params(&self.client_id)? {
                     form.extend_pairs(assertion.iter().map(|(k, v)| (*k, v.as_str())));
+                    for (_, value) in &assertion {
+                        carried.add(value);
+                    }
                 }
             }
             ClientAuth::Query => {
@@ -632,15 +648,19 @@ impl TokenEndpoint {
         let mut sent_nonce = None;
         #[cfg(feature = "jose")]
         if let Some((proof, nonce)) = self.keys.proof(&url)? {
+            carried.add(&proof);
             request = request.header(key_binding::DPOP, proof);
             sent_nonce = nonce;
         }
         if self.auth == ClientAuth::Basic {
             let (user, pass) =
                 client_auth::basic_credentials(&self.client_id, secret.unwrap_or(""));
+            carried.add(&pass);
+            let credentials = zeroize::Zeroizing::new(format!("{user}:{pass}"));
+            carried.add(&base64::engine::general_purpose::STANDARD.encode(credentials.as_bytes()));
             request = request.basic_auth(&*user, Some(&*pass));
         }
-        Ok((request, sent_nonce))
+        Ok((request, sent_nonce, carried))
     }
 }
 
@@ -663,27 +683,34 @@ impl fmt::Debug for TokenEndpoint {
     }
 }
 
-/// Status, content type, body and `Retry-After` of a token-endpoint response, and whether the
-/// server's DPoP nonce is now another than the one the request carried.
-type Posted = (
-    http::StatusCode,
-    Option<String>,
-    Zeroizing<Vec<u8>>,
-    Option<std::time::Duration>,
-    bool,
-);
+/// A token-endpoint response, and what its request carried.
+struct Posted {
+    status: http::StatusCode,
+    content_type: Option<String>,
+    body: Zeroizing<Vec<u8>>,
+    /// The `Retry-After` of a 429 or 503.
+    retry_after: Option<std::time::Duration>,
+    /// Whether the server's DPoP nonce is now another than the one the request carried.
+    #[cfg_attr(not(feature = "jose"), allow(dead_code))]
+    new_nonce: bool,
+    /// The secrets the request carried, which its answer may echo.
+    carried: Carried,
+}
 
-/// `Retry-After` as delay-seconds or an HTTP date (RFC 9110 §10.2.3).
-fn parse_retry_after(value: &str) -> Option<std::time::Duration> {
+/// `Retry-After` as delay-seconds or an HTTP date (RFC 9110 §10.2.3), capped at an hour: a
+/// delay of any size, or a date however far ahead, is a pause of at most an hour; a date in
+/// the past is no pause.
+pub(crate) fn parse_retry_after(value: &str) -> Option<std::time::Duration> {
     let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(std::time::Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(
+    let delay = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // More digits than a u64 holds is still a (very long) delay.
+        std::time::Duration::from_secs(value.parse::<u64>().unwrap_or(u64::MAX))
+    } else {
+        let at = httpdate::parse_http_date(value).ok()?;
         at.duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
-    )
+            .unwrap_or_default()
+    };
+    Some(delay.min(crate::cache::MAX_RETRY_AFTER))
 }
 
 /// Owner of a request body that wipes it when reqwest is done with it.
@@ -790,6 +817,58 @@ mod tests {
             "{d:?}"
         );
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn retry_after_of_any_size_or_date_is_at_most_an_hour() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(parse_retry_after("18446744073709551615"), Some(hour));
+        assert_eq!(parse_retry_after(&"9".repeat(100)), Some(hour));
+        assert_eq!(
+            parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT"),
+            Some(hour)
+        );
+        assert_eq!(parse_retry_after("-1"), None);
+        assert_eq!(parse_retry_after("+1"), None);
+        assert_eq!(parse_retry_after(""), None);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+        /// Any header text parses to nothing or to a pause of at most an hour, never a panic.
+        #[test]
+        fn arbitrary_retry_after_never_panics_and_is_capped(value in "\\PC{0,64}") {
+            if let Some(pause) = parse_retry_after(&value) {
+                proptest::prop_assert!(pause <= Duration::from_secs(3600));
+            }
+        }
+
+        /// Delay-seconds of any length are a pause, capped.
+        #[test]
+        fn digits_of_any_length_are_a_capped_pause(value in "[0-9]{1,80}") {
+            let pause = parse_retry_after(&value).unwrap();
+            proptest::prop_assert!(pause <= Duration::from_secs(3600));
+        }
+
+        /// HTTP dates of any year, valid or not, never panic.
+        #[test]
+        fn arbitrary_dates_never_panic(
+            day in 0u32..40, month in 0usize..13, year in 0u32..100_000,
+            hour in 0u32..30, minute in 0u32..70, second in 0u32..70,
+        ) {
+            const MONTHS: [&str; 13] = [
+                "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
+                "Dec", "Foo",
+            ];
+            let date = format!(
+                "Sun, {day:02} {} {year} {hour:02}:{minute:02}:{second:02} GMT",
+                MONTHS[month]
+            );
+            if let Some(pause) = parse_retry_after(&date) {
+                proptest::prop_assert!(pause <= Duration::from_secs(3600));
+            }
+        }
     }
 
     #[test]

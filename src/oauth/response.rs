@@ -3,13 +3,16 @@
 //! Accepted beyond the letter of the RFC, as golang.org/x/oauth2 does: `expires_in` as a number or
 //! a string, a missing `expires_in`, `token_type` in any case or missing, unknown fields,
 //! form-encoded bodies, and `scope` as an array. A body holding `error` is an error whatever its
-//! HTTP status. Nothing from a body that may hold a token is ever copied into an error.
+//! HTTP status. Nothing from a body that may hold a token is ever copied into an error, and the
+//! text that is (`error`, `error_description`, `error_uri`, the start of a body that is not
+//! JSON) is first cut free of every secret the request carried (see [`Carried`]).
 
 use std::{borrow::Cow, time::Duration};
 
 use http::StatusCode;
 use serde_json::{Map, Value};
 
+use super::scrub::Carried;
 use crate::{Error, OAuthError, Token};
 
 /// Longest `expires_in` believed; larger values are clamped (and an `Instant` cannot overflow).
@@ -17,6 +20,9 @@ const MAX_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Characters of a non-token body shown in an error.
 const EXCERPT_CHARS: usize = 200;
+
+/// Characters of an `error` code kept: real ones are short.
+const LONGEST_CODE: usize = 64;
 
 /// The fields of a response, from JSON or from a form-encoded body.
 enum Fields {
@@ -64,13 +70,13 @@ impl Fields {
 
 /// Turns a token-endpoint response into a [`Token`] or a typed [`Error`].
 ///
-/// `secrets` are values the request carried (client secret, refresh token, ...): they are cut
-/// out of any body excerpt placed in an error.
+/// `carried` are the secrets the request carried (client secret, refresh token, ...): they are
+/// cut out of any server text placed in an error.
 pub(crate) fn parse(
     status: StatusCode,
     content_type: Option<&str>,
     body: &[u8],
-    secrets: &[&str],
+    carried: &Carried,
 ) -> Result<Token, Error> {
     let fields = match fields(content_type, body) {
         Some(fields) => fields,
@@ -85,18 +91,24 @@ pub(crate) fn parse(
             return Err(Error::UnexpectedResponse {
                 status,
                 reason: reason.into(),
-                excerpt: excerpt(body, secrets),
+                excerpt: excerpt(body, carried),
                 retry_after: None,
             });
         }
     };
 
     if let Some(code) = fields.string("error").filter(|c| !c.is_empty()) {
+        let mut code = carried.scrub(&code);
+        if let Some((cut, _)) = code.char_indices().nth(LONGEST_CODE) {
+            code.truncate(cut);
+        }
         return Err(OAuthError::new(
             status,
-            code.into_owned(),
-            fields.string("error_description").map(Cow::into_owned),
-            fields.string("error_uri").map(Cow::into_owned),
+            code,
+            fields
+                .string("error_description")
+                .map(|text| carried.scrub(&text)),
+            fields.string("error_uri").map(|text| carried.scrub(&text)),
         )
         .into());
     }
@@ -177,8 +189,8 @@ fn lifetime(raw: &str) -> Option<Duration> {
 }
 
 /// The start of a body for an error message: at most [`EXCERPT_CHARS`] characters, with every
-/// known secret cut out, and nothing at all if the body mentions a token field.
-fn excerpt(body: &[u8], secrets: &[&str]) -> Option<String> {
+/// carried secret cut out, and nothing at all if the body mentions a token field.
+fn excerpt(body: &[u8], carried: &Carried) -> Option<String> {
     if body.is_empty() {
         return None;
     }
@@ -198,19 +210,9 @@ fn excerpt(body: &[u8], secrets: &[&str]) -> Option<String> {
     {
         return Some("[withheld: the body may echo a credential]".to_owned());
     }
-    let mut text = text.into_owned();
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        let encoded: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
-        text = text
-            .replace(secret, "[redacted]")
-            .replace(&encoded, "[redacted]");
-    }
-    let mut out: String = text
-        .chars()
-        .take(EXCERPT_CHARS)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if text.chars().count() > EXCERPT_CHARS {
+    let text = carried.scrub(&text);
+    let mut out: String = text.chars().take(EXCERPT_CHARS).collect();
+    if text.chars().nth(EXCERPT_CHARS).is_some() {
         out.push('…');
     }
     Some(out)
@@ -223,7 +225,7 @@ mod tests {
     const JSON: Option<&str> = Some("application/json");
 
     fn ok(body: &str) -> Token {
-        parse(StatusCode::OK, JSON, body.as_bytes(), &[]).unwrap()
+        parse(StatusCode::OK, JSON, body.as_bytes(), &Carried::default()).unwrap()
     }
 
     fn secs(t: &Token) -> u64 {
@@ -307,14 +309,20 @@ mod tests {
             StatusCode::OK,
             Some("application/x-www-form-urlencoded; charset=utf-8"),
             b"access_token=abc%2B1&token_type=bearer&expires_in=30&scope=a+b",
-            &[],
+            &Carried::default(),
         )
         .unwrap();
         assert_eq!(t.access_token().secret(), "abc+1");
         assert_eq!(t.scope(), Some("a b"));
         assert_eq!(secs(&t), 30);
         // Sent with a text/plain content type, as some servers do.
-        let t = parse(StatusCode::OK, Some("text/plain"), b"access_token=xyz", &[]).unwrap();
+        let t = parse(
+            StatusCode::OK,
+            Some("text/plain"),
+            b"access_token=xyz",
+            &Carried::default(),
+        )
+        .unwrap();
         assert_eq!(t.access_token().secret(), "xyz");
     }
 
@@ -324,7 +332,7 @@ mod tests {
             StatusCode::UNAUTHORIZED,
             JSON,
             br#"{"error":"invalid_client","error_description":"bad secret","error_uri":"https://idp/e"}"#,
-            &[],
+            &Carried::default(),
         )
         .unwrap_err();
         let e = err.oauth().unwrap();
@@ -337,7 +345,13 @@ mod tests {
 
     #[test]
     fn error_in_a_200_is_an_error() {
-        let err = parse(StatusCode::OK, JSON, br#"{"error":"invalid_scope"}"#, &[]).unwrap_err();
+        let err = parse(
+            StatusCode::OK,
+            JSON,
+            br#"{"error":"invalid_scope"}"#,
+            &Carried::default(),
+        )
+        .unwrap_err();
         assert_eq!(err.oauth().unwrap().code(), "invalid_scope");
         assert_eq!(err.oauth().unwrap().status(), StatusCode::OK);
     }
@@ -349,7 +363,8 @@ mod tests {
             r#"{"access_token":""}"#,
             r#"{"access_token":7}"#,
         ] {
-            let err = parse(StatusCode::OK, JSON, body.as_bytes(), &[]).unwrap_err();
+            let err =
+                parse(StatusCode::OK, JSON, body.as_bytes(), &Carried::default()).unwrap_err();
             assert!(
                 matches!(err, Error::UnexpectedResponse { excerpt: None, .. }),
                 "{body}: {err}"
@@ -364,7 +379,7 @@ mod tests {
             StatusCode::BAD_GATEWAY,
             Some("text/html"),
             body.as_bytes(),
-            &[],
+            &Carried::default(),
         )
         .unwrap_err();
         match &err {
@@ -388,7 +403,7 @@ mod tests {
             StatusCode::BAD_REQUEST,
             Some("text/plain"),
             b"rejected secret hunter2-SECRET (hunter2%2BSECRET) for client x",
-            &["hunter2-SECRET", "hunter2+SECRET"],
+            &Carried::of(["hunter2-SECRET", "hunter2+SECRET"]),
         )
         .unwrap_err();
         let shown = format!("{err} {err:?}");
@@ -399,7 +414,7 @@ mod tests {
             StatusCode::OK,
             Some("text/plain"),
             b"oops {access_token: tok-SECRET}",
-            &[],
+            &Carried::default(),
         )
         .unwrap_err();
         let shown = format!("{err} {err:?}");
@@ -408,11 +423,17 @@ mod tests {
 
     #[test]
     fn empty_and_non_object_bodies() {
-        let err = parse(StatusCode::OK, JSON, b"", &[]).unwrap_err();
+        let err = parse(StatusCode::OK, JSON, b"", &Carried::default()).unwrap_err();
         assert!(err.to_string().contains("empty response body"), "{err}");
-        let err = parse(StatusCode::OK, JSON, b"[1,2]", &[]).unwrap_err();
+        let err = parse(StatusCode::OK, JSON, b"[1,2]", &Carried::default()).unwrap_err();
         assert!(matches!(err, Error::UnexpectedResponse { .. }));
-        let err = parse(StatusCode::OK, JSON, br#"{"access_token":"abc"#, &[]).unwrap_err();
+        let err = parse(
+            StatusCode::OK,
+            JSON,
+            br#"{"access_token":"abc"#,
+            &Carried::default(),
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::UnexpectedResponse { .. }));
         assert!(!format!("{err:?}").contains("abc"));
     }
@@ -430,7 +451,7 @@ mod tests {
         ) {
             let status = StatusCode::from_u16(status).unwrap();
             let ct = if json { Some("application/json") } else { Some("application/x-www-form-urlencoded") };
-            if let Ok(token) = parse(status, ct, &body, &["secret"]) {
+            if let Ok(token) = parse(status, ct, &body, &Carried::of(["secret"])) {
                 proptest::prop_assert!(token.access_token().secret().len() <= body.len());
             }
         }
@@ -445,7 +466,7 @@ mod tests {
             let mut body = serde_json::json!({ "access_token": token });
             if let Some(e) = expires { body["expires_in"] = e.into(); }
             if let Some(k) = &kind { body["token_type"] = k.clone().into(); }
-            let parsed = parse(StatusCode::OK, JSON, body.to_string().as_bytes(), &[]).unwrap();
+            let parsed = parse(StatusCode::OK, JSON, body.to_string().as_bytes(), &Carried::default()).unwrap();
             proptest::prop_assert_eq!(parsed.access_token().secret(), token.as_str());
             let left = parsed.expires_in();
             match expires {
@@ -461,7 +482,7 @@ mod tests {
             StatusCode::INTERNAL_SERVER_ERROR,
             JSON,
             br#"{"message":"boom"}"#,
-            &[],
+            &Carried::default(),
         )
         .unwrap_err();
         assert!(matches!(err, Error::UnexpectedResponse { status, .. } if status == 500));
