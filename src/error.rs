@@ -85,6 +85,13 @@ pub enum Error {
     #[error("token store failed: {0}")]
     Store(#[source] StoreError),
 
+    /// The Redis a fleet shares tokens through failed or answered late (feature `redis`):
+    /// [`AuthLayer::revoke`](crate::AuthLayer::revoke) could not delete the token from it or
+    /// tell the other processes, which may go on using the token until it is rejected or
+    /// expires. (A fetch never fails for this: it goes to the token endpoint instead.)
+    #[error("the fleet's Redis failed: {0}")]
+    Fleet(Cow<'static, str>),
+
     /// The grant cannot go on without a new authorization by the user: there is no refresh
     /// token, or the endpoint rejected it. Asking again does not help.
     #[error("authorization required: {0}")]
@@ -187,7 +194,7 @@ impl Error {
     /// retries these after its backoff; callers may too.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Transport(_) | Error::Timeout(_) | Error::Aborted => true,
+            Error::Transport(_) | Error::Timeout(_) | Error::Aborted | Error::Fleet(_) => true,
             Error::UnexpectedResponse { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }

@@ -17,9 +17,11 @@ use std::{
 };
 
 use support::{
-    LostAnswer, StandInEndpoint, StandInIdp, delayed,
+    LostAnswer, StandInIdp,
+    fleet::{
+        KEY, connection, endpoint, endpoint_with, fresh_prefix, redis_url, until, until_listening,
+    },
     processes::{ask_and_reject, each_sent_once, run_workers},
-    token_json,
 };
 use tokio::task::JoinSet;
 use tower_bearer::{
@@ -28,7 +30,6 @@ use tower_bearer::{
     store::{StoredToken, TokenStore},
 };
 
-const KEY: [u8; 32] = [42; 32];
 /// Set in the child processes of `processes_on_a_cold_start_make_one_token_request`: the token
 /// URL, the Redis URL and the key prefix, separated by spaces.
 const WORKER: &str = "TOWER_BEARER_FLEET_WORKER";
@@ -36,45 +37,6 @@ const PROCESSES: usize = 8;
 const CALLERS: usize = 100;
 /// The lease of every fleet here: short, so that the test of a dead holder is short too.
 const LEASE: Duration = Duration::from_secs(1);
-
-fn redis_url() -> String {
-    std::env::var("TOWER_BEARER_REDIS")
-        .expect("TOWER_BEARER_REDIS: run these tests with scripts/test")
-}
-
-/// A key prefix no other test (or earlier run) uses.
-fn fresh_prefix(test: &str) -> String {
-    let mut bytes = [0u8; 6];
-    getrandom::fill(&mut bytes).unwrap();
-    let tag: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("test-{test}-{tag}")
-}
-
-/// A token endpoint issuing `tok-1`, `tok-2`, ... (an hour each), `latency` late.
-async fn endpoint(latency: Duration) -> (StandInEndpoint, Arc<AtomicUsize>) {
-    endpoint_with(move |_| latency).await
-}
-
-/// The same, each answer as late as `latency(n)` says for the `n`th request.
-async fn endpoint_with(
-    latency: impl Fn(usize) -> Duration + Send + Sync + 'static,
-) -> (StandInEndpoint, Arc<AtomicUsize>) {
-    let issued = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&issued);
-    let endpoint = StandInEndpoint::start(move |_| {
-        let n = counter.fetch_add(1, SeqCst) + 1;
-        // Late without blocking the server's thread: the serving loop waits.
-        delayed(token_json(&format!("tok-{n}"), 3600), latency(n))
-    })
-    .await;
-    (endpoint, issued)
-}
-
-async fn connection(url: &str) -> redis::aio::ConnectionManager {
-    redis::aio::ConnectionManager::new(redis::Client::open(url).unwrap())
-        .await
-        .expect("Redis answers")
-}
 
 fn layer(token_url: &str, client_id: &str, cache: RedisCache) -> AuthLayer {
     let source = ClientCredentials::builder(token_url)
@@ -289,54 +251,6 @@ async fn a_rejected_token_is_refetched_once_for_the_fleet() {
     assert_eq!(issued.load(SeqCst), 2, "one refetch for both");
 }
 
-/// Waits until `done` holds, for 10 s at most.
-async fn until(what: &str, done: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(std::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Waits until `listeners` processes listen for the notices of the fleet under `prefix`
-/// (asking Redis, which knows its subscribers: each node in `nodes`, which is the server's URL,
-/// or the cluster's node URLs separated by commas).
-async fn until_listening(nodes: &str, prefix: &str, listeners: usize) {
-    let mut connections = Vec::new();
-    for node in nodes.split(',') {
-        connections.push(connection(node).await);
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut subscribers = 0;
-        for redis in &mut connections {
-            let channels: Vec<String> = redis::cmd("PUBSUB")
-                .arg("CHANNELS")
-                .arg(format!("{prefix}:*"))
-                .query_async(redis)
-                .await
-                .unwrap();
-            for channel in channels {
-                let (_, count): (String, usize) = redis::cmd("PUBSUB")
-                    .arg("NUMSUB")
-                    .arg(&channel)
-                    .query_async(redis)
-                    .await
-                    .unwrap();
-                subscribers += count;
-            }
-        }
-        if subscribers >= listeners {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{subscribers} listening"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// A process of a fleet that listens for notices.
 fn listening_process(token_url: &str, prefix: &str) -> AuthLayer {
     let cache = RedisCache::connect_lazily(redis::Client::open(redis_url()).unwrap())
@@ -518,11 +432,11 @@ async fn until_no_listener(prefix: &str) {
 
 /// The Redis ACL the README gives a fleet's user: its keys and channels under its prefix, and
 /// the commands it runs (those inside its scripts included).
-const FLEET_ACL: &str = "+get +set +pttl +eval +publish +subscribe +del +pexpire";
+const FLEET_ACL: &str = "+get +set +pttl +eval +publish +subscribe +del +pexpire +incr";
 
 /// A fleet whose Redis user may run only the commands in [`FLEET_ACL`], on its prefix only,
-/// still fetches once, refetches a revoked token once and hears its notices; a shared refresh
-/// token store works with the same rights.
+/// still fetches once, refetches a revoked token once, hears its notices and revokes its
+/// token for every process; a shared refresh token store works with the same rights.
 #[tokio::test]
 #[ignore = "needs Redis: run scripts/test"]
 async fn a_fleet_needs_only_the_redis_commands_the_readme_lists() {
@@ -564,6 +478,8 @@ async fn a_fleet_needs_only_the_redis_commands_the_readme_lists() {
     let waits: u64 = processes.iter().map(|p| p.stats().fleet_lease_waits).sum();
     assert_eq!(waits, 1);
     one_refetch_for_a_revoked_token(&processes, &issued, &redis_url(), &prefix).await;
+    // A revocation for the whole fleet (its scripts `DEL`, `INCR` and `PUBLISH`).
+    processes[0].revoke().await.unwrap();
     for process in &processes {
         assert_eq!(
             process.stats().fleet_redis_errors,

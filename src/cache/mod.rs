@@ -482,6 +482,17 @@ impl TokenCache {
         true
     }
 
+    /// Another process of the fleet revoked the fleet's token: forgets the current token and
+    /// the fetch in flight (which may bring back a token fetched before the revocation), as
+    /// [`forget`](Self::forget) does.
+    #[cfg(feature = "redis")]
+    pub(crate) fn forget_revoked_elsewhere(&self) {
+        if self.forget().is_some() {
+            self.counters.fleet_rejection();
+        }
+        tracing::debug!(target: "tower_bearer", layer = %self.counters.name, "the fleet's token was revoked by another process: forgotten");
+    }
+
     /// The last token a response (or `invalidate`) rejected, if this cache shares tokens with a
     /// fleet (no other cache keeps one).
     #[cfg(feature = "redis")]
@@ -685,6 +696,42 @@ mod tests {
         let current = auth.cache().current().load_full().unwrap();
         auth.cache().reject(current.generation);
         assert!(auth.cache().lock_state().rejected.is_none());
+    }
+
+    /// A request that read a token just as its background refresh finished does not start
+    /// another: the refresh window it saw belongs to a token that is no longer current.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_read_the_replaced_token_starts_no_second_refresh() {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering::SeqCst},
+        };
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&fetches);
+        let source = crate::source::from_fn(move || {
+            let n = counted.fetch_add(1, SeqCst) + 1;
+            async move {
+                Ok(crate::Token::new(format!("t{n}")).with_expires_in(Duration::from_secs(100)))
+            }
+        });
+        let auth = AuthLayer::builder(source).jitter_seed(1).build().unwrap();
+        auth.token().await.unwrap();
+        let old = auth.cache().peek().unwrap();
+        // Into the refresh window: a request starts the background refresh, which finishes.
+        tokio::time::advance(old.refresh_at.duration_since(old.fetched_at)).await;
+        let now = tokio::time::Instant::now();
+        assert!(auth.cache().check(&old, now));
+        while auth.cache().peek().unwrap().generation == old.generation {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(fetches.load(SeqCst), 2);
+        // Another request read the old token before the new one was installed.
+        assert!(auth.cache().check(&old, now));
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(fetches.load(SeqCst), 2, "a second refresh started");
+        assert_eq!(auth.stats().background_refreshes, 1);
     }
 
     /// The valid-token path takes no lock: requests complete while another thread holds the

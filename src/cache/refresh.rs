@@ -30,17 +30,18 @@ impl TokenCache {
                     self.counters.served_stale();
                 }
                 if refresh {
-                    self.refresh_ahead(now);
+                    self.refresh_ahead(now, entry.generation);
                 }
                 true
             }
         }
     }
 
-    /// Called by requests that found the token in its refresh window: starts one background
-    /// refresh, unless one runs or the backoff after a failed one has not passed. The caller
-    /// goes on with the token, which is still usable.
-    pub(crate) fn refresh_ahead(self: &Arc<Self>, now: Instant) {
+    /// Called by requests that found the token of `generation` in its refresh window: starts
+    /// one background refresh, unless one runs, the backoff after a failed one has not passed,
+    /// or that token was replaced meanwhile (a request that read it just as a refresh finished
+    /// must not start another). The caller goes on with the token, which is still usable.
+    pub(crate) fn refresh_ahead(self: &Arc<Self>, now: Instant, generation: u64) {
         let since = self.nanos_since_base(now);
         let next = self.next_background.load(Relaxed);
         if since < next
@@ -66,6 +67,16 @@ impl TokenCache {
                     .store(self.nanos_since_base(flight.deadline), Relaxed);
                 return;
             }
+        }
+        if self
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|current| current.generation != generation)
+        {
+            // Replaced since the caller read it: the new token's own refresh point decides.
+            self.next_background.store(0, Relaxed);
+            return;
         }
         let overdue = self.take_overdue(&mut state, now);
         if let Some(failures) = &state.failures {

@@ -7,14 +7,22 @@
 //! 2. Read the token the fleet stored. One that is not the token this process wants replaced
 //!    (the one it holds, which expired, reached its refresh point or was rejected) is used as
 //!    if this process had fetched it, with the life it has left.
-//! 3. Otherwise take the lease (`SET NX PX` with a random owner). The holder fetches from the
-//!    source (renewing the lease while it does, within the fetch's own timeout), stores the
-//!    token sealed with a TTL of its remaining life, tells the fleet, and lets the lease go
-//!    (deleting it only if it still owns it).
+//! 3. Otherwise take the lease (`SET NX PX` with a random owner), reading the token again in
+//!    the same script: a holder that stored one just before letting its lease go is not fetched
+//!    after. The new holder fetches from the source (renewing the lease while it does, within
+//!    the fetch's own timeout), then in one script stores the token sealed with a TTL of its
+//!    remaining life, tells the fleet, and lets the lease go (deleting it only if it still owns
+//!    it). The script stores nothing if the fleet's token was revoked since the lease was
+//!    taken (the revocation epoch changed): that token, fetched before the revocation, is
+//!    dropped, and the fetch starts over.
 //! 4. The others wait for that notice, reading again when it comes (or every few milliseconds
 //!    without notices, and every quarter second with them, in case one is lost); if the lease
 //!    goes without a token (its holder failed or died: a lease outlives its holder by at most
 //!    the lease time), one of them takes it.
+//!
+//! 5. A revocation ([`AuthLayer::revoke`](crate::AuthLayer::revoke)) deletes the stored token,
+//!    moves the revocation epoch on and tells the fleet, whose processes forget what they hold
+//!    and drop what their fetches in flight bring back.
 //!
 //! Every Redis call has its own deadline. A Redis error or a late answer makes this fetch fall
 //! back to the source, as a process without Redis would: the layer keeps serving while Redis is
@@ -52,6 +60,26 @@ pub(super) const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then re
 /// Reads the token, first deleting it if it is the one whose fingerprint is `ARGV[1]` (rejected
 /// here) and then publishing the notice `ARGV[3]` on the channel `ARGV[2]`.
 const READ_DROPPING: &str = "local v = redis.call('GET', KEYS[1]) if v and string.sub(v, 1, 16) == ARGV[1] then redis.call('DEL', KEYS[1]) redis.call('PUBLISH', ARGV[2], ARGV[3]) return false end return v";
+/// Takes the lease `KEYS[1]` for the owner `ARGV[1]` for `ARGV[2]` ms if nobody holds it, and
+/// then reads the token `KEYS[2]` and the revocation epoch `KEYS[3]`: `{1, token or '',
+/// epoch}`, or `{0, '', ''}` if another process holds the lease.
+const TAKE_LEASE: &str = "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, redis.call('GET', KEYS[2]) or '', redis.call('GET', KEYS[3]) or '0'} end return {0, '', ''}";
+/// Stores the token `ARGV[1]` in `KEYS[1]` for `ARGV[2]` ms and publishes `ARGV[5]` on
+/// `ARGV[4]`, unless the revocation epoch `KEYS[2]` is no longer `ARGV[3]`; then lets the
+/// lease `KEYS[3]` go if `ARGV[6]` still owns it. 1 if stored.
+const STORE: &str = "local stored = 0 if (redis.call('GET', KEYS[2]) or '0') == ARGV[3] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) redis.call('PUBLISH', ARGV[4], ARGV[5]) stored = 1 end if redis.call('GET', KEYS[3]) == ARGV[6] then redis.call('DEL', KEYS[3]) end return stored";
+/// Revokes the fleet's token: deletes `KEYS[1]`, moves the revocation epoch `KEYS[2]` on (a
+/// lease holder fetching now then stores nothing), and publishes `ARGV[2]` on `ARGV[1]`.
+const REVOKE: &str = "redis.call('DEL', KEYS[1]) redis.call('INCR', KEYS[2]) redis.call('PUBLISH', ARGV[1], ARGV[2]) return 1";
+
+/// What a fetch under the lease came to.
+enum Leased {
+    /// The source's answer: a token (stored for the fleet if Redis took it), or an error.
+    Fetched(Result<Token, Error>),
+    /// The fleet's token was revoked while the source was asked: what it brought back was
+    /// fetched before the revocation, and is dropped.
+    Revoked,
+}
 
 /// A layer's share of a fleet: its Redis, its keys, how it seals tokens.
 pub(crate) struct Fleet {
@@ -61,6 +89,8 @@ pub(crate) struct Fleet {
     lease: Duration,
     call_timeout: Duration,
     notices: Option<Notices>,
+    /// This process's id in the fleet's notices.
+    id: Arc<str>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -93,9 +123,15 @@ impl std::fmt::Display for CallError {
 
 impl Fleet {
     pub(crate) fn new(redis: RedisCache, sealing: Sealing, keys: FleetKeys) -> Fleet {
-        let notices = redis
-            .notices
-            .map(|client| Notices::new(client, keys.notices.clone(), redis.call_timeout));
+        let id: Arc<str> = owner().into();
+        let notices = redis.notices.map(|client| {
+            Notices::new(
+                client,
+                keys.notices.clone(),
+                redis.call_timeout,
+                Arc::clone(&id),
+            )
+        });
         Fleet {
             connection: redis.connection,
             keys,
@@ -103,6 +139,7 @@ impl Fleet {
             lease: redis.lease,
             call_timeout: redis.call_timeout,
             notices,
+            id,
         }
     }
 
@@ -147,22 +184,32 @@ impl Fleet {
                 return Ok(token);
             }
             let owner = owner();
-            let taken: Option<String> = match self
-                .call(
-                    redis::cmd("SET")
-                        .arg(&self.keys.lease)
-                        .arg(&owner)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(millis(self.lease)),
-                )
-                .await
-            {
-                Ok(taken) => taken,
+            let mut take = script(
+                TAKE_LEASE,
+                &[&self.keys.lease, &self.keys.token, &self.keys.epoch],
+            );
+            take.arg(&owner).arg(millis(self.lease));
+            let (won, stored, epoch): (i64, Vec<u8>, String) = match self.call(&take).await {
+                Ok(answer) => answer,
                 Err(err) => return self.fall_back(cache, started, &err).await,
             };
-            if taken.is_some() {
-                return self.fetch_under_lease(cache, started, &owner).await;
+            if won == 1 {
+                if let Some(token) = self.usable(Some(&stored[..]), &wanted) {
+                    // Stored by the last holder just before its lease went.
+                    self.release(cache, &owner).await;
+                    cache.counters.fleet_token();
+                    return Ok(token);
+                }
+                match self.fetch_under_lease(cache, started, &owner, &epoch).await {
+                    Leased::Fetched(result) => return result,
+                    Leased::Revoked => {
+                        tracing::debug!(target: "tower_bearer", "token fetched while the fleet's token was revoked: dropped; fetching again");
+                        if Instant::now() >= deadline {
+                            return Err(Error::Timeout(cache.settings().fetch_timeout));
+                        }
+                        continue;
+                    }
+                }
             }
             // Another process fetches: wait for its token, or for its lease to go.
             cache.counters.fleet_lease_wait();
@@ -204,21 +251,32 @@ impl Fleet {
         wanted(&token).then_some(token)
     }
 
+    /// Fetches from the source under the lease `owner` holds, taken at the revocation
+    /// `epoch`, and stores the token for the fleet unless it was revoked meanwhile.
     async fn fetch_under_lease(
         &self,
         cache: &TokenCache,
         started: Instant,
         owner: &str,
-    ) -> Result<Token, Error> {
+        epoch: &str,
+    ) -> Leased {
         let renew = async {
             loop {
                 tokio::time::sleep(self.lease / 3).await;
                 let renewed: Result<i64, _> = self
                     .call(owned_script(RENEW, &self.keys.lease, owner).arg(millis(self.lease)))
                     .await;
-                if let Err(err) = renewed {
-                    cache.counters.fleet_redis_error();
-                    tracing::debug!(target: "tower_bearer", error = %err, "fleet lease not renewed");
+                match renewed {
+                    Ok(1) => {}
+                    // Gone (this process stalled past it): another may fetch too, which costs
+                    // one more token request, nothing else.
+                    Ok(_) => {
+                        tracing::debug!(target: "tower_bearer", "fleet lease lost while fetching")
+                    }
+                    Err(err) => {
+                        cache.counters.fleet_redis_error();
+                        tracing::debug!(target: "tower_bearer", error = %err, "fleet lease not renewed");
+                    }
                 }
             }
         };
@@ -226,34 +284,52 @@ impl Fleet {
         let result = first(fetch_with_retries(cache, started), renew)
             .await
             .unwrap_or_else(|| Err(Error::Aborted));
-        if let Ok(token) = &result {
-            let life = token
-                .expires_in()
-                .unwrap_or(cache.settings().default_lifetime);
-            let value = SystemTime::now()
-                .checked_add(life)
-                .and_then(|expires_at| self.sealing.seal(token, expires_at, &self.keys.token));
-            if let (Some(value), false) = (value, life.is_zero()) {
-                let mut store = redis::pipe();
-                store
-                    .cmd("SET")
-                    .arg(&self.keys.token)
-                    .arg(value)
-                    .arg("PX")
-                    .arg(millis(life))
-                    .ignore()
-                    .publish(
-                        &self.keys.notices,
-                        Notices::message(notices::STORED, &fingerprint(token.access_token())),
-                    )
-                    .ignore();
-                let stored: Result<(), _> = self.call_all(&store).await;
-                if let Err(err) = stored {
-                    cache.counters.fleet_redis_error();
-                    tracing::warn!(target: "tower_bearer", error = %err, "token fetched but not shared with the fleet");
-                }
+        let token = match result {
+            Ok(token) => token,
+            Err(err) => {
+                self.release(cache, owner).await;
+                return Leased::Fetched(Err(err));
+            }
+        };
+        let life = token
+            .expires_in()
+            .unwrap_or(cache.settings().default_lifetime);
+        let value = SystemTime::now()
+            .checked_add(life)
+            .and_then(|expires_at| self.sealing.seal(&token, expires_at, &self.keys.token));
+        let Some(value) = value.filter(|_| !life.is_zero()) else {
+            self.release(cache, owner).await;
+            return Leased::Fetched(Ok(token));
+        };
+        let mut store = script(
+            STORE,
+            &[&self.keys.token, &self.keys.epoch, &self.keys.lease],
+        );
+        store
+            .arg(value)
+            .arg(millis(life))
+            .arg(epoch)
+            .arg(&self.keys.notices)
+            .arg(Notices::message(
+                notices::STORED,
+                &fingerprint(token.access_token()),
+            ))
+            .arg(owner);
+        match self.call::<i64>(&store).await {
+            Ok(1) => Leased::Fetched(Ok(token)),
+            Ok(_) => Leased::Revoked,
+            Err(err) => {
+                // Redis failed, not the token: used here, as without a fleet.
+                cache.counters.fleet_redis_error();
+                tracing::warn!(target: "tower_bearer", error = %err, "token fetched but not shared with the fleet");
+                self.release(cache, owner).await;
+                Leased::Fetched(Ok(token))
             }
         }
+    }
+
+    /// Lets the lease go if `owner` still holds it.
+    async fn release(&self, cache: &TokenCache, owner: &str) {
         let released: Result<i64, _> = self
             .call(&owned_script(RELEASE, &self.keys.lease, owner))
             .await;
@@ -261,7 +337,25 @@ impl Fleet {
             cache.counters.fleet_redis_error();
             tracing::debug!(target: "tower_bearer", error = %err, "fleet lease not released; it expires");
         }
-        result
+    }
+
+    /// Revokes the fleet's token (see [`AuthLayer::revoke`](crate::AuthLayer::revoke)): deletes
+    /// it from Redis, moves the revocation epoch on so that no fetch in flight stores what it
+    /// brings back, and tells every process to forget what it holds.
+    pub(crate) async fn revoke(&self, cache: &TokenCache) -> Result<(), Error> {
+        let mut revoke = script(REVOKE, &[&self.keys.token, &self.keys.epoch]);
+        revoke
+            .arg(&self.keys.notices)
+            .arg(format!("{}{}", notices::REVOKED, self.id));
+        match self.call::<i64>(&revoke).await {
+            Ok(_) => Ok(()),
+            Err(err) => {
+                cache.counters.fleet_redis_error();
+                Err(Error::Fleet(
+                    format!("cannot revoke the token the fleet shares: {err}").into(),
+                ))
+            }
+        }
     }
 
     /// Redis failed: fetch from the source, as a process without a fleet would.
@@ -302,6 +396,17 @@ async fn within<T>(
         Ok(Err(err)) => Err(CallError::Redis(err)),
         Err(_) => Err(CallError::Late(limit)),
     }
+}
+
+/// `EVAL script n keys...`: one of the scripts above on `keys` (all of one hash tag); the
+/// caller adds its arguments.
+fn script(script: &str, keys: &[&str]) -> redis::Cmd {
+    let mut command = redis::cmd("EVAL");
+    command.arg(script).arg(keys.len());
+    for key in keys {
+        command.arg(*key);
+    }
+    command
 }
 
 /// `EVAL script 1 key owner`: one of the scripts above on a key `owner` (a lease owner, or a

@@ -53,21 +53,33 @@
 //!   and `PUBLISH` (check your provider: some restrict scripting). Where `SUBSCRIBE` is not
 //!   allowed, use [`RedisCache::new`] without [`notices`](RedisCache::notices): waiters then
 //!   read every 20 ms.
-//! - The fleet's Redis user needs only its keys and channels and eight commands:
+//! - The fleet's Redis user needs only its keys and channels and nine commands:
 //!   `ACL SETUSER billing on >password ~billing:* &billing:* +get +set +pttl +eval +publish
-//!   +subscribe +del +pexpire` for the prefix `billing` (`del` and `pexpire` run inside the
-//!   fleet's scripts).
+//!   +subscribe +del +pexpire +incr` for the prefix `billing` (`set`, `del`, `pexpire` and
+//!   `incr` run inside the fleet's scripts).
 //!
 //! # Keys and values
 //!
-//! Tokens are keyed by a hash of what makes them differ ([`TokenSource::identity`]: the token
-//! endpoint, client, grant, scope, extra parameters and client authentication, and the
-//! thumbprint of a DPoP key: a DPoP-bound token is useless without its key, so processes share
-//! such tokens only if they share the key, and each process with a key of its own fetches its
-//! own), under
-//! [`RedisCache::key_prefix`], with a Redis Cluster hash tag so that a token and its lease share
-//! a slot. No secret appears in a key. A source that cannot say what makes its tokens differ
-//! (one of your own) shares one key per prefix: give each such source a prefix of its own.
+//! Tokens are keyed by a hash of what makes them differ, under [`RedisCache::key_prefix`], with
+//! a Redis Cluster hash tag so that a token and its lease share a slot. No secret appears in a
+//! key. What makes them differ is the source's [`TokenSource::identity`]:
+//!
+//! - [`ClientCredentials`](crate::ClientCredentials): the token endpoint, client, client
+//!   authentication, scope and extra parameters, and the thumbprints of its keys (a DPoP-bound
+//!   token is useless without its key, so processes share such tokens only if they share the
+//!   key);
+//! - [`RefreshTokenGrant`](crate::RefreshTokenGrant) (and the grant an
+//!   [`AuthorizationCode`](crate::AuthorizationCode) exchange returns): the same, and the
+//!   identity of its store, which names the user: a [`RedisStore`]'s key. Over a store that
+//!   cannot name itself ([`MemoryStore`](crate::store::MemoryStore),
+//!   [`FileStore`](crate::store::FileStore)) it has no identity;
+//! - a source with no identity (a closure, a [`StaticToken`](crate::StaticToken), one of your
+//!   own) needs a key named by hand, [`RedisCache::fleet_key`]: without one the layer is
+//!   refused when it is built, rather than let two users' layers share one token.
+//!
+//! A fleet key, when set, and the identity, when there is one, go into the key together.
+//! [`max_token_uses`](crate::AuthLayerBuilder::max_token_uses) is refused with a fleet: every
+//! process would spend the whole use budget of the one token they share.
 //!
 //! Values are sealed with AES-256-GCM under [`RedisCache::encryption_key`] (with the key's id,
 //! so a value sealed with another key is ignored, and the token key as associated data). To
@@ -157,6 +169,8 @@ pub struct RedisCache {
     call_timeout: Duration,
     /// Where the listener for the fleet's notices connects, if anywhere.
     notices: Option<redis::Client>,
+    /// What the tokens are for, named by hand.
+    fleet_key: Option<String>,
 }
 
 impl RedisCache {
@@ -187,6 +201,7 @@ impl RedisCache {
             lease: DEFAULT_LEASE,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             notices: None,
+            fleet_key: None,
         }
     }
 
@@ -226,6 +241,19 @@ impl RedisCache {
     /// same prefix.
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
+        self
+    }
+
+    /// Names what the tokens are for, for a source that cannot say it itself
+    /// ([`TokenSource::identity`] is `None`: a closure, a
+    /// [`RefreshTokenGrant`](crate::RefreshTokenGrant) over a store that is not a
+    /// [`RedisStore`], a source of your own). Processes share a token only under the same
+    /// Redis, prefix, fleet key and source identity, so give each user, tenant or client a key
+    /// of its own: `fleet_key(format!("user:{user_id}"))`. A layer whose source cannot tell,
+    /// and that has no fleet key, is refused when it is built. It is hashed into the Redis
+    /// keys, so it may be anything but a secret.
+    pub fn fleet_key(mut self, key: impl Into<String>) -> Self {
+        self.fleet_key = Some(key.into());
         self
     }
 
@@ -271,6 +299,17 @@ impl RedisCache {
     /// The fleet this cache makes for tokens of a source with `identity`, after checking the
     /// settings.
     pub(crate) fn into_fleet(self, identity: Option<&str>) -> Result<Fleet, Error> {
+        if identity.is_none() && self.fleet_key.is_none() {
+            return Err(Error::config(
+                "this token source cannot tell its tokens from another source's (a closure, a \
+                 RefreshTokenGrant over a store other than RedisStore, a source of your own), so \
+                 the fleet could hand one user's token to another: name what the tokens are for \
+                 with RedisCache::fleet_key (one per user, tenant or client)",
+            ));
+        }
+        if self.fleet_key.as_deref() == Some("") {
+            return Err(Error::config("a RedisCache fleet key must not be empty"));
+        }
         let Some(sealing) = self.sealing.clone() else {
             return Err(Error::config(
                 "a RedisCache needs an encryption_key (or insecure_plaintext())",
@@ -291,7 +330,7 @@ impl RedisCache {
                 "a RedisCache lease and call timeout must be at most a year",
             ));
         }
-        let keys = FleetKeys::new(&self.prefix, identity);
+        let keys = FleetKeys::new(&self.prefix, self.fleet_key.as_deref(), identity);
         Ok(Fleet::new(self, sealing, keys))
     }
 }
@@ -304,6 +343,7 @@ impl fmt::Debug for RedisCache {
             .field("lease", &self.lease)
             .field("call_timeout", &self.call_timeout)
             .field("notices", &self.notices.is_some())
+            .field("fleet_key", &self.fleet_key.is_some())
             .finish_non_exhaustive()
     }
 }

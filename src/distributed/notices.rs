@@ -28,6 +28,9 @@ use crate::cache::{TokenCache, first};
 pub(super) const STORED: &str = "stored ";
 /// The notice that a token was rejected; its fingerprint follows.
 pub(super) const REJECTED: &str = "rejected ";
+/// The notice that the fleet's token was revoked: every process but the one that revoked it
+/// (its id follows) forgets what it holds.
+pub(super) const REVOKED: &str = "revoked ";
 
 /// The first pause before connecting again, doubled after each failure up to [`MOST_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_millis(250);
@@ -39,6 +42,9 @@ pub(crate) struct Notices {
     channel: String,
     call_timeout: Duration,
     shared: Arc<Shared>,
+    /// This process's id in the fleet's notices (it ignores its own revocations, which it
+    /// has acted on already).
+    id: Arc<str>,
 }
 
 /// What the listener task and the fetches share.
@@ -73,12 +79,18 @@ impl Drop for Notices {
 }
 
 impl Notices {
-    pub(crate) fn new(client: redis::Client, channel: String, call_timeout: Duration) -> Notices {
+    pub(crate) fn new(
+        client: redis::Client,
+        channel: String,
+        call_timeout: Duration,
+        id: Arc<str>,
+    ) -> Notices {
         Notices {
             client,
             channel,
             call_timeout,
             shared: Arc::default(),
+            id,
         }
     }
 
@@ -93,6 +105,7 @@ impl Notices {
             call_timeout: self.call_timeout,
             shared: Arc::clone(&self.shared),
             cache: Arc::downgrade(cache),
+            id: Arc::clone(&self.id),
         };
         tokio::spawn(listener.run());
     }
@@ -125,6 +138,7 @@ struct Listener {
     call_timeout: Duration,
     shared: Arc<Shared>,
     cache: Weak<TokenCache>,
+    id: Arc<str>,
 }
 
 /// Clears the flags when the task ends, however it ends.
@@ -205,6 +219,11 @@ impl Listener {
         } else if let Some(rejected) = named(REJECTED) {
             cache.counters.fleet_notice();
             cache.forget_rejected_elsewhere(|token| fingerprint(token) == rejected);
+        } else if let Some(by) = message.strip_prefix(REVOKED.as_bytes()) {
+            cache.counters.fleet_notice();
+            if by != self.id.as_bytes() {
+                cache.forget_revoked_elsewhere();
+            }
         }
         true
     }

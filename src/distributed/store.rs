@@ -272,6 +272,11 @@ impl TokenStore for RedisStore {
             tokio::time::sleep(LOCK_RETRY).await;
         }
     }
+
+    /// The key: the fleet's processes that share this store share its grant.
+    fn identity(&self) -> Option<String> {
+        Some(format!("redis_store key={:?}", self.key))
+    }
 }
 
 /// A lock taken: renewed in the background until dropped, then released if still owned.

@@ -254,15 +254,37 @@ impl AuthLayer {
     /// fetched before `revoke` returns is ever sent. Requests made afterwards fetch anew (a
     /// [`RefreshTokenGrant`](crate::RefreshTokenGrant) then needs a new authorization). Sources
     /// without a revocation endpoint only forget.
+    ///
+    /// In a fleet (`distributed`, feature `redis`) the token goes for every process: it is
+    /// deleted from Redis (before the revocation endpoint is called, and again after, for a
+    /// token fetched meanwhile), the fleet's revocation epoch moves on so that no fetch that
+    /// began before stores what it brings back, and a notice tells every process to forget
+    /// what it holds and what its fetch in flight returns. A process that does not listen for
+    /// notices keeps its copy until its next fetch or a 401. If Redis cannot be told,
+    /// [`Error::Fleet`] is returned (after everything else was done).
     pub async fn revoke(&self) -> Result<(), Error> {
         let cache = &self.state.cache;
         let current = cache.forget();
+        #[cfg(feature = "redis")]
+        let fleet = cache.settings().fleet.as_deref();
+        #[cfg(feature = "redis")]
+        let before = match fleet {
+            Some(fleet) => fleet.revoke(cache).await,
+            None => Ok(()),
+        };
         let result = cache
             .source()
             .revoke_boxed(current.as_ref().map(|entry| &entry.token))
             .await;
         // A fetch that started while the revocation ran must not leave its token behind.
+        #[cfg(feature = "redis")]
+        let after = match fleet {
+            Some(fleet) => fleet.revoke(cache).await,
+            None => Ok(()),
+        };
         cache.forget();
+        #[cfg(feature = "redis")]
+        let result = result.and(before).and(after);
         result
     }
 
@@ -364,10 +386,12 @@ pub struct AuthLayerBuilder {
 }
 
 impl AuthLayerBuilder {
-    /// Shares tokens with every process that uses the same Redis, key prefix and source
-    /// identity: one token fetch per token lifetime for the whole fleet (see
+    /// Shares tokens with every process that uses the same Redis, key prefix, fleet key and
+    /// source identity: one token fetch per token lifetime for the whole fleet (see
     /// [`crate::distributed`]). `build` fails if the cache has no encryption key (and was not
-    /// told to store plain text).
+    /// told to store plain text), if the source cannot tell its tokens from another source's
+    /// and the cache has no [`fleet_key`](crate::distributed::RedisCache::fleet_key), or with
+    /// [`max_token_uses`](Self::max_token_uses).
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn distributed(mut self, cache: crate::distributed::RedisCache) -> Self {
@@ -520,7 +544,8 @@ impl AuthLayerBuilder {
 
     /// Use each token for at most `uses` requests, then fetch a new one: for APIs whose tokens
     /// are good for a limited number of calls (Checkbook's `single-use` scope is `1`). Fetches
-    /// stay single-flight: one fetch per `uses` requests, never more. `0` means no limit.
+    /// stay single-flight: one fetch per `uses` requests, never more. `0` means no limit. Not
+    /// with `distributed` (feature `redis`): each process would spend the whole budget.
     pub fn max_token_uses(mut self, uses: u32) -> Self {
         self.settings.max_uses = (uses > 0).then_some(uses);
         self
@@ -602,6 +627,13 @@ impl AuthLayerBuilder {
         let this = self;
         #[cfg(feature = "redis")]
         if let Some(cache) = this.distributed.take() {
+            if this.settings.max_uses.is_some() {
+                // Each process would spend the whole budget of the one token they share.
+                return Err(Error::config(
+                    "max_token_uses cannot be combined with distributed: every process would \
+                     spend the whole use budget of the token they share",
+                ));
+            }
             let fleet = cache.into_fleet(this.source.identity().as_deref())?;
             this.settings.fleet = Some(Arc::new(fleet));
         }

@@ -290,6 +290,21 @@ impl fmt::Debug for EndpointConfig {
     }
 }
 
+/// Adds what a grant's requests ask for (scope, extra parameters) to a source's identity.
+pub(crate) fn push_request_identity(
+    identity: &mut String,
+    scope: Option<&str>,
+    params: &[(String, String)],
+) {
+    use std::fmt::Write;
+    if let Some(scope) = scope {
+        let _ = write!(identity, " scope={scope:?}");
+    }
+    for (name, value) in params {
+        let _ = write!(identity, " {name:?}={value:?}");
+    }
+}
+
 /// Shows parameter names only: a value may be sensitive.
 pub(crate) struct ParamNames<'a>(pub(crate) &'a [(String, String)]);
 

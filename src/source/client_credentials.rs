@@ -71,12 +71,7 @@ impl TokenSource for ClientCredentials {
     fn identity(&self) -> Option<String> {
         let mut identity = self.endpoint.identity();
         identity.push_str(" grant_type=client_credentials");
-        if let Some(scope) = &self.scope {
-            identity.push_str(&format!(" scope={scope:?}"));
-        }
-        for (name, value) in &self.params {
-            identity.push_str(&format!(" {name:?}={value:?}"));
-        }
+        oauth::push_request_identity(&mut identity, self.scope.as_deref(), &self.params);
         Some(identity)
     }
 

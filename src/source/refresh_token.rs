@@ -160,6 +160,22 @@ impl TokenSource for RefreshTokenGrant {
     fn dpop_key(&self) -> Option<crate::jose::SigningKey> {
         self.inner.endpoint.dpop_key().cloned()
     }
+
+    /// The token endpoint, client, client authentication and keys, scope and extra parameters,
+    /// and the store's identity (which names the user): `None` over a store that has none
+    /// ([`TokenStore::identity`]), which cannot tell one user's grant from another's.
+    fn identity(&self) -> Option<String> {
+        let store = self.inner.store.identity()?;
+        let mut identity = self.inner.endpoint.identity();
+        identity.push_str(" grant_type=refresh_token");
+        oauth::push_request_identity(
+            &mut identity,
+            self.inner.scope.as_deref(),
+            &self.inner.params,
+        );
+        identity.push_str(&format!(" store={store:?}"));
+        Some(identity)
+    }
 }
 
 impl Inner {

@@ -66,6 +66,21 @@ pub trait TokenStore: Send + Sync + 'static {
     fn lock(&self) -> impl Future<Output = Result<Option<StoreLock>, Error>> + Send {
         std::future::ready(Ok(None))
     }
+
+    /// What tells this store's state apart from another store's wherever the processes of a
+    /// fleet run: two stores with the same identity hold the same grant (the same user's
+    /// tokens). A [`RefreshTokenGrant`](crate::RefreshTokenGrant) over a store with an identity
+    /// can share its access tokens through a fleet's Redis
+    /// ([`distributed`](crate::AuthLayerBuilder::distributed)) under a key made from it;
+    /// over one without, the fleet needs a key named by hand. It is hashed into that key and
+    /// should name no secret all the same.
+    ///
+    /// `None`, the default, says the store cannot tell: [`MemoryStore`] (one process's memory)
+    /// and [`FileStore`] (the same path may hold another user's file on another machine).
+    /// [`RedisStore`](crate::distributed::RedisStore) names its key.
+    fn identity(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A lock on a [`TokenStore`] shared by several processes, held while a grant refreshes; the
@@ -220,6 +235,7 @@ pub(crate) trait DynTokenStore: Send + Sync + 'static {
     fn save_boxed<'a>(&'a self, token: &'a StoredToken) -> BoxFuture<'a, Result<(), Error>>;
     fn clear_boxed(&self) -> BoxFuture<'_, Result<(), Error>>;
     fn lock_boxed(&self) -> BoxFuture<'_, Result<Option<StoreLock>, Error>>;
+    fn identity(&self) -> Option<String>;
     fn type_name(&self) -> &'static str;
 }
 
@@ -235,6 +251,9 @@ impl<T: TokenStore> DynTokenStore for T {
     }
     fn clear_boxed(&self) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(self.clear())
+    }
+    fn identity(&self) -> Option<String> {
+        TokenStore::identity(self)
     }
     fn type_name(&self) -> &'static str {
         std::any::type_name::<T>()

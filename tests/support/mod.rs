@@ -29,6 +29,8 @@ use tower_bearer::{Error, Token, TokenSource};
 
 #[cfg(feature = "jose")]
 pub mod dpop_api;
+#[cfg(feature = "redis")]
+pub mod fleet;
 pub mod processes;
 pub mod serve;
 pub mod store;

@@ -1,0 +1,301 @@
+//! A fleet never hands a token to another identity, and a revoked token is gone for every
+//! process (feature `redis`).
+//!
+//! The tests that talk to Redis need the server `scripts/test` starts (`TOWER_BEARER_REDIS`);
+//! a plain `cargo test` skips them as ignored. Every test uses a key prefix of its own.
+
+#![cfg(feature = "redis")]
+
+mod support;
+
+use std::{sync::atomic::Ordering::SeqCst, time::Duration};
+
+use support::{
+    Recorded, StandInEndpoint,
+    fleet::{
+        KEY, connection, endpoint, endpoint_with, fresh_prefix, redis_url, until, until_listening,
+    },
+    token_json,
+};
+use tower_bearer::{
+    AuthLayer, ClientCredentials, Error, RefreshTokenGrant, Token,
+    distributed::{RedisCache, RedisStore},
+    source::from_fn,
+    store::{FileStore, MemoryStore, StoredToken, TokenStore},
+};
+
+/// A cache on the test Redis (connecting at its first use), listening for notices.
+fn cache(prefix: &str) -> RedisCache {
+    RedisCache::connect_lazily(redis::Client::open(redis_url()).unwrap())
+        .unwrap()
+        .key_prefix(prefix)
+        .encryption_key(KEY)
+}
+
+/// A cache whose Redis is never reached: for what `build` decides alone.
+fn unreached_cache() -> RedisCache {
+    RedisCache::connect_lazily(redis::Client::open("redis://127.0.0.1:1/").unwrap())
+        .unwrap()
+        .encryption_key(KEY)
+}
+
+fn refresh_grant(token_url: &str, store: impl TokenStore) -> RefreshTokenGrant {
+    RefreshTokenGrant::builder(token_url)
+        .client_id("app")
+        .client_secret("app-secret")
+        .store(store)
+        .build()
+        .unwrap()
+}
+
+/// A source that cannot tell its tokens from another's (a closure; a refresh grant over a
+/// memory or file store, which names no user) is refused by `distributed` unless the cache
+/// names what the tokens are for; so is `max_token_uses`, whose budget each process would
+/// spend whole. Sources that can tell (client credentials; a refresh grant over a `RedisStore`)
+/// build as they are.
+#[tokio::test]
+async fn sources_that_cannot_tell_their_tokens_apart_are_refused_without_a_fleet_key() {
+    let url = "http://127.0.0.1:1/token";
+    let dir = tempfile::tempdir().unwrap();
+    let closure = || from_fn(|| async { Ok(Token::new("t")) });
+    let refused = [
+        AuthLayer::builder(closure()).distributed(unreached_cache()),
+        AuthLayer::builder(refresh_grant(url, MemoryStore::new())).distributed(unreached_cache()),
+        AuthLayer::builder(refresh_grant(
+            url,
+            FileStore::new(dir.path().join("t.json")),
+        ))
+        .distributed(unreached_cache()),
+    ];
+    for builder in refused {
+        let err = builder.build().unwrap_err();
+        assert!(
+            matches!(&err, Error::Config(m) if m.contains("fleet_key")),
+            "{err}"
+        );
+    }
+    // Named by hand, they build.
+    let built = AuthLayer::builder(closure())
+        .distributed(unreached_cache().fleet_key("user:alice"))
+        .build()
+        .map(drop);
+    assert!(built.is_ok(), "{built:?}");
+    let built = AuthLayer::builder(refresh_grant(url, MemoryStore::new()))
+        .distributed(unreached_cache().fleet_key("user:alice"))
+        .build()
+        .map(drop);
+    assert!(built.is_ok(), "{built:?}");
+    let err = AuthLayer::builder(closure())
+        .distributed(unreached_cache().fleet_key(""))
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err}");
+
+    let client_credentials = || {
+        ClientCredentials::builder(url)
+            .client_id("c")
+            .client_secret("s")
+            .build()
+            .unwrap()
+    };
+    let built = AuthLayer::builder(client_credentials())
+        .distributed(unreached_cache())
+        .build()
+        .map(drop);
+    assert!(built.is_ok(), "{built:?}");
+    let lazy = redis::Client::open("redis://127.0.0.1:1/")
+        .unwrap()
+        .get_connection_manager_lazy(redis::aio::ConnectionManagerConfig::new())
+        .unwrap();
+    let redis_store = RedisStore::new(lazy, "app:user:alice").encryption_key(KEY);
+    let built = AuthLayer::builder(refresh_grant(url, redis_store))
+        .distributed(unreached_cache())
+        .build()
+        .map(drop);
+    assert!(built.is_ok(), "{built:?}");
+
+    let err = AuthLayer::builder(client_credentials())
+        .max_token_uses(1)
+        .distributed(unreached_cache())
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Config(m) if m.contains("max_token_uses")),
+        "{err}"
+    );
+}
+
+/// A token endpoint that answers a refresh with `at-for-<the refresh token>`, an hour.
+async fn per_user_endpoint() -> StandInEndpoint {
+    StandInEndpoint::start(|request: &Recorded| {
+        let refresh = request
+            .form()
+            .into_iter()
+            .find(|(name, _)| name == "refresh_token")
+            .map(|(_, value)| value)
+            .unwrap_or_default();
+        token_json(&format!("at-for-{refresh}"), 3600)
+    })
+    .await
+}
+
+/// Two users' refresh grants (each over a `RedisStore` key of its own) on one Redis and one
+/// prefix: each layer gets its own user's token, never the other's, and a second process of
+/// the same user takes that user's token from Redis. Closures named by hand with a fleet key
+/// are kept apart the same way.
+#[tokio::test]
+#[ignore = "needs Redis: run scripts/test"]
+async fn two_users_on_one_prefix_never_get_each_others_token() {
+    let prefix = fresh_prefix("users");
+    let endpoint = per_user_endpoint().await;
+    let redis = connection(&redis_url()).await;
+    let user = |name: &str| {
+        let store =
+            RedisStore::new(redis.clone(), format!("{prefix}:store:{name}")).encryption_key(KEY);
+        let grant = refresh_grant(&endpoint.url("/token"), store);
+        AuthLayer::builder(grant)
+            .distributed(cache(&prefix))
+            .build()
+            .unwrap()
+    };
+    for name in ["alice", "bob"] {
+        RedisStore::new(redis.clone(), format!("{prefix}:store:{name}"))
+            .encryption_key(KEY)
+            .save(&StoredToken::new().with_refresh_token(format!("rt-{name}")))
+            .await
+            .unwrap();
+    }
+    let alice = user("alice").token().await.unwrap();
+    let bob = user("bob").token().await.unwrap();
+    assert_eq!(alice.access_token().secret(), "at-for-rt-alice");
+    assert_eq!(bob.access_token().secret(), "at-for-rt-bob");
+    let alice_again = user("alice");
+    assert_eq!(
+        alice_again.token().await.unwrap().access_token().secret(),
+        "at-for-rt-alice"
+    );
+    assert_eq!(alice_again.stats().fleet_tokens, 1, "from Redis");
+    assert_eq!(endpoint.recorded().len(), 2, "one refresh per user");
+
+    // Closures, told apart by their fleet keys.
+    let named = |key: &str| {
+        let token = format!("closure-token-of-{key}");
+        AuthLayer::builder(from_fn(move || {
+            let token = token.clone();
+            async move { Ok(Token::new(token).with_expires_in(Duration::from_secs(3600))) }
+        }))
+        .distributed(cache(&prefix).fleet_key(key))
+        .build()
+        .unwrap()
+    };
+    let carol = named("user:carol").token().await.unwrap();
+    let dave = named("user:dave").token().await.unwrap();
+    assert_eq!(carol.access_token().secret(), "closure-token-of-user:carol");
+    assert_eq!(dave.access_token().secret(), "closure-token-of-user:dave");
+}
+
+/// Two processes of a fleet (listening for notices) hold the same token. One revokes it: the
+/// revocation endpoint gets it, and once `revoke` returned no process hands it out again: the
+/// revoking process's next token is a new one, the other process forgets the old one on the
+/// notice and takes the new one from Redis, and a process started afterwards gets the new one
+/// too. One new token request for the fleet.
+#[tokio::test]
+#[ignore = "needs Redis: run scripts/test"]
+async fn a_revoked_token_is_gone_for_every_process() {
+    let prefix = fresh_prefix("revoke");
+    let (endpoint, issued) = endpoint(Duration::ZERO).await;
+    let revocation = StandInEndpoint::start(|_| {
+        use axum::response::IntoResponse;
+        axum::http::StatusCode::OK.into_response()
+    })
+    .await;
+    let process = || {
+        let source = ClientCredentials::builder(endpoint.url("/token"))
+            .client_id("api")
+            .client_secret("secret")
+            .revocation_url(revocation.url("/revoke"))
+            .build()
+            .unwrap();
+        AuthLayer::builder(source)
+            .distributed(cache(&prefix))
+            .build()
+            .unwrap()
+    };
+    let (revoking, other) = (process(), process());
+    let old = revoking.token().await.unwrap();
+    assert_eq!(
+        other.token().await.unwrap().access_token(),
+        old.access_token()
+    );
+    until_listening(&redis_url(), &prefix, 2).await;
+
+    revoking.revoke().await.unwrap();
+    let revoked: Vec<String> = revocation
+        .recorded()
+        .iter()
+        .flat_map(|r| r.form())
+        .filter(|(name, _)| name == "token")
+        .map(|(_, value)| value)
+        .collect();
+    assert_eq!(revoked, [old.access_token().secret()]);
+
+    let new = revoking.token().await.unwrap();
+    assert_ne!(
+        new.access_token(),
+        old.access_token(),
+        "the revoked token came back"
+    );
+    until("the other process heard the revocation", || {
+        other.stats().fleet_rejections == 1
+    })
+    .await;
+    assert_eq!(
+        other.token().await.unwrap().access_token(),
+        new.access_token()
+    );
+    assert_eq!(
+        process().token().await.unwrap().access_token(),
+        new.access_token()
+    );
+    assert_eq!(issued.load(SeqCst), 2, "one new token for the fleet");
+}
+
+/// A process holds the fleet's lease and waits for the token endpoint when another process
+/// revokes the fleet's token. What its fetch brings back was fetched before the revocation:
+/// it is neither stored nor handed out; the fetch starts over and brings a token fetched
+/// after, which every process then shares.
+#[tokio::test]
+#[ignore = "needs Redis: run scripts/test"]
+async fn a_fetch_that_began_before_a_revocation_hands_out_nothing_it_brought() {
+    let prefix = fresh_prefix("revoke-in-flight");
+    let (endpoint, issued) =
+        endpoint_with(|n| Duration::from_millis(if n == 1 { 500 } else { 0 })).await;
+    let process = || {
+        let source = ClientCredentials::builder(endpoint.url("/token"))
+            .client_id("api")
+            .client_secret("secret")
+            .build()
+            .unwrap();
+        AuthLayer::builder(source)
+            .distributed(cache(&prefix))
+            .build()
+            .unwrap()
+    };
+    let (fetching, revoking) = (process(), process());
+    let fetch = tokio::spawn({
+        let fetching = fetching.clone();
+        async move { fetching.token().await }
+    });
+    until("the lease holder asked the endpoint", || {
+        endpoint.recorded().len() == 1
+    })
+    .await;
+    revoking.revoke().await.unwrap();
+    let token = fetch.await.unwrap().unwrap();
+    assert_eq!(token.access_token().secret(), "tok-2", "tok-1 came back");
+    assert_eq!(
+        revoking.token().await.unwrap().access_token().secret(),
+        "tok-2"
+    );
+    assert_eq!(issued.load(SeqCst), 2);
+}
