@@ -7,9 +7,9 @@
 //! 2. Read the token the fleet stored. One that is not the token this process wants replaced
 //!    (the one it holds, which expired, reached its refresh point or was rejected) is used as
 //!    if this process had fetched it, with the life it has left.
-//! 3. Otherwise take the lease (`SET NX PX` with a random owner), reading the token again in
-//!    the same script: a holder that stored one just before letting its lease go is not fetched
-//!    after. The new holder fetches from the source (renewing the lease while it does, within
+//! 3. Otherwise take the lease (`SET NX PX` with a random owner). Steps 1 to 3 are one script,
+//!    so no token stored between the read and the lease is fetched again. The holder fetches
+//!    from the source (renewing the lease while it does, within
 //!    the fetch's own timeout), then in one script stores the token sealed with a TTL of its
 //!    remaining life, tells the fleet, and lets the lease go (deleting it only if it still owns
 //!    it). The script stores nothing if the fleet's token was revoked since the lease was
@@ -57,13 +57,26 @@ const POLL_LISTENING: Duration = Duration::from_millis(250);
 pub(super) const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 /// Extends the lease to `ARGV[2]` ms only if `ARGV[1]` still owns it.
 pub(super) const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
-/// Reads the token, first deleting it if it is the one whose fingerprint is `ARGV[1]` (rejected
-/// here) and then publishing the notice `ARGV[3]` on the channel `ARGV[2]`.
-const READ_DROPPING: &str = "local v = redis.call('GET', KEYS[1]) if v and string.sub(v, 1, 16) == ARGV[1] then redis.call('DEL', KEYS[1]) redis.call('PUBLISH', ARGV[2], ARGV[3]) return false end return v";
-/// Takes the lease `KEYS[1]` for the owner `ARGV[1]` for `ARGV[2]` ms if nobody holds it, and
-/// then reads the token `KEYS[2]` and the revocation epoch `KEYS[3]`: `{1, token or '',
-/// epoch}`, or `{0, '', ''}` if another process holds the lease.
-const TAKE_LEASE: &str = "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, redis.call('GET', KEYS[2]) or '', redis.call('GET', KEYS[3]) or '0'} end return {0, '', ''}";
+/// A fetch's first call, reading the token `KEYS[1]` and taking the lease `KEYS[2]` in one step,
+/// so that no token stored between a read and a lease is fetched again:
+///
+/// 1. if the stored token's fingerprint is `ARGV[1]` (rejected here; empty for none), deletes
+///    it and publishes the notice `ARGV[3]` on the channel `ARGV[2]`;
+/// 2. a stored token whose fingerprint is neither `ARGV[4]` nor `ARGV[5]` (tokens this process
+///    is replacing) is returned, `{2, token, ''}`, unless `ARGV[8]` is `1` (this process could
+///    not use what it was given);
+/// 3. otherwise takes the lease for the owner `ARGV[6]` for `ARGV[7]` ms if nobody holds it:
+///    `{1, '', epoch}` with the revocation epoch `KEYS[3]`; or `{0, '', ''}` if another process
+///    holds it.
+const ACQUIRE: &str = "local v = redis.call('GET', KEYS[1]) \
+if v and ARGV[1] ~= '' and string.sub(v, 1, 16) == ARGV[1] then redis.call('DEL', KEYS[1]) redis.call('PUBLISH', ARGV[2], ARGV[3]) v = false end \
+if v and ARGV[8] ~= '1' then local f = string.sub(v, 1, 16) if f ~= ARGV[4] and f ~= ARGV[5] then return {2, v, ''} end end \
+if redis.call('SET', KEYS[2], ARGV[6], 'NX', 'PX', ARGV[7]) then return {1, '', redis.call('GET', KEYS[3]) or '0'} end \
+return {0, '', ''}";
+/// [`ACQUIRE`] found a token to use.
+const FOUND: i64 = 2;
+/// [`ACQUIRE`] took the lease: fetch.
+const LEASED: i64 = 1;
 /// Stores the token `ARGV[1]` in `KEYS[1]` for `ARGV[2]` ms and publishes `ARGV[5]` on
 /// `ARGV[4]`, unless the revocation epoch `KEYS[2]` is no longer `ARGV[3]`; then lets the
 /// lease `KEYS[3]` go if `ARGV[6]` still owns it. 1 if stored.
@@ -163,44 +176,44 @@ impl Fleet {
                 .flatten()
                 .any(|t| t == token.access_token())
         };
-        let read = match cache.last_rejected() {
-            // Deleted only if it is still the token stored: a newer one stays.
-            Some(rejected) => {
-                let named = fingerprint(&rejected);
-                let mut read = owned_script(READ_DROPPING, &self.keys.token, &named[..]);
-                read.arg(&self.keys.notices)
-                    .arg(Notices::message(notices::REJECTED, &named));
-                read
-            }
-            None => redis::cmd("GET").arg(&self.keys.token).clone(),
-        };
+        // Fingerprints of the rejected token (deleted from Redis if still stored) and of the
+        // tokens being replaced (not taken back from Redis).
+        let rejected = cache.last_rejected().map(|token| fingerprint(&token));
+        let replaced: Vec<_> = replacing.iter().flatten().map(fingerprint).collect();
+        // Set once a stored token this process cannot use (sealed with a key it does not
+        // hold, say) was handed back: the next call takes the lease whatever is stored.
+        let mut past_stored = false;
         loop {
-            let stored: Option<Vec<u8>> = match self.call(&read).await {
-                Ok(value) => value,
-                Err(err) => return self.fall_back(cache, started, &err).await,
-            };
-            if let Some(token) = self.usable(stored.as_deref(), &wanted) {
-                cache.counters.fleet_token();
-                return Ok(token);
-            }
             let owner = owner();
-            let mut take = script(
-                TAKE_LEASE,
-                &[&self.keys.lease, &self.keys.token, &self.keys.epoch],
+            let mut acquire = script(
+                ACQUIRE,
+                &[&self.keys.token, &self.keys.lease, &self.keys.epoch],
             );
-            take.arg(&owner).arg(millis(self.lease));
-            let (won, stored, epoch): (i64, Vec<u8>, String) = match self.call(&take).await {
-                Ok(answer) => answer,
-                Err(err) => return self.fall_back(cache, started, &err).await,
-            };
-            if won == 1 {
-                if let Some(token) = self.usable(Some(&stored[..]), &wanted) {
-                    // Stored by the last holder just before its lease went.
-                    self.release(cache, &owner).await;
-                    cache.counters.fleet_token();
-                    return Ok(token);
+            let none: &[u8] = b"";
+            acquire
+                .arg(rejected.as_ref().map_or(none, |f| &f[..]))
+                .arg(&self.keys.notices)
+                .arg(rejected.map_or_else(Vec::new, |f| Notices::message(notices::REJECTED, &f)))
+                .arg(replaced.first().map_or(none, |f| &f[..]))
+                .arg(replaced.get(1).map_or(none, |f| &f[..]))
+                .arg(&owner)
+                .arg(millis(self.lease))
+                .arg(if past_stored { "1" } else { "0" });
+            let (outcome, stored, epoch): (i64, Vec<u8>, String) =
+                match self.call(&acquire).await {
+                    Ok(answer) => answer,
+                    Err(err) => return self.fall_back(cache, started, &err).await,
+                };
+            match outcome {
+                FOUND => {
+                    if let Some(token) = self.usable(Some(&stored[..]), &wanted) {
+                        cache.counters.fleet_token();
+                        return Ok(token);
+                    }
+                    past_stored = true;
+                    continue;
                 }
-                match self.fetch_under_lease(cache, started, &owner, &epoch).await {
+                LEASED => match self.fetch_under_lease(cache, started, &owner, &epoch).await {
                     Leased::Fetched(result) => return result,
                     Leased::Revoked => {
                         tracing::debug!(target: "tower_bearer", "token fetched while the fleet's token was revoked: dropped; fetching again");
@@ -209,7 +222,8 @@ impl Fleet {
                         }
                         continue;
                     }
-                }
+                },
+                _ => {}
             }
             // Another process fetches: wait for its token, or for its lease to go.
             cache.counters.fleet_lease_wait();
