@@ -383,6 +383,7 @@ impl StdError for TransportError {}
 pub struct StoreError {
     message: String,
     io: Option<Arc<std::io::Error>>,
+    unsaved: bool,
 }
 
 impl StoreError {
@@ -391,13 +392,30 @@ impl StoreError {
         StoreError {
             message: message.into(),
             io: None,
+            unsaved: false,
         }
+    }
+
+    /// Marks a failed save after a refresh the server answered: its new refresh token is kept
+    /// in memory, and saved at the grant's next fetch.
+    pub(crate) fn refresh_token_unsaved(mut self) -> Self {
+        self.unsaved = true;
+        self
+    }
+
+    /// `true` when a refresh succeeded and only its save failed: the new refresh token (the old
+    /// one is spent) is kept in memory and saved at the next fetch, which sends no refresh
+    /// token until it is ([`RefreshTokenGrant`](crate::RefreshTokenGrant)). Such failures are
+    /// counted in [`Stats::unsaved_refreshes`](crate::Stats::unsaved_refreshes).
+    pub fn is_refresh_token_unsaved(&self) -> bool {
+        self.unsaved
     }
 
     pub(crate) fn io(what: &str, path: &std::path::Path, err: std::io::Error) -> Self {
         StoreError {
             message: format!("cannot {what} {}", path.display()),
             io: Some(Arc::new(err)),
+            unsaved: false,
         }
     }
 
@@ -416,6 +434,12 @@ impl fmt::Display for StoreError {
         f.write_str(&self.message)?;
         if let Some(io) = &self.io {
             write!(f, ": {io}")?;
+        }
+        if self.unsaved {
+            f.write_str(
+                " (after a refresh: the new refresh token is kept in memory and saved at the \
+                 next fetch)",
+            )?;
         }
         Ok(())
     }

@@ -19,6 +19,7 @@
 //! | `tower_bearer.token.waiters` | counter | `layer` | callers that waited for a fetch |
 //! | `tower_bearer.token.served_stale` | counter | `layer` | requests sent with a token past its refresh target (no new token yet) |
 //! | `tower_bearer.token.rejected` | counter | `layer` | tokens dropped after a 401 or `UNAUTHENTICATED` |
+//! | `tower_bearer.token.unsaved_refreshes` | counter | `layer` | refreshes the server answered whose new state the store could not save (the new refresh token is kept in memory) |
 //! | `tower_bearer.requests.retried` | counter | `layer` | requests resent with a new token |
 //! | `tower_bearer.requests.not_resent` | counter | `layer` | rejected requests that could not be resent |
 //! | `tower_bearer.fleet.tokens` | counter | `layer` | fetches served by a token another process stored (feature `redis`) |
@@ -54,6 +55,7 @@ pub(crate) struct Counters {
     pub(crate) invalidations: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) not_resent: AtomicU64,
+    pub(crate) unsaved_refreshes: AtomicU64,
     pub(crate) fleet_tokens: AtomicU64,
     pub(crate) fleet_lease_waits: AtomicU64,
     pub(crate) fleet_fallbacks: AtomicU64,
@@ -111,6 +113,10 @@ pub struct Stats {
     /// replayed, one that streamed past the replay limit, or a token kept while fresh tokens
     /// keep being rejected): the caller got the 401.
     pub not_resent: u64,
+    /// Fetches that failed because a refresh the server answered could not be saved: its new
+    /// refresh token is kept in memory, no refresh token goes out until the save succeeds, and
+    /// each next fetch tries it again (see [`RefreshTokenGrant`](crate::RefreshTokenGrant)).
+    pub unsaved_refreshes: u64,
     /// Fetches served by a token another process stored in the fleet's Redis
     /// ([`distributed`](crate::AuthLayerBuilder::distributed)): `fetches` less these (and less
     /// the failures) is what this process asked the token endpoint for.
@@ -302,6 +308,14 @@ impl Counters {
             .increment(1);
     }
 
+    /// A refresh was answered and its save failed.
+    pub(crate) fn unsaved_refresh(&self) {
+        self.unsaved_refreshes.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("tower_bearer.token.unsaved_refreshes", "layer" => self.name.label())
+            .increment(1);
+    }
+
     pub(crate) fn retried(&self) {
         self.retries.fetch_add(1, Relaxed);
         #[cfg(feature = "metrics")]
@@ -322,6 +336,7 @@ impl Counters {
             unauthorized: self.invalidations.load(Relaxed),
             retries: self.retries.load(Relaxed),
             not_resent: self.not_resent.load(Relaxed),
+            unsaved_refreshes: self.unsaved_refreshes.load(Relaxed),
             fleet_tokens: self.fleet_tokens.load(Relaxed),
             fleet_lease_waits: self.fleet_lease_waits.load(Relaxed),
             fleet_fallbacks: self.fleet_fallbacks.load(Relaxed),

@@ -18,7 +18,7 @@ use support::{
     token_json,
 };
 use tower_bearer::{
-    AuthLayer, ClientCredentials, Error, RefreshTokenGrant, Token,
+    AuthLayer, ClientCredentials, Error, RefreshTokenGrant, RefreshTokenGrantBuilder, Token,
     distributed::{RedisCache, RedisStore},
     source::from_fn,
     store::{FileStore, MemoryStore, StoredToken, TokenStore},
@@ -298,4 +298,157 @@ async fn a_fetch_that_began_before_a_revocation_hands_out_nothing_it_brought() {
         "tok-2"
     );
     assert_eq!(issued.load(SeqCst), 2);
+}
+
+/// A `RedisStore` whose loads can be held after they read (a process stalled with a refresh
+/// token in hand), for the fencing test.
+#[derive(Clone)]
+struct Stalling {
+    inner: RedisStore,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stalled: std::sync::Arc<tokio::sync::Notify>,
+    resume: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl TokenStore for Stalling {
+    async fn load(&self) -> Result<Option<StoredToken>, Error> {
+        let loaded = self.inner.load().await;
+        if self.armed.swap(false, SeqCst) {
+            self.stalled.notify_one();
+            self.resume.notified().await;
+        }
+        loaded
+    }
+    async fn save(&self, token: &StoredToken) -> Result<(), Error> {
+        self.inner.save(token).await
+    }
+    async fn clear(&self) -> Result<(), Error> {
+        self.inner.clear().await
+    }
+    async fn lock(&self) -> Result<Option<tower_bearer::store::StoreLock>, Error> {
+        self.inner.lock().await
+    }
+    fn identity(&self) -> Option<String> {
+        self.inner.identity()
+    }
+}
+
+/// Two processes share a refresh grant through a `RedisStore`. One takes the store's lock,
+/// reads the refresh token, and stalls past its lease (here: its lock is deleted, as its
+/// expiry would); the other takes the lock and refreshes. When the first goes on, it proves it
+/// still holds the lock before it sends, cannot, and sends nothing: each refresh token goes
+/// out once. Its next fetch takes the lock again and uses the token the other bought.
+#[tokio::test]
+#[ignore = "needs Redis: run scripts/test"]
+async fn a_holder_that_lost_the_stores_lock_sends_nothing() {
+    let prefix = fresh_prefix("fenced");
+    let key = format!("{prefix}:refresh");
+    let idp = support::StandInIdp::start().await;
+    idp.add_refresh_token("rt-0");
+    let redis = connection(&redis_url()).await;
+    let store = || RedisStore::new(redis.clone(), &key).encryption_key(KEY);
+    store()
+        .save(&StoredToken::new().with_refresh_token("rt-0"))
+        .await
+        .unwrap();
+    let stalling = Stalling {
+        inner: store(),
+        armed: std::sync::Arc::new(true.into()),
+        stalled: Default::default(),
+        resume: Default::default(),
+    };
+    let layer = |store: Box<dyn FnOnce(RefreshTokenGrantBuilder) -> RefreshTokenGrantBuilder>| {
+        let builder = RefreshTokenGrant::builder(idp.url("/token"))
+            .client_id("app")
+            .client_secret("app-secret")
+            .auth(tower_bearer::ClientAuth::Post);
+        AuthLayer::builder(store(builder).build().unwrap())
+            .fetch_attempts(1)
+            .backoff(Duration::ZERO, Duration::ZERO)
+            .build()
+            .unwrap()
+    };
+    let stalled = layer(Box::new({
+        let stalling = stalling.clone();
+        move |b| b.store(stalling)
+    }));
+    let other = layer(Box::new(move |b| b.store(store())));
+
+    let first = tokio::spawn({
+        let stalled = stalled.clone();
+        async move { stalled.token().await }
+    });
+    stalling.stalled.notified().await;
+    let mut admin = connection(&redis_url()).await;
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("{key}:lock"))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(other.token().await.unwrap().access_token().secret(), "at-1");
+    stalling.resume.notify_one();
+    let err = first.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, Error::Store(_)) && err.to_string().contains("lost the lock"),
+        "{err:?}"
+    );
+    assert_eq!(idp.refresh_tokens_sent(), ["rt-0"], "rt-0 sent twice");
+    assert_eq!(idp.reuse_detected(), 0);
+    // Its next fetch reads what the other saved, and uses that access token.
+    assert_eq!(
+        stalled.token().await.unwrap().access_token().secret(),
+        "at-1"
+    );
+    assert_eq!(idp.refresh_tokens_sent(), ["rt-0"]);
+}
+
+/// The `RedisStore` lock at the store level: a holder whose lease is gone (deleted here, as its
+/// expiry would) cannot confirm it, and its save is refused by Redis, leaving what the new
+/// holder saved; its late release leaves the new holder's lock alone.
+#[tokio::test]
+#[ignore = "needs Redis: run scripts/test"]
+async fn a_redis_store_lock_is_fenced() {
+    let prefix = fresh_prefix("fence");
+    let key = format!("{prefix}:refresh");
+    let redis = connection(&redis_url()).await;
+    let (a, b) = (
+        RedisStore::new(redis.clone(), &key).encryption_key(KEY),
+        RedisStore::new(redis.clone(), &key).encryption_key(KEY),
+    );
+    let held_by_a = a.lock().await.unwrap().unwrap();
+    held_by_a.confirm().await.unwrap();
+    a.save(&StoredToken::new().with_refresh_token("from-a"))
+        .await
+        .unwrap();
+    let mut admin = connection(&redis_url()).await;
+    let lock_key = format!("{key}:lock");
+    let _: i64 = redis::cmd("DEL")
+        .arg(&lock_key)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let held_by_b = b.lock().await.unwrap().unwrap();
+    b.save(&StoredToken::new().with_refresh_token("from-b"))
+        .await
+        .unwrap();
+
+    assert!(
+        held_by_a.confirm().await.is_err(),
+        "a still thinks it holds it"
+    );
+    let err = a
+        .save(&StoredToken::new().with_refresh_token("late-from-a"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("lost the lock"), "{err}");
+    let stored = b.load().await.unwrap().unwrap();
+    assert_eq!(stored.refresh_token().unwrap().secret(), "from-b");
+
+    // Its release goes out in the background; the new holder's lock must outlive it.
+    drop(held_by_a);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    held_by_b.confirm().await.unwrap();
+    b.save(&StoredToken::new().with_refresh_token("again-from-b"))
+        .await
+        .unwrap();
 }

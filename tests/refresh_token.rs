@@ -362,18 +362,109 @@ async fn a_failed_save_is_an_error_and_the_token_is_not_used() {
         .unwrap();
 
     let err = auth.token().await.unwrap_err();
-    assert!(matches!(err, Error::Store(_)), "{err:?}");
+    assert!(
+        matches!(&err, Error::Store(e) if e.is_refresh_token_unsaved()),
+        "{err:?}"
+    );
     assert!(
         auth.stats().token_age.is_none(),
         "the bought token was not installed"
     );
 
-    // Once the store works again, the grant goes on with the rotated token it kept in memory.
+    // Once the store works again, the grant saves what it kept in memory, and hands out the
+    // access token that refresh bought: no refresh token goes out.
     store.broken.store(false, SeqCst);
+    assert_eq!(auth.token().await.unwrap().access_token().secret(), "at-1");
+    assert_eq!(stored_refresh_token(&store).await.as_deref(), Some("rt-1"));
+    assert_eq!(idp.refresh_tokens_sent(), ["rt-0"]);
+    assert_eq!(auth.stats().unsaved_refreshes, 1);
+}
+
+/// The case: a store other processes share (it has a lock, so the grant reads it again
+/// at every fetch) fails to save after the server rotated the refresh token. The spent refresh
+/// token it still holds is never sent again: later fetches send nothing while the save keeps
+/// failing (each says so, and is counted), then save the kept state and use its access token,
+/// and the next refresh sends the rotated refresh token. A state another process saved
+/// meanwhile (a new authorization) wins over the kept one.
+#[tokio::test]
+async fn a_failed_save_under_a_shared_lock_never_sends_the_spent_refresh_token() {
+    let idp = StandInIdp::start().await;
+    idp.add_refresh_token("rt-0");
+    let store = FlakyStore::shared_with("rt-0").await;
+    store.broken.store(true, SeqCst);
+    let auth = AuthLayer::builder(grant(&idp, store.clone()))
+        .backoff(Duration::ZERO, Duration::ZERO)
+        .fetch_attempts(1)
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let err = auth.token().await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Store(e) if e.is_refresh_token_unsaved()),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("kept in memory"), "{err}");
+    }
+    assert_eq!(
+        idp.refresh_tokens_sent(),
+        ["rt-0"],
+        "the spent token went again"
+    );
+    assert_eq!(auth.stats().unsaved_refreshes, 3);
+
+    store.broken.store(false, SeqCst);
+    let token = auth.token().await.unwrap();
+    assert_eq!(token.access_token().secret(), "at-1");
+    assert_eq!(stored_refresh_token(&store).await.as_deref(), Some("rt-1"));
+    assert!(auth.invalidate(&token));
     assert_eq!(auth.token().await.unwrap().access_token().secret(), "at-2");
-    assert_eq!(stored_refresh_token(&store).await.as_deref(), Some("rt-2"));
     assert_eq!(idp.refresh_tokens_sent(), ["rt-0", "rt-1"]);
     assert_eq!(idp.reuse_detected(), 0);
+
+    // Unsaved again; meanwhile another process stores a new authorization: it wins.
+    store.broken.store(true, SeqCst);
+    assert!(auth.invalidate(&auth.token().await.unwrap()));
+    auth.token().await.unwrap_err();
+    assert_eq!(idp.refresh_tokens_sent(), ["rt-0", "rt-1", "rt-2"]);
+    idp.add_refresh_token("rt-new");
+    store
+        .inner
+        .save(&StoredToken::new().with_refresh_token("rt-new"))
+        .await
+        .unwrap();
+    store.broken.store(false, SeqCst);
+    auth.token().await.unwrap();
+    assert_eq!(
+        idp.refresh_tokens_sent(),
+        ["rt-0", "rt-1", "rt-2", "rt-new"]
+    );
+    assert_eq!(idp.reuse_detected(), 0);
+}
+
+/// A store holding another client's tokens (saved by a grant with another client id, or
+/// another token endpoint) is refused: nothing of it is sent, to any server.
+#[tokio::test]
+async fn a_store_holding_another_clients_tokens_sends_nothing() {
+    let idp = StandInIdp::start().await;
+    idp.add_refresh_token("rt-0");
+    let store = seeded("rt-0");
+    let auth = AuthLayer::new(grant(&idp, store.clone()));
+    auth.token().await.unwrap();
+    let saved = store.load().await.unwrap().unwrap();
+    assert!(saved.client().is_some(), "the saving client is recorded");
+
+    let other = RefreshTokenGrant::builder(idp.url("/token"))
+        .client_id("another-app")
+        .client_secret("app-secret")
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let err = AuthLayer::new(other).token().await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Store(_)) && err.to_string().contains("another client"),
+        "{err}"
+    );
+    assert_eq!(idp.refresh_tokens_sent(), ["rt-0"]);
 }
 
 /// A layer over a grant with a revocation endpoint and `store`, that has fetched a token.

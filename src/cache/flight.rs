@@ -105,6 +105,9 @@ impl FlightGuard {
         let elapsed = started.elapsed();
         let failure = result.as_ref().err().map(Error::is_terminal);
         if let Err(err) = &result {
+            if matches!(err, Error::Store(store) if store.is_refresh_token_unsaved()) {
+                cache.counters.unsaved_refresh();
+            }
             tracing::warn!(
                 target: "tower_bearer",
                 source = cache.source().type_name(),

@@ -199,11 +199,10 @@ impl Fleet {
                 .arg(&owner)
                 .arg(millis(self.lease))
                 .arg(if past_stored { "1" } else { "0" });
-            let (outcome, stored, epoch): (i64, Vec<u8>, String) =
-                match self.call(&acquire).await {
-                    Ok(answer) => answer,
-                    Err(err) => return self.fall_back(cache, started, &err).await,
-                };
+            let (outcome, stored, epoch): (i64, Vec<u8>, String) = match self.call(&acquire).await {
+                Ok(answer) => answer,
+                Err(err) => return self.fall_back(cache, started, &err).await,
+            };
             match outcome {
                 FOUND => {
                     if let Some(token) = self.usable(Some(&stored[..]), &wanted) {

@@ -2,6 +2,10 @@
 
 use std::{
     fmt,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering::SeqCst},
+    },
     time::{Duration, UNIX_EPOCH},
 };
 
@@ -28,6 +32,10 @@ const LOCK_LEASE: Duration = Duration::from_secs(10);
 /// How often a process waiting for the lock tries again.
 const LOCK_RETRY: Duration = Duration::from_millis(20);
 
+/// Writes `ARGV[1]` to `KEYS[1]` only if the lock `KEYS[2]` is still held by `ARGV[2]`; 1 if
+/// written. (`ARGV[1]` empty: deletes `KEYS[1]` instead.)
+const WRITE_FENCED: &str = "if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end if ARGV[1] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[1]) end return 1";
+
 /// A [`TokenStore`] in one Redis key, sealed like [`RedisCache`](super::RedisCache)'s tokens,
 /// for a [`RefreshTokenGrant`](crate::RefreshTokenGrant) that several processes share.
 ///
@@ -35,9 +43,22 @@ const LOCK_RETRY: Duration = Duration::from_millis(20);
 /// while held, released only by its owner), so a grant refreshes in one process at a time,
 /// after reading the store again: a refresh token is sent once across the fleet, and a rotated
 /// one is never lost to a race. A process that dies holding the lock keeps the others out 10 s
-/// at most; a process waits for the lock at most [`LOCK_WAIT`]. Every Redis call has its own
-/// deadline ([`call_timeout`](Self::call_timeout), 500 ms); a failed call is
-/// [`Error::Store`], so a refresh never goes out without its store.
+/// at most; a process waits for the lock at most [`LOCK_WAIT`].
+///
+/// The lock is **fenced**. A holder that stalls (a pause of the process, a starved runtime)
+/// past its lease may find another process holding the lock when it goes on, so it proves it
+/// still holds the lease immediately before it sends a refresh token and before it saves
+/// ([`StoreLock::confirm`], which also extends the lease), and a save goes through only if the
+/// lease is still its own, checked by Redis in the same script. A holder that lost its lease
+/// sends nothing and saves nothing: the process that took the lock over is the only one that
+/// sends the refresh token. Lost renewals are noticed too.
+///
+/// The lock lives in the key `key:lock`. On a Redis Cluster the key needs a hash tag
+/// (`{user-42}:refresh`), so that it and its lock share a slot and a save can be fenced in one
+/// script: a key without one is refused when the lock is taken. Every Redis call has its own deadline
+/// ([`call_timeout`](Self::call_timeout), 500 ms); a failed call is [`Error::Store`], so a
+/// refresh never goes out without its store. Its [`identity`](TokenStore::identity) is its key:
+/// give each user's grant a key of its own.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -60,6 +81,14 @@ pub struct RedisStore {
     key: String,
     sealing: Option<Sealing>,
     call_timeout: Duration,
+    /// The lock this store holds now, if any: its saves are fenced by it.
+    held: Arc<Mutex<Option<Arc<Lease>>>>,
+}
+
+/// A lock this process took: its owner id, and whether it is known to be lost.
+struct Lease {
+    owner: String,
+    lost: AtomicBool,
 }
 
 impl RedisStore {
@@ -72,12 +101,13 @@ impl RedisStore {
             key: key.into(),
             sealing: None,
             call_timeout: DEFAULT_CALL_TIMEOUT,
+            held: Arc::default(),
         }
     }
 
-    /// The same on a Redis Cluster (feature `redis-cluster`). The key and its lock go to one
-    /// slot only if `key` has a hash tag (`{billing}:refresh`); the store does not need that,
-    /// as it never touches both in one command.
+    /// The same on a Redis Cluster (feature `redis-cluster`). `key` needs a hash tag
+    /// (`{billing}:refresh`), so that it and its lock share a slot: the save is fenced by the
+    /// lock in one script. A key without one fails at the first lock with [`Error::Store`].
     #[cfg(feature = "redis-cluster")]
     pub fn cluster(
         connection: redis::cluster_async::ClusterConnection,
@@ -88,6 +118,7 @@ impl RedisStore {
             key: key.into(),
             sealing: None,
             call_timeout: DEFAULT_CALL_TIMEOUT,
+            held: Arc::default(),
         }
     }
 
@@ -130,8 +161,75 @@ impl RedisStore {
         })
     }
 
+    /// The lock's key: `key:lock`, in the key's slot on a Redis Cluster when the key has a
+    /// hash tag (which a cluster requires, see [`lock`](TokenStore::lock)).
     fn lock_key(&self) -> String {
         format!("{}:lock", self.key)
+    }
+
+    /// The lock this store holds now, if it is not known to be lost.
+    fn lease(&self) -> Result<Option<Arc<Lease>>, Error> {
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match held {
+            Some(lease) if lease.lost.load(SeqCst) => Err(lost(&self.key)),
+            held => Ok(held),
+        }
+    }
+
+    /// Writes `value` (deletes the key for `None`), fenced by the lock if this store holds
+    /// one: a holder that lost its lease writes nothing.
+    async fn write(&self, what: &str, value: Option<Vec<u8>>) -> Result<(), Error> {
+        let Some(lease) = self.lease()? else {
+            let command = match &value {
+                Some(value) => {
+                    let mut set = redis::cmd("SET");
+                    set.arg(&self.key).arg(value);
+                    set
+                }
+                None => {
+                    let mut del = redis::cmd("DEL");
+                    del.arg(&self.key);
+                    del
+                }
+            };
+            let _: redis::Value = self.call(what, &command).await?;
+            return Ok(());
+        };
+        let mut fenced = redis::cmd("EVAL");
+        fenced
+            .arg(WRITE_FENCED)
+            .arg(2)
+            .arg(&self.key)
+            .arg(self.lock_key())
+            .arg(value.unwrap_or_default())
+            .arg(&lease.owner);
+        match self.call::<i64>(what, &fenced).await? {
+            1 => Ok(()),
+            _ => {
+                lease.lost.store(true, SeqCst);
+                Err(lost(&self.key))
+            }
+        }
+    }
+
+    /// `Ok` if this store still holds its lock: extends the lease, as the renewal does.
+    async fn confirm(&self, lease: &Lease) -> Result<(), Error> {
+        if lease.lost.load(SeqCst) {
+            return Err(lost(&self.key));
+        }
+        let mut renew = owned_script(RENEW, &self.lock_key(), &lease.owner);
+        renew.arg(millis(LOCK_LEASE));
+        match self.call::<i64>("confirm the lock of", &renew).await? {
+            1 => Ok(()),
+            _ => {
+                lease.lost.store(true, SeqCst);
+                Err(lost(&self.key))
+            }
+        }
     }
 
     async fn call<T: redis::FromRedisValue>(
@@ -168,6 +266,8 @@ struct State {
     scope: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     token_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client: Option<String>,
 }
 
 impl Drop for State {
@@ -209,6 +309,9 @@ impl TokenStore for RedisStore {
         if let Some(t) = &state.token_type {
             token = token.with_token_type(t.clone());
         }
+        if let Some(client) = &state.client {
+            token = token.with_client(client.clone());
+        }
         Ok(Some(token))
     }
 
@@ -223,6 +326,7 @@ impl TokenStore for RedisStore {
                 .and_then(|d| u64::try_from(d.as_millis()).ok()),
             scope: token.scope().map(str::to_owned),
             token_type: token.token_type().map(str::to_owned),
+            client: token.client().map(str::to_owned),
         };
         let json = Zeroizing::new(
             serde_json::to_vec(&state)
@@ -231,19 +335,25 @@ impl TokenStore for RedisStore {
         let value = sealing
             .seal_bytes(&json, &self.key)
             .ok_or_else(|| Error::Store(StoreError::new("cannot seal the token state")))?;
-        self.call("write", redis::cmd("SET").arg(&self.key).arg(value))
-            .await
+        self.write("write", Some(value)).await
     }
 
     async fn clear(&self) -> Result<(), Error> {
-        let _: i64 = self
-            .call("remove", redis::cmd("DEL").arg(&self.key))
-            .await?;
-        Ok(())
+        self.write("remove", None).await
     }
 
     async fn lock(&self) -> Result<Option<StoreLock>, Error> {
         self.sealing()?;
+        #[cfg(feature = "redis-cluster")]
+        if matches!(self.connection, RedisConnection::Cluster(_)) && hash_tag(&self.key).is_none()
+        {
+            return Err(Error::Store(StoreError::new(format!(
+                "the Redis key {} has no hash tag, so on a cluster it and its lock may live in \
+                 different slots and a save cannot be fenced by the lock; give it one, such as \
+                 {{user-42}}:refresh",
+                self.key
+            ))));
+        }
         let lock_key = self.lock_key();
         let owner = owner();
         let deadline = tokio::time::Instant::now() + LOCK_WAIT;
@@ -260,7 +370,18 @@ impl TokenStore for RedisStore {
                 )
                 .await?;
             if taken.is_some() {
-                return Ok(Some(StoreLock::new(Held::new(self, lock_key, owner))));
+                let lease = Arc::new(Lease {
+                    owner,
+                    lost: AtomicBool::new(false),
+                });
+                *self.held.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(Arc::clone(&lease));
+                let held = Held::new(self, Arc::clone(&lease));
+                let (store, lease) = (self.clone(), lease);
+                return Ok(Some(StoreLock::with_confirm(held, move || {
+                    let (store, lease) = (store.clone(), Arc::clone(&lease));
+                    async move { store.confirm(&lease).await }
+                })));
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(Error::Store(StoreError::new(format!(
@@ -279,29 +400,38 @@ impl TokenStore for RedisStore {
     }
 }
 
-/// A lock taken: renewed in the background until dropped, then released if still owned.
+/// A lock taken: renewed in the background until dropped, then released if still owned. A
+/// renewal that finds the lease gone, or that fails for as long as the lease lasts, marks it
+/// lost: the holder then sends and saves nothing.
 struct Held {
     renewal: tokio::task::AbortHandle,
-    release: Option<(RedisConnection, String, String, Duration)>,
+    store: RedisStore,
+    lease: Arc<Lease>,
 }
 
 impl Held {
-    fn new(store: &RedisStore, key: String, owner: String) -> Held {
-        let (mut connection, timeout) = (store.connection.clone(), store.call_timeout);
-        let (renew_key, renew_owner) = (key.clone(), owner.clone());
+    fn new(store: &RedisStore, lease: Arc<Lease>) -> Held {
+        let (renewing, renewed) = (store.clone(), Arc::clone(&lease));
         let renewal = tokio::spawn(async move {
+            let mut last_renewed = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(LOCK_LEASE / 3).await;
-                let mut renew = owned_script(RENEW, &renew_key, &renew_owner);
-                renew.arg(millis(LOCK_LEASE));
-                let renewed = renew.query_async::<i64>(&mut connection);
-                let _ = tokio::time::timeout(timeout, renewed).await;
+                match renewing.confirm(&renewed).await {
+                    Ok(()) => last_renewed = tokio::time::Instant::now(),
+                    Err(_) if renewed.lost.load(SeqCst) => return,
+                    Err(_) if last_renewed.elapsed() >= LOCK_LEASE => {
+                        renewed.lost.store(true, SeqCst);
+                        return;
+                    }
+                    Err(_) => {}
+                }
             }
         })
         .abort_handle();
         Held {
             renewal,
-            release: Some((store.connection.clone(), key, owner, timeout)),
+            store: store.clone(),
+            lease,
         }
     }
 }
@@ -309,18 +439,44 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         self.renewal.abort();
-        let Some((mut connection, key, owner, timeout)) = self.release.take() else {
-            return;
-        };
+        {
+            let mut held = self
+                .store
+                .held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if held.as_ref().is_some_and(|h| Arc::ptr_eq(h, &self.lease)) {
+                *held = None;
+            }
+        }
         // Released on the runtime if there is one; otherwise the lease runs out by itself.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (mut connection, timeout) =
+                (self.store.connection.clone(), self.store.call_timeout);
+            let release = owned_script(RELEASE, &self.store.lock_key(), &self.lease.owner);
             runtime.spawn(async move {
-                let release = owned_script(RELEASE, &key, &owner);
                 let released = release.query_async::<i64>(&mut connection);
                 let _ = tokio::time::timeout(timeout, released).await;
             });
         }
     }
+}
+
+/// The error of a holder that lost its lock.
+fn lost(key: &str) -> Error {
+    Error::Store(StoreError::new(format!(
+        "lost the lock of the Redis key {key} (its lease ran out, or another process holds it): \
+         nothing was sent or saved"
+    )))
+}
+
+/// The hash tag of a Redis key (what Redis Cluster hashes): the text between its first `{`
+/// and the first `}` after it, if not empty.
+#[cfg_attr(not(feature = "redis-cluster"), allow(dead_code))]
+fn hash_tag(key: &str) -> Option<&str> {
+    let (_, after) = key.split_once('{')?;
+    let (tag, _) = after.split_once('}')?;
+    (!tag.is_empty()).then_some(tag)
 }
 
 impl fmt::Debug for RedisStore {
@@ -330,5 +486,27 @@ impl fmt::Debug for RedisStore {
             .field("sealing", &self.sealing)
             .field("call_timeout", &self.call_timeout)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lock_key_shares_its_stores_hash_tag() {
+        assert_eq!(hash_tag("{billing}:refresh"), Some("billing"));
+        assert_eq!(hash_tag("a{b}c{d}"), Some("b"));
+        assert_eq!(hash_tag("a{}b"), None);
+        assert_eq!(hash_tag("plain:key"), None);
+        assert_eq!(hash_tag("a}b{c"), None);
+        let client = redis::Client::open("redis://127.0.0.1:1/").unwrap();
+        let connection = client
+            .get_connection_manager_lazy(redis::aio::ConnectionManagerConfig::new())
+            .unwrap();
+        // With a hash tag (which a cluster requires), the lock has the key's tag.
+        let store = RedisStore::new(connection, "{billing}:refresh");
+        assert_eq!(store.lock_key(), "{billing}:refresh:lock");
+        assert_eq!(hash_tag(&store.lock_key()), Some("billing"));
     }
 }

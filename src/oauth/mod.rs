@@ -454,6 +454,24 @@ impl TokenEndpoint {
         identity
     }
 
+    /// Which client this is, for a token store to record ([`StoredToken::client`]): a hash of
+    /// the token endpoint and the client id, hex (no secret, and not the URL itself).
+    ///
+    /// [`StoredToken::client`]: crate::store::StoredToken::client
+    pub(crate) fn client_fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(b"tower-bearer client v1\0");
+        hash.update(self.url.as_str().as_bytes());
+        hash.update(b"\0");
+        hash.update(self.client_id.as_bytes());
+        hash.finalize()
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// The DPoP key tokens from this endpoint are bound to, if any.
     #[cfg(feature = "jose")]
     pub(crate) fn dpop_key(&self) -> Option<&crate::jose::SigningKey> {

@@ -137,7 +137,8 @@ impl AuthorizationCode {
                 .map(|(k, v)| (k.as_str(), v.as_str())),
         );
         let token = self.built.endpoint.request(&params).await?;
-        let stored = StoredToken::from_response(&token, None);
+        let stored = StoredToken::from_response(&token, None)
+            .with_client(self.built.endpoint.client_fingerprint());
         self.store.save_boxed(&stored).await?;
         Ok(self.into_refresh_grant(Some(stored)))
     }

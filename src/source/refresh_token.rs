@@ -5,9 +5,10 @@ use std::{fmt, sync::Arc};
 use tokio::sync::{Mutex, oneshot};
 
 use crate::{
-    AccessToken, Error, ProviderMetadata, Token, TokenSource,
+    AccessToken, Error, ProviderMetadata, RefreshToken, Token, TokenSource,
+    error::StoreError,
     oauth::{self, EndpointConfig, ParamNames, TokenEndpoint},
-    store::{DynTokenStore, MemoryStore, StoredToken, TokenStore},
+    store::{DynTokenStore, MemoryStore, StoreLock, StoredToken, TokenStore},
 };
 
 /// A [`TokenSource`] that renews the access token with a refresh token kept in a
@@ -75,6 +76,9 @@ pub struct RefreshTokenGrant {
 
 struct Inner {
     endpoint: TokenEndpoint,
+    /// Which client this grant is ([`StoredToken::client`]): what it saves, and what it
+    /// requires of a state it loads.
+    client: String,
     scope: Option<String>,
     params: Vec<(String, String)>,
     store: Box<dyn DynTokenStore>,
@@ -93,6 +97,19 @@ struct GrantState {
     /// The last refresh failed after it was sent, unanswered: the server may have rotated the
     /// refresh token it carried (see the type's documentation).
     unanswered: bool,
+    /// A refresh the server answered whose new state could not be saved: the refresh token it
+    /// carried is spent, so the new one is kept here until a save succeeds.
+    unsaved: Option<Unsaved>,
+}
+
+/// The state a refresh bought and could not save.
+struct Unsaved {
+    state: StoredToken,
+    /// The refresh token that refresh sent (now spent).
+    spent: RefreshToken,
+    /// The store's lock, kept while the save is owed, so that no other process refreshes
+    /// with the spent refresh token the store still holds.
+    lock: Option<StoreLock>,
 }
 
 impl RefreshTokenGrant {
@@ -121,6 +138,7 @@ impl RefreshTokenGrant {
     ) -> Self {
         RefreshTokenGrant {
             inner: Arc::new(Inner {
+                client: built.endpoint.client_fingerprint(),
                 endpoint: built.endpoint,
                 scope: built.scope,
                 params: built.params,
@@ -131,6 +149,7 @@ impl RefreshTokenGrant {
                     handed_out: None,
                     rejected: None,
                     unanswered: false,
+                    unsaved: None,
                 }),
             }),
         }
@@ -194,10 +213,38 @@ impl Inner {
 
     async fn fetch_locked(&self, state: &mut GrantState) -> Result<Token, Error> {
         // With a store other processes share, hold them off until the new state is saved, and
-        // read what they may have saved meanwhile.
-        let shared = self.store.lock_boxed().await?;
+        // read what they may have saved meanwhile. A lock kept by a refresh whose save failed
+        // is used again while it still holds.
+        let kept = state
+            .unsaved
+            .as_mut()
+            .and_then(|unsaved| unsaved.lock.take());
+        let shared = match kept {
+            Some(lock) if lock.confirm().await.is_ok() => Some(lock),
+            _ => self.store.lock_boxed().await?,
+        };
+        if let Some(unsaved) = state.unsaved.take() {
+            match self.save_unsaved(&unsaved, shared.as_ref()).await {
+                Ok(true) => {
+                    *state = GrantState {
+                        loaded: true,
+                        stored: Some(unsaved.state),
+                        ..GrantState::default()
+                    };
+                }
+                // The store moved on past both: read below.
+                Ok(false) => state.loaded = false,
+                Err(err) => {
+                    state.unsaved = Some(Unsaved {
+                        lock: shared,
+                        ..unsaved
+                    });
+                    return Err(err);
+                }
+            }
+        }
         if shared.is_some() || !state.loaded || state.rejected.is_some() {
-            let stored = self.store.load_boxed().await?;
+            let stored = self.load().await?;
             let same_refresh_token = stored.as_ref().and_then(StoredToken::refresh_token)
                 == state.stored.as_ref().and_then(StoredToken::refresh_token);
             if let Some(rejected) = &state.rejected {
@@ -247,6 +294,11 @@ impl Inner {
         }
         params.extend(self.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
 
+        // The fence: a holder that lost the lock (it stalled past its lease, and another
+        // process may hold it now) sends nothing.
+        if let Some(lock) = &shared {
+            lock.confirm().await?;
+        }
         match self.endpoint.request(&params).await {
             Err(err) if err.is_terminal() => {
                 let err = if state.unanswered
@@ -275,14 +327,70 @@ impl Inner {
             }
             Ok(token) => {
                 state.unanswered = false;
-                let next = StoredToken::from_response(&token, Some(&refresh));
+                let next = StoredToken::from_response(&token, Some(&refresh))
+                    .with_client(self.client.clone());
                 // The old refresh token is spent either way: keep the new one in memory even if
                 // the save fails, and never hand out the access token before the save succeeds.
                 state.stored = Some(next.clone());
-                state.handed_out = Some(token.access_token().clone());
-                self.store.save_boxed(&next).await?;
-                Ok(token)
+                let saved = match &shared {
+                    Some(lock) => lock.confirm().await,
+                    None => Ok(()),
+                };
+                match saved.and(self.store.save_boxed(&next).await) {
+                    Ok(()) => {
+                        state.handed_out = Some(token.access_token().clone());
+                        Ok(token)
+                    }
+                    Err(err) => {
+                        tracing::warn!(target: "tower_bearer", error = %err, "refreshed, but the new state could not be saved: its refresh token is kept in memory and saved at the next fetch");
+                        state.unsaved = Some(Unsaved {
+                            state: next,
+                            spent: refresh,
+                            lock: shared,
+                        });
+                        Err(kept_in_memory(err))
+                    }
+                }
             }
+        }
+    }
+
+    /// Saves the state of a refresh whose save failed, if the store still holds the refresh
+    /// token that refresh spent (or already the new one): `true` once saved. `false` if the
+    /// store moved on past both (another process saved a newer state, a new authorization):
+    /// the store's state wins, and this one is dropped.
+    async fn save_unsaved(
+        &self,
+        unsaved: &Unsaved,
+        lock: Option<&StoreLock>,
+    ) -> Result<bool, Error> {
+        let stored = self.load().await.map_err(kept_in_memory)?;
+        let stored = stored.as_ref().and_then(StoredToken::refresh_token);
+        if stored != Some(&unsaved.spent) && stored != unsaved.state.refresh_token() {
+            tracing::warn!(target: "tower_bearer", "the store holds a refresh token saved after this process's unsaved refresh: using it");
+            return Ok(false);
+        }
+        if let Some(lock) = lock {
+            lock.confirm().await.map_err(kept_in_memory)?;
+        }
+        self.store
+            .save_boxed(&unsaved.state)
+            .await
+            .map_err(kept_in_memory)?;
+        Ok(true)
+    }
+
+    /// The store's state, if it belongs to this client: a state another client saved is an
+    /// error, and nothing of it is sent.
+    async fn load(&self) -> Result<Option<StoredToken>, Error> {
+        let stored = self.store.load_boxed().await?;
+        match stored.as_ref().and_then(StoredToken::client) {
+            Some(client) if client != self.client => Err(Error::Store(StoreError::new(
+                "the token store holds the tokens of another client (saved by a grant with \
+                 another token endpoint or client id): nothing was sent; give each client a \
+                 store of its own",
+            ))),
+            _ => Ok(stored),
         }
     }
 
@@ -291,6 +399,12 @@ impl Inner {
     async fn revoke(&self, current: Option<&Token>) -> Result<(), Error> {
         let mut state = self.state.lock().await;
         let mut first_error = None;
+        // A refresh token bought and not saved is the grant's newest: revoked too. Its lock
+        // goes first, so that taking the store's lock again cannot wait on it.
+        let unsaved = state
+            .unsaved
+            .take()
+            .and_then(|unsaved| unsaved.state.refresh_token().cloned());
         // With a store other processes share: hold them off, so that none saves a refresh over
         // the clearing, and revoke the refresh token they saved last.
         let shared = match self.store.lock_boxed().await {
@@ -309,7 +423,10 @@ impl Inner {
         if self.endpoint.can_revoke() {
             // Revoking the refresh token also revokes the access tokens it bought (RFC 7009 §2.1)
             // on most servers; revoke the access token in use as well for those that do not.
-            if let Some(rt) = state.stored.as_ref().and_then(StoredToken::refresh_token) {
+            let stored = state.stored.as_ref().and_then(StoredToken::refresh_token);
+            let mut refresh_tokens: Vec<&RefreshToken> = unsaved.iter().collect();
+            refresh_tokens.extend(stored.filter(|rt| Some(*rt) != unsaved.as_ref()));
+            for rt in refresh_tokens {
                 if let Err(err) = self.endpoint.revoke(rt.secret(), "refresh_token").await {
                     first_error.get_or_insert(err);
                 }
@@ -333,6 +450,15 @@ impl Inner {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// A failed save's error, saying that the refresh token the server issued is kept in memory.
+fn kept_in_memory(err: Error) -> Error {
+    let store = match err {
+        Error::Store(store) => store,
+        other => StoreError::new(other.to_string()),
+    };
+    Error::Store(store.refresh_token_unsaved())
 }
 
 impl fmt::Debug for RefreshTokenGrant {

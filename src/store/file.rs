@@ -47,7 +47,8 @@ const LOCK_RETRY: Duration = Duration::from_millis(10);
 ///   "access_token": "...",
 ///   "expires_at": 1767225600,
 ///   "scope": "read",
-///   "token_type": "Bearer"
+///   "token_type": "Bearer",
+///   "client": "3f2a…"
 /// }
 /// ```
 #[derive(Debug, Clone)]
@@ -95,6 +96,9 @@ struct FileFormat {
     scope: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     token_type: Option<String>,
+    /// Which client the tokens belong to ([`StoredToken::client`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client: Option<String>,
 }
 
 impl Drop for FileFormat {
@@ -147,6 +151,9 @@ impl TokenStore for FileStore {
         if let Some(t) = &file.token_type {
             token = token.with_token_type(t.clone());
         }
+        if let Some(client) = &file.client {
+            token = token.with_client(client.clone());
+        }
         Ok(Some(token))
     }
 
@@ -161,6 +168,7 @@ impl TokenStore for FileStore {
                 .map(|d| d.as_secs()),
             scope: token.scope().map(str::to_owned),
             token_type: token.token_type().map(str::to_owned),
+            client: token.client().map(str::to_owned),
         };
         let mut json = Zeroizing::new(Vec::with_capacity(512));
         serde_json::to_writer_pretty(&mut *json, &file).map_err(|_| {

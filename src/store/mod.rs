@@ -85,27 +85,63 @@ pub trait TokenStore: Send + Sync + 'static {
 
 /// A lock on a [`TokenStore`] shared by several processes, held while a grant refreshes; the
 /// next process gets in when it is dropped. Made by [`TokenStore::lock`].
+///
+/// A lock that can be lost while held (a lease that expires when its holder stalls) is made
+/// with [`with_confirm`](Self::with_confirm): the grant then confirms it immediately before it
+/// sends a refresh token and before it saves, and gives the attempt up, sending or saving
+/// nothing, when it cannot. That is the fence that keeps a stalled holder and the process that
+/// took the lock after it from both sending one refresh token.
 pub struct StoreLock {
     _held: Box<dyn Send + Sync>,
+    confirm: Option<Confirm>,
 }
+
+type Confirm = Box<dyn Fn() -> BoxFuture<'static, Result<(), Error>> + Send + Sync>;
 
 impl StoreLock {
     /// A lock that holds `held` (an open locked file, a database transaction, a lease) until it
-    /// is dropped.
+    /// is dropped, and cannot be lost meanwhile.
     pub fn new(held: impl Send + Sync + 'static) -> Self {
         StoreLock {
             _held: Box::new(held),
+            confirm: None,
+        }
+    }
+
+    /// A lock that holds `held` until it is dropped, and may be lost meanwhile: `confirm`
+    /// answers `Ok` only if this process still holds it (and may extend it). Its error (an
+    /// [`Error::Store`] saying the lock was lost) is what the grant's caller gets.
+    pub fn with_confirm<F, Fut>(held: impl Send + Sync + 'static, confirm: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Error>> + Send + 'static,
+    {
+        StoreLock {
+            _held: Box::new(held),
+            confirm: Some(Box::new(move || Box::pin(confirm()))),
+        }
+    }
+
+    /// `Ok` if this process still holds the lock: always, for a lock made with
+    /// [`new`](Self::new).
+    pub async fn confirm(&self) -> Result<(), Error> {
+        match &self.confirm {
+            Some(confirm) => confirm().await,
+            None => Ok(()),
         }
     }
 }
 
 impl fmt::Debug for StoreLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StoreLock").finish_non_exhaustive()
+        f.debug_struct("StoreLock")
+            .field("fenced", &self.confirm.is_some())
+            .finish_non_exhaustive()
     }
 }
 
-/// What a [`TokenStore`] keeps: the refresh token and the last access token with its expiry.
+/// What a [`TokenStore`] keeps: the refresh token and the last access token with its expiry,
+/// and which client they belong to.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct StoredToken {
     refresh_token: Option<RefreshToken>,
@@ -113,6 +149,7 @@ pub struct StoredToken {
     expires_at: Option<SystemTime>,
     scope: Option<String>,
     token_type: Option<String>,
+    client: Option<String>,
 }
 
 impl StoredToken {
@@ -150,6 +187,13 @@ impl StoredToken {
         self
     }
 
+    /// Sets which client the tokens belong to: what [`client`](Self::client) returned when
+    /// the state was saved.
+    pub fn with_client(mut self, client: impl Into<String>) -> Self {
+        self.client = Some(client.into());
+        self
+    }
+
     /// The refresh token.
     pub fn refresh_token(&self) -> Option<&RefreshToken> {
         self.refresh_token.as_ref()
@@ -175,6 +219,15 @@ impl StoredToken {
         self.token_type.as_deref()
     }
 
+    /// Which client the tokens belong to: a fingerprint of the token endpoint and client id of
+    /// the grant that saved them (no secret). A grant refuses a state another client saved,
+    /// sending nothing, so a store shared by mistake never sends one client's refresh token
+    /// with another's credentials (or to another server). A store should keep it; one that
+    /// drops it loses that check, nothing else.
+    pub fn client(&self) -> Option<&str> {
+        self.client.as_deref()
+    }
+
     /// The state after a token response: the new access token, and the new refresh token if
     /// the response rotated it, else the one we had.
     #[cfg_attr(not(feature = "oauth"), allow(dead_code))]
@@ -188,6 +241,7 @@ impl StoredToken {
             expires_at,
             scope: token.scope().map(str::to_owned),
             token_type: Some(token.token_type().to_owned()),
+            client: None,
         }
     }
 
@@ -221,11 +275,11 @@ impl fmt::Debug for StoredToken {
             .field("expires_at", &self.expires_at)
             .field("scope", &self.scope)
             .field("token_type", &self.token_type)
+            .field("client", &self.client)
             .finish()
     }
 }
 
-#[cfg_attr(not(feature = "oauth"), allow(dead_code))]
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Object-safe form of [`TokenStore`].

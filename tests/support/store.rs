@@ -8,14 +8,32 @@ use std::sync::{
 use tower_bearer::{
     Error,
     error::StoreError,
-    store::{MemoryStore, StoredToken, TokenStore},
+    store::{MemoryStore, StoreLock, StoredToken, TokenStore},
 };
 
-/// A store whose saves fail while `broken` is set.
+/// A store whose saves fail while `broken` is set. With `shared` set it has a lock, as a store
+/// other processes share does: a grant then reads it again at every fetch.
 #[derive(Clone, Default)]
 pub struct FlakyStore {
     pub inner: MemoryStore,
     pub broken: Arc<AtomicBool>,
+    pub shared: bool,
+}
+
+impl FlakyStore {
+    /// A store other processes could share (it has a lock), holding `rt`.
+    pub async fn shared_with(rt: &str) -> Self {
+        let store = FlakyStore {
+            shared: true,
+            ..FlakyStore::default()
+        };
+        store
+            .inner
+            .save(&StoredToken::new().with_refresh_token(rt))
+            .await
+            .unwrap();
+        store
+    }
 }
 
 impl TokenStore for FlakyStore {
@@ -30,5 +48,8 @@ impl TokenStore for FlakyStore {
     }
     async fn clear(&self) -> Result<(), Error> {
         self.inner.clear().await
+    }
+    async fn lock(&self) -> Result<Option<StoreLock>, Error> {
+        Ok(self.shared.then(|| StoreLock::new(())))
     }
 }
