@@ -398,6 +398,7 @@ impl StoreError {
 
     /// Marks a failed save after a refresh the server answered: its new refresh token is kept
     /// in memory, and saved at the grant's next fetch.
+    #[cfg_attr(not(feature = "oauth"), allow(dead_code))]
     pub(crate) fn refresh_token_unsaved(mut self) -> Self {
         self.unsaved = true;
         self

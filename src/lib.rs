@@ -129,6 +129,9 @@ pub use integrations::redirect;
 #[cfg(feature = "reqwest-middleware")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
 pub use integrations::reqwest_middleware;
+#[cfg(feature = "oauth")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
+pub use integrations::reqwest_redirect;
 
 pub use error::{Error, OAuthError};
 pub use future::ResponseFuture;

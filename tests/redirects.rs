@@ -219,3 +219,118 @@ async fn the_layers_redirect_filter_keeps_a_custom_header_off_every_hop_after_an
         "stripped on the hop to B, and on the same-origin hop within B"
     );
 }
+
+/// The headers the target of a redirect saw: (`authorization`, `x-api-token`, `dpop`).
+fn seen_with_dpop(server: &StandInEndpoint) -> Vec<(Option<String>, Option<String>, bool)> {
+    server
+        .recorded()
+        .iter()
+        .map(|r| {
+            (
+                r.header("authorization").map(str::to_owned),
+                r.header("x-api-token").map(str::to_owned),
+                r.header("dpop").is_some(),
+            )
+        })
+        .collect()
+}
+
+/// A `reqwest::Client` follows redirects inside the layer and removes only `Authorization` on
+/// a hop to another origin: without the layer's policy, a custom token header reaches the
+/// other origin (the hazard). With `reqwest_redirect_policy()`, the client refuses that hop:
+/// the 302 comes back to the caller and the other origin gets nothing. A layer sending
+/// `Authorization: Bearer` alone still follows, and reqwest removes the header.
+#[tokio::test]
+async fn a_reqwest_client_with_the_layers_policy_sends_no_custom_token_to_another_origin() {
+    let send = |auth: AuthLayer, client: reqwest::Client, url: String| async move {
+        ServiceBuilder::new()
+            .layer(auth)
+            .service(client)
+            .oneshot(reqwest::Request::new(
+                http::Method::GET,
+                url.parse().unwrap(),
+            ))
+            .await
+            .unwrap()
+            .status()
+    };
+
+    // reqwest's default policy: the custom header follows.
+    let (first, target) = servers().await;
+    let status = send(
+        layer(|b| b.header_name(CUSTOM).scheme("")),
+        reqwest::Client::new(),
+        first.url("/start"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(seen(&target), [(None, Some("tok-1".to_owned()))]);
+
+    // The layer's policy: the hop is refused.
+    let (first, target) = servers().await;
+    let auth = layer(|b| b.header_name(CUSTOM).scheme(""));
+    let client = reqwest::Client::builder()
+        .redirect(auth.reqwest_redirect_policy())
+        .build()
+        .unwrap();
+    let status = send(auth, client, first.url("/start")).await;
+    assert_eq!(status, StatusCode::FOUND, "the redirect goes to the caller");
+    assert_eq!(seen(&first), [(None, Some("tok-1".to_owned()))]);
+    assert!(target.recorded().is_empty(), "the other origin was asked");
+
+    // `Authorization: Bearer`: followed, and reqwest removes the header.
+    let (first, target) = servers().await;
+    let auth = layer(|b| b);
+    let client = reqwest::Client::builder()
+        .redirect(auth.reqwest_redirect_policy())
+        .build()
+        .unwrap();
+    assert_eq!(
+        send(auth, client, first.url("/start")).await,
+        StatusCode::OK
+    );
+    assert_eq!(seen(&target), [(None, None)]);
+}
+
+#[cfg(feature = "jose")]
+#[path = "support/static_dpop.rs"]
+mod static_dpop;
+
+/// The same for a DPoP-bound token: reqwest removes `Authorization: DPoP ...` but not the
+/// `DPoP` proof; with the layer's policy, the hop to another origin is refused.
+#[cfg(feature = "jose")]
+#[tokio::test]
+async fn a_reqwest_client_with_the_layers_policy_sends_no_dpop_proof_to_another_origin() {
+    let dpop = || static_dpop::StaticDpop {
+        key: tower_bearer::jose::SigningKey::generate_es256().unwrap(),
+        token: "dpop-token".to_owned(),
+    };
+    let get = |url: String| reqwest::Request::new(http::Method::GET, url.parse().unwrap());
+
+    let (first, target) = servers().await;
+    let auth = AuthLayer::new(dpop());
+    let svc = ServiceBuilder::new()
+        .layer(auth)
+        .service(reqwest::Client::new());
+    svc.oneshot(get(first.url("/start"))).await.unwrap();
+    assert_eq!(
+        seen_with_dpop(&target),
+        [(None, None, true)],
+        "the proof followed"
+    );
+
+    let (first, target) = servers().await;
+    let auth = AuthLayer::new(dpop());
+    let client = reqwest::Client::builder()
+        .redirect(auth.reqwest_redirect_policy())
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new().layer(auth).service(client);
+    let response = svc.oneshot(get(first.url("/start"))).await.unwrap();
+    assert_eq!(response.status(), StatusCode::FOUND);
+    assert_eq!(
+        seen_with_dpop(&first),
+        [(Some("DPoP dpop-token".to_owned()), None, true)]
+    );
+    assert!(target.recorded().is_empty());
+}

@@ -152,6 +152,49 @@ async fn an_api_that_rejects_every_token_for_30_seconds_costs_a_bounded_number_o
     assert_eq!(source.fetches(), fetches);
 }
 
+/// Revocations are not a storm. The API revokes the token in use twice, 20 s apart, while 50
+/// callers send a request every 10 ms. Each revoked token had been accepted before: it is
+/// forgotten at once and costs one refetch, and every request it failed is resent with the new
+/// token. No request fails. (Counted as a storm, the second revoked token would be kept for a
+/// backoff step and its requests handed their 401s.)
+#[tokio::test(start_paused = true)]
+async fn two_revocations_20_seconds_apart_fail_no_request() {
+    let source = source();
+    let api = source.api();
+    let auth = AuthLayer::builder(source.clone())
+        .jitter_seed(21)
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(auth.clone())
+        .service(api.clone());
+    let mut failed = 0;
+    let mut sent = 0;
+    for round in 0..4_000 {
+        match round {
+            1_000 => api.revoke("tok-1"),
+            3_000 => api.revoke("tok-2"),
+            _ => {}
+        }
+        let mut set = JoinSet::new();
+        for _ in 0..50 {
+            let svc = svc.clone();
+            set.spawn(async move { svc.oneshot(post("p")).await.unwrap().status() });
+        }
+        let statuses = set.join_all().await;
+        sent += statuses.len();
+        failed += statuses.iter().filter(|s| **s != StatusCode::OK).count();
+        tokio::time::advance(Duration::from_millis(10)).await;
+    }
+    assert_eq!(sent, 200_000);
+    assert_eq!(failed, 0, "requests failed across two revocations");
+    assert_eq!(source.fetches(), 3, "one refetch per revocation");
+    let stats = auth.stats();
+    assert_eq!(stats.unauthorized, 2);
+    assert_eq!(stats.not_resent, 0);
+    assert!(stats.retries >= 2, "{stats:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn forbidden_never_refreshes() {
     let source = source();

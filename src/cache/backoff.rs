@@ -94,11 +94,15 @@ pub(crate) enum Verdict {
     Keep,
 }
 
-/// Tokens rejected one after the other. The first rejection of a streak forgets the token at
-/// once (a revoked token is replaced without delay); when the token that replaced it is
-/// rejected too, it is kept for a backoff interval before the next fetch, and so on, so that an
-/// API that rejects every token (a wrong audience, a key not yet propagated) costs one token
-/// request per backoff interval, not one per round trip.
+/// Fresh tokens rejected one after the other: rejected before any response accepted them.
+///
+/// A token that was accepted and is then rejected was revoked (or expired early at the
+/// server): it is forgotten at once, whatever came before, and costs one refetch; it starts a
+/// new streak. When the token that replaced it is rejected before it was ever accepted, it is
+/// kept for a backoff interval before the next fetch, and so on (the first rejected token of a
+/// streak is forgotten at once whether or not it was accepted), so that an API that rejects
+/// every token (a wrong audience, a key not yet propagated) costs one token request per
+/// backoff interval, not one per round trip.
 #[derive(Debug, Default)]
 pub(crate) struct RejectionStreak {
     /// Tokens rejected in this streak.
@@ -116,14 +120,26 @@ struct Hold {
 }
 
 impl RejectionStreak {
-    /// The verdict on a rejection of the current token, `generation`, at `now`.
+    /// The verdict on a rejection of the current token, `generation`, at `now`; `accepted`:
+    /// whether a response accepted that token before.
     pub(crate) fn rejected(
         &mut self,
         generation: u64,
+        accepted: bool,
         now: Instant,
         backoff: &Backoff,
         rng: &mut fastrand::Rng,
     ) -> Verdict {
+        if accepted {
+            // A revocation, not a storm: the API took our tokens until now. It starts a new
+            // streak, as its first token: a fresh token rejected after it is held.
+            *self = RejectionStreak {
+                count: 1,
+                hold: None,
+                last: Some(now),
+            };
+            return Verdict::Forget;
+        }
         let quiet = self
             .last
             .is_none_or(|at| now.saturating_duration_since(at) >= REJECTION_STREAK_WINDOW);
@@ -228,29 +244,88 @@ mod tests {
         assert_eq!(last.retry_at, now + Duration::from_millis(100));
     }
 
+    /// Tokens accepted before they are rejected are revocations: each is forgotten at once,
+    /// however close together, and they end a streak; tokens rejected fresh still make one.
+    #[tokio::test(start_paused = true)]
+    async fn a_token_accepted_before_its_rejection_is_always_forgotten_at_once() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut streak = RejectionStreak::default();
+        let t0 = Instant::now();
+        for generation in 1..=10 {
+            let at = t0 + Duration::from_millis(10 * generation);
+            assert_eq!(
+                streak.rejected(generation, true, at, &BACKOFF, &mut rng),
+                Verdict::Forget,
+                "revocation {generation}"
+            );
+        }
+        // A fresh token rejected right after a revocation goes on its streak: it is held.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(
+            streak.rejected(11, false, t1, &BACKOFF, &mut rng),
+            Verdict::Keep
+        );
+        // A revocation while a fresh token was held ends that streak and starts another.
+        assert_eq!(
+            streak.rejected(11, true, t1, &BACKOFF, &mut rng),
+            Verdict::Forget
+        );
+        assert_eq!(
+            streak.rejected(12, false, t1, &BACKOFF, &mut rng),
+            Verdict::Keep
+        );
+        // Long after, a fresh token rejected alone is forgotten at once.
+        let later = t1 + REJECTION_STREAK_WINDOW + Duration::from_secs(1);
+        assert_eq!(
+            streak.rejected(13, false, later, &BACKOFF, &mut rng),
+            Verdict::Forget
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_streak_forgets_the_first_token_then_holds_each_next_one() {
         let mut rng = fastrand::Rng::with_seed(3);
         let mut streak = RejectionStreak::default();
         let t0 = Instant::now();
-        assert_eq!(streak.rejected(1, t0, &BACKOFF, &mut rng), Verdict::Forget);
+        assert_eq!(
+            streak.rejected(1, false, t0, &BACKOFF, &mut rng),
+            Verdict::Forget
+        );
         // The replacement is rejected too: kept for 100-200 ms.
         let t1 = t0 + Duration::from_millis(10);
-        assert_eq!(streak.rejected(2, t1, &BACKOFF, &mut rng), Verdict::Keep);
+        assert_eq!(
+            streak.rejected(2, false, t1, &BACKOFF, &mut rng),
+            Verdict::Keep
+        );
         let t2 = t1 + Duration::from_millis(99);
-        assert_eq!(streak.rejected(2, t2, &BACKOFF, &mut rng), Verdict::Keep);
+        assert_eq!(
+            streak.rejected(2, false, t2, &BACKOFF, &mut rng),
+            Verdict::Keep
+        );
         let t3 = t1 + Duration::from_millis(200);
-        assert_eq!(streak.rejected(2, t3, &BACKOFF, &mut rng), Verdict::Forget);
+        assert_eq!(
+            streak.rejected(2, false, t3, &BACKOFF, &mut rng),
+            Verdict::Forget
+        );
         // The third token is kept for 200-400 ms.
-        assert_eq!(streak.rejected(3, t3, &BACKOFF, &mut rng), Verdict::Keep);
+        assert_eq!(
+            streak.rejected(3, false, t3, &BACKOFF, &mut rng),
+            Verdict::Keep
+        );
         let t4 = t3 + Duration::from_millis(199);
-        assert_eq!(streak.rejected(3, t4, &BACKOFF, &mut rng), Verdict::Keep);
+        assert_eq!(
+            streak.rejected(3, false, t4, &BACKOFF, &mut rng),
+            Verdict::Keep
+        );
         let t5 = t3 + Duration::from_millis(400);
-        assert_eq!(streak.rejected(3, t5, &BACKOFF, &mut rng), Verdict::Forget);
+        assert_eq!(
+            streak.rejected(3, false, t5, &BACKOFF, &mut rng),
+            Verdict::Forget
+        );
         // A rejection long after the streak starts a new one: forgotten at once.
         let later = t5 + REJECTION_STREAK_WINDOW;
         assert_eq!(
-            streak.rejected(4, later, &BACKOFF, &mut rng),
+            streak.rejected(4, false, later, &BACKOFF, &mut rng),
             Verdict::Forget
         );
     }

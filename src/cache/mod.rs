@@ -45,7 +45,9 @@ use tokio::{
 };
 use tracing::Instrument;
 
-pub(crate) use backoff::{Backoff, MAX_RETRY_AFTER};
+pub(crate) use backoff::Backoff;
+#[cfg(feature = "oauth")]
+pub(crate) use backoff::MAX_RETRY_AFTER;
 use backoff::{FetchFailures, RETRY_PAUSES, RejectionStreak, Verdict};
 pub use entry::EXPIRY_ALLOWANCE;
 pub(crate) use entry::{Entry, Use};
@@ -150,6 +152,9 @@ pub(crate) struct TokenCache {
     /// runs, until its deadline; after a failure, until the backoff has passed. Lets requests in
     /// the refresh window skip the lock with one atomic load.
     next_background: AtomicU64,
+    /// The highest generation a response accepted (0: none): a token rejected after it was
+    /// accepted was revoked, and is replaced at once (see [`RejectionStreak`]).
+    accepted: AtomicU64,
     clock_base: Instant,
     source: Box<dyn DynTokenSource>,
     settings: CacheSettings,
@@ -194,6 +199,7 @@ impl TokenCache {
                 rejected: None,
             }),
             next_background: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
             clock_base: Instant::now(),
             counters: Counters {
                 name: settings.name.clone(),
@@ -411,6 +417,11 @@ impl TokenCache {
         }
     }
 
+    /// A response accepted the token of `generation` (it did not reject it).
+    pub(crate) fn accept(&self, generation: u64) {
+        self.accepted.fetch_max(generation, Relaxed);
+    }
+
     /// A response rejected the token of `generation`. Forgets it if it is still current,
     /// unless fresh tokens keep being rejected (see [`RejectionStreak`]).
     pub(crate) fn reject(&self, generation: u64) -> Rejection {
@@ -430,7 +441,8 @@ impl TokenCache {
             rejected,
             ..
         } = &mut *state;
-        match rejections.rejected(generation, now, &self.settings.backoff, rng) {
+        let accepted = self.accepted.load(Relaxed) >= generation;
+        match rejections.rejected(generation, accepted, now, &self.settings.backoff, rng) {
             Verdict::Forget => {
                 if let Some(entry) = self.current.swap(None) {
                     self.remember_rejected(rejected, entry.token.access_token());

@@ -345,8 +345,7 @@ impl TokenStore for RedisStore {
     async fn lock(&self) -> Result<Option<StoreLock>, Error> {
         self.sealing()?;
         #[cfg(feature = "redis-cluster")]
-        if matches!(self.connection, RedisConnection::Cluster(_)) && hash_tag(&self.key).is_none()
-        {
+        if matches!(self.connection, RedisConnection::Cluster(_)) && hash_tag(&self.key).is_none() {
             return Err(Error::Store(StoreError::new(format!(
                 "the Redis key {} has no hash tag, so on a cluster it and its lock may live in \
                  different slots and a save cannot be fenced by the lock; give it one, such as \

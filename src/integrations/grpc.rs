@@ -87,6 +87,12 @@ impl TrailerWatch {
     fn rejected(self) {
         self.layer.cache.reject(self.generation);
     }
+
+    /// The stream ended without rejecting the token: it was accepted.
+    #[cfg_attr(not(feature = "tonic"), allow(dead_code))]
+    fn accepted(self) {
+        self.layer.accepted(self.generation);
+    }
 }
 
 impl std::fmt::Debug for TrailerWatch {
@@ -141,8 +147,10 @@ mod watched {
                     let unauthenticated = trailers
                         .get(GRPC_STATUS)
                         .is_some_and(|v| v.as_bytes() == b"16");
-                    if let (Some(watch), true) = (watch, unauthenticated) {
-                        watch.rejected();
+                    match (watch, unauthenticated) {
+                        (Some(watch), true) => watch.rejected(),
+                        (Some(watch), false) => watch.accepted(),
+                        (None, _) => {}
                     }
                 }
             }
@@ -159,25 +167,27 @@ mod watched {
     }
 
     /// Wraps the body of a gRPC response that is not trailers-only, so that `UNAUTHENTICATED`
-    /// in its trailers drops the token. Other responses are left as they are.
+    /// in its trailers drops the token (and other trailers say it was accepted): `true`. Other
+    /// responses are left as they are: `false`.
     pub(crate) fn watch<B: 'static>(
         response: &mut Response<B>,
         make: impl FnOnce() -> TrailerWatch,
-    ) {
+    ) -> bool {
         if !crate::replay::is_type::<tonic::body::Body, B>() {
-            return;
+            return false;
         }
         let headers = response.headers();
         if !is_grpc(headers) || headers.contains_key(GRPC_STATUS) {
-            return;
+            return false;
         }
         let Some(body) = crate::replay::body_as::<tonic::body::Body, B>(response.body_mut()) else {
-            return;
+            return false;
         };
         let inner = std::mem::replace(body, tonic::body::Body::empty());
         *body = tonic::body::Body::new(Watched {
             inner,
             watch: Some(make()),
         });
+        true
     }
 }

@@ -7,3 +7,5 @@ pub mod grpc;
 pub mod redirect;
 #[cfg(feature = "reqwest-middleware")]
 pub mod reqwest_middleware;
+#[cfg(feature = "oauth")]
+pub mod reqwest_redirect;

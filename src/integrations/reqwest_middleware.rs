@@ -18,6 +18,11 @@ use crate::{
 /// Token errors reach the caller as `reqwest_middleware::Error::Middleware` wrapping a
 /// [`tower_bearer::Error`](crate::Error).
 ///
+/// The `reqwest::Client` underneath follows redirects itself: when the token goes in a custom
+/// header or is DPoP-bound, build it with
+/// [`auth.reqwest_redirect_policy()`](crate::AuthLayer::reqwest_redirect_policy), which refuses
+/// hops to another origin (see [`crate::reqwest_redirect`]).
+///
 /// ```
 /// use tower_bearer::{AuthLayer, StaticToken};
 ///
@@ -68,6 +73,7 @@ impl Middleware for AuthMiddleware {
         let response = next.clone().run(request, extensions).await?;
         if !challenge::may_reject(&response) {
             layer.remember_nonce(proof, response.headers());
+            cache.accept(entry.generation);
             return Ok(response);
         }
         match layer.judge(&response, entry.generation, proof) {
@@ -93,6 +99,9 @@ impl Middleware for AuthMiddleware {
         cache.counters.retried();
         let response = next.run(again, extensions).await?;
         layer.remember_nonce(proof, response.headers());
+        if !challenge::may_reject(&response) {
+            cache.accept(entry.generation);
+        }
         Ok(response)
     }
 }

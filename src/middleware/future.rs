@@ -206,7 +206,10 @@ where
                     if proof.is_some() {
                         layer.remember_nonce(*proof, response.headers());
                     }
-                    response.watch_trailers(|| TrailerWatch::new(layer, *generation));
+                    // A stream's trailers may still reject the token: their watch decides.
+                    if !response.watch_trailers(|| TrailerWatch::new(layer, *generation)) {
+                        layer.accepted(*generation);
+                    }
                     Poll::Ready(Ok(response))
                 }
                 result => self.answered(result, cx),
@@ -248,7 +251,9 @@ where
             Ok(response) if challenge::may_reject(&response) => response,
             Ok(mut response) => {
                 layer.remember_nonce(proof, response.headers());
-                response.watch_trailers(|| TrailerWatch::new(&layer, generation));
+                if !response.watch_trailers(|| TrailerWatch::new(&layer, generation)) {
+                    layer.accepted(generation);
+                }
                 self.set_done();
                 return Poll::Ready(Ok(response));
             }
@@ -374,7 +379,11 @@ where
                         Ok(mut response) => {
                             if let Some((layer, generation, proof)) = &sent {
                                 layer.remember_nonce(*proof, response.headers());
-                                response.watch_trailers(|| TrailerWatch::new(layer, *generation));
+                                let watched = response
+                                    .watch_trailers(|| TrailerWatch::new(layer, *generation));
+                                if !watched && !challenge::may_reject(&response) {
+                                    layer.accepted(*generation);
+                                }
                             }
                             Ok(response)
                         }

@@ -1,7 +1,13 @@
 //! A service's handle on its layer: what each response future holds, and the header copy a
 //! service makes for its clones.
 
-use std::{fmt, sync::Arc};
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+};
 
 use arc_swap::ArcSwapOption;
 use http::HeaderValue;
@@ -25,6 +31,9 @@ pub(crate) type LayerHandle = Arc<ServiceHandle>;
 pub(crate) struct ServiceHandle {
     state: Arc<LayerState>,
     header: Option<ArcSwapOption<HeaderCopy>>,
+    /// The highest generation a response to this handle's requests accepted: the cache hears
+    /// of each token's first acceptance here once, not of every response.
+    accepted: AtomicU64,
 }
 
 /// A token's header, copied into a buffer of its own.
@@ -39,6 +48,7 @@ impl ServiceHandle {
         ServiceHandle {
             state,
             header: None,
+            accepted: AtomicU64::new(0),
         }
     }
 
@@ -47,7 +57,24 @@ impl ServiceHandle {
         ServiceHandle {
             state,
             header: Some(ArcSwapOption::empty()),
+            accepted: AtomicU64::new(0),
         }
+    }
+
+    /// A response accepted the token of `generation`: the first time for this handle, the
+    /// cache is told (a token accepted and later rejected was revoked, not part of a storm).
+    #[inline(always)]
+    pub(crate) fn accepted(&self, generation: u64) {
+        if self.accepted.load(Relaxed) < generation {
+            self.first_accepted(generation);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn first_accepted(&self, generation: u64) {
+        self.accepted.fetch_max(generation, Relaxed);
+        self.state.cache.accept(generation);
     }
 
     /// The state this handle is on.

@@ -303,6 +303,22 @@ impl AuthLayer {
         crate::redirect::FilterToken::new(self.state.header_name.clone())
     }
 
+    /// A redirect policy for a `reqwest::Client` under this layer: it refuses to follow a
+    /// redirect to another origin (or from `https` to `http`) when the token or a DPoP proof
+    /// goes in a header reqwest does not remove on such a hop (a custom
+    /// [`header_name`](AuthLayerBuilder::header_name), `DPoP`); the redirect response goes to
+    /// the caller instead. See [`crate::reqwest_redirect`].
+    #[cfg(feature = "oauth")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
+    pub fn reqwest_redirect_policy(&self) -> reqwest::redirect::Policy {
+        #[cfg(feature = "jose")]
+        let dpop = self.state.dpop.is_some();
+        #[cfg(not(feature = "jose"))]
+        let dpop = false;
+        let carried_elsewhere = self.state.header_name != http::header::AUTHORIZATION || dpop;
+        crate::reqwest_redirect::policy(carried_elsewhere)
+    }
+
     /// The layer's token cache, for the crate's own tests.
     #[cfg(test)]
     pub(crate) fn cache(&self) -> &Arc<TokenCache> {

@@ -74,11 +74,13 @@ pub trait AuthResponse {
 
     /// Lets the layer watch what comes after the headers for a rejection of the token: gRPC's
     /// `UNAUTHENTICATED` in the trailers of a stream (see [`crate::grpc`]). Watches nothing
-    /// unless the body is a `tonic::body::Body` (feature `tonic`).
+    /// unless the body is a `tonic::body::Body` (feature `tonic`). `true` if it watches: the
+    /// trailers then say whether the token was accepted.
     #[doc(hidden)]
     #[inline(always)]
-    fn watch_trailers(&mut self, make: impl FnOnce() -> TrailerWatch) {
+    fn watch_trailers(&mut self, make: impl FnOnce() -> TrailerWatch) -> bool {
         let _ = make;
+        false
     }
 }
 
@@ -158,11 +160,14 @@ impl<B: 'static> AuthResponse for Response<B> {
     }
 
     #[inline(always)]
-    fn watch_trailers(&mut self, make: impl FnOnce() -> TrailerWatch) {
+    fn watch_trailers(&mut self, make: impl FnOnce() -> TrailerWatch) -> bool {
         #[cfg(feature = "tonic")]
-        crate::grpc::watch(self, make);
+        return crate::grpc::watch(self, make);
         #[cfg(not(feature = "tonic"))]
-        let _ = make;
+        {
+            let _ = make;
+            false
+        }
     }
 }
 
