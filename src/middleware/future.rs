@@ -198,22 +198,27 @@ where
             proof,
         } = self.as_mut().project().state.project()
         {
-            return match ready!(fut.poll(cx)) {
-                // The state stays `Send`: the future is done, and polling it again is a misuse
-                // the `Future` contract leaves to the inner future to answer. Not setting
-                // `Done` saves dropping the state twice on every request.
-                Ok(mut response) if !challenge::may_reject(&response) => {
+            let mut result = ready!(fut.poll(cx));
+            // The state stays `Send`: the future is done, and polling it again is a misuse the
+            // `Future` contract leaves to the inner future to answer. Not setting `Done` saves
+            // dropping the state twice on every request.
+            if let Ok(response) = &mut result {
+                if !challenge::may_reject(response) {
                     if proof.is_some() {
                         layer.remember_nonce(*proof, response.headers());
                     }
                     // A stream's trailers may still reject the token: their watch decides.
+                    // Told before the response moves, so that it moves once.
                     if !response.watch_trailers(|| TrailerWatch::new(layer, *generation)) {
                         layer.accepted(*generation);
                     }
-                    Poll::Ready(Ok(response))
+                    return match result {
+                        Ok(response) => Poll::Ready(Ok(response)),
+                        Err(err) => Poll::Ready(Err(err.into())),
+                    };
                 }
-                result => self.answered(result, cx),
-            };
+            }
+            return self.answered(result, cx);
         }
         self.poll_slow(cx)
     }

@@ -111,12 +111,16 @@ impl OwnCopies {
         } = self;
         let entry = current.load().as_ref()?;
         let now = Instant::now();
-        if now >= entry.quiet_until && !cache.check(entry, now) {
-            return None;
-        }
-        if entry.is_use_limited() {
-            // Used a few times at most: a copy would cost more than it saves.
-            return Some((entry.header.clone(), entry.generation));
+        if now >= entry.quiet_until {
+            if !cache.check(entry, now) {
+                return None;
+            }
+            // A use-limited token is never quiet (its every use is counted), so it is only
+            // ever sent from here. Used a few times at most: a copy would cost more than it
+            // saves.
+            if entry.is_use_limited() {
+                return Some((entry.header.clone(), entry.generation));
+            }
         }
         if entry.generation != *generation {
             *header = token::copy_header(&entry.header);
