@@ -20,7 +20,10 @@
 //! depends on a timer firing or on which runtime fetched the token.
 
 use std::{
-    sync::atomic::{AtomicU32, Ordering::Relaxed},
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering::Relaxed},
+    },
     time::Duration,
 };
 
@@ -39,17 +42,27 @@ const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// Longest refresh-ahead window.
 const REFRESH_WINDOW_MAX: Duration = Duration::from_secs(5 * 60);
 
+/// Copies of a token's header an entry holds besides its own, each in a buffer of its own:
+/// services sending on different cores send different copies, so they do not all count
+/// references on one cache line (see [`AuthService`](crate::AuthService)).
+pub(crate) const HEADER_COPIES: usize = 8;
+
 /// A token with its pre-built header and the instants of its life.
 pub(crate) struct Entry {
     pub(crate) token: Token,
     /// `Bearer <token>` (or `DPoP <token>`), built once, marked sensitive.
     pub(crate) header: HeaderValue,
+    /// [`HEADER_COPIES`] copies of `header` for the handles of services' clones, each taking
+    /// the one its [`slot`](Self::header_copy) names; for a use-limited token (used a few
+    /// times at most) they share `header`'s buffer.
+    copies: [HeaderValue; HEADER_COPIES],
     /// Increases with every token installed; identifies the token a request carried.
     pub(crate) generation: u64,
     pub(crate) fetched_at: Instant,
     /// Before this instant a request sends the token with no other check: the token is
-    /// unlimited and not yet due for a refresh. `fetched_at` for use-limited tokens, whose
-    /// every use is counted.
+    /// unlimited, a response accepted it, and it is not yet due for a refresh. `fetched_at`
+    /// for use-limited tokens, whose every use is counted, and for a token no response has
+    /// accepted yet, whose requests ask their answers to say (see [`accepted`](Self::accepted)).
     pub(crate) quiet_until: Instant,
     /// From here a request starts a background refresh (once per backoff interval).
     pub(crate) refresh_at: Instant,
@@ -57,8 +70,14 @@ pub(crate) struct Entry {
     pub(crate) refresh_target: Instant,
     /// The token is sent until here: its expiry less the allowance.
     pub(crate) usable_until: Instant,
-    /// Uses left for a use-limited token; `None` when unlimited.
-    uses_left: Option<AtomicU32>,
+    /// Uses left for a use-limited token (shared with the entry that replaces this one once
+    /// the token is accepted); `None` when unlimited.
+    uses_left: Option<Arc<AtomicU32>>,
+    /// Whether a response accepted the token (did not reject it). The cache replaces the
+    /// entry of a token when the first response accepts it (the same token and generation,
+    /// with its quiet period): until then its requests take the slow path, whose answers say
+    /// whether they accepted it, and the requests after that pay nothing to know.
+    pub(crate) accepted: bool,
 }
 
 /// What a request past [`Entry::quiet_until`] may do with the token.
@@ -98,6 +117,13 @@ impl Entry {
         #[cfg(not(feature = "jose"))]
         let scheme = &settings.scheme;
         let header = token.header_value(scheme)?;
+        let copies = std::array::from_fn(|_| {
+            if settings.max_uses.is_some() {
+                header.clone()
+            } else {
+                crate::token::copy_header(&header)
+            }
+        });
         // A refresh token stays with its grant: nothing the layer hands out can leak it.
         token.forget_refresh_token();
         let lifetime = token
@@ -120,22 +146,43 @@ impl Entry {
         } else {
             refresh_target
         };
-        let quiet_until = if settings.max_uses.is_some() {
-            now
-        } else {
-            refresh_at
-        };
         Ok(Entry {
             token,
             header,
+            copies,
             generation,
             fetched_at: now,
-            quiet_until,
+            // No quiet period until a response accepts the token.
+            quiet_until: now,
             refresh_at,
             refresh_target,
             usable_until,
-            uses_left: settings.max_uses.map(AtomicU32::new),
+            uses_left: settings.max_uses.map(|uses| Arc::new(AtomicU32::new(uses))),
+            accepted: false,
         })
+    }
+
+    /// This entry once a response accepted its token: the same token, generation, instants
+    /// and use budget, with its quiet period (until its refresh point; none for a
+    /// use-limited token, whose every use is counted).
+    pub(crate) fn accepted(&self) -> Entry {
+        Entry {
+            token: self.token.clone(),
+            header: self.header.clone(),
+            copies: self.copies.clone(),
+            generation: self.generation,
+            fetched_at: self.fetched_at,
+            quiet_until: if self.uses_left.is_some() {
+                self.fetched_at
+            } else {
+                self.refresh_at
+            },
+            refresh_at: self.refresh_at,
+            refresh_target: self.refresh_target,
+            usable_until: self.usable_until,
+            uses_left: self.uses_left.clone(),
+            accepted: true,
+        }
     }
 
     /// Whether a request at `now` may send the token; claims a use of a use-limited token.
@@ -149,14 +196,19 @@ impl Entry {
         }
     }
 
-    /// Whether the token is good for a limited number of requests.
-    pub(crate) fn is_use_limited(&self) -> bool {
-        self.uses_left.is_some()
+    /// The copy of the header for `slot` (any number: it wraps).
+    #[inline(always)]
+    pub(crate) fn header_copy(&self, slot: usize) -> HeaderValue {
+        // In range by the modulo: no bounds check is left to make.
+        self.copies
+            .get(slot % HEADER_COPIES)
+            .unwrap_or(&self.header)
+            .clone()
     }
 
     /// Takes one use of the token: `true` if it may be sent (always, when unlimited).
     pub(crate) fn claim(&self) -> bool {
-        match &self.uses_left {
+        match self.uses_left.as_deref() {
             None => true,
             Some(left) => left
                 .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
@@ -195,7 +247,8 @@ mod tests {
         let window_start = e.refresh_target - Duration::from_secs(300);
         assert!(e.refresh_at >= window_start);
         assert!(e.refresh_at <= window_start + Duration::from_secs(150));
-        assert_eq!(e.quiet_until, e.refresh_at);
+        assert_eq!(e.quiet_until, now, "not quiet before a response accepts it");
+        assert_eq!(e.accepted().quiet_until, e.refresh_at);
     }
 
     #[tokio::test(start_paused = true)]
@@ -240,7 +293,11 @@ mod tests {
         let (now, e) = entry(Duration::from_secs(3600), &s);
         assert_eq!(e.quiet_until, now);
         assert!(matches!(e.use_at(now), Use::Send { .. }));
-        assert!(matches!(e.use_at(now), Use::Send { .. }));
+        // Accepted, it is still checked on every use, and keeps what is left of its budget.
+        let accepted = e.accepted();
+        assert_eq!(accepted.quiet_until, now);
+        assert!(matches!(accepted.use_at(now), Use::Send { .. }));
+        assert_eq!(accepted.use_at(now), Use::Wait);
         assert_eq!(e.use_at(now), Use::Wait);
     }
 }

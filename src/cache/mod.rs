@@ -155,6 +155,8 @@ pub(crate) struct TokenCache {
     /// The highest generation a response accepted (0: none): a token rejected after it was
     /// accepted was revoked, and is replaced at once (see [`RejectionStreak`]).
     accepted: AtomicU64,
+    /// The header copy the next handle of services' clones sends ([`Entry::header_copy`]).
+    next_copy: std::sync::atomic::AtomicUsize,
     clock_base: Instant,
     source: Box<dyn DynTokenSource>,
     settings: CacheSettings,
@@ -200,6 +202,7 @@ impl TokenCache {
             }),
             next_background: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
+            next_copy: std::sync::atomic::AtomicUsize::new(0),
             clock_base: Instant::now(),
             counters: Counters {
                 name: settings.name.clone(),
@@ -417,9 +420,29 @@ impl TokenCache {
         }
     }
 
-    /// A response accepted the token of `generation` (it did not reject it).
+    /// The header copy a new handle sends: each in turn.
+    pub(crate) fn next_header_copy(&self) -> usize {
+        self.next_copy.fetch_add(1, Relaxed)
+    }
+
+    /// A response accepted the token of `generation` (it did not reject it): a rejection of it
+    /// from now on is a revocation. The first time, its entry is replaced by the accepted one
+    /// (see [`Entry::accepted`]), whose requests take the quiet path.
     pub(crate) fn accept(&self, generation: u64) {
+        if self.accepted.load(Relaxed) >= generation {
+            return;
+        }
         self.accepted.fetch_max(generation, Relaxed);
+        let current = self.current.load_full();
+        if let Some(entry) = current
+            .as_ref()
+            .filter(|e| e.generation == generation && !e.accepted)
+        {
+            // Only over that same entry: a token installed, rejected or revoked meanwhile
+            // stays as it is. No lock: this runs on a response.
+            let accepted = Some(Arc::new(entry.accepted()));
+            self.current.compare_and_swap(&current, accepted);
+        }
     }
 
     /// A response rejected the token of `generation`. Forgets it if it is still current,
@@ -710,6 +733,31 @@ mod tests {
         assert!(auth.cache().lock_state().rejected.is_none());
     }
 
+    /// A token's entry is replaced once, when the first response accepts it: the same token and
+    /// generation, now with its quiet period.
+    #[tokio::test]
+    async fn the_first_accepting_answer_makes_the_token_quiet() {
+        let auth = AuthLayer::new(StaticToken::new("t"));
+        auth.token().await.unwrap();
+        let fresh = auth.cache().peek().unwrap();
+        assert!(!fresh.accepted);
+        assert_eq!(fresh.quiet_until, fresh.fetched_at);
+        let mut svc = auth.layer(Answer);
+        let request = || Request::get("https://api.example.com/").body(()).unwrap();
+        svc.call(request()).await.unwrap();
+        let accepted = auth.cache().peek().unwrap();
+        assert!(accepted.accepted);
+        assert_eq!(accepted.generation, fresh.generation);
+        assert_eq!(accepted.quiet_until, accepted.refresh_at);
+        // Replaced once: later answers change nothing.
+        svc.call(request()).await.unwrap();
+        assert!(std::sync::Arc::ptr_eq(
+            &accepted,
+            &auth.cache().peek().unwrap()
+        ));
+        assert_eq!(auth.stats().fetches, 1);
+    }
+
     /// A request that read a token just as its background refresh finished does not start
     /// another: the refresh window it saw belongs to a token that is no longer current.
     #[tokio::test(start_paused = true)]
@@ -752,9 +800,12 @@ mod tests {
     #[tokio::test]
     async fn the_valid_token_path_completes_while_the_state_lock_is_held() {
         let auth = AuthLayer::new(StaticToken::new("t"));
-        auth.token().await.unwrap();
-        let cache = std::sync::Arc::clone(auth.cache());
         let mut svc = auth.layer(Answer);
+        // A first request, whose answer accepts the token: from then on it is quiet.
+        let request = Request::get("https://api.example.com/").body(()).unwrap();
+        svc.call(request).await.unwrap();
+        assert!(auth.cache().peek().unwrap().accepted);
+        let cache = std::sync::Arc::clone(auth.cache());
 
         let (locked, release) = (mpsc::channel(), mpsc::channel::<()>());
         let holder = std::thread::spawn(move || {

@@ -91,7 +91,7 @@ impl TrailerWatch {
     /// The stream ended without rejecting the token: it was accepted.
     #[cfg_attr(not(feature = "tonic"), allow(dead_code))]
     fn accepted(self) {
-        self.layer.accepted(self.generation);
+        self.layer.cache.accept(self.generation);
     }
 }
 

@@ -73,7 +73,9 @@ impl Middleware for AuthMiddleware {
         let response = next.clone().run(request, extensions).await?;
         if !challenge::may_reject(&response) {
             layer.remember_nonce(proof, response.headers());
-            cache.accept(entry.generation);
+            if !entry.accepted {
+                cache.accept(entry.generation);
+            }
             return Ok(response);
         }
         match layer.judge(&response, entry.generation, proof) {
@@ -99,7 +101,7 @@ impl Middleware for AuthMiddleware {
         cache.counters.retried();
         let response = next.run(again, extensions).await?;
         layer.remember_nonce(proof, response.headers());
-        if !challenge::may_reject(&response) {
+        if !entry.accepted && !challenge::may_reject(&response) {
             cache.accept(entry.generation);
         }
         Ok(response)

@@ -25,6 +25,7 @@ use crate::{
         SigningKey,
         dpop::{DpopProver, ProofFor, access_token_hash},
     },
+    layer::Sent,
     message::AuthRequest,
 };
 
@@ -105,7 +106,7 @@ impl RequestDpop {
         })?;
         let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(proof))
             .map_err(|_| Error::Key("a DPoP proof is not a header value".into()))?;
-        Ok((value, Sent::new(origin, version)))
+        Ok((value, Sent::dpop(origin, version)))
     }
 
     /// `scheme://host[:port]path` of `request` (the default port left out, the scheme and host
@@ -226,39 +227,17 @@ impl RequestDpop {
     }
 }
 
-/// What a DPoP request was sent with: the key of its origin (high half), and the version of
-/// the origin's nonce it carried (low half, 0 for none). One word, never zero, so that the
-/// `Option<Sent>` every response future carries (`None` for a bearer token) stays one word.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Sent(std::num::NonZeroU64);
-
-impl Sent {
-    fn new(origin: u32, version: u32) -> Sent {
-        let packed = (u64::from(origin) << 32) | u64::from(version);
-        // `origin_key` is never zero, so neither is `packed`.
-        Sent(std::num::NonZeroU64::new(packed).unwrap_or(std::num::NonZeroU64::MIN))
-    }
-
-    fn origin(self) -> u32 {
-        (self.0.get() >> 32) as u32
-    }
-
-    fn version(self) -> u32 {
-        self.0.get() as u32
-    }
-}
-
 /// Whether a 401's `WWW-Authenticate` asks for a DPoP nonce (RFC 9449 §9).
 pub(crate) fn asks_for_nonce(headers: &HeaderMap) -> bool {
     challenge::names_error(headers, SCHEME, "use_dpop_nonce")
 }
 
-/// A hash of an origin, to find its nonce; never zero. 32 bits tell apart the few origins a
-/// layer talks to.
+/// A hash of an origin, to find its nonce; never zero, and 31 bits (what [`Sent`] holds):
+/// enough to tell apart the few origins a layer talks to.
 fn origin_key(origin: &str) -> u32 {
     let mut hasher = DefaultHasher::new();
     origin.hash(&mut hasher);
-    (hasher.finish() as u32) | 1
+    ((hasher.finish() as u32) & 0x7fff_ffff) | 1
 }
 
 /// Counts what goes through.

@@ -31,7 +31,7 @@ use crate::{
     cache::Entry,
     challenge,
     grpc::{self, TrailerWatch},
-    layer::{Proof, Verdict},
+    layer::{Proof, Sent, Verdict},
     message::{AuthRequest, AuthResponse},
     middleware::handle::LayerHandle,
 };
@@ -204,13 +204,10 @@ where
             // dropping the state twice on every request.
             if let Ok(response) = &mut result {
                 if !challenge::may_reject(response) {
-                    if proof.is_some() {
-                        layer.remember_nonce(*proof, response.headers());
-                    }
                     // A stream's trailers may still reject the token: their watch decides.
-                    // Told before the response moves, so that it moves once.
-                    if !response.watch_trailers(|| TrailerWatch::new(layer, *generation)) {
-                        layer.accepted(*generation);
+                    let watched = response.watch_trailers(|| TrailerWatch::new(layer, *generation));
+                    if let Some(sent) = *proof {
+                        layer.answered(sent, response.headers(), *generation, !watched);
                     }
                     return match result {
                         Ok(response) => Poll::Ready(Ok(response)),
@@ -255,9 +252,9 @@ where
         let response = match result {
             Ok(response) if challenge::may_reject(&response) => response,
             Ok(mut response) => {
-                layer.remember_nonce(proof, response.headers());
-                if !response.watch_trailers(|| TrailerWatch::new(&layer, generation)) {
-                    layer.accepted(generation);
+                let watched = response.watch_trailers(|| TrailerWatch::new(&layer, generation));
+                if let Some(sent) = proof {
+                    layer.answered(sent, response.headers(), generation, !watched);
                 }
                 self.set_done();
                 return Poll::Ready(Ok(response));
@@ -309,7 +306,7 @@ where
                     if pending.resend {
                         let Pending { layer, request, .. } = &mut *pending;
                         match layer.attach(request, entry.header.clone(), entry.generation) {
-                            Ok(proof) => pending.proof = proof,
+                            Ok(proof) => pending.proof = reporting(proof, &entry),
                             Err(err) => {
                                 let err = grpc::token_error(&pending.request, err);
                                 self.set_done();
@@ -334,7 +331,7 @@ where
                             entry.header.clone(),
                             entry.generation,
                         ) {
-                            Ok(proof) => proof,
+                            Ok(proof) => reporting(proof, &entry),
                             Err(err) => {
                                 let err = grpc::token_error(&request, err);
                                 self.set_done();
@@ -383,11 +380,16 @@ where
                     return Poll::Ready(match result {
                         Ok(mut response) => {
                             if let Some((layer, generation, proof)) = &sent {
-                                layer.remember_nonce(*proof, response.headers());
                                 let watched = response
                                     .watch_trailers(|| TrailerWatch::new(layer, *generation));
-                                if !watched && !challenge::may_reject(&response) {
-                                    layer.accepted(*generation);
+                                if let Some(proof) = *proof {
+                                    let accepted = !watched && !challenge::may_reject(&response);
+                                    layer.answered(
+                                        proof,
+                                        response.headers(),
+                                        *generation,
+                                        accepted,
+                                    );
                                 }
                             }
                             Ok(response)
@@ -492,6 +494,16 @@ where
         f.debug_struct("ResponseFuture")
             .field("state", &state)
             .finish_non_exhaustive()
+    }
+}
+
+/// What a request sent with `proof` and `entry`'s token is sent with: its answer says whether
+/// it accepted the token, while no response has.
+fn reporting(proof: Proof, entry: &Entry) -> Proof {
+    if entry.accepted {
+        proof
+    } else {
+        Some(Sent::reporting(proof))
     }
 }
 

@@ -1,18 +1,11 @@
-//! A service's handle on its layer: what each response future holds, and the header copy a
-//! service makes for its clones.
+//! A service's handle on its layer: what each response future holds, and which copy of the
+//! header a service's clones send.
 
-use std::{
-    fmt,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering::Relaxed},
-    },
-};
+use std::{fmt, sync::Arc};
 
-use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 
-use crate::{cache::Entry, layer::LayerState, token};
+use crate::{cache::Entry, layer::LayerState};
 
 /// A reference to a layer's state with a reference count of its own: a service and its clones
 /// share one, a service that keeps sending requests makes its own (see
@@ -21,8 +14,8 @@ use crate::{cache::Entry, layer::LayerState, token};
 /// per request.
 pub(crate) type LayerHandle = Arc<ServiceHandle>;
 
-/// A service's handle on its layer's state, with, for the handle a service shares with its
-/// clones, a copy of the current token's header that only they send.
+/// A service's handle on its layer's state; for the handle a service shares with its clones,
+/// which copy of each token's header they send.
 ///
 /// Cloned into each response future. A handle per service (and one per service's clones)
 /// rather than one per layer keeps the reference counts of services on different cores on
@@ -30,85 +23,39 @@ pub(crate) type LayerHandle = Arc<ServiceHandle>;
 /// for each request, which would otherwise count references on the cache's one header.
 pub(crate) struct ServiceHandle {
     state: Arc<LayerState>,
-    header: Option<ArcSwapOption<HeaderCopy>>,
-    /// The highest generation a response to this handle's requests accepted: the cache hears
-    /// of each token's first acceptance here once, not of every response.
-    accepted: AtomicU64,
-}
-
-/// A token's header, copied into a buffer of its own.
-pub(crate) struct HeaderCopy {
-    generation: u64,
-    header: HeaderValue,
+    /// The copy of each token's header this handle sends ([`Entry::header_copy`]); `None`
+    /// for the cache's own header.
+    slot: Option<usize>,
 }
 
 impl ServiceHandle {
     /// A handle that sends the cache's header.
     pub(crate) fn new(state: Arc<LayerState>) -> ServiceHandle {
-        ServiceHandle {
-            state,
-            header: None,
-            accepted: AtomicU64::new(0),
-        }
+        ServiceHandle { state, slot: None }
     }
 
-    /// A handle that sends a copy of its own, made when a request first carries a token.
+    /// A handle that sends a copy of each token's header, the next one in turn.
     pub(crate) fn with_header_copy(state: Arc<LayerState>) -> ServiceHandle {
+        let slot = state.cache.next_header_copy();
         ServiceHandle {
             state,
-            header: Some(ArcSwapOption::empty()),
-            accepted: AtomicU64::new(0),
+            slot: Some(slot),
         }
     }
 
-    /// A response accepted the token of `generation`: the first time for this handle, the
-    /// cache is told (a token accepted and later rejected was revoked, not part of a storm).
-    #[inline(always)]
-    pub(crate) fn accepted(&self, generation: u64) {
-        if self.accepted.load(Relaxed) < generation {
-            self.first_accepted(generation);
+    /// The header to send `entry` with: this handle's copy, or the cache's own for a handle
+    /// without one.
+    #[inline]
+    pub(crate) fn header(&self, entry: &Entry) -> HeaderValue {
+        match self.slot {
+            Some(slot) => entry.header_copy(slot),
+            None => entry.header.clone(),
         }
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn first_accepted(&self, generation: u64) {
-        self.accepted.fetch_max(generation, Relaxed);
-        self.state.cache.accept(generation);
     }
 
     /// The state this handle is on.
     pub(crate) fn state(&self) -> &Arc<LayerState> {
         &self.state
-    }
-
-    /// The header to send `entry` with: this handle's copy, made or renewed if it is of another
-    /// token, or the cache's own for a handle without a copy, or for a token of limited uses (a
-    /// copy would cost more than it saves).
-    #[inline]
-    pub(crate) fn header(&self, entry: &Entry) -> HeaderValue {
-        let Some(copy) = &self.header else {
-            return entry.header.clone();
-        };
-        if let Some(current) = &*copy.load() {
-            if current.generation == entry.generation {
-                return current.header.clone();
-            }
-        }
-        self.renew_header(copy, entry)
-    }
-
-    #[cold]
-    fn renew_header(&self, copy: &ArcSwapOption<HeaderCopy>, entry: &Entry) -> HeaderValue {
-        if entry.is_use_limited() {
-            return entry.header.clone();
-        }
-        let header = token::copy_header(&entry.header);
-        copy.store(Some(Arc::new(HeaderCopy {
-            generation: entry.generation,
-            header: header.clone(),
-        })));
-        header
     }
 }
 

@@ -1,6 +1,6 @@
 //! [`AuthLayer`] and its settings.
 
-use std::{fmt, future::Future, sync::Arc, time::Duration};
+use std::{fmt, future::Future, num::NonZeroU64, sync::Arc, time::Duration};
 
 use http::HeaderName;
 use tokio::{runtime::Handle, time::Instant};
@@ -37,13 +37,64 @@ pub(crate) struct LayerState {
     pub(crate) dpop: Option<crate::middleware::dpop::RequestDpop>,
 }
 
-/// What a request was sent with, beyond its token's generation: for a DPoP-bound token, its
-/// origin and the nonce its proof carried.
-#[cfg(feature = "jose")]
-pub(crate) type Proof = Option<crate::middleware::dpop::Sent>;
-/// What a request was sent with, beyond its token's generation: nothing without DPoP.
-#[cfg(not(feature = "jose"))]
-pub(crate) type Proof = Option<std::convert::Infallible>;
+/// What a request was sent with, beyond its token's generation: `None` for a bearer token a
+/// response already accepted, the common case, which costs the response path one test.
+pub(crate) type Proof = Option<Sent>;
+
+/// What a request was sent with, in one word that is never zero: for a DPoP-bound token, the
+/// key of its origin (bits 32 to 62, never zero) and the version of that origin's nonce its
+/// proof carried (bits 0 to 31, 0 for none); and, for a token no response has accepted yet,
+/// that its answer should say whether it does (bit 63).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sent(NonZeroU64);
+
+impl Sent {
+    const REPORT: u64 = 1 << 63;
+    /// A bearer request whose answer says whether its token was accepted.
+    const REPORT_ONLY: Sent = Sent(match NonZeroU64::new(Sent::REPORT) {
+        Some(word) => word,
+        None => NonZeroU64::MIN,
+    });
+
+    /// A DPoP request to the origin of key `origin` (31 bits, not zero) with the nonce of
+    /// `version`.
+    #[cfg_attr(not(feature = "jose"), allow(dead_code))]
+    pub(crate) fn dpop(origin: u32, version: u32) -> Sent {
+        let packed = (u64::from(origin & 0x7fff_ffff) << 32) | u64::from(version);
+        Sent(NonZeroU64::new(packed).unwrap_or(NonZeroU64::MIN))
+    }
+
+    /// What a request sent with `proof` is sent with when its answer should also say whether
+    /// its token was accepted.
+    pub(crate) fn reporting(proof: Proof) -> Sent {
+        match proof {
+            Some(sent) => Sent(sent.0 | Sent::REPORT),
+            None => Sent::REPORT_ONLY,
+        }
+    }
+
+    /// Whether the answer should say whether the token was accepted.
+    fn reports(self) -> bool {
+        self.0.get() & Sent::REPORT != 0
+    }
+
+    /// The key of the DPoP request's origin; 0 for a bearer request.
+    pub(crate) fn origin(self) -> u32 {
+        ((self.0.get() >> 32) as u32) & 0x7fff_ffff
+    }
+
+    /// The version of the origin's nonce the DPoP proof carried.
+    #[cfg_attr(not(feature = "jose"), allow(dead_code))]
+    pub(crate) fn version(self) -> u32 {
+        self.0.get() as u32
+    }
+
+    /// Whether it went with a DPoP proof.
+    #[cfg_attr(not(feature = "jose"), allow(dead_code))]
+    fn is_dpop(self) -> bool {
+        self.origin() != 0
+    }
+}
 
 impl LayerState {
     /// Puts `header` (the token of `generation`) on `request`, and for a DPoP-bound token a
@@ -103,17 +154,36 @@ impl LayerState {
     #[inline(always)]
     pub(crate) fn remember_nonce(&self, proof: Proof, headers: &http::HeaderMap) -> bool {
         #[cfg(feature = "jose")]
-        if let (Some(dpop), Some(sent)) = (&self.dpop, proof) {
+        if let (Some(dpop), Some(sent)) = (&self.dpop, proof.filter(|s| s.is_dpop())) {
             return dpop.remember_nonce(sent, headers);
         }
         let _ = (proof, headers);
         false
     }
 
+    /// What a request sent with `sent` (and the token of `generation`) learns from a response
+    /// that did not reject the token: the origin's DPoP nonce, and, if `accepted` (no trailers
+    /// still to come could reject it), that the token was accepted. Out of line: the common
+    /// request (a bearer token already accepted) has nothing to learn.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn answered(
+        &self,
+        sent: Sent,
+        headers: &http::HeaderMap,
+        generation: u64,
+        accepted: bool,
+    ) {
+        self.remember_nonce(Some(sent), headers);
+        if accepted && sent.reports() {
+            self.cache.accept(generation);
+        }
+    }
+
     /// The scheme a request sent with `proof` carried its token with.
     fn scheme_of(&self, proof: Proof) -> &str {
         #[cfg(feature = "jose")]
-        if proof.is_some() {
+        if proof.is_some_and(Sent::is_dpop) {
             return crate::middleware::dpop::SCHEME;
         }
         let _ = proof;
@@ -132,7 +202,7 @@ impl LayerState {
     ) -> Verdict {
         let new_nonce = self.remember_nonce(proof, response.headers());
         #[cfg(feature = "jose")]
-        if proof.is_some()
+        if proof.is_some_and(Sent::is_dpop)
             && response.status() == http::StatusCode::UNAUTHORIZED
             && crate::middleware::dpop::asks_for_nonce(response.headers())
         {

@@ -19,7 +19,6 @@ use crate::{
     message::{AuthRequest, AuthResponse},
     middleware::handle::{LayerHandle, ServiceHandle},
     origin::Decision,
-    token,
 };
 
 /// Middleware that sets `Authorization: Bearer <token>` on every request, fetching and
@@ -81,12 +80,10 @@ struct OwnCopies {
     /// Follows the cache's current token: one pointer comparison per request, and a reference
     /// count taken only when the token changes.
     current: Cache<Arc<ArcSwapOption<Entry>>, Option<Arc<Entry>>>,
-    /// The generation `header` was copied from; 0 before the first copy.
-    generation: u64,
-    /// This service's copy of that token's header (sensitive, zeroized when dropped).
-    header: HeaderValue,
     /// This service's handle on the layer's state, cloned into each response future.
     layer: LayerHandle,
+    /// The copy of each token's header this service sends ([`Entry::header_copy`]).
+    slot: usize,
 }
 
 impl OwnCopies {
@@ -94,8 +91,7 @@ impl OwnCopies {
     fn new(layer: LayerHandle) -> Box<Self> {
         Box::new(OwnCopies {
             current: Cache::new(Arc::clone(layer.cache.current())),
-            generation: 0,
-            header: HeaderValue::from_static(""),
+            slot: layer.cache.next_header_copy(),
             layer,
         })
     }
@@ -103,30 +99,12 @@ impl OwnCopies {
     /// The header and generation of the token to send, or `None` to wait for one.
     #[inline]
     fn token(&mut self, cache: &Arc<TokenCache>) -> Option<(HeaderValue, u64)> {
-        let OwnCopies {
-            current,
-            generation,
-            header,
-            ..
-        } = self;
-        let entry = current.load().as_ref()?;
+        let entry = self.current.load().as_ref()?;
         let now = Instant::now();
-        if now >= entry.quiet_until {
-            if !cache.check(entry, now) {
-                return None;
-            }
-            // A use-limited token is never quiet (its every use is counted), so it is only
-            // ever sent from here. Used a few times at most: a copy would cost more than it
-            // saves.
-            if entry.is_use_limited() {
-                return Some((entry.header.clone(), entry.generation));
-            }
+        if now >= entry.quiet_until && !sends_unchecked(cache, entry, now) {
+            return None;
         }
-        if entry.generation != *generation {
-            *header = token::copy_header(&entry.header);
-            *generation = entry.generation;
-        }
-        Some((header.clone(), entry.generation))
+        Some((entry.header_copy(self.slot), entry.generation))
     }
 }
 
@@ -167,7 +145,7 @@ impl<S> AuthService<S> {
         let current = cache.current().load();
         let entry = current.as_ref()?;
         let now = Instant::now();
-        if now >= entry.quiet_until && !cache.check(entry, now) {
+        if now >= entry.quiet_until && !sends_unchecked(cache, entry, now) {
             return None;
         }
         let token = (
@@ -182,6 +160,14 @@ impl<S> AuthService<S> {
         }
         Some(token)
     }
+}
+
+/// Whether a request past `entry`'s quiet period goes on without waiting: the token is
+/// usable ([`TokenCache::check`]) and a response accepted it. A token no response accepted
+/// yet is sent from the slow path, whose answers say whether they accept it.
+#[inline]
+fn sends_unchecked(cache: &Arc<TokenCache>, entry: &Entry, now: Instant) -> bool {
+    entry.accepted && cache.check(entry, now)
 }
 
 impl<S, R> Service<R> for AuthService<S>
