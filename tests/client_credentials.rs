@@ -471,3 +471,23 @@ fn a_zero_request_timeout_is_a_config_error_at_build() {
         "{err:?}"
     );
 }
+
+/// `expires_in` counts from when the token request was sent: an answer that took 800 ms to come
+/// leaves a 2-second token 1.2 s, not 2 s, so a slow endpoint never makes the layer send a
+/// token past the expiry the server set.
+#[tokio::test(start_paused = true)]
+async fn expires_in_counts_from_when_the_request_was_sent() {
+    let endpoint = StandInEndpoint::start(|_| {
+        support::delayed(token_json("slow", 2), Duration::from_millis(800))
+    })
+    .await;
+    let source = ClientCredentials::builder(endpoint.url("/token"))
+        .client_id("id")
+        .client_secret("secret")
+        .build()
+        .unwrap();
+    let sent = Instant::now();
+    let token = source.fetch().await.unwrap();
+    assert!(sent.elapsed() >= Duration::from_millis(800));
+    assert_eq!(token.expires_at(), Some(sent + Duration::from_secs(2)));
+}

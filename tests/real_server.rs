@@ -540,3 +540,125 @@ async fn a_rotation_whose_answer_is_lost_ends_the_grant_with_a_clear_error() {
     let stored = store.load().await.unwrap().unwrap();
     assert_eq!(stored.refresh_token().unwrap().secret(), rt0);
 }
+
+/// What one run of `a_first_token_fetched_on_a_runtime_left_idle_costs_nothing_later` saw:
+/// requests answered 200, requests that failed or took over 3 s, and the layer's stats.
+struct IdleRun {
+    served: usize,
+    failed: usize,
+    stats: tower_bearer::Stats,
+}
+
+/// A layer over `cc-short` (2-second tokens) whose first token is fetched by a helper thread's
+/// current-thread runtime, which is then kept but, when `idle`, never driven again; then 8
+/// callers on another runtime call the API through the layer for `run` (2 token lifetimes).
+fn idle_run(base: &str, idle: bool, run: Duration) -> IdleRun {
+    let auth = client_credentials(base, "cc-short", "short-secret", ClientAuth::Basic);
+    let (fetched, first_token) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let helper = std::thread::spawn({
+        let auth = auth.clone();
+        move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(auth.token()).unwrap();
+            fetched.send(()).unwrap();
+            if idle {
+                let _ = stopped.blocking_recv();
+            } else {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            }
+            drop(runtime);
+        }
+    });
+    first_token.recv().unwrap();
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (served, failed) = main.block_on(async {
+        let client = ServiceBuilder::new().layer(auth.clone()).service(http());
+        let until = tokio::time::Instant::now() + run;
+        let mut callers = JoinSet::new();
+        for _ in 0..8 {
+            let client = client.clone();
+            let url = format!("{base}/api/whoami");
+            callers.spawn(async move {
+                let (mut served, mut failed) = (0, 0);
+                while tokio::time::Instant::now() < until {
+                    let request = http::Request::get(&url).body(Empty::new()).unwrap();
+                    let answer = tokio::time::timeout(
+                        Duration::from_secs(3),
+                        client.clone().oneshot(request),
+                    )
+                    .await;
+                    match answer {
+                        Ok(Ok(response)) if response.status() == StatusCode::OK => served += 1,
+                        _ => failed += 1,
+                    }
+                }
+                (served, failed)
+            });
+        }
+        callers
+            .join_all()
+            .await
+            .into_iter()
+            .fold((0, 0), |(s, f), (a, b)| (s + a, f + b))
+    });
+    stop.send(()).unwrap();
+    helper.join().unwrap();
+    IdleRun {
+        served,
+        failed,
+        stats: auth.stats(),
+    }
+}
+
+/// A layer's first token is fetched on a runtime that is then kept but never driven (a
+/// synchronous wrapper's `block_on` on a helper thread), with `ClientCredentials` and its
+/// default HTTP client against the real server. Its later refreshes run on the runtime that
+/// calls: none waits on a connection the idle runtime opened (the default client keeps no idle
+/// connections), so no request fails, none carries an expired token (the server answers 401 to
+/// those, which the layer counts), every refresh succeeds, and the run serves as many requests
+/// as the same run whose helper runtime keeps running (interleaved rounds; within 10 % of its
+/// median).
+#[test]
+#[ignore = "needs the real authorization server: run scripts/test"]
+fn a_first_token_fetched_on_a_runtime_left_idle_costs_nothing_later() {
+    let base = support::authserver();
+    let run = Duration::from_secs(4);
+    let (mut idle, mut busy) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        for left_idle in [true, false] {
+            let outcome = idle_run(&base, left_idle, run);
+            let what = if left_idle { "idle" } else { "driven" };
+            assert_eq!(outcome.failed, 0, "{what}: requests failed or hung");
+            assert_eq!(
+                outcome.stats.unauthorized, 0,
+                "{what}: a token the server no longer took was sent"
+            );
+            assert_eq!(outcome.stats.fetch_failures, 0, "{what}: a refresh failed");
+            assert!(outcome.stats.fetches >= 2, "{what}: {:?}", outcome.stats);
+            if left_idle {
+                idle.push(outcome.served);
+            } else {
+                busy.push(outcome.served);
+            }
+        }
+    }
+    idle.sort_unstable();
+    busy.sort_unstable();
+    eprintln!("served per {run:?}: helper runtime idle {idle:?}, driven {busy:?}");
+    assert!(
+        idle[1] * 10 >= busy[1] * 9,
+        "median served with the helper runtime idle {} < 90 % of driven {}",
+        idle[1],
+        busy[1]
+    );
+}

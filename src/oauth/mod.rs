@@ -352,7 +352,12 @@ macro_rules! client_builder_methods {
         }
 
         /// Uses this HTTP client for token requests instead of the default one (which follows
-        /// no redirects and gives up connecting after 10 s).
+        /// no redirects, gives up connecting after 10 s, and keeps no idle connections).
+        ///
+        /// A client that keeps idle connections keeps each on the runtime that opened it: if
+        /// fetches may run on a runtime that is later left idle (a synchronous wrapper's
+        /// `block_on` on a helper thread), build it with `pool_max_idle_per_host(0)`, or give
+        /// the layer a [`runtime`](crate::AuthLayerBuilder::runtime) of its own.
         ///
         /// Build it with `redirect(reqwest::redirect::Policy::none())`: a client that follows
         /// redirects resends a `307`/`308`-redirected request, form body and client credentials
@@ -479,12 +484,17 @@ impl TokenEndpoint {
     }
 
     /// The default HTTP client: no redirects (a redirect could carry credentials elsewhere),
-    /// a connect timeout, and this crate's user agent. Each request's overall limit is the
-    /// endpoint's `request_timeout`, set on the request itself so that it holds for a client
-    /// given to `http_client` too.
+    /// a connect timeout, this crate's user agent, and no pool of idle connections. A pooled
+    /// connection belongs to the runtime that opened it: after a fetch on a runtime that is
+    /// then kept but not driven (a synchronous wrapper's `block_on` on a helper thread), the
+    /// next fetch would wait on that connection until its timeout. Token requests are few (one
+    /// per token lifetime), so a connection each costs nothing that matters. Each request's
+    /// overall limit is the endpoint's `request_timeout`, set on the request itself so that it
+    /// holds for a client given to `http_client` too.
     pub(crate) fn default_http_client() -> Result<reqwest::Client, Error> {
         reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(0)
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("tower-bearer/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -494,15 +504,27 @@ impl TokenEndpoint {
     }
 
     /// Sends a token request with the grant's `params` and parses the answer.
+    ///
+    /// The token's `expires_in` counts from when the request was sent, not from when the answer
+    /// came: the server started the count before its answer travelled, so a slow answer never
+    /// leaves the layer thinking a token lives longer than it does.
     pub(crate) async fn request(&self, params: &[(&str, &str)]) -> Result<Token, Error> {
         let posted = self.post_once_more_for_nonce(&self.url, params).await?;
-        response::parse(
+        let token = response::parse(
             posted.status,
             posted.content_type.as_deref(),
             &posted.body,
             &posted.carried,
         )
-        .map_err(|e| e.with_retry_after(posted.retry_after))
+        .map_err(|e| e.with_retry_after(posted.retry_after))?;
+        let in_transit = posted.sent_at.elapsed();
+        Ok(match token.expires_at() {
+            Some(at) => {
+                let from_sending = at.checked_sub(in_transit).unwrap_or(at);
+                token.with_expires_at(from_sending)
+            }
+            None => token,
+        })
     }
 
     /// `true` when a revocation endpoint is configured.
@@ -558,6 +580,7 @@ impl TokenEndpoint {
 
     /// Posts a form with the client authentication and reads the answer (capped).
     async fn post(&self, url: &Url, params: &[(&str, &str)]) -> Result<Posted, Error> {
+        let sent_at = tokio::time::Instant::now();
         let (request, _sent_nonce, carried) = self.build_request(url, params)?;
         let request = request.timeout(self.timeout);
         let response = request
@@ -600,6 +623,7 @@ impl TokenEndpoint {
             retry_after,
             new_nonce,
             carried,
+            sent_at,
         })
     }
 
@@ -728,6 +752,8 @@ struct Posted {
     new_nonce: bool,
     /// The secrets the request carried, which its answer may echo.
     carried: Carried,
+    /// When the request was sent.
+    sent_at: tokio::time::Instant,
 }
 
 /// `Retry-After` as delay-seconds or an HTTP date (RFC 9110 §10.2.3), capped at an hour: a
