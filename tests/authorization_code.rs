@@ -1,5 +1,7 @@
 //! Authorization-code exchange with PKCE, then renewal as a refresh-token grant.
 
+#![cfg(feature = "oauth")]
+
 mod support;
 
 use std::sync::atomic::Ordering::SeqCst;

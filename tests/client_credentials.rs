@@ -2,6 +2,8 @@
 //! the three ways of sending credentials, response parsing, typed errors, and the timeout of
 //! each request (in paused time).
 
+#![cfg(feature = "oauth")]
+
 mod support;
 
 use std::{sync::atomic::Ordering::SeqCst, time::Duration};

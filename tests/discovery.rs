@@ -1,5 +1,7 @@
 //! Authorization server metadata: discovery, issuer check, client authentication choice.
 
+#![cfg(feature = "oauth")]
+
 mod support;
 
 use axum::{http::StatusCode, response::IntoResponse};

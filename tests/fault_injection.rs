@@ -4,6 +4,8 @@
 //! however many callers keep calling. The pauses between retries are timed in paused Tokio
 //! time: with an in-process source, and over HTTP with the clock moved by hand.
 
+#![cfg(feature = "oauth")]
+
 mod support;
 
 use std::{

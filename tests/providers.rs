@@ -1,6 +1,8 @@
 //! The three providers the crate was specified from (../shared/seeds), each as a stand-in that
 //! reproduces the documented request and response shapes, configured as the README shows.
 
+#![cfg(feature = "oauth")]
+
 mod support;
 
 use std::time::Duration;

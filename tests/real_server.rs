@@ -3,6 +3,8 @@
 //! a plain `cargo test` (listed as ignored, not passed unrun); `scripts/test` runs them with
 //! `--include-ignored`.
 
+#![cfg(feature = "oauth")]
+
 mod support;
 
 use std::time::Duration;

@@ -221,6 +221,7 @@ async fn the_layers_redirect_filter_keeps_a_custom_header_off_every_hop_after_an
 }
 
 /// The headers the target of a redirect saw: (`authorization`, `x-api-token`, `dpop`).
+#[cfg(feature = "jose")]
 fn seen_with_dpop(server: &StandInEndpoint) -> Vec<(Option<String>, Option<String>, bool)> {
     server
         .recorded()
@@ -240,6 +241,7 @@ fn seen_with_dpop(server: &StandInEndpoint) -> Vec<(Option<String>, Option<Strin
 /// other origin (the hazard). With `reqwest_redirect_policy()`, the client refuses that hop:
 /// the 302 comes back to the caller and the other origin gets nothing. A layer sending
 /// `Authorization: Bearer` alone still follows, and reqwest removes the header.
+#[cfg(feature = "oauth")]
 #[tokio::test]
 async fn a_reqwest_client_with_the_layers_policy_sends_no_custom_token_to_another_origin() {
     let send = |auth: AuthLayer, client: reqwest::Client, url: String| async move {

@@ -1,6 +1,8 @@
 //! Refresh-token rotation, persistence and resume, against a stand-in server over HTTP that
 //! rotates refresh tokens and revokes the grant when one is reused.
 
+#![cfg(feature = "oauth")]
+
 mod support;
 
 use std::{sync::atomic::Ordering::SeqCst, time::Duration};

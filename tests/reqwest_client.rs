@@ -1,6 +1,8 @@
 //! `reqwest::Client` as the inner service: `Service<reqwest::Request>`, resent after a 401
 //! through `Request::try_clone`, over real HTTP on 127.0.0.1.
 
+#![cfg(feature = "oauth")]
+
 mod support;
 
 use std::time::Duration;

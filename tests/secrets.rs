@@ -1,5 +1,7 @@
 //! No secret reaches `Debug` or `Display` of any public type, or a log line.
 
+#![cfg(feature = "oauth")]
+
 mod support;
 
 use std::time::Duration;

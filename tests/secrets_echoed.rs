@@ -9,6 +9,8 @@
 //! `Display`, its `Debug`, every error in its source chain, and every `tracing` event at TRACE
 //! level. A global subscriber: one test in a file of its own, each case named when it fails.
 
+#![cfg(feature = "oauth")]
+
 mod support;
 
 use std::{

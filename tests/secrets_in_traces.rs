@@ -1,6 +1,8 @@
 //! No secret reaches a `tracing` event: every event at TRACE level is captured during a run
 //! with successes, failed fetches and a 401 with a resend, and searched for secrets.
 
+#![cfg(feature = "oauth")]
+
 mod support;
 
 use std::time::Duration;

@@ -32,6 +32,7 @@ pub mod dpop_api;
 #[cfg(feature = "redis")]
 pub mod fleet;
 pub mod processes;
+pub mod proxy;
 pub mod serve;
 pub mod store;
 pub mod upload;
@@ -753,7 +754,7 @@ impl IdpState {
                     };
                     if let Some(challenge) = challenge {
                         let verifier = form.get("code_verifier").cloned().unwrap_or_default();
-                        if tower_bearer::Pkce::from_verifier(verifier).challenge() != challenge {
+                        if pkce_s256(&verifier) != challenge {
                             return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
                         }
                     }
@@ -765,6 +766,13 @@ impl IdpState {
             _ => StatusCode::NOT_FOUND.into_response(),
         }
     }
+}
+
+/// The PKCE `S256` challenge of `verifier` (RFC 7636 §4.2), as the server computes it.
+fn pkce_s256(verifier: &str) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier))
 }
 
 /// A response whose body never comes: the status line and headers are sent, then nothing.
