@@ -2,10 +2,12 @@
 
 mod support;
 
-/// `--rate 500 --duration 10s`: 5,000 requests are due; the tool starts within 2 % of them by
+/// `--rate 500 --duration 10s`: 5,000 requests are due; the tool starts at least 95 % of them by
 /// their intended time (late starts are those more than 5 ms behind), and what it started and
-/// completed per second is within 2 % of 500. Its own test binary, so no other test competes for
-/// the two cores.
+/// completed per second is within 5 % of 500. A closed loop against the demo's fast server
+/// would run many times faster, and a schedule that drifts would fall behind by more. Its own
+/// test binary, and run alone (see .config/nextest.toml), so no other test competes for the
+/// two cores; the margins are for a busy machine all the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_mode_holds_the_asked_rate() {
     let out = support::run(
@@ -18,14 +20,14 @@ async fn rate_mode_holds_the_asked_rate() {
     assert_eq!(report.mode, "open");
     let on_time = report.requests - report.late_starts;
     assert!(
-        (on_time as f64 - 5000.0).abs() <= 100.0,
+        on_time >= 4_750 && report.requests <= 5_050,
         "{on_time} of {} on time",
         report.requests
     );
     let offered = report.offered_rate.unwrap();
-    assert!((offered - 500.0).abs() <= 10.0, "offered {offered}/s");
+    assert!((offered - 500.0).abs() <= 25.0, "offered {offered}/s");
     assert!(
-        (report.achieved_rate - 500.0).abs() <= 10.0,
+        (report.achieved_rate - 500.0).abs() <= 25.0,
         "achieved {}/s",
         report.achieved_rate
     );
