@@ -19,7 +19,8 @@ use std::{
 use support::{
     LostAnswer, StandInIdp,
     fleet::{
-        KEY, connection, endpoint, endpoint_with, fresh_prefix, redis_url, until, until_listening,
+        KEY, connection, endpoint, endpoint_with, free_port, fresh_prefix, redis_url, start_redis,
+        until, until_listening, until_redis_answers,
     },
     processes::{ask_and_reject, each_sent_once, run_workers},
 };
@@ -651,42 +652,13 @@ async fn a_lease_holder_killed_mid_fetch_costs_at_most_the_lease() {
     assert!(waited < LEASE + Duration::from_secs(1), "waited {waited:?}");
 }
 
-/// A Redis server of this test's own, on `port`, in memory only.
-fn start_redis(port: u16) -> tokio::process::Child {
-    tokio::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("redis-server on the PATH (scripts/test needs it too)")
-}
-
-async fn until_redis_answers(url: &str) {
-    let client = redis::Client::open(url).unwrap();
-    for _ in 0..500 {
-        if let Ok(mut connection) = client.get_multiplexed_async_connection().await {
-            let pong: redis::RedisResult<String> =
-                redis::cmd("PING").query_async(&mut connection).await;
-            if pong.is_ok() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("Redis did not start");
-}
-
 /// Redis stops in the middle of a run and comes back: while it is gone every fetch goes to the
 /// token endpoint and no call fails; once it is back the processes share tokens again, and
 /// listen for notices again, by themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Redis: run scripts/test"]
 async fn redis_stopped_and_restarted_fails_no_call_and_sharing_resumes() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let url = format!("redis://127.0.0.1:{port}/");
     let mut server = start_redis(port);
     until_redis_answers(&url).await;

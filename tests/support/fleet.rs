@@ -102,3 +102,36 @@ pub async fn until_listening(nodes: &str, prefix: &str, listeners: usize) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// A Redis server of this test's own, on `port`, in memory only.
+pub fn start_redis(port: u16) -> tokio::process::Child {
+    tokio::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server on the PATH (scripts/test needs it too)")
+}
+
+/// Waits until the Redis at `url` answers a `PING` (5 s at most).
+pub async fn until_redis_answers(url: &str) {
+    let client = redis::Client::open(url).unwrap();
+    for _ in 0..500 {
+        if let Ok(mut connection) = client.get_multiplexed_async_connection().await {
+            let pong: redis::RedisResult<String> =
+                redis::cmd("PING").query_async(&mut connection).await;
+            if pong.is_ok() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("Redis did not start");
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
