@@ -336,6 +336,34 @@ mod tests {
         assert!(sealing.open(&value, KEY).is_none());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1_000))]
+
+        /// Whatever Redis holds (anyone who can write it may write anything) opens to nothing
+        /// or to a token, never a panic: arbitrary bytes, and plain-text values of any shape,
+        /// expiry included (a millisecond count past what a clock can add).
+        #[test]
+        fn arbitrary_values_never_panic(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+            expires_at_ms in proptest::num::u64::ANY,
+            access_token in "\\PC{0,40}",
+        ) {
+            for sealing in [Sealing::with_key(&[7; 32]), Sealing::Plaintext] {
+                let _ = sealing.open(&bytes, KEY);
+                let _ = sealing.open_bytes(&bytes, KEY);
+            }
+            let json = serde_json::json!({
+                "access_token": access_token,
+                "token_type": "Bearer",
+                "expires_at_ms": expires_at_ms,
+            });
+            let mut value = [0u8; FINGERPRINT_LEN].to_vec();
+            value.extend_from_slice(PLAIN);
+            value.extend_from_slice(json.to_string().as_bytes());
+            let _ = Sealing::Plaintext.open(&value, KEY);
+        }
+    }
+
     #[test]
     fn debug_shows_the_key_id_only() {
         let debug = format!("{:?}", Sealing::with_key(&[7; 32]));

@@ -250,6 +250,37 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+        /// Whatever the file holds loads as a state or fails with `Error::Store`, never a
+        /// panic: arbitrary bytes, and token files with any values, the expiry included.
+        #[test]
+        fn arbitrary_files_load_or_fail_cleanly(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+            expires_at in proptest::num::u64::ANY,
+            version in proptest::num::u32::ANY,
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("tokens.json");
+            let store = FileStore::new(&path);
+            let shaped = serde_json::json!({
+                "version": version,
+                "refresh_token": "rt",
+                "access_token": "at",
+                "expires_at": expires_at,
+            });
+            for content in [bytes, shaped.to_string().into_bytes()] {
+                std::fs::write(&path, &content).unwrap();
+                match runtime.block_on(store.load()) {
+                    Ok(_) | Err(Error::Store(_)) => {}
+                    Err(other) => proptest::prop_assert!(false, "{other:?}"),
+                }
+            }
+        }
+    }
+
     fn sample() -> StoredToken {
         StoredToken::new()
             .with_refresh_token("rt-SECRET")
