@@ -42,7 +42,7 @@
 //! | module | holds | source |
 //! |---|---|---|
 //! | [`layer`] | [`AuthLayer`] and its settings | `src/middleware/layer.rs` |
-//! | [`service`] | [`AuthService`], the per-request hot path; the handle each response future holds, and the header copy a service makes for its clones | `src/middleware/service.rs`, `src/middleware/handle.rs` |
+//! | [`service`] | [`AuthService`], the per-request hot path; the handle each response future holds, and which copy of the header a service's clones send | `src/middleware/service.rs`, `src/middleware/handle.rs` |
 //! | [`future`] | [`ResponseFuture`]: acquire → send → on 401 refresh → resend | `src/middleware/future.rs` |
 //! | [`message`] | [`AuthRequest`], [`AuthResponse`]: `http` and `reqwest` requests and responses | `src/middleware/message.rs` |
 //! | [`origin`] | where a token may go: https only (http to loopback), origin limits, requests addressed by path alone | `src/middleware/origin.rs` |
@@ -58,6 +58,7 @@
 //! | [`token`] | [`Token`] and the redacted, zeroized secret types | `src/token.rs` |
 //! | [`grpc`] | gRPC: token failures as a `tonic::Status`, `UNAUTHENTICATED` in a stream's trailers | `src/integrations/grpc.rs` |
 //! | `redirect` | `FilterToken`, a tower-http `FollowRedirect` policy (feature `follow-redirect`) | `src/integrations/redirect.rs` |
+//! | `reqwest_redirect` | a redirect policy for a `reqwest::Client` under the layer (feature `oauth`) | `src/integrations/reqwest_redirect.rs` |
 //! | `reqwest_middleware` | `AuthMiddleware` for `reqwest_middleware` (feature `reqwest-middleware`) | `src/integrations/reqwest_middleware.rs` |
 //! | [`error`] | the [`Error`] type | `src/error.rs` |
 //! | [`stats`] | [`Stats`], the layer's counters and metrics | `src/stats.rs` |

@@ -11,7 +11,12 @@
 //! transient failures, installs the token and hands the outcome to every caller waiting on it.
 //! Later callers join the flight in progress, each with its own deadline.
 //!
-//! Every change of the current token (a fetch installing one, a 401 forgetting one, a
+//! A new token has no quiet period until a response accepts it: its first requests take the
+//! slow path, whose answers say whether they accept it, and the first that does replaces the
+//! entry with the same token and its quiet period (a compare-and-swap, no lock). A token
+//! rejected after it was accepted was revoked, and is replaced at once (see [`backoff`]).
+//!
+//! Every other change of the current token (a fetch installing one, a 401 forgetting one, a
 //! revocation) happens under one `std::sync::Mutex`, which is never held across an await or a
 //! spawn, nor while the token source or a runtime check runs.
 //!

@@ -245,7 +245,7 @@ impl RedisCache {
     }
 
     /// Names what the tokens are for, for a source that cannot say it itself
-    /// ([`TokenSource::identity`] is `None`: a closure, a
+    /// ([`TokenSource::identity`](crate::TokenSource::identity) is `None`: a closure, a
     /// [`RefreshTokenGrant`](crate::RefreshTokenGrant) over a store that is not a
     /// [`RedisStore`], a source of your own). Processes share a token only under the same
     /// Redis, prefix, fleet key and source identity, so give each user, tenant or client a key

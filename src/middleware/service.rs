@@ -43,18 +43,19 @@ use crate::{
 /// [`retry_unauthorized(false)`](crate::AuthLayerBuilder::retry_unauthorized).
 ///
 /// Services kept on different cores do not contend for a cache line per request (tower-http's
-/// `AddAuthorization` shares one header's reference count among all its clones):
+/// `AddAuthorization` shares one header's reference count among all its clones). Each token
+/// comes with 8 copies of its header, each in a buffer of its own, and:
 ///
-/// - a service that keeps sending requests makes its own copies after 8 requests: it follows
-///   the current token with one pointer comparison (`arc_swap::Cache`) and sends a copy of the
-///   header, with a handle on the layer, that only it holds;
-/// - a service's clones (`svc.clone().oneshot(req)`) share a handle and a copy of the header
-///   that `svc` makes for them, once (the handle at its first clone, the copy at their first
-///   request with each token), and that no other service uses.
+/// - a service that keeps sending requests makes its own handle after 8 requests: it follows
+///   the current token with one pointer comparison (`arc_swap::Cache`) and sends one of the
+///   copies, taken in turn, with a handle on the layer that only it holds;
+/// - a service's clones (`svc.clone().oneshot(req)`) share a handle `svc` makes for them at its
+///   first clone, and send another copy, taken in turn.
 ///
-/// Only a new service's first 8 requests send the cache's own header, which all services
-/// share. Either way the token is checked against the clock on every request: validity depends
-/// on no timer.
+/// Only a new service's first 8 requests send the cache's own header, which all services share
+/// (as do the requests of a token no response has accepted yet: they take the slow path, whose
+/// answers say whether they accept it). Either way the token is checked against the clock on
+/// every request: validity depends on no timer.
 pub struct AuthService<S> {
     inner: S,
     /// Shared with the service this one was cloned from and its other clones, until it makes

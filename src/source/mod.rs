@@ -84,12 +84,15 @@ pub trait TokenSource: Send + Sync + 'static {
     }
 
     /// What makes this source's tokens differ from another source's, for a cache that several
-    /// processes share ([`distributed`](crate::AuthLayerBuilder::distributed)): two sources
-    /// with the same identity must get tokens that serve each other's requests. It is hashed
-    /// into a Redis key; it should name no secret all the same. `None`, the default, says the
-    /// source cannot tell: a shared cache then tells such sources apart by its key prefix
-    /// alone. [`ClientCredentials`] names its token endpoint, client id, client
-    /// authentication, scope and extra parameters.
+    /// processes share (`distributed`, feature `redis`): two sources with the same identity
+    /// must get tokens that serve each other's requests, and sources whose tokens must not
+    /// cross (two users, two tenants) must have different ones. It is hashed into a Redis key;
+    /// it should name no secret all the same. `None`, the default, says the source cannot
+    /// tell: a shared cache then refuses it unless its `fleet_key` names what the tokens are
+    /// for. [`ClientCredentials`] names its token endpoint, client id, client authentication
+    /// and keys, scope and extra parameters; [`RefreshTokenGrant`] the same and its store's
+    /// [identity](crate::store::TokenStore::identity), which names the user (`None` over a
+    /// store that cannot).
     fn identity(&self) -> Option<String> {
         None
     }

@@ -39,9 +39,24 @@ use crate::{
 ///   with the answer, so no choice of the client could have kept the grant); such a server may
 ///   also revoke the access token in use.
 /// - **Persisted first.** The new refresh token is saved before the access token it bought is
-///   handed out; if the save fails, the caller gets [`Error::Store`] and the token is not used.
-///   A process killed after the server rotated and before the save restarts with the old
-///   refresh token, the same case as a lost answer above.
+///   handed out; if the save fails, the caller gets [`Error::Store`] (its
+///   [`is_refresh_token_unsaved`](crate::error::StoreError::is_refresh_token_unsaved) says so,
+///   and [`Stats::unsaved_refreshes`](crate::Stats::unsaved_refreshes) counts it) and the token
+///   is not used yet. The old refresh token is spent, so it is **never sent again**: the new
+///   state is kept in memory, with the store's lock (no other process refreshes with the spent
+///   token the store still holds), and each next fetch saves it first, sending no refresh token
+///   until that succeeds; then it hands out the access token that refresh bought. If the store
+///   moved on meanwhile past both (a new authorization, another process's refresh), the store's
+///   state wins. A process killed after the server rotated and before the save restarts with
+///   the old refresh token, the same case as a lost answer above.
+/// - **Fenced.** With a store whose lock can be lost while held (a lease:
+///   [`RedisStore`](crate::distributed::RedisStore)), the grant confirms it holds the lock
+///   immediately before it sends a refresh token and before it saves
+///   ([`StoreLock::confirm`](crate::store::StoreLock::confirm)), and gives the attempt up,
+///   sending nothing, when it does not.
+/// - **One client per store.** The state records which client saved it
+///   ([`StoredToken::client`]): a grant refuses a state another client (another token endpoint
+///   or client id) saved, sending nothing of it anywhere.
 /// - **Resume.** A restarted process loads the store and goes on: it uses the stored access
 ///   token while it lasts, then refreshes. No new authorization is needed.
 /// - **Terminal errors.** `invalid_grant`, `invalid_client` and `unauthorized_client` are

@@ -8,7 +8,8 @@
 //! store with the previous refresh token, which the next process sends once more; a server with a
 //! rotation grace period accepts it, a strict one ends the grant
 //! ([`Error::AuthorizationRequired`]), as the grant's documentation details. A store that fails
-//! to save is an error the caller sees ([`Error::Store`]), never a silent loss.
+//! to save is an error the caller sees ([`Error::Store`]), never a silent loss: the grant keeps
+//! the new refresh token in memory and sends none until a save succeeds.
 //!
 //! | store | keeps tokens |
 //! |---|---|
