@@ -649,7 +649,9 @@ async fn a_lease_holder_killed_mid_fetch_costs_at_most_the_lease() {
         1,
         "it waited for the dead holder's lease"
     );
-    assert!(waited < LEASE + Duration::from_secs(1), "waited {waited:?}");
+    // At most the lease (1 s), with room for a busy machine; waiting on the dead holder's fetch
+    // instead would take its 3 s, or the fetch timeout.
+    assert!(waited < LEASE + Duration::from_millis(1_900), "waited {waited:?}");
 }
 
 /// Redis stops in the middle of a run and comes back: while it is gone every fetch goes to the

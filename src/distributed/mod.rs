@@ -32,12 +32,13 @@
 //!
 //! # What it costs
 //!
-//! No Redis call per request. Per token refresh, each process makes one `GET` (it finds the new
-//! token), and the one process that fetches makes about four round trips (`GET`, `SET NX`, the
-//! `SET` and `PUBLISH` in one pipeline, the release script). `examples/fleet.rs` (8 processes,
-//! 2-second tokens, each process refreshing about 2.5 times a lifetime) counts about six Redis
-//! commands per process per token lifetime, those inside scripts included: about two per
-//! refresh. With one-hour tokens that is a few commands per process per hour. A waiting process reads once per notice (and every 250 ms in
+//! No Redis call per request. Per token refresh, each process makes one round trip (a script
+//! that reads the token and, when it must fetch, takes the lease), and the one process that
+//! fetches one more (a script that stores the token, publishes the notice and lets the lease
+//! go). `examples/fleet.rs` (8 processes, 2-second tokens, each process refreshing about 2.5
+//! times a lifetime) counts about nine Redis commands per process per token lifetime, those
+//! inside scripts included: about three per refresh. With one-hour tokens that is a few
+//! commands per process per hour. A waiting process reads once per notice (and every 250 ms in
 //! case one is lost).
 //!
 //! # Redis Cluster and managed Redis
