@@ -651,7 +651,10 @@ async fn a_lease_holder_killed_mid_fetch_costs_at_most_the_lease() {
     );
     // At most the lease (1 s), with room for a busy machine; waiting on the dead holder's fetch
     // instead would take its 3 s, or the fetch timeout.
-    assert!(waited < LEASE + Duration::from_millis(1_900), "waited {waited:?}");
+    assert!(
+        waited < LEASE + Duration::from_millis(1_900),
+        "waited {waited:?}"
+    );
 }
 
 /// Redis stops in the middle of a run and comes back: while it is gone every fetch goes to the

@@ -236,7 +236,11 @@ impl Inner {
             .and_then(|unsaved| unsaved.lock.take());
         let shared = match kept {
             Some(lock) if lock.confirm().await.is_ok() => Some(lock),
-            _ => self.store.lock_boxed().await?,
+            lost => {
+                // Let a lost lock go before asking for a new one.
+                drop(lost);
+                self.store.lock_boxed().await?
+            }
         };
         if let Some(unsaved) = state.unsaved.take() {
             match self.save_unsaved(&unsaved, shared.as_ref()).await {
