@@ -4,7 +4,7 @@
 //! `TOWER_BEARER_REDIS`): a plain `cargo test` skips them as ignored. Every test uses a key
 //! prefix of its own, so they can share that server.
 
-#![cfg(feature = "redis")]
+#![cfg(all(feature = "redis", feature = "oauth"))]
 
 mod support;
 
@@ -19,8 +19,8 @@ use std::{
 use support::{
     LostAnswer, StandInIdp,
     fleet::{
-        KEY, connection, endpoint, endpoint_with, free_port, fresh_prefix, redis_url, start_redis,
-        until, until_listening, until_redis_answers,
+        KEY, connection, endpoint, endpoint_with, free_port, fresh_prefix, layer, redis_url,
+        start_redis, until, until_listening, until_redis_answers,
     },
     processes::{ask_and_reject, each_sent_once, run_workers},
 };
@@ -38,18 +38,6 @@ const PROCESSES: usize = 8;
 const CALLERS: usize = 100;
 /// The lease of every fleet here: short, so that the test of a dead holder is short too.
 const LEASE: Duration = Duration::from_secs(1);
-
-fn layer(token_url: &str, client_id: &str, cache: RedisCache) -> AuthLayer {
-    let source = ClientCredentials::builder(token_url)
-        .client_id(client_id)
-        .client_secret("fleet-secret")
-        .build()
-        .unwrap();
-    AuthLayer::builder(source)
-        .distributed(cache)
-        .build()
-        .unwrap()
-}
 
 /// One process of the fleet: `CALLERS` callers at once on a cold cache; prints the tokens they
 /// got. It listens for the fleet's notices if the spec ends in `notices`, and reads Redis every

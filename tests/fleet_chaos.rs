@@ -22,7 +22,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering::SeqCst},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use axum::response::IntoResponse;
@@ -32,7 +32,7 @@ use http_body_util::Full;
 use support::{
     Recorded, StandInEndpoint, delayed,
     fleet::{KEY, free_port, start_redis, until_redis_answers},
-    processes::run_workers,
+    processes::{run_workers, unix_ms, until_unix_ms},
     token_json,
     upload::{Protocol, client},
 };
@@ -46,16 +46,6 @@ const CHAOS_WORKER: &str = "TOWER_BEARER_CHAOS_WORKER";
 const WORKERS: usize = 3;
 const TOKEN_LIFETIME_S: u64 = 6;
 const RUN: Duration = Duration::from_secs(26);
-
-fn unix_ms() -> u64 {
-    u64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
-}
 
 /// One process: four callers, a request every 20 ms each, from the common start for the run;
 /// prints how many requests were answered 200 and how many were not (and the first failure).
@@ -96,7 +86,7 @@ async fn worker(spec: &str) {
         .layer(auth.clone())
         .service(client::<Full<Bytes>>(Protocol::Http1));
     let start_at: u64 = start_at.parse().unwrap();
-    tokio::time::sleep(Duration::from_millis(start_at.saturating_sub(unix_ms()))).await;
+    until_unix_ms(start_at).await;
     let until = tokio::time::Instant::now() + Duration::from_millis(run_ms.parse().unwrap());
     let first_failure = Arc::new(Mutex::new(None::<String>));
     let mut callers = JoinSet::new();

@@ -14,30 +14,18 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering::SeqCst},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use support::{
     StandInEndpoint, delayed,
-    fleet::{KEY, endpoint_with, fresh_prefix, redis_url},
-    processes::run_workers,
+    fleet::{KEY, endpoint_with, fresh_prefix, layer, redis_url},
+    processes::{run_workers, unix_ms, until_unix_ms},
     proxy::DelayingProxy,
     token_json,
 };
 use tokio::task::JoinSet;
-use tower_bearer::{AuthLayer, ClientCredentials, distributed::RedisCache};
-
-fn layer(token_url: &str, cache: RedisCache) -> AuthLayer {
-    let source = ClientCredentials::builder(token_url)
-        .client_id("fleet")
-        .client_secret("fleet-secret")
-        .build()
-        .unwrap();
-    AuthLayer::builder(source)
-        .distributed(cache)
-        .build()
-        .unwrap()
-}
+use tower_bearer::distributed::RedisCache;
 
 /// Set in the worker processes of `a_fleet_makes_one_token_request_per_token_lifetime`: the
 /// token URL, the Redis URL, the key prefix, when to start (ms since the Unix epoch) and for
@@ -48,16 +36,6 @@ const WORKERS: usize = 4;
 const LIFETIME_S: u64 = 2;
 /// Three lifetimes.
 const RUN: Duration = Duration::from_secs(3 * LIFETIME_S);
-
-fn unix_ms() -> u64 {
-    u64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
-}
 
 /// One process: waits for the common start, then 8 callers ask for a token every 10 ms for
 /// the run; prints what its layer counted.
@@ -70,9 +48,9 @@ async fn lifetime_worker(spec: &str) {
         .unwrap()
         .key_prefix(prefix)
         .encryption_key(KEY);
-    let auth = layer(token_url, cache);
+    let auth = layer(token_url, "fleet", cache);
     let start_at: u64 = start_at.parse().unwrap();
-    tokio::time::sleep(Duration::from_millis(start_at.saturating_sub(unix_ms()))).await;
+    until_unix_ms(start_at).await;
     let until = tokio::time::Instant::now() + Duration::from_millis(run_ms.parse().unwrap());
     let mut callers = JoinSet::new();
     for _ in 0..8 {
@@ -197,7 +175,7 @@ async fn a_fetch_longer_than_the_lease_keeps_the_lease() {
             .key_prefix(&prefix)
             .encryption_key(KEY)
             .lease(Duration::from_millis(300));
-        layer(&endpoint.url("/token"), cache)
+        layer(&endpoint.url("/token"), "fleet", cache)
     };
     let (first, second) = (process(), process());
     let (a, b) = tokio::join!(first.token(), second.token());
@@ -225,7 +203,7 @@ async fn a_slow_redis_costs_each_fetch_at_most_its_call_timeout() {
         .key_prefix(fresh_prefix("slow"))
         .encryption_key(KEY)
         .call_timeout(Duration::from_millis(200));
-    let auth = layer(&endpoint.url("/token"), cache);
+    let auth = layer(&endpoint.url("/token"), "fleet", cache);
     proxy.set_delay(Duration::from_secs(3));
 
     let started = std::time::Instant::now();

@@ -4,7 +4,7 @@
 //! The tests that talk to Redis need the server `scripts/test` starts (`TOWER_BEARER_REDIS`);
 //! a plain `cargo test` skips them as ignored. Every test uses a key prefix of its own.
 
-#![cfg(feature = "redis")]
+#![cfg(all(feature = "redis", feature = "oauth"))]
 
 mod support;
 
@@ -13,7 +13,8 @@ use std::{sync::atomic::Ordering::SeqCst, time::Duration};
 use support::{
     Recorded, StandInEndpoint,
     fleet::{
-        KEY, connection, endpoint, endpoint_with, fresh_prefix, redis_url, until, until_listening,
+        KEY, connection, endpoint, endpoint_with, fresh_prefix, layer, redis_url, until,
+        until_listening,
     },
     token_json,
 };
@@ -270,17 +271,7 @@ async fn a_fetch_that_began_before_a_revocation_hands_out_nothing_it_brought() {
     let prefix = fresh_prefix("revoke-in-flight");
     let (endpoint, issued) =
         endpoint_with(|n| Duration::from_millis(if n == 1 { 500 } else { 0 })).await;
-    let process = || {
-        let source = ClientCredentials::builder(endpoint.url("/token"))
-            .client_id("api")
-            .client_secret("secret")
-            .build()
-            .unwrap();
-        AuthLayer::builder(source)
-            .distributed(cache(&prefix))
-            .build()
-            .unwrap()
-    };
+    let process = || layer(&endpoint.url("/token"), "api", cache(&prefix));
     let (fetching, revoking) = (process(), process());
     let fetch = tokio::spawn({
         let fetching = fetching.clone();

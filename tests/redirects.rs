@@ -223,16 +223,13 @@ async fn the_layers_redirect_filter_keeps_a_custom_header_off_every_hop_after_an
 /// The headers the target of a redirect saw: (`authorization`, `x-api-token`, `dpop`).
 #[cfg(feature = "jose")]
 fn seen_with_dpop(server: &StandInEndpoint) -> Vec<(Option<String>, Option<String>, bool)> {
-    server
-        .recorded()
-        .iter()
-        .map(|r| {
-            (
-                r.header("authorization").map(str::to_owned),
-                r.header("x-api-token").map(str::to_owned),
-                r.header("dpop").is_some(),
-            )
-        })
+    let dpop: Vec<bool> = (server.recorded().iter())
+        .map(|r| r.header("dpop").is_some())
+        .collect();
+    seen(server)
+        .into_iter()
+        .zip(dpop)
+        .map(|((authorization, api_token), dpop)| (authorization, api_token, dpop))
         .collect()
 }
 

@@ -13,15 +13,11 @@
 
 mod support;
 
-use std::{
-    fmt::Write,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{fmt::Write, time::Duration};
 
 use axum::response::IntoResponse;
 use http::StatusCode;
-use support::{Recorded, StandInEndpoint};
+use support::{Recorded, StandInEndpoint, traces::Captured};
 use tower_bearer::{
     AuthLayer, AuthorizationCode, ClientAuth, ClientCredentials, Error, Pkce, RefreshTokenGrant,
     store::{MemoryStore, StoredToken},
@@ -159,37 +155,6 @@ fn assert_clean(case: &str, what: &str, text: &str, secrets: &[String]) {
     }
 }
 
-/// Every `tracing` event and span, at TRACE level, as text.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<String>>>);
-
-struct Visitor(String);
-
-impl tracing::field::Visit for Visitor {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        let _ = write!(self.0, "{}={:?} ", field.name(), value);
-    }
-}
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Captured {
-    fn on_new_span(
-        &self,
-        attrs: &tracing::span::Attributes<'_>,
-        _: &tracing::span::Id,
-        _: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        let mut visitor = Visitor(format!("span {} ", attrs.metadata().name()));
-        attrs.record(&mut visitor);
-        self.0.lock().unwrap().push(visitor.0);
-    }
-
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        let mut visitor = Visitor(format!("{} ", event.metadata().target()));
-        event.record(&mut visitor);
-        self.0.lock().unwrap().push(visitor.0);
-    }
-}
-
 /// A layer over `source` that makes one attempt per fetch and no backoff.
 fn layer(source: impl tower_bearer::TokenSource) -> AuthLayer {
     AuthLayer::builder(source)
@@ -313,7 +278,7 @@ async fn no_secret_a_request_carried_reaches_an_error_or_a_trace_event() {
                 Echo::PlainBody => assert!(err.to_string().contains("502"), "{case_name}: {err}"),
                 _ => assert!(err.oauth().is_some(), "{case_name}: {err:?}"),
             }
-            let events = captured.0.lock().unwrap().clone();
+            let events = captured.events();
             for event in &events {
                 assert_clean(&case_name, "a trace event", event, &secrets);
             }
@@ -355,7 +320,7 @@ async fn no_secret_a_request_carried_reaches_an_error_or_a_trace_event() {
         for (what, text) in shown(&err) {
             assert_clean(&case_name, &what, &text, &secrets);
         }
-        for event in captured.0.lock().unwrap().iter() {
+        for event in captured.events().iter() {
             assert_clean(&case_name, "a trace event", event, &secrets);
         }
         checked += 1;
@@ -365,7 +330,7 @@ async fn no_secret_a_request_carried_reaches_an_error_or_a_trace_event() {
         cases.len() * echoes.len() + revocation_echoes.len()
     );
     // The capture saw the failures it was meant to search.
-    let events = captured.0.lock().unwrap().clone();
+    let events = captured.events();
     assert!(
         events.iter().any(|e| e.contains("token fetch failed")),
         "{events:#?}"

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use http::{Request, StatusCode};
 use http_body_util::Empty;
+use support::traces::Captured;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_bearer::AuthLayer;
 
@@ -16,38 +17,6 @@ const MARK: &str = "TOPSECRET";
 
 fn assert_clean(what: &str, text: &str) {
     assert!(!text.contains(MARK), "{what} leaks a secret: {text}");
-}
-
-/// Every `tracing` event at TRACE level, as text: message and fields.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
-
-struct Visitor(String);
-
-impl tracing::field::Visit for Visitor {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        use std::fmt::Write;
-        let _ = write!(self.0, "{}={:?} ", field.name(), value);
-    }
-}
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Captured {
-    fn on_new_span(
-        &self,
-        attrs: &tracing::span::Attributes<'_>,
-        _: &tracing::span::Id,
-        _: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        let mut visitor = Visitor(format!("span {} ", attrs.metadata().name()));
-        attrs.record(&mut visitor);
-        self.0.lock().unwrap().push(visitor.0);
-    }
-
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        let mut visitor = Visitor(format!("{} ", event.metadata().target()));
-        event.record(&mut visitor);
-        self.0.lock().unwrap().push(visitor.0);
-    }
 }
 
 #[tokio::test]
@@ -122,7 +91,7 @@ async fn no_secret_reaches_a_trace_event() {
     .unwrap();
     assert!(query.token().await.is_err());
 
-    let events = captured.0.lock().unwrap().clone();
+    let events = captured.events();
     assert!(
         events
             .iter()

@@ -15,6 +15,25 @@ use super::{StandInEndpoint, delayed, token_json};
 /// The encryption key of every fleet in the tests.
 pub const KEY: [u8; 32] = [42; 32];
 
+/// A process of a fleet: a layer whose client credentials (`client_id`, secret
+/// `fleet-secret`) share tokens through `cache`.
+#[cfg(feature = "oauth")]
+pub fn layer(
+    token_url: &str,
+    client_id: &str,
+    cache: tower_bearer::distributed::RedisCache,
+) -> tower_bearer::AuthLayer {
+    let source = tower_bearer::ClientCredentials::builder(token_url)
+        .client_id(client_id)
+        .client_secret("fleet-secret")
+        .build()
+        .unwrap();
+    tower_bearer::AuthLayer::builder(source)
+        .distributed(cache)
+        .build()
+        .unwrap()
+}
+
 /// The URL of the Redis `scripts/test` started.
 pub fn redis_url() -> String {
     std::env::var("TOWER_BEARER_REDIS")

@@ -35,6 +35,7 @@ pub mod processes;
 pub mod proxy;
 pub mod serve;
 pub mod store;
+pub mod traces;
 pub mod upload;
 
 // ---------------------------------------------------------------------------------------------

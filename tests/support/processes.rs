@@ -1,7 +1,10 @@
 //! Tests that run as several OS processes: the test binary starts copies of itself, each
 //! running one test as a worker (told so by an environment variable), and waits for them.
 
-use std::{process::Output, time::Duration};
+use std::{
+    process::Output,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use tokio::task::JoinSet;
 
@@ -59,4 +62,20 @@ pub async fn ask_and_reject(auth: &tower_bearer::AuthLayer, rounds: usize) {
             .unwrap_or_else(|err| panic!("round {round}: {err}"));
         auth.invalidate(&token);
     }
+}
+
+/// Milliseconds since the Unix epoch: the clock processes agree on a common start with.
+pub fn unix_ms() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+/// Sleeps until `at` (milliseconds since the Unix epoch); returns at once if it has passed.
+pub async fn until_unix_ms(at: u64) {
+    tokio::time::sleep(Duration::from_millis(at.saturating_sub(unix_ms()))).await;
 }
