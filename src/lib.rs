@@ -84,6 +84,10 @@
 //! requests fail with [`Error::NoRuntime`]; on a runtime without timers, with
 //! [`Error::NoTimer`]; never with a panic or a hang.
 //!
+//! # Cargo features
+//!
+#![doc = document_features::document_features!()]
+//!
 //! [tower]: https://docs.rs/tower
 
 #![deny(missing_docs, unsafe_code)]
@@ -155,6 +159,18 @@ pub use token::{AccessToken, ClientSecret, PkceVerifier, RefreshToken, Token};
 #[cfg(all(doctest, feature = "oauth"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+#[cfg(all(doctest, feature = "jose"))]
+#[doc = include_str!("../docs/token-sources.md")]
+struct TokenSourcesDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../docs/configuration.md")]
+struct ConfigurationDoctests;
+
+#[cfg(all(doctest, feature = "redis", feature = "oauth"))]
+#[doc = include_str!("../docs/fleets.md")]
+struct FleetsDoctests;
 
 /// The boxed error type of [`AuthService`], as in tower.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
