@@ -4,10 +4,12 @@
 //! Three worker processes share tokens through a Redis of this test's own (one of them without
 //! the fleet's notices), each with four callers sending a request every 20 ms through its layer
 //! (a hyper client) to an API that accepts only tokens the token endpoint issued, before they
-//! expire, and not revoked. Tokens live 6 s. Meanwhile this process, which runs the token endpoint and the API, injects in turn:
-//! an outage of the token endpoint (2 s, inside the tokens' life), Redis killed and restarted, a
-//! slow token endpoint (1.5 s an answer), blips (three token requests answered 503), and two
-//! revocations of every token issued so far, 4 s apart. Every request must get its 200.
+//! expire, and not revoked. Tokens live 6 s. Meanwhile this process, which runs the token
+//! endpoint and the API, injects in turn: an outage of the token endpoint and then Redis killed
+//! (each from just after a token was issued, for 3.2 s: past the next refresh point, inside the
+//! token's life), a slow token endpoint (1.5 s an answer), blips (three token requests answered
+//! 503), and two revocations of every token issued so far, 4 s apart. Every request must get
+//! its 200, and each fault must have met token requests.
 //!
 //! Needs `redis-server` on the PATH (`scripts/test` installs it); ignored by a plain
 //! `cargo test`.
@@ -45,7 +47,7 @@ use tower_bearer::{AuthLayer, ClientCredentials, distributed::RedisCache};
 const CHAOS_WORKER: &str = "TOWER_BEARER_CHAOS_WORKER";
 const WORKERS: usize = 3;
 const TOKEN_LIFETIME_S: u64 = 6;
-const RUN: Duration = Duration::from_secs(26);
+const RUN: Duration = Duration::from_secs(32);
 
 /// One process: four callers, a request every 20 ms each, from the common start for the run;
 /// prints how many requests were answered 200 and how many were not (and the first failure).
@@ -161,6 +163,10 @@ struct Issuer {
     revoked: Mutex<HashSet<String>>,
     issued: AtomicUsize,
     api_rejected: AtomicUsize,
+    /// Token requests answered 503 by the outage, and answered late by the slow endpoint: each
+    /// fault must have met a request, or the test proves nothing about it.
+    answered_down: AtomicUsize,
+    answered_slow: AtomicUsize,
 }
 
 impl Issuer {
@@ -179,7 +185,10 @@ impl Issuer {
                 .into_response()
         };
         match mode {
-            Endpoint::Down => return unavailable(),
+            Endpoint::Down => {
+                self.answered_down.fetch_add(1, SeqCst);
+                return unavailable();
+            }
             Endpoint::Blips(left) if left > 0 => {
                 self.set(Endpoint::Blips(left - 1));
                 return unavailable();
@@ -194,7 +203,10 @@ impl Issuer {
         );
         let answer = token_json(&token, TOKEN_LIFETIME_S);
         match mode {
-            Endpoint::Slow => delayed(answer, Duration::from_millis(1_500)),
+            Endpoint::Slow => {
+                self.answered_slow.fetch_add(1, SeqCst);
+                delayed(answer, Duration::from_millis(1_500))
+            }
             _ => answer,
         }
     }
@@ -221,6 +233,20 @@ impl Issuer {
             )
                 .into_response()
         }
+    }
+
+    /// Waits (10 s at most) for the next token this endpoint issues: a fault that starts then
+    /// lasts past the next refresh point (2.4 to 3 s after a fetch, for 6-second tokens).
+    async fn next_token(&self) {
+        let before = self.issued.load(SeqCst);
+        let issued = async {
+            while self.issued.load(SeqCst) == before {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), issued)
+            .await
+            .expect("a token issued within 10 s");
     }
 
     /// Revokes every token issued so far.
@@ -271,26 +297,36 @@ async fn a_fleet_through_faults_one_after_another_fails_no_request() {
         .await
     });
 
+    // Each fault starts just after a token was issued and lasts 3.2 s, past the next refresh
+    // point (2.4 to 3 s after a fetch) but well inside the token's usable life (5.4 s): the
+    // refresh meets the fault, and a valid token exists throughout.
     let at =
         |seconds: f64| tokio::time::sleep_until((start + Duration::from_secs_f64(seconds)).into());
-    at(3.0).await;
+    let fault = Duration::from_millis(3_200);
+    at(2.5).await;
+    issuer.next_token().await;
     issuer.set(Endpoint::Down);
-    at(5.0).await;
+    tokio::time::sleep(fault).await;
     issuer.set(Endpoint::Working);
-    at(7.0).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    issuer.next_token().await;
     redis_server.start_kill().unwrap();
     redis_server.wait().await.unwrap();
-    at(9.0).await;
+    tokio::time::sleep(fault).await;
     let _redis_server = start_redis(port);
     until_redis_answers(&redis_url).await;
-    at(11.0).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     issuer.set(Endpoint::Slow);
-    at(15.0).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     issuer.set(Endpoint::Blips(3));
-    at(18.0).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     issuer.revoke_all();
-    at(22.0).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     issuer.revoke_all();
+    assert!(
+        start.elapsed() + Duration::from_secs(2) < RUN,
+        "the faults ended 2 s before the run did"
+    );
 
     let outputs = workers.await.unwrap();
     let lines: Vec<String> = outputs
@@ -333,4 +369,27 @@ async fn a_fleet_through_faults_one_after_another_fails_no_request() {
     // per refresh (each process fetches for itself only while Redis is down).
     let issued = issuer.issued.load(SeqCst);
     assert!((5..=30).contains(&issued), "{issued} tokens issued");
+    // Each fault met requests: the outage and the slow endpoint answered some, the blips were
+    // all spent, and while Redis was gone processes fetched for themselves.
+    assert!(
+        issuer.answered_down.load(SeqCst) >= 1,
+        "the outage met no request"
+    );
+    assert!(
+        issuer.answered_slow.load(SeqCst) >= 1,
+        "the slow endpoint met no request"
+    );
+    assert_eq!(
+        *issuer.mode.lock().unwrap(),
+        Some(Endpoint::Blips(0)),
+        "blips left"
+    );
+    assert!(
+        lines
+            .iter()
+            .map(|l| field(l, "fleet_fallbacks"))
+            .sum::<u64>()
+            >= 1,
+        "no fetch went without Redis while it was gone: {lines:?}"
+    );
 }
