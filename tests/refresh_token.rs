@@ -469,6 +469,36 @@ async fn a_store_holding_another_clients_tokens_sends_nothing() {
     assert_eq!(idp.refresh_tokens_sent(), ["rt-0"]);
 }
 
+/// `revoke()` on a grant over a store holding another client's tokens sends none of them to
+/// the revocation endpoint, leaves them in the store, and says why.
+#[tokio::test]
+async fn revoke_over_another_clients_store_sends_and_clears_nothing_of_it() {
+    let idp = StandInIdp::start().await;
+    idp.add_refresh_token("rt-0");
+    let store = seeded("rt-0");
+    let auth = revocable(&idp, &store).await;
+    let saved = store.load().await.unwrap();
+
+    let other = RefreshTokenGrant::builder(idp.url("/token"))
+        .client_id("another-app")
+        .client_secret("app-secret")
+        .revocation_url(idp.url("/revoke"))
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let err = AuthLayer::new(other).revoke().await.unwrap_err();
+    assert!(err.to_string().contains("another client"), "{err}");
+    assert!(idp.requests_to("/revoke").is_empty(), "nothing revoked");
+    assert_eq!(store.load().await.unwrap(), saved, "the store is kept");
+    // The owner still holds its grant.
+    let token = auth.token().await.unwrap();
+    assert!(auth.invalidate(&token));
+    assert_ne!(
+        auth.token().await.unwrap().access_token(),
+        token.access_token()
+    );
+}
+
 /// A layer over a grant with a revocation endpoint and `store`, that has fetched a token.
 async fn revocable(idp: &StandInIdp, store: &MemoryStore) -> AuthLayer {
     let source = RefreshTokenGrant::builder(idp.url("/token"))

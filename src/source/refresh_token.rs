@@ -403,14 +403,15 @@ impl Inner {
     /// error, and nothing of it is sent.
     async fn load(&self) -> Result<Option<StoredToken>, Error> {
         let stored = self.store.load_boxed().await?;
-        match stored.as_ref().and_then(StoredToken::client) {
-            Some(client) if client != self.client => Err(Error::Store(StoreError::new(
-                "the token store holds the tokens of another client (saved by a grant with \
-                 another token endpoint or client id): nothing was sent; give each client a \
-                 store of its own",
-            ))),
-            _ => Ok(stored),
+        if stored.as_ref().is_some_and(|s| self.is_foreign(s)) {
+            return Err(foreign_store());
         }
+        Ok(stored)
+    }
+
+    /// Whether `stored` was saved by another client (another token endpoint or client id).
+    fn is_foreign(&self, stored: &StoredToken) -> bool {
+        stored.client().is_some_and(|client| client != self.client)
     }
 
     /// Revokes at the endpoint what it can, then forgets everything here and in the store,
@@ -433,8 +434,16 @@ impl Inner {
                 None
             }
         };
+        // A store holding another client's state is left as it is: none of it is sent, and
+        // it is not cleared.
+        let mut foreign = false;
         if shared.is_some() || !state.loaded {
             match self.store.load_boxed().await {
+                Ok(Some(stored)) if self.is_foreign(&stored) => {
+                    foreign = true;
+                    state.stored = None;
+                    first_error = Some(foreign_store());
+                }
                 Ok(stored) => state.stored = stored,
                 Err(err) => first_error = Some(err),
             }
@@ -464,11 +473,19 @@ impl Inner {
             loaded: true,
             ..GrantState::default()
         };
-        if let Err(err) = self.store.clear_boxed().await {
+        if !foreign && let Err(err) = self.store.clear_boxed().await {
             first_error.get_or_insert(err);
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// The error for a store holding another client's state.
+fn foreign_store() -> Error {
+    Error::Store(StoreError::new(
+        "the token store holds the tokens of another client (saved by a grant with another \
+         token endpoint or client id): nothing was sent; give each client a store of its own",
+    ))
 }
 
 /// A failed save's error, saying that the refresh token the server issued is kept in memory.
