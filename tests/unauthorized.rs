@@ -152,6 +152,47 @@ async fn an_api_that_rejects_every_token_for_30_seconds_costs_a_bounded_number_o
     assert_eq!(source.fetches(), fetches);
 }
 
+/// Servers behind one address that disagree (one accepts every token, the others reject it)
+/// are a storm, not a string of revocations: each token is accepted by its first request and
+/// rejected by the next, for 30 s under 100 callers, and the token requests stay bounded as for
+/// an API that rejects every token. (Taken for revocations, each would cost a token request per
+/// round trip: about 3,000.)
+#[tokio::test(start_paused = true)]
+async fn servers_that_disagree_about_every_token_cost_a_bounded_number_of_token_requests() {
+    // A token endpoint that answers in 5 ms, and one that takes 300 ms (longer than the first
+    // backoff step).
+    for latency in [Duration::from_millis(5), Duration::from_millis(300)] {
+        let source = CountingSource::new(latency, Some(Duration::from_secs(3600)));
+        let api = source.api();
+        let auth = AuthLayer::builder(source.clone())
+            .jitter_seed(17)
+            .build()
+            .unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(auth.clone())
+            .service(api.clone());
+        api.state().accept_once.store(true, SeqCst);
+        let mut accepted = 0;
+        for _ in 0..3_000 {
+            let mut set = JoinSet::new();
+            for _ in 0..100 {
+                let svc = svc.clone();
+                set.spawn(async move { svc.oneshot(post("p")).await.unwrap().status() });
+            }
+            let statuses = set.join_all().await;
+            accepted += statuses.iter().filter(|s| **s == StatusCode::OK).count();
+            tokio::time::advance(Duration::from_millis(10)).await;
+        }
+        let fetches = source.fetches();
+        eprintln!("30 s of disagreeing servers, {latency:?} fetches: {fetches} token requests");
+        assert_eq!(accepted, fetches, "each token was accepted once");
+        assert!(
+            (3..=12).contains(&fetches),
+            "{fetches} token requests in 30 s"
+        );
+    }
+}
+
 /// Revocations are not a storm. The API revokes the token in use twice, 20 s apart, while 50
 /// callers send a request every 10 ms. Each revoked token had been accepted before: it is
 /// forgotten at once and costs one refetch, and every request it failed is resent with the new

@@ -22,12 +22,18 @@ pub(crate) struct Backoff {
 impl Backoff {
     /// The `n`th wait in a row (`n` from 1).
     pub(crate) fn delay(&self, n: u32, rng: &mut fastrand::Rng) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1u32 << n.saturating_sub(1).min(20))
-            .min(self.max);
-        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        let nanos = u64::try_from(self.ceiling(n).as_nanos()).unwrap_or(u64::MAX);
         Duration::from_nanos(rng.u64(nanos / 2..=nanos))
+    }
+
+    /// The longest delay of the `n`th step: `base * 2^(n-1)`, at most `max`; zero for step 0.
+    pub(crate) fn ceiling(&self, n: u32) -> Duration {
+        if n == 0 {
+            return Duration::ZERO;
+        }
+        self.base
+            .saturating_mul(1u32 << (n - 1).min(20))
+            .min(self.max)
     }
 }
 
@@ -94,15 +100,21 @@ pub(crate) enum Verdict {
     Keep,
 }
 
-/// Fresh tokens rejected one after the other: rejected before any response accepted them.
+/// Tokens rejected one after the other, and what each costs.
 ///
 /// A token that was accepted and is then rejected was revoked (or expired early at the
-/// server): it is forgotten at once, whatever came before, and costs one refetch; it starts a
-/// new streak. When the token that replaced it is rejected before it was ever accepted, it is
-/// kept for a backoff interval before the next fetch, and so on (the first rejected token of a
-/// streak is forgotten at once whether or not it was accepted), so that an API that rejects
-/// every token (a wrong audience, a key not yet propagated) costs one token request per
-/// backoff interval, not one per round trip.
+/// server): it is forgotten at once, however recent the last rejection, and costs one refetch.
+/// A token rejected before any response accepted it (a wrong audience, a key not yet
+/// propagated) is kept for a backoff interval before the next fetch when it follows another
+/// rejection (the first of a streak is forgotten at once), so that an API that rejects every
+/// token costs one token request per backoff interval, not one per round trip.
+///
+/// Revocations count toward the streak too, and are forgotten at once only as long as they
+/// come no faster than its backoff steps (200 ms after the first rejection, 400 ms after two,
+/// ...: revocations seconds apart are each forgotten at once); one that comes sooner is kept
+/// like a fresh token. Servers behind one address that disagree about every token (one
+/// accepts it, the next rejects it) would otherwise cost a token request per round trip. A
+/// streak ends after [`REJECTION_STREAK_WINDOW`] without a rejection.
 #[derive(Debug, Default)]
 pub(crate) struct RejectionStreak {
     /// Tokens rejected in this streak.
@@ -130,21 +142,22 @@ impl RejectionStreak {
         backoff: &Backoff,
         rng: &mut fastrand::Rng,
     ) -> Verdict {
-        if accepted {
-            // A revocation, not a storm: the API took our tokens until now. It starts a new
-            // streak, as its first token: a fresh token rejected after it is held.
-            *self = RejectionStreak {
-                count: 1,
-                hold: None,
-                last: Some(now),
-            };
-            return Verdict::Forget;
-        }
         let quiet = self
             .last
             .is_none_or(|at| now.saturating_duration_since(at) >= REJECTION_STREAK_WINDOW);
         if quiet {
             *self = RejectionStreak::default();
+        }
+        let step = backoff.ceiling(self.count);
+        let in_step = self
+            .last
+            .is_some_and(|at| now.saturating_duration_since(at) < step);
+        if accepted && !in_step {
+            // A revocation, not a storm: the API took the token until now.
+            self.count = self.count.saturating_add(1);
+            self.hold = None;
+            self.last = Some(now);
+            return Verdict::Forget;
         }
         if let Some(hold) = self.hold.filter(|h| h.generation == generation) {
             if now < hold.until {
@@ -245,14 +258,16 @@ mod tests {
     }
 
     /// Tokens accepted before they are rejected are revocations: each is forgotten at once,
-    /// however close together, and they end a streak; tokens rejected fresh still make one.
+    /// however recent the last rejection, as long as they come no faster than the backoff
+    /// steps; tokens rejected fresh after one are held.
     #[tokio::test(start_paused = true)]
-    async fn a_token_accepted_before_its_rejection_is_always_forgotten_at_once() {
+    async fn a_token_accepted_before_its_rejection_is_forgotten_at_once() {
         let mut rng = fastrand::Rng::with_seed(3);
         let mut streak = RejectionStreak::default();
         let t0 = Instant::now();
-        for generation in 1..=10 {
-            let at = t0 + Duration::from_millis(10 * generation);
+        // Revocations 4 s apart (the chaos test's), however many.
+        for generation in 1..=5 {
+            let at = t0 + Duration::from_secs(4 * generation);
             assert_eq!(
                 streak.rejected(generation, true, at, &BACKOFF, &mut rng),
                 Verdict::Forget,
@@ -260,24 +275,26 @@ mod tests {
             );
         }
         // A fresh token rejected right after a revocation goes on its streak: it is held.
-        let t1 = t0 + Duration::from_secs(1);
+        let t1 = t0 + Duration::from_secs(21);
         assert_eq!(
-            streak.rejected(11, false, t1, &BACKOFF, &mut rng),
-            Verdict::Keep
-        );
-        // A revocation while a fresh token was held ends that streak and starts another.
-        assert_eq!(
-            streak.rejected(11, true, t1, &BACKOFF, &mut rng),
-            Verdict::Forget
-        );
-        assert_eq!(
-            streak.rejected(12, false, t1, &BACKOFF, &mut rng),
+            streak.rejected(6, false, t1, &BACKOFF, &mut rng),
             Verdict::Keep
         );
         // Long after, a fresh token rejected alone is forgotten at once.
-        let later = t1 + REJECTION_STREAK_WINDOW + Duration::from_secs(1);
+        let later = t1 + REJECTION_STREAK_WINDOW + Duration::from_secs(60);
         assert_eq!(
-            streak.rejected(13, false, later, &BACKOFF, &mut rng),
+            streak.rejected(7, false, later, &BACKOFF, &mut rng),
+            Verdict::Forget
+        );
+        // And so is a revocation right after it (the first step, 200 ms, has passed).
+        assert_eq!(
+            streak.rejected(
+                8,
+                true,
+                later + Duration::from_millis(200),
+                &BACKOFF,
+                &mut rng
+            ),
             Verdict::Forget
         );
     }
@@ -326,6 +343,47 @@ mod tests {
         let later = t5 + REJECTION_STREAK_WINDOW;
         assert_eq!(
             streak.rejected(4, false, later, &BACKOFF, &mut rng),
+            Verdict::Forget
+        );
+    }
+
+    /// Revocations that come faster than the backoff steps (servers that disagree about every
+    /// token) are held like fresh tokens, for growing steps.
+    #[tokio::test(start_paused = true)]
+    async fn revocations_faster_than_the_backoff_steps_make_a_streak() {
+        let mut rng = fastrand::Rng::with_seed(4);
+        let mut streak = RejectionStreak::default();
+        let t0 = Instant::now();
+        // The first is forgotten at once, as any first rejection.
+        assert_eq!(
+            streak.rejected(1, true, t0, &BACKOFF, &mut rng),
+            Verdict::Forget
+        );
+        // The next, 10 ms later (within the first step, 200 ms), is held for 100-200 ms.
+        let t1 = t0 + Duration::from_millis(10);
+        assert_eq!(
+            streak.rejected(2, true, t1, &BACKOFF, &mut rng),
+            Verdict::Keep
+        );
+        let t2 = t1 + Duration::from_millis(200);
+        assert_eq!(
+            streak.rejected(2, true, t2, &BACKOFF, &mut rng),
+            Verdict::Forget
+        );
+        // The next, at once, is held for 200-400 ms: the steps grow.
+        assert_eq!(
+            streak.rejected(3, true, t2, &BACKOFF, &mut rng),
+            Verdict::Keep
+        );
+        let t3 = t2 + Duration::from_millis(199);
+        assert_eq!(
+            streak.rejected(3, true, t3, &BACKOFF, &mut rng),
+            Verdict::Keep
+        );
+        // One that comes later than the step after the last is a revocation again.
+        let t4 = t2 + Duration::from_secs(5);
+        assert_eq!(
+            streak.rejected(4, true, t4, &BACKOFF, &mut rng),
             Verdict::Forget
         );
     }

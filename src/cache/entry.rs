@@ -48,6 +48,7 @@ const REFRESH_WINDOW_MAX: Duration = Duration::from_secs(5 * 60);
 pub(crate) const HEADER_COPIES: usize = 8;
 
 /// A token with its pre-built header and the instants of its life.
+#[derive(Clone)]
 pub(crate) struct Entry {
     pub(crate) token: Token,
     /// `Bearer <token>` (or `DPoP <token>`), built once, marked sensitive.
@@ -73,10 +74,10 @@ pub(crate) struct Entry {
     /// Uses left for a use-limited token (shared with the entry that replaces this one once
     /// the token is accepted); `None` when unlimited.
     uses_left: Option<Arc<AtomicU32>>,
-    /// Whether a response accepted the token (did not reject it). The cache replaces the
+    /// Whether a response accepted the token (a success). The cache replaces the
     /// entry of a token when the first response accepts it (the same token and generation,
-    /// with its quiet period): until then its requests take the slow path, whose answers say
-    /// whether they accepted it, and the requests after that pay nothing to know.
+    /// with its quiet period): until then each request asks its answer to say whether it
+    /// accepted the token, and the requests after that pay nothing to know.
     pub(crate) accepted: bool,
 }
 
@@ -167,21 +168,13 @@ impl Entry {
     /// use-limited token, whose every use is counted).
     pub(crate) fn accepted(&self) -> Entry {
         Entry {
-            token: self.token.clone(),
-            header: self.header.clone(),
-            copies: self.copies.clone(),
-            generation: self.generation,
-            fetched_at: self.fetched_at,
             quiet_until: if self.uses_left.is_some() {
                 self.fetched_at
             } else {
                 self.refresh_at
             },
-            refresh_at: self.refresh_at,
-            refresh_target: self.refresh_target,
-            usable_until: self.usable_until,
-            uses_left: self.uses_left.clone(),
             accepted: true,
+            ..self.clone()
         }
     }
 

@@ -11,9 +11,10 @@
 //! transient failures, installs the token and hands the outcome to every caller waiting on it.
 //! Later callers join the flight in progress, each with its own deadline.
 //!
-//! A new token has no quiet period until a response accepts it: its first requests take the
-//! slow path, whose answers say whether they accept it, and the first that does replaces the
-//! entry with the same token and its quiet period (a compare-and-swap, no lock). A token
+//! A new token has no quiet period until a response accepts it: its first requests (still
+//! sent without waiting, from the hot path) ask their answers to say whether they accept it,
+//! and the first that does replaces the entry with the same token and its quiet period (a
+//! compare-and-swap, no lock). A token
 //! rejected after it was accepted was revoked, and is replaced at once (see [`backoff`]).
 //!
 //! Every other change of the current token (a fetch installing one, a 401 forgetting one, a
@@ -430,14 +431,14 @@ impl TokenCache {
         self.next_copy.fetch_add(1, Relaxed)
     }
 
-    /// A response accepted the token of `generation` (it did not reject it): a rejection of it
+    /// A response accepted the token of `generation` (a success): a rejection of it
     /// from now on is a revocation. The first time, its entry is replaced by the accepted one
     /// (see [`Entry::accepted`]), whose requests take the quiet path.
     pub(crate) fn accept(&self, generation: u64) {
-        if self.accepted.load(Relaxed) >= generation {
+        // The first answer to accept it goes on; the others (all at once, perhaps) stop here.
+        if self.accepted.fetch_max(generation, Relaxed) >= generation {
             return;
         }
-        self.accepted.fetch_max(generation, Relaxed);
         let current = self.current.load_full();
         if let Some(entry) = current
             .as_ref()
@@ -761,6 +762,53 @@ mod tests {
             &auth.cache().peek().unwrap()
         ));
         assert_eq!(auth.stats().fetches, 1);
+    }
+
+    /// Answers with this status and, if any, this `grpc-status`.
+    #[derive(Clone, Copy)]
+    struct AnswerWith(http::StatusCode, Option<&'static str>);
+
+    impl Service<Request<()>> for AnswerWith {
+        type Response = Response<()>;
+        type Error = Infallible;
+        type Future = Ready<Result<Response<()>, Infallible>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: Request<()>) -> Self::Future {
+            let mut response = Response::builder().status(self.0);
+            if let Some(status) = self.1 {
+                response = response.header("grpc-status", status);
+            }
+            ready(Ok(response.body(()).unwrap()))
+        }
+    }
+
+    /// Only a success shows that the API took the token: a redirect, a 403, a 404, a 429 or
+    /// 503 (which a gateway may send before it looks at the token) or a gRPC error leaves it
+    /// unaccepted, so that its rejection would count toward a storm, not as a revocation.
+    #[tokio::test]
+    async fn only_a_success_accepts_a_token() {
+        use http::StatusCode;
+        let auth = AuthLayer::new(StaticToken::new("t"));
+        auth.token().await.unwrap();
+        let request = || Request::get("https://api.example.com/").body(()).unwrap();
+        for answer in [
+            AnswerWith(StatusCode::FOUND, None),
+            AnswerWith(StatusCode::FORBIDDEN, None),
+            AnswerWith(StatusCode::NOT_FOUND, None),
+            AnswerWith(StatusCode::TOO_MANY_REQUESTS, None),
+            AnswerWith(StatusCode::SERVICE_UNAVAILABLE, None),
+            AnswerWith(StatusCode::OK, Some("14")),
+        ] {
+            auth.layer(answer).call(request()).await.unwrap();
+            assert!(!auth.cache().peek().unwrap().accepted, "{}", answer.0);
+        }
+        auth.layer(AnswerWith(StatusCode::OK, Some("0")))
+            .call(request())
+            .await
+            .unwrap();
+        assert!(auth.cache().peek().unwrap().accepted);
     }
 
     /// A request that read a token just as its background refresh finished does not start

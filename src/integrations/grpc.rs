@@ -144,13 +144,13 @@ mod watched {
             if let Some(Ok(frame)) = &frame {
                 if let Some(trailers) = frame.trailers_ref() {
                     let watch = this.watch.take();
-                    let unauthenticated = trailers
-                        .get(GRPC_STATUS)
-                        .is_some_and(|v| v.as_bytes() == b"16");
-                    match (watch, unauthenticated) {
-                        (Some(watch), true) => watch.rejected(),
-                        (Some(watch), false) => watch.accepted(),
-                        (None, _) => {}
+                    // `UNAUTHENTICATED` rejects the token, `OK` accepts it, any other status
+                    // says nothing of it.
+                    let status = trailers.get(GRPC_STATUS).map(|v| v.as_bytes());
+                    match (watch, status) {
+                        (Some(watch), Some(b"16")) => watch.rejected(),
+                        (Some(watch), Some(b"0")) => watch.accepted(),
+                        _ => {}
                     }
                 }
             }

@@ -72,10 +72,7 @@ impl Middleware for AuthMiddleware {
             .map_err(reqwest_middleware::Error::middleware)?;
         let response = next.clone().run(request, extensions).await?;
         if !challenge::may_reject(&response) {
-            layer.remember_nonce(proof, response.headers());
-            if !entry.accepted {
-                cache.accept(entry.generation);
-            }
+            layer.learn(proof, &entry, &response);
             return Ok(response);
         }
         match layer.judge(&response, entry.generation, proof) {
@@ -100,10 +97,7 @@ impl Middleware for AuthMiddleware {
             .map_err(reqwest_middleware::Error::middleware)?;
         cache.counters.retried();
         let response = next.run(again, extensions).await?;
-        layer.remember_nonce(proof, response.headers());
-        if !entry.accepted && !challenge::may_reject(&response) {
-            cache.accept(entry.generation);
-        }
+        layer.learn(proof, &entry, &response);
         Ok(response)
     }
 }

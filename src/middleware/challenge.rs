@@ -65,6 +65,17 @@ pub(crate) fn may_reject(response: &impl AuthResponse) -> bool {
     }
 }
 
+/// A response that shows the token was accepted: a success (2xx) that is not a gRPC error.
+/// Anything else (a 403, a 404, a 429 or 5xx a gateway may send before it looks at the token, a
+/// redirect to a login page) says nothing either way.
+pub(crate) fn accepts_token(response: &impl AuthResponse) -> bool {
+    response.status().is_success()
+        && response
+            .headers()
+            .get(&GRPC_STATUS)
+            .is_none_or(|v| v.as_bytes() == b"0")
+}
+
 /// `true` if a 401 with these headers should make the cache drop the token that was sent.
 pub(crate) fn calls_for_new_token(headers: &HeaderMap, scheme: &str) -> bool {
     for value in headers.get_all(WWW_AUTHENTICATE) {

@@ -31,7 +31,7 @@ use crate::{
     cache::Entry,
     challenge,
     grpc::{self, TrailerWatch},
-    layer::{Proof, Sent, Verdict},
+    layer::{Mark, Proof, Verdict},
     message::{AuthRequest, AuthResponse},
     middleware::handle::LayerHandle,
 };
@@ -207,7 +207,7 @@ where
                     // A stream's trailers may still reject the token: their watch decides.
                     let watched = response.watch_trailers(|| TrailerWatch::new(layer, *generation));
                     if let Some(sent) = *proof {
-                        layer.answered(sent, response.headers(), *generation, !watched);
+                        layer.answered(sent, response, *generation, watched);
                     }
                     return match result {
                         Ok(response) => Poll::Ready(Ok(response)),
@@ -254,7 +254,7 @@ where
             Ok(mut response) => {
                 let watched = response.watch_trailers(|| TrailerWatch::new(&layer, generation));
                 if let Some(sent) = proof {
-                    layer.answered(sent, response.headers(), generation, !watched);
+                    layer.answered(sent, &response, generation, watched);
                 }
                 self.set_done();
                 return Poll::Ready(Ok(response));
@@ -306,7 +306,7 @@ where
                     if pending.resend {
                         let Pending { layer, request, .. } = &mut *pending;
                         match layer.attach(request, entry.header.clone(), entry.generation) {
-                            Ok(proof) => pending.proof = reporting(proof, &entry),
+                            Ok(proof) => pending.proof = Mark::reporting(!entry.accepted).on(proof),
                             Err(err) => {
                                 let err = grpc::token_error(&pending.request, err);
                                 self.set_done();
@@ -331,7 +331,7 @@ where
                             entry.header.clone(),
                             entry.generation,
                         ) {
-                            Ok(proof) => reporting(proof, &entry),
+                            Ok(proof) => Mark::reporting(!entry.accepted).on(proof),
                             Err(err) => {
                                 let err = grpc::token_error(&request, err);
                                 self.set_done();
@@ -383,13 +383,7 @@ where
                                 let watched = response
                                     .watch_trailers(|| TrailerWatch::new(layer, *generation));
                                 if let Some(proof) = *proof {
-                                    let accepted = !watched && !challenge::may_reject(&response);
-                                    layer.answered(
-                                        proof,
-                                        response.headers(),
-                                        *generation,
-                                        accepted,
-                                    );
+                                    layer.answered(proof, &response, *generation, watched);
                                 }
                             }
                             Ok(response)
@@ -494,16 +488,6 @@ where
         f.debug_struct("ResponseFuture")
             .field("state", &state)
             .finish_non_exhaustive()
-    }
-}
-
-/// What a request sent with `proof` and `entry`'s token is sent with: its answer says whether
-/// it accepted the token, while no response has.
-fn reporting(proof: Proof, entry: &Entry) -> Proof {
-    if entry.accepted {
-        proof
-    } else {
-        Some(Sent::reporting(proof))
     }
 }
 

@@ -41,6 +41,29 @@ pub(crate) struct LayerState {
 /// response already accepted, the common case, which costs the response path one test.
 pub(crate) type Proof = Option<Sent>;
 
+/// What a request's [`Proof`] gains from the token it was sent with: nothing, or
+/// [`Sent::REPORT`] when no response has accepted the token yet. One word, merged with the
+/// proof by one `or`, so that the requests of an accepted token pay nothing for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Mark(u64);
+
+impl Mark {
+    /// Nothing to add.
+    pub(crate) const NONE: Mark = Mark(0);
+
+    /// Asks the answer whether it accepts the token, if `report`.
+    #[inline(always)]
+    pub(crate) fn reporting(report: bool) -> Mark {
+        Mark(if report { Sent::REPORT } else { 0 })
+    }
+
+    /// `proof` with this mark.
+    #[inline(always)]
+    pub(crate) fn on(self, proof: Proof) -> Proof {
+        NonZeroU64::new(proof.map_or(0, |sent| sent.0.get()) | self.0).map(Sent)
+    }
+}
+
 /// What a request was sent with, in one word that is never zero: for a DPoP-bound token, the
 /// key of its origin (bits 32 to 62, never zero) and the version of that origin's nonce its
 /// proof carried (bits 0 to 31, 0 for none); and, for a token no response has accepted yet,
@@ -50,11 +73,6 @@ pub(crate) struct Sent(NonZeroU64);
 
 impl Sent {
     const REPORT: u64 = 1 << 63;
-    /// A bearer request whose answer says whether its token was accepted.
-    const REPORT_ONLY: Sent = Sent(match NonZeroU64::new(Sent::REPORT) {
-        Some(word) => word,
-        None => NonZeroU64::MIN,
-    });
 
     /// A DPoP request to the origin of key `origin` (31 bits, not zero) with the nonce of
     /// `version`.
@@ -62,15 +80,6 @@ impl Sent {
     pub(crate) fn dpop(origin: u32, version: u32) -> Sent {
         let packed = (u64::from(origin & 0x7fff_ffff) << 32) | u64::from(version);
         Sent(NonZeroU64::new(packed).unwrap_or(NonZeroU64::MIN))
-    }
-
-    /// What a request sent with `proof` is sent with when its answer should also say whether
-    /// its token was accepted.
-    pub(crate) fn reporting(proof: Proof) -> Sent {
-        match proof {
-            Some(sent) => Sent(sent.0 | Sent::REPORT),
-            None => Sent::REPORT_ONLY,
-        }
     }
 
     /// Whether the answer should say whether the token was accepted.
@@ -162,21 +171,37 @@ impl LayerState {
     }
 
     /// What a request sent with `sent` (and the token of `generation`) learns from a response
-    /// that did not reject the token: the origin's DPoP nonce, and, if `accepted` (no trailers
-    /// still to come could reject it), that the token was accepted. Out of line: the common
-    /// request (a bearer token already accepted) has nothing to learn.
+    /// that did not reject the token: the origin's DPoP nonce, and whether the token was
+    /// accepted ([`accepts_token`](crate::challenge::accepts_token); if `watched`, the
+    /// stream's trailers say it later). Out of line: the common request (a bearer token
+    /// already accepted) has nothing to learn.
     #[cold]
     #[inline(never)]
     pub(crate) fn answered(
         &self,
         sent: Sent,
-        headers: &http::HeaderMap,
+        response: &impl crate::message::AuthResponse,
         generation: u64,
-        accepted: bool,
+        watched: bool,
     ) {
-        self.remember_nonce(Some(sent), headers);
-        if accepted && sent.reports() {
+        self.remember_nonce(Some(sent), response.headers());
+        if sent.reports() && !watched && crate::challenge::accepts_token(response) {
             self.cache.accept(generation);
+        }
+    }
+
+    /// What a request sent with `proof` and `entry`'s token learns from its response, for
+    /// callers that are not a [`ResponseFuture`](crate::future::ResponseFuture) (they see no
+    /// trailers): the origin's DPoP nonce, and whether the token was accepted.
+    #[cfg_attr(not(feature = "reqwest-middleware"), allow(dead_code))]
+    pub(crate) fn learn(
+        &self,
+        proof: Proof,
+        entry: &crate::cache::Entry,
+        response: &impl crate::message::AuthResponse,
+    ) {
+        if let Some(sent) = Mark::reporting(!entry.accepted).on(proof) {
+            self.answered(sent, response, entry.generation, false);
         }
     }
 

@@ -17,7 +17,10 @@ use crate::{
     future::ResponseFuture,
     grpc,
     message::{AuthRequest, AuthResponse},
-    middleware::handle::{LayerHandle, ServiceHandle},
+    middleware::{
+        handle::{LayerHandle, ServiceHandle},
+        layer::Mark,
+    },
     origin::Decision,
 };
 
@@ -52,10 +55,10 @@ use crate::{
 /// - a service's clones (`svc.clone().oneshot(req)`) share a handle `svc` makes for them at its
 ///   first clone, and send another copy, taken in turn.
 ///
-/// Only a new service's first 8 requests send the cache's own header, which all services share
-/// (as do the requests of a token no response has accepted yet: they take the slow path, whose
-/// answers say whether they accept it). Either way the token is checked against the clock on
-/// every request: validity depends on no timer.
+/// Only a new service's first 8 requests send the cache's own header, which all services share.
+/// Either way the token is checked against the clock on every request: validity depends on no
+/// timer. Until a response accepts a new token, its requests (sent the same way) ask their
+/// answers to say whether they do.
 pub struct AuthService<S> {
     inner: S,
     /// Shared with the service this one was cloned from and its other clones, until it makes
@@ -97,15 +100,13 @@ impl OwnCopies {
         })
     }
 
-    /// The header and generation of the token to send, or `None` to wait for one.
+    /// The header and generation of the token to send, and the mark of its request
+    /// ([`mark_at`]); `None` to wait for one.
     #[inline]
-    fn token(&mut self, cache: &Arc<TokenCache>) -> Option<(HeaderValue, u64)> {
+    fn token(&mut self, cache: &Arc<TokenCache>) -> Option<(HeaderValue, u64, Mark)> {
         let entry = self.current.load().as_ref()?;
-        let now = Instant::now();
-        if now >= entry.quiet_until && !sends_unchecked(cache, entry, now) {
-            return None;
-        }
-        Some((entry.header_copy(self.slot), entry.generation))
+        let mark = mark_at(cache, entry, Instant::now())?;
+        Some((entry.header_copy(self.slot), entry.generation, mark))
     }
 }
 
@@ -135,23 +136,22 @@ impl<S> AuthService<S> {
         self.inner
     }
 
-    /// The header, generation and layer handle for a request, or `None` to wait for a token.
+    /// The header, generation, mark ([`mark_at`]) and layer handle for a request; `None` to
+    /// wait for a token.
     #[inline]
-    fn token(&mut self) -> Option<(HeaderValue, u64, LayerHandle)> {
+    fn token(&mut self) -> Option<(HeaderValue, u64, Mark, LayerHandle)> {
         if let Some(own) = &mut self.own {
-            let (header, generation) = own.token(&self.layer.cache)?;
-            return Some((header, generation, Arc::clone(&own.layer)));
+            let (header, generation, mark) = own.token(&self.layer.cache)?;
+            return Some((header, generation, mark, Arc::clone(&own.layer)));
         }
         let cache = &self.layer.cache;
         let current = cache.current().load();
         let entry = current.as_ref()?;
-        let now = Instant::now();
-        if now >= entry.quiet_until && !sends_unchecked(cache, entry, now) {
-            return None;
-        }
+        let mark = mark_at(cache, entry, Instant::now())?;
         let token = (
             self.layer.header(entry),
             entry.generation,
+            mark,
             Arc::clone(&self.layer),
         );
         drop(current);
@@ -163,12 +163,18 @@ impl<S> AuthService<S> {
     }
 }
 
-/// Whether a request past `entry`'s quiet period goes on without waiting: the token is
-/// usable ([`TokenCache::check`]) and a response accepted it. A token no response accepted
-/// yet is sent from the slow path, whose answers say whether they accept it.
+/// Whether a request at `now` sends `entry`'s token without waiting (`None`: it waits), and
+/// its [`Mark`]: in its quiet period a token is sent with nothing more to do; past it, if it is
+/// usable ([`TokenCache::check`]), and a token no response accepted yet (whose quiet period is
+/// over at once) asks each answer whether it accepts it.
 #[inline]
-fn sends_unchecked(cache: &Arc<TokenCache>, entry: &Entry, now: Instant) -> bool {
-    entry.accepted && cache.check(entry, now)
+fn mark_at(cache: &Arc<TokenCache>, entry: &Entry, now: Instant) -> Option<Mark> {
+    if now < entry.quiet_until {
+        return Some(Mark::NONE);
+    }
+    cache
+        .check(entry, now)
+        .then_some(Mark::reporting(!entry.accepted))
 }
 
 impl<S, R> Service<R> for AuthService<S>
@@ -196,13 +202,13 @@ where
                 return ResponseFuture::refused(grpc::token_error(&request, err));
             }
         }
-        let Some((header, generation, layer)) = self.token() else {
+        let Some((header, generation, mark, layer)) = self.token() else {
             return self.acquiring(request);
         };
         if layer.retry {
             if let Some(replay) = request.prepare_replay(layer.replay_limit) {
                 let proof = match layer.attach(&mut request, header, generation) {
-                    Ok(proof) => proof,
+                    Ok(proof) => mark.on(proof),
                     Err(err) => return ResponseFuture::refused(grpc::token_error(&request, err)),
                 };
                 // Keep the readied service for a possible resend; leave a clone behind.
@@ -213,7 +219,7 @@ where
             }
         }
         let proof = match layer.attach(&mut request, header, generation) {
-            Ok(proof) => proof,
+            Ok(proof) => mark.on(proof),
             Err(err) => return ResponseFuture::refused(grpc::token_error(&request, err)),
         };
         ResponseFuture::sent(self.inner.call(request), layer, generation, proof, None)

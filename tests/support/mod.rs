@@ -182,6 +182,11 @@ pub struct ApiState {
     pub challenge: Mutex<Option<&'static str>>,
     /// `Authorization` headers seen, in order.
     pub authorization: Mutex<Vec<String>>,
+    /// Accept each token on its first request only, as servers behind one address that
+    /// disagree would (one accepts it, the others reject it).
+    pub accept_once: AtomicBool,
+    /// Tokens used once, with `accept_once`.
+    pub used: Mutex<HashSet<String>>,
 }
 
 /// Answers 200 with the body it received when the bearer token is one the source issued, has
@@ -313,9 +318,11 @@ where
             let body = String::from_utf8_lossy(&body).into_owned();
             api.bodies.lock().unwrap().push(body.clone());
             let forced = *api.force_status.lock().unwrap();
+            let first_use =
+                || !api.accept_once.load(SeqCst) || api.used.lock().unwrap().insert(token.clone());
             let status = match forced {
                 Some(status) => status,
-                None if this.accepts(&token) => StatusCode::OK,
+                None if this.accepts(&token) && first_use() => StatusCode::OK,
                 None => StatusCode::UNAUTHORIZED,
             };
             let mut response = Response::builder().status(status);
