@@ -13,8 +13,8 @@ use std::{sync::atomic::Ordering::SeqCst, time::Duration};
 use support::{
     Recorded, StandInEndpoint,
     fleet::{
-        KEY, connection, endpoint, endpoint_with, fresh_prefix, layer, redis_url, until,
-        until_listening,
+        KEY, connection, endpoint, endpoint_with, free_port, fresh_prefix, layer, redis_url,
+        start_redis, until, until_listening, until_redis_answers,
     },
     token_json,
 };
@@ -258,6 +258,57 @@ async fn a_revoked_token_is_gone_for_every_process() {
         process().token().await.unwrap().access_token(),
         new.access_token()
     );
+    assert_eq!(issued.load(SeqCst), 2, "one new token for the fleet");
+}
+
+/// A revocation published while a process was not listening (its connection for notices
+/// lost) is not missed: when the process subscribes again it reads the fleet's revocation
+/// epoch, sees it moved past the token it holds, and forgets that token, without a 401.
+/// (On a Redis of its own: the test cuts every connection for notices.)
+#[tokio::test]
+#[ignore = "needs redis-server: run scripts/test"]
+async fn a_revocation_missed_while_not_listening_is_caught_up_on_resubscribing() {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let _redis = start_redis(port);
+    until_redis_answers(&url).await;
+    let prefix = fresh_prefix("missed-revocation");
+    let (endpoint, issued) = endpoint(Duration::ZERO).await;
+    let process = || {
+        let cache = RedisCache::connect_lazily(redis::Client::open(url.as_str()).unwrap())
+            .unwrap()
+            .key_prefix(&prefix)
+            .encryption_key(KEY);
+        layer(&endpoint.url("/token"), "api", cache)
+    };
+    let (revoking, missing) = (process(), process());
+    let old = revoking.token().await.unwrap();
+    assert_eq!(
+        missing.token().await.unwrap().access_token(),
+        old.access_token()
+    );
+    until_listening(&url, &prefix, 2).await;
+
+    // Cut the connections for notices, and revoke before the listeners are back (they wait
+    // 250 ms before they connect again).
+    let mut admin = connection(&url).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    revoking.revoke().await.unwrap();
+    assert_eq!(missing.stats().fleet_rejections, 0, "the notice was missed");
+
+    until("the process caught up with the revocation", || {
+        missing.stats().fleet_rejections == 1
+    })
+    .await;
+    let new = missing.token().await.unwrap();
+    assert_ne!(new.access_token(), old.access_token(), "the revoked token");
+    assert_eq!(missing.stats().unauthorized, 0);
     assert_eq!(issued.load(SeqCst), 2, "one new token for the fleet");
 }
 

@@ -66,13 +66,14 @@ pub(super) const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then re
 ///    is replacing) is returned, `{2, token, ''}`, unless `ARGV[8]` is `1` (this process could
 ///    not use what it was given);
 /// 3. otherwise takes the lease for the owner `ARGV[6]` for `ARGV[7]` ms if nobody holds it:
-///    `{1, '', epoch}` with the revocation epoch `KEYS[3]`; or `{0, '', ''}` if another process
-///    holds it.
-const ACQUIRE: &str = "local v = redis.call('GET', KEYS[1]) \
+///    `{1, ''}`; or `{0, ''}` if another process holds it.
+///
+/// Each answer ends with the revocation epoch `KEYS[3]`.
+const ACQUIRE: &str = "local v = redis.call('GET', KEYS[1]) local e = redis.call('GET', KEYS[3]) or '0' \
 if v and ARGV[1] ~= '' and string.sub(v, 1, 16) == ARGV[1] then redis.call('DEL', KEYS[1]) redis.call('PUBLISH', ARGV[2], ARGV[3]) v = false end \
-if v and ARGV[8] ~= '1' then local f = string.sub(v, 1, 16) if f ~= ARGV[4] and f ~= ARGV[5] then return {2, v, ''} end end \
-if redis.call('SET', KEYS[2], ARGV[6], 'NX', 'PX', ARGV[7]) then return {1, '', redis.call('GET', KEYS[3]) or '0'} end \
-return {0, '', ''}";
+if v and ARGV[8] ~= '1' then local f = string.sub(v, 1, 16) if f ~= ARGV[4] and f ~= ARGV[5] then return {2, v, e} end end \
+if redis.call('SET', KEYS[2], ARGV[6], 'NX', 'PX', ARGV[7]) then return {1, '', e} end \
+return {0, '', e}";
 /// [`ACQUIRE`] found a token to use.
 const FOUND: i64 = 2;
 /// [`ACQUIRE`] took the lease: fetch.
@@ -143,6 +144,8 @@ impl Fleet {
                 keys.notices.clone(),
                 redis.call_timeout,
                 Arc::clone(&id),
+                redis.connection.clone(),
+                keys.epoch.clone(),
             )
         });
         Fleet {
@@ -199,6 +202,7 @@ impl Fleet {
                 .arg(&owner)
                 .arg(millis(self.lease))
                 .arg(if past_stored { "1" } else { "0" });
+            let subscriptions = self.subscriptions();
             let (outcome, stored, epoch): (i64, Vec<u8>, String) = match self.call(&acquire).await {
                 Ok(answer) => answer,
                 Err(err) => return self.fall_back(cache, started, &err).await,
@@ -206,6 +210,9 @@ impl Fleet {
             match outcome {
                 FOUND => {
                     if let Some(token) = self.usable(Some(&stored[..]), &wanted) {
+                        if !self.obtained(&epoch, subscriptions) {
+                            continue;
+                        }
                         cache.counters.fleet_token();
                         return Ok(token);
                     }
@@ -240,14 +247,20 @@ impl Fleet {
                 }
                 // Listen again before reading: a notice sent after the read is not lost.
                 notice = self.notices.as_ref().map(Notices::stored);
-                let mut both = redis::pipe();
-                both.get(&self.keys.token).pttl(&self.keys.lease);
-                let (stored, lease_left): (Option<Vec<u8>>, i64) = match self.call_all(&both).await
-                {
-                    Ok(answer) => answer,
-                    Err(err) => return self.fall_back(cache, started, &err).await,
-                };
+                let mut read = redis::pipe();
+                read.get(&self.keys.token)
+                    .pttl(&self.keys.lease)
+                    .get(&self.keys.epoch);
+                let subscriptions = self.subscriptions();
+                let (stored, lease_left, epoch): (Option<Vec<u8>>, i64, Option<String>) =
+                    match self.call_all(&read).await {
+                        Ok(answer) => answer,
+                        Err(err) => return self.fall_back(cache, started, &err).await,
+                    };
                 if let Some(token) = self.usable(stored.as_deref(), &wanted) {
+                    if !self.obtained(epoch.as_deref().unwrap_or("0"), subscriptions) {
+                        break;
+                    }
                     cache.counters.fleet_token();
                     return Ok(token);
                 }
@@ -312,6 +325,7 @@ impl Fleet {
             .and_then(|expires_at| self.sealing.seal(&token, expires_at, &self.keys.token));
         let Some(value) = value.filter(|_| !life.is_zero()) else {
             self.release(cache, owner).await;
+            self.obtained_elsewhere();
             return Leased::Fetched(Ok(token));
         };
         let mut store = script(
@@ -329,13 +343,18 @@ impl Fleet {
             ))
             .arg(owner);
         match self.call::<i64>(&store).await {
-            Ok(1) => Leased::Fetched(Ok(token)),
+            Ok(1) => {
+                // Stored at that epoch: nothing revoked it since.
+                self.obtained(epoch, self.subscriptions());
+                Leased::Fetched(Ok(token))
+            }
             Ok(_) => Leased::Revoked,
             Err(err) => {
                 // Redis failed, not the token: used here, as without a fleet.
                 cache.counters.fleet_redis_error();
                 tracing::warn!(target: "tower_bearer", error = %err, "token fetched but not shared with the fleet");
                 self.release(cache, owner).await;
+                self.obtained_elsewhere();
                 Leased::Fetched(Ok(token))
             }
         }
@@ -381,7 +400,35 @@ impl Fleet {
         tracing::warn!(target: "tower_bearer", error = %err, "fleet cache unavailable; fetching locally");
         cache.counters.fleet_redis_error();
         cache.counters.fleet_fallback();
+        self.obtained_elsewhere();
         fetch_with_retries(cache, started).await
+    }
+
+    /// How many times the listener subscribed (0 without notices); see [`Notices::obtained`].
+    fn subscriptions(&self) -> u64 {
+        self.notices.as_ref().map_or(0, Notices::subscriptions)
+    }
+
+    /// This process read a token from the fleet at the revocation `epoch` (as Redis answered
+    /// it), in a call that began at `subscriptions`; `false` if it must not use it.
+    fn obtained(&self, epoch: &str, subscriptions: u64) -> bool {
+        let Some(notices) = &self.notices else {
+            return true;
+        };
+        match epoch.parse() {
+            Ok(epoch) => notices.obtained(epoch, subscriptions),
+            Err(_) => {
+                notices.obtained_elsewhere();
+                true
+            }
+        }
+    }
+
+    /// This process uses a token it did not read from the fleet.
+    fn obtained_elsewhere(&self) {
+        if let Some(notices) = &self.notices {
+            notices.obtained_elsewhere();
+        }
     }
 
     /// One Redis command, within its own deadline.

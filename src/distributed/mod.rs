@@ -28,7 +28,9 @@
 //! [`redis::Client`]: [`RedisCache::connect_lazily`] has one, and [`RedisCache::notices`] adds
 //! one to a cache made from a connection. Without notices the fleet still fetches once: a
 //! waiting process reads Redis every 20 ms instead, and a process finds out that a token was
-//! rejected at its own 401.
+//! rejected or revoked at its own 401. A process whose connection for notices was down when
+//! the fleet's token was revoked finds out when it subscribes again: it reads the fleet's
+//! revocation epoch then, and forgets a token it read before it moved.
 //!
 //! # What it costs
 //!
@@ -36,8 +38,8 @@
 //! that reads the token and, when it must fetch, takes the lease), and the one process that
 //! fetches one more (a script that stores the token, publishes the notice and lets the lease
 //! go). `examples/fleet.rs` (8 processes, 2-second tokens, each process refreshing about 2.5
-//! times a lifetime) counts about nine Redis commands per process per token lifetime, those
-//! inside scripts included: about three per refresh. With one-hour tokens that is a few
+//! times a lifetime) counts 11 to 12 Redis commands per process per token lifetime, those
+//! inside scripts included: about four per refresh. With one-hour tokens that is a few
 //! commands per process per hour. A waiting process reads once per notice (and every 250 ms in
 //! case one is lost).
 //!

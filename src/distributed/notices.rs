@@ -3,17 +3,19 @@
 //! at their next poll) and "a token was rejected" (processes still holding it forget it, and
 //! fetch through the fleet without a 401 of their own).
 //!
-//! Notices are a shortcut, never needed for correctness: a lost one costs a waiter its next
-//! poll, and a process that missed a rejection finds out at its own 401. So the listener runs
-//! in the background, started by the first fetch (which runs on the runtime) and stopped when
-//! the layer is dropped; it connects again by itself, with a growing pause, when its connection
-//! fails.
+//! Notices are a shortcut for stored and rejected tokens: a lost one costs a waiter its next
+//! poll, and a process that missed a rejection finds out at its own 401. A revocation must not
+//! be missed, though: each time the listener (re)subscribes it reads the fleet's revocation
+//! epoch, and forgets a token this process read at an older epoch (it was revoked while nobody
+//! listened here). The listener runs in the background, started by the first fetch (which runs
+//! on the runtime) and stopped when the layer is dropped; it connects again by itself, with a
+//! growing pause, when its connection fails.
 
 use std::{
     pin::Pin,
     sync::{
         Arc, Weak,
-        atomic::{AtomicBool, Ordering::SeqCst},
+        atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
     },
     time::Duration,
 };
@@ -21,7 +23,10 @@ use std::{
 use futures_core::Stream;
 use tokio::sync::Notify;
 
-use super::sealed::{FINGERPRINT_LEN, fingerprint};
+use super::{
+    connection::RedisConnection,
+    sealed::{FINGERPRINT_LEN, fingerprint},
+};
 use crate::cache::{TokenCache, first};
 
 /// The notice that a token was stored; its fingerprint follows.
@@ -45,6 +50,9 @@ pub(crate) struct Notices {
     /// This process's id in the fleet's notices (it ignores its own revocations, which it
     /// has acted on already).
     id: Arc<str>,
+    /// Where the listener reads the revocation epoch when it (re)subscribes.
+    connection: RedisConnection,
+    epoch_key: String,
 }
 
 /// What the listener task and the fetches share.
@@ -60,6 +68,13 @@ struct Shared {
     running: AtomicBool,
     /// Tells the task to end: the layer is gone.
     stop: Notify,
+    /// How many times the listener subscribed and read the revocation epoch.
+    subscriptions: AtomicU64,
+    /// The revocation epoch it read last, plus one (0: none read).
+    heard_epoch: AtomicU64,
+    /// The revocation epoch at which this process read the token it uses from the fleet, plus
+    /// one (0: unknown, a token it fetched without the fleet).
+    token_epoch: AtomicU64,
 }
 
 impl std::fmt::Debug for Notices {
@@ -84,6 +99,8 @@ impl Notices {
         channel: String,
         call_timeout: Duration,
         id: Arc<str>,
+        connection: RedisConnection,
+        epoch_key: String,
     ) -> Notices {
         Notices {
             client,
@@ -91,6 +108,8 @@ impl Notices {
             call_timeout,
             shared: Arc::default(),
             id,
+            connection,
+            epoch_key,
         }
     }
 
@@ -106,8 +125,34 @@ impl Notices {
             shared: Arc::clone(&self.shared),
             cache: Arc::downgrade(cache),
             id: Arc::clone(&self.id),
+            connection: self.connection.clone(),
+            epoch_key: self.epoch_key.clone(),
         };
         tokio::spawn(listener.run());
+    }
+
+    /// How many times the listener has subscribed: read before a call that reads a token, and
+    /// given to [`obtained`](Self::obtained) after it.
+    pub(crate) fn subscriptions(&self) -> u64 {
+        self.shared.subscriptions.load(SeqCst)
+    }
+
+    /// This process read a token from the fleet at the revocation `epoch` (its call began at
+    /// `subscriptions`). `false` if the token must not be used: the listener (re)subscribed
+    /// meanwhile and found a later epoch, a revocation it could not have heard.
+    pub(crate) fn obtained(&self, epoch: u64, subscriptions: u64) -> bool {
+        let epoch = epoch.saturating_add(1);
+        self.shared.token_epoch.store(epoch, SeqCst);
+        // The listener stores what it read before it looks at `token_epoch`, and this stores
+        // `token_epoch` before it looks at what the listener read: one of the two sees the other.
+        self.shared.subscriptions.load(SeqCst) == subscriptions
+            || self.shared.heard_epoch.load(SeqCst) <= epoch
+    }
+
+    /// This process uses a token it did not read from the fleet (fetched while Redis failed):
+    /// no epoch is known for it.
+    pub(crate) fn obtained_elsewhere(&self) {
+        self.shared.token_epoch.store(0, SeqCst);
     }
 
     /// Whether notices come in now: waiters may then read Redis rarely.
@@ -139,6 +184,8 @@ struct Listener {
     shared: Arc<Shared>,
     cache: Weak<TokenCache>,
     id: Arc<str>,
+    connection: RedisConnection,
+    epoch_key: String,
 }
 
 /// Clears the flags when the task ends, however it ends.
@@ -168,6 +215,7 @@ impl Listener {
             match subscribed {
                 Ok(Ok(pubsub)) => {
                     pause = FIRST_PAUSE;
+                    self.catch_up().await;
                     self.shared.listening.store(true, SeqCst);
                     // Notices sent while this process was not listening are lost: waiters read
                     // again now.
@@ -200,6 +248,35 @@ impl Listener {
                 return;
             }
             pause = (pause * 2).min(MOST_PAUSE);
+        }
+    }
+
+    /// Reads the revocation epoch once subscribed: a revocation published while this process
+    /// was not listening moved it on, and the token this process read before it is forgotten.
+    /// Unread (Redis failed), it is read at the next subscription; the token lives on meanwhile,
+    /// as it would without notices.
+    async fn catch_up(&self) {
+        let mut connection = self.connection.clone();
+        let read = tokio::time::timeout(
+            self.call_timeout,
+            redis::cmd("GET")
+                .arg(&self.epoch_key)
+                .query_async::<Option<u64>>(&mut connection),
+        )
+        .await;
+        let Ok(Ok(epoch)) = read else {
+            self.error("cannot read the fleet's revocation epoch");
+            return;
+        };
+        let epoch = epoch.unwrap_or(0).saturating_add(1);
+        self.shared.heard_epoch.store(epoch, SeqCst);
+        self.shared.subscriptions.fetch_add(1, SeqCst);
+        let token_epoch = self.shared.token_epoch.load(SeqCst);
+        if token_epoch != 0 && token_epoch < epoch {
+            if let Some(cache) = self.cache.upgrade() {
+                cache.forget_revoked_elsewhere();
+            }
+            self.shared.token_epoch.store(0, SeqCst);
         }
     }
 
