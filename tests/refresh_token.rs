@@ -443,6 +443,44 @@ async fn a_failed_save_under_a_shared_lock_never_sends_the_spent_refresh_token()
     assert_eq!(idp.reuse_detected(), 0);
 }
 
+/// A refresh whose save failed keeps the store's lock, so that no other process refreshes
+/// with the spent refresh token; it does not keep it for as long as the layer stays idle: the
+/// save is tried again in the background, and once it succeeds the lock is let go. No request
+/// is needed, and no refresh token goes out.
+#[tokio::test]
+async fn a_failed_save_is_retried_in_the_background_and_the_lock_let_go() {
+    let idp = StandInIdp::start().await;
+    idp.add_refresh_token("rt-0");
+    let store = FlakyStore::shared_with("rt-0").await;
+    store.broken.store(true, SeqCst);
+    let auth = AuthLayer::builder(grant(&idp, store.clone()))
+        .fetch_attempts(1)
+        .build()
+        .unwrap();
+    let err = auth.token().await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Store(e) if e.is_refresh_token_unsaved()),
+        "{err:?}"
+    );
+    assert_eq!(store.held.load(SeqCst), 1, "the lock is kept");
+    let fetches = auth.stats().fetches;
+
+    // The layer stays idle; the store works again.
+    store.broken.store(false, SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.held.load(SeqCst) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock is still held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stored_refresh_token(&store).await.as_deref(), Some("rt-1"));
+    assert_eq!(auth.stats().fetches, fetches, "no fetch saved it");
+    assert_eq!(auth.token().await.unwrap().access_token().secret(), "at-1");
+    assert_eq!(idp.refresh_tokens_sent(), ["rt-0"]);
+}
+
 /// A store holding another client's tokens (saved by a grant with another client id, or
 /// another token endpoint) is refused: nothing of it is sent, to any server.
 #[tokio::test]

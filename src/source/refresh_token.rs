@@ -1,6 +1,13 @@
 //! The refresh token grant (RFC 6749 §6), safe with servers that rotate refresh tokens.
 
-use std::{fmt, sync::Arc};
+use std::{
+    fmt,
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicBool, Ordering::SeqCst},
+    },
+    time::Duration,
+};
 
 use tokio::sync::{Mutex, oneshot};
 
@@ -45,7 +52,9 @@ use crate::{
 ///   is not used yet. The old refresh token is spent, so it is **never sent again**: the new
 ///   state is kept in memory, with the store's lock (no other process refreshes with the spent
 ///   token the store still holds), and each next fetch saves it first, sending no refresh token
-///   until that succeeds; then it hands out the access token that refresh bought. If the store
+///   until that succeeds; then it hands out the access token that refresh bought. A task tries
+///   the save in the background too (after 1 s, then pauses doubling up to 30 s), so that an
+///   idle layer does not keep the store's lock from the other processes. If the store
 ///   moved on meanwhile past both (a new authorization, another process's refresh), the store's
 ///   state wins. A process killed after the server rotated and before the save restarts with
 ///   the old refresh token, the same case as a lost answer above.
@@ -56,7 +65,8 @@ use crate::{
 ///   sending nothing, when it does not.
 /// - **One client per store.** The state records which client saved it
 ///   ([`StoredToken::client`]): a grant refuses a state another client (another token endpoint
-///   or client id) saved, sending nothing of it anywhere.
+///   or client id) saved, sending nothing of it anywhere; [`AuthLayer::revoke`](crate::AuthLayer::revoke)
+///   then revokes none of it and leaves the store as it is.
 /// - **Resume.** A restarted process loads the store and goes on: it uses the stored access
 ///   token while it lasts, then refreshes. No new authorization is needed.
 /// - **Terminal errors.** `invalid_grant`, `invalid_client` and `unauthorized_client` are
@@ -89,6 +99,11 @@ pub struct RefreshTokenGrant {
     inner: Arc<Inner>,
 }
 
+/// The first pause before a refresh whose save failed is saved again in the background, and the
+/// longest ([`Inner::save_later`]).
+const SAVE_LATER_FIRST: Duration = Duration::from_secs(1);
+const SAVE_LATER_MOST: Duration = Duration::from_secs(30);
+
 struct Inner {
     endpoint: TokenEndpoint,
     /// Which client this grant is ([`StoredToken::client`]): what it saves, and what it
@@ -98,6 +113,8 @@ struct Inner {
     params: Vec<(String, String)>,
     store: Box<dyn DynTokenStore>,
     state: Mutex<GrantState>,
+    /// Whether a task retries the save of a refresh whose save failed ([`Inner::save_later`]).
+    saving_later: AtomicBool,
 }
 
 #[derive(Default)]
@@ -166,6 +183,7 @@ impl RefreshTokenGrant {
                     unanswered: false,
                     unsaved: None,
                 }),
+                saving_later: AtomicBool::new(false),
             }),
         }
     }
@@ -214,22 +232,75 @@ impl TokenSource for RefreshTokenGrant {
 
 impl Inner {
     /// Refreshes, and sends the result to `answer`. A token bought for a caller that has gone
-    /// meanwhile is kept for the next fetch.
-    async fn fetch(&self, answer: oneshot::Sender<Result<Token, Error>>) {
+    /// meanwhile is kept for the next fetch. A refresh whose save failed is saved again in the
+    /// background ([`save_later`](Self::save_later)).
+    async fn fetch(self: Arc<Self>, answer: oneshot::Sender<Result<Token, Error>>) {
         let mut state = self.state.lock().await;
         let result = self.fetch_locked(&mut state).await;
+        let unsaved = state.unsaved.is_some();
         if result.is_ok() && answer.is_closed() {
             tracing::debug!(target: "tower_bearer", "refreshed token kept for the next fetch: its caller gave up");
             state.handed_out = None;
-            return;
+        } else {
+            let _ = answer.send(result);
         }
-        let _ = answer.send(result);
+        drop(state);
+        if unsaved && !self.saving_later.swap(true, SeqCst) {
+            tokio::spawn(Inner::save_later(Arc::downgrade(&self)));
+        }
     }
 
-    async fn fetch_locked(&self, state: &mut GrantState) -> Result<Token, Error> {
-        // With a store other processes share, hold them off until the new state is saved, and
-        // read what they may have saved meanwhile. A lock kept by a refresh whose save failed
-        // is used again while it still holds.
+    /// Saves the state of a refresh whose save failed, away from any caller: an idle layer
+    /// makes no fetch that would, and the store's lock that refresh keeps holds the other
+    /// processes off until the state is saved. Tries after 1 s, then after pauses doubling up
+    /// to 30 s, until it is saved (or given up for a newer state in the store), or the grant
+    /// is dropped.
+    async fn save_later(inner: Weak<Inner>) {
+        /// Lets a later failure start another task if this one goes with its runtime.
+        struct Ended(Weak<Inner>);
+        impl Drop for Ended {
+            fn drop(&mut self) {
+                if let Some(inner) = self.0.upgrade() {
+                    inner.saving_later.store(false, SeqCst);
+                }
+            }
+        }
+        let _ended = Ended(inner.clone());
+        let mut pause = SAVE_LATER_FIRST;
+        loop {
+            tokio::time::sleep(pause).await;
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            // A fetch holding the state ends within its own deadlines; this waits as long.
+            let Ok(mut state) = tokio::time::timeout(SAVE_LATER_MOST, inner.state.lock()).await
+            else {
+                continue;
+            };
+            if state.unsaved.is_none() {
+                inner.saving_later.store(false, SeqCst);
+                return;
+            }
+            match inner.settle_unsaved(&mut state).await {
+                Ok(lock) => {
+                    // Saved: the other processes may refresh again.
+                    drop(lock);
+                    inner.saving_later.store(false, SeqCst);
+                    return;
+                }
+                Err(err) => {
+                    tracing::debug!(target: "tower_bearer", error = %err, "the refreshed state is still not saved");
+                }
+            }
+            drop(state);
+            pause = (pause * 2).min(SAVE_LATER_MOST);
+        }
+    }
+
+    /// Takes the store's lock, if it has one (a store other processes share), and settles a
+    /// refresh whose save failed: saves its state, or drops it for a newer one another process
+    /// saved. A lock kept by that refresh is used again while it still holds. Returns the lock.
+    async fn settle_unsaved(&self, state: &mut GrantState) -> Result<Option<StoreLock>, Error> {
         let kept = state
             .unsaved
             .as_mut()
@@ -251,7 +322,7 @@ impl Inner {
                         ..GrantState::default()
                     };
                 }
-                // The store moved on past both: read below.
+                // The store moved on past both: read again.
                 Ok(false) => state.loaded = false,
                 Err(err) => {
                     state.unsaved = Some(Unsaved {
@@ -262,6 +333,13 @@ impl Inner {
                 }
             }
         }
+        Ok(shared)
+    }
+
+    async fn fetch_locked(&self, state: &mut GrantState) -> Result<Token, Error> {
+        // With a store other processes share, hold them off until the new state is saved, and
+        // read what they may have saved meanwhile.
+        let shared = self.settle_unsaved(state).await?;
         if shared.is_some() || !state.loaded || state.rejected.is_some() {
             let stored = self.load().await?;
             let same_refresh_token = stored.as_ref().and_then(StoredToken::refresh_token)

@@ -2,7 +2,7 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicBool, Ordering::SeqCst},
+    atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
 };
 
 use tower_bearer::{
@@ -12,12 +12,23 @@ use tower_bearer::{
 };
 
 /// A store whose saves fail while `broken` is set. With `shared` set it has a lock, as a store
-/// other processes share does: a grant then reads it again at every fetch.
+/// other processes share does: a grant then reads it again at every fetch; `held` counts the
+/// locks taken and not yet let go.
 #[derive(Clone, Default)]
 pub struct FlakyStore {
     pub inner: MemoryStore,
     pub broken: Arc<AtomicBool>,
     pub shared: bool,
+    pub held: Arc<AtomicUsize>,
+}
+
+/// One of a [`FlakyStore`]'s locks: counted while held.
+struct Held(Arc<AtomicUsize>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
 }
 
 impl FlakyStore {
@@ -50,6 +61,9 @@ impl TokenStore for FlakyStore {
         self.inner.clear().await
     }
     async fn lock(&self) -> Result<Option<StoreLock>, Error> {
-        Ok(self.shared.then(|| StoreLock::new(())))
+        Ok(self.shared.then(|| {
+            self.held.fetch_add(1, SeqCst);
+            StoreLock::new(Held(Arc::clone(&self.held)))
+        }))
     }
 }
