@@ -95,15 +95,17 @@ pub(crate) enum Use {
     Wait,
 }
 
+/// A token with its header and the header's copies: built before the cache's lock is taken, so
+/// that the formatting and the allocations stay out of it.
+pub(crate) struct Headers {
+    token: Token,
+    header: HeaderValue,
+    copies: [HeaderValue; HEADER_COPIES],
+}
+
 impl Entry {
-    /// Builds the entry for `token`, fetched at `now`. `jitter` picks the refresh point.
-    pub(crate) fn new(
-        mut token: Token,
-        settings: &CacheSettings,
-        generation: u64,
-        now: Instant,
-        rng: &mut fastrand::Rng,
-    ) -> Result<Entry, Error> {
+    /// The header of `token` and its copies, for [`Entry::new`].
+    pub(crate) fn headers(token: Token, settings: &CacheSettings) -> Result<Headers, Error> {
         // A DPoP-bound token goes as `DPoP` (with a proof), whatever the layer's scheme.
         #[cfg(feature = "jose")]
         let scheme = if settings.dpop
@@ -125,6 +127,27 @@ impl Entry {
                 crate::token::copy_header(&header)
             }
         });
+        Ok(Headers {
+            token,
+            header,
+            copies,
+        })
+    }
+
+    /// Builds the entry for a token (with its `headers`), fetched at `now`. `rng` picks the
+    /// refresh point.
+    pub(crate) fn new(
+        headers: Headers,
+        settings: &CacheSettings,
+        generation: u64,
+        now: Instant,
+        rng: &mut fastrand::Rng,
+    ) -> Entry {
+        let Headers {
+            mut token,
+            header,
+            copies,
+        } = headers;
         // A refresh token stays with its grant: nothing the layer hands out can leak it.
         token.forget_refresh_token();
         let lifetime = token
@@ -147,7 +170,7 @@ impl Entry {
         } else {
             refresh_target
         };
-        Ok(Entry {
+        Entry {
             token,
             header,
             copies,
@@ -160,7 +183,7 @@ impl Entry {
             usable_until,
             uses_left: settings.max_uses.map(|uses| Arc::new(AtomicU32::new(uses))),
             accepted: false,
-        })
+        }
     }
 
     /// This entry once a response accepted its token: the same token, generation, instants
@@ -226,7 +249,16 @@ mod tests {
         let now = Instant::now();
         let token = Token::new("t").with_expires_at(now + lifetime);
         let mut rng = fastrand::Rng::with_seed(9);
-        (now, Entry::new(token, settings, 1, now, &mut rng).unwrap())
+        (
+            now,
+            Entry::new(
+                Entry::headers(token, settings).unwrap(),
+                settings,
+                1,
+                now,
+                &mut rng,
+            ),
+        )
     }
 
     #[tokio::test(start_paused = true)]

@@ -591,6 +591,7 @@ impl TokenCache {
     /// flight was given up or revoked meanwhile ([`Outcome::Superseded`]: nothing changes).
     pub(crate) fn complete(&self, flight: &Arc<Flight>, result: Result<Token, Error>) -> Outcome {
         let now = Instant::now();
+        let headers = result.and_then(|token| Entry::headers(token, &self.settings));
         let mut state = self.lock_state();
         if !state
             .flight
@@ -600,11 +601,17 @@ impl TokenCache {
             return Outcome::Superseded;
         }
         state.flight = None;
-        let entry = result.and_then(|token| {
+        let entry = headers.map(|headers| {
             let generation = state.generation + 1;
-            let entry = Entry::new(token, &self.settings, generation, now, &mut state.rng)?;
             state.generation = generation;
-            Ok(Arc::new(entry))
+            let settings = &self.settings;
+            Arc::new(Entry::new(
+                headers,
+                settings,
+                generation,
+                now,
+                &mut state.rng,
+            ))
         });
         let outcome = match entry {
             Ok(entry) => {
@@ -651,9 +658,19 @@ impl TokenCache {
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// `at + by`, with `by` capped at about 30 years: no duration, from a setting or from the
-/// network, makes instant arithmetic overflow.
+/// network, makes instant arithmetic overflow. On a clock too close to its end for that, as
+/// late as it can be (halving the span until it fits): a deadline saturates, never comes early.
 pub(crate) fn later(at: Instant, by: Duration) -> Instant {
-    at.checked_add(by.min(FAR_FUTURE)).unwrap_or(at)
+    let mut by = by.min(FAR_FUTURE);
+    loop {
+        if let Some(instant) = at.checked_add(by) {
+            return instant;
+        }
+        if by.is_zero() {
+            return at;
+        }
+        by /= 2;
+    }
 }
 
 /// Whether the current runtime has timers. Tokio has no call that says so; creating a timer

@@ -50,8 +50,10 @@ const WRITE_FENCED: &str = "if redis.call('GET', KEYS[2]) ~= ARGV[2] then return
 /// still holds the lease immediately before it sends a refresh token and before it saves
 /// ([`StoreLock::confirm`], which also extends the lease), and a save goes through only if the
 /// lease is still its own, checked by Redis in the same script. A holder that lost its lease
-/// sends nothing and saves nothing: the process that took the lock over is the only one that
-/// sends the refresh token. Lost renewals are noticed too.
+/// before its check sends nothing and saves nothing, and lost renewals are noticed too. What
+/// fencing cannot reach is the token endpoint itself: a holder that stalls past its lease
+/// between its check and its request, a stall longer than 10 s at that very moment, can still
+/// send along with the next holder (a server that detects reuse then ends the grant).
 ///
 /// The lock lives in the key `key:lock`. On a Redis Cluster the key needs a hash tag
 /// (`{user-42}:refresh`), so that it and its lock share a slot and a save can be fenced in one

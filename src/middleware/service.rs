@@ -45,9 +45,10 @@ use crate::{
 /// or `Vec<u8>` body within the replay limit copied once); turn that off with
 /// [`retry_unauthorized(false)`](crate::AuthLayerBuilder::retry_unauthorized).
 ///
-/// Services kept on different cores do not contend for a cache line per request (tower-http's
-/// `AddAuthorization` shares one header's reference count among all its clones). Each token
-/// comes with 8 copies of its header, each in a buffer of its own, and:
+/// Up to 8 services kept on different cores do not contend for a cache line per request
+/// (tower-http's `AddAuthorization` shares one header's reference count among all its clones).
+/// Each token comes with 8 copies of its header, each with its reference count on a cache line
+/// of its own (with more busy services than that, some share a copy), and:
 ///
 /// - a service that keeps sending requests makes its own handle after 8 requests: it follows
 ///   the current token with one pointer comparison (`arc_swap::Cache`) and sends one of the

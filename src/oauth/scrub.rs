@@ -4,10 +4,10 @@
 //! body that is not JSON) goes into [`Error`](crate::Error)s, their `Display` and `Debug`, and
 //! the log events that show them. Servers echo what they received (`Invalid refresh token:
 //! <the token>`), so every secret the request carried is cut out of that text first, in every
-//! form a server may repeat it: as sent, form-encoded, percent-encoded, JSON-escaped, and cut
-//! short after [`PREFIX`] characters or more.
+//! form a server may repeat it: as sent, form-encoded, percent-encoded, JSON-escaped, and in
+//! pieces of [`PIECE`] characters or more (cut short, only its end, wrapped over lines).
 
-use std::borrow::Cow;
+use std::{borrow::Cow, collections::HashSet};
 
 use zeroize::Zeroizing;
 
@@ -20,9 +20,10 @@ pub(crate) const LONGEST_SERVER_TEXT: usize = 512;
 /// Bytes of a server's text looked at before it is cut: a larger body is not searched whole.
 const LONGEST_SEARCHED: usize = 64 * 1024;
 
-/// A secret's first `PREFIX` bytes found in server text are cut with as much of the secret as
-/// follows them: an echo cut short shows none of it.
-const PREFIX: usize = 12;
+/// Any run of `PIECE` bytes or more of a secret found in server text is cut: an echo cut short,
+/// its end alone, or one wrapped over lines shows none of it (a secret shorter than this is cut
+/// wherever it appears whole).
+const PIECE: usize = 12;
 
 /// The secrets one request carried, each in every form a server may echo it. Wiped on drop.
 #[derive(Default)]
@@ -85,27 +86,35 @@ impl Carried {
         out
     }
 
-    /// `text` with every range where a secret (or a long enough start of one) appears
+    /// `text` with every range where a secret (or a long enough piece of one) appears
     /// replaced by [`REDACTED`].
     fn cut(&self, text: &[u8]) -> Zeroizing<Vec<u8>> {
         let mut secret_at = vec![false; text.len()];
+        // Every `PIECE`-byte window of every long form: a window of the text that is one of
+        // them is part of a secret, and runs of them cover each piece whole.
+        let mut pieces: HashSet<&[u8]> = HashSet::new();
         for form in &self.forms {
             let form = form.as_bytes();
-            let probe = form.get(..PREFIX).unwrap_or(form);
+            if form.len() >= PIECE {
+                pieces.extend(form.windows(PIECE));
+                continue;
+            }
             let mut from = 0;
-            while let Some(found) = find(text.get(from..).unwrap_or_default(), probe) {
+            while let Some(found) = find(text.get(from..).unwrap_or_default(), form) {
                 let start = from + found;
-                let matched = text
-                    .get(start..)
-                    .unwrap_or_default()
-                    .iter()
-                    .zip(form)
-                    .take_while(|(a, b)| a == b)
-                    .count();
-                for flag in secret_at.iter_mut().skip(start).take(matched) {
+                for flag in secret_at.iter_mut().skip(start).take(form.len()) {
                     *flag = true;
                 }
-                from = start + matched.max(1);
+                from = start + form.len();
+            }
+        }
+        if !pieces.is_empty() {
+            for (start, window) in text.windows(PIECE).enumerate() {
+                if pieces.contains(window) {
+                    for flag in secret_at.iter_mut().skip(start).take(PIECE) {
+                        *flag = true;
+                    }
+                }
             }
         }
         let mut out = Zeroizing::new(Vec::with_capacity(text.len()));
@@ -172,7 +181,13 @@ mod tests {
         let secret = "abcdefghijklmnopqrstuvwxyz0123456789";
         let out = scrubbed(&[secret], "got abcdefghijklmnop… which is unknown");
         assert_eq!(out, "got [redacted]… which is unknown");
-        // Fewer characters than the prefix, from the middle of the secret: not the secret.
+        // Its end alone, and the secret wrapped over three lines.
+        let out = scrubbed(&[secret], "token ending …pqrstuvwxyz0123456789 refused");
+        assert_eq!(out, "token ending …[redacted] refused");
+        let out = scrubbed(&[secret], "abcdefghijkl\nmnopqrstuvwx\nyz0123456789");
+        // (Line breaks become spaces, as every control character does.)
+        assert_eq!(out, "[redacted] [redacted] [redacted]");
+        // Fewer characters than a piece, from the middle of the secret: not the secret.
         assert_eq!(scrubbed(&[secret], "xyz01"), "xyz01");
     }
 
@@ -204,6 +219,22 @@ mod tests {
             let out = carried.scrub(&format!("{before}{echo}{after}"));
             proptest::prop_assert!(!out.contains(secret.as_str()), "{out}");
             proptest::prop_assert!(!out.contains(echo.as_str()), "{out}");
+        }
+
+        /// Any piece of a long secret (12 characters or more, from anywhere in it) is cut.
+        #[test]
+        fn no_piece_of_a_secret_survives(
+            secret in "[0-9A-Z]{12,200}",
+            start in 0usize..200,
+            len in 12usize..200,
+            before in "[a-z.,: ]{0,40}",
+            after in "[a-z.,: ]{0,40}",
+        ) {
+            let start = start % (secret.len() - 11);
+            let end = (start + len).min(secret.len());
+            let piece = &secret[start..end];
+            let out = Carried::of([secret.as_str()]).scrub(&format!("{before}{piece}{after}"));
+            proptest::prop_assert_eq!(out, format!("{before}[redacted]{after}"));
         }
 
         /// Arbitrary text and secrets never panic, and the output is bounded.

@@ -62,7 +62,8 @@ use crate::{
 ///   [`RedisStore`](crate::distributed::RedisStore)), the grant confirms it holds the lock
 ///   immediately before it sends a refresh token and before it saves
 ///   ([`StoreLock::confirm`](crate::store::StoreLock::confirm)), and gives the attempt up,
-///   sending nothing, when it does not.
+///   sending nothing, when it does not. (A stall past the lease between that check and the
+///   request itself is beyond any fence: the token endpoint cannot check a lease.)
 /// - **One client per store.** The state records which client saved it
 ///   ([`StoredToken::client`]): a grant refuses a state another client (another token endpoint
 ///   or client id) saved, sending nothing of it anywhere; [`AuthLayer::revoke`](crate::AuthLayer::revoke)
