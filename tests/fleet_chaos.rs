@@ -33,14 +33,14 @@ use http::{StatusCode, header};
 use http_body_util::Full;
 use support::{
     Recorded, StandInEndpoint, delayed,
-    fleet::{KEY, free_port, start_redis, until_redis_answers},
-    processes::{run_workers, unix_ms, until_unix_ms},
+    fleet::{KEY, free_port, layer, start_redis, until_redis_answers},
+    processes::{reported, reported_number, run_workers, unix_ms, until_unix_ms},
     token_json,
     upload::{Protocol, client},
 };
 use tokio::task::JoinSet;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_bearer::{AuthLayer, ClientCredentials, distributed::RedisCache};
+use tower_bearer::distributed::RedisCache;
 
 /// Set in the worker processes: the token URL, the API URL, the Redis URL, when to start (ms
 /// since the Unix epoch) and for how long (ms), separated by spaces.
@@ -75,15 +75,7 @@ async fn worker(spec: &str) {
     if index > 1 {
         cache = cache.notices(redis_client);
     }
-    let source = ClientCredentials::builder(token_url)
-        .client_id("chaos")
-        .client_secret("chaos-secret")
-        .build()
-        .unwrap();
-    let auth = AuthLayer::builder(source)
-        .distributed(cache)
-        .build()
-        .unwrap();
+    let auth = layer(token_url, "chaos", cache);
     let service = ServiceBuilder::new()
         .layer(auth.clone())
         .service(client::<Full<Bytes>>(Protocol::Http1));
@@ -329,27 +321,14 @@ async fn a_fleet_through_faults_one_after_another_fails_no_request() {
     );
 
     let outputs = workers.await.unwrap();
-    let lines: Vec<String> = outputs
-        .iter()
-        .filter_map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .find_map(|l| l.split_once("chaos ").map(|(_, s)| s.to_owned()))
-        })
-        .collect();
+    let lines = reported(&outputs, "chaos ");
     eprintln!(
         "{} tokens issued, {} requests rejected by the API; workers: {lines:#?}",
         issuer.issued.load(SeqCst),
         issuer.api_rejected.load(SeqCst)
     );
     assert_eq!(lines.len(), WORKERS, "{lines:?}");
-    let field = |line: &str, name: &str| -> u64 {
-        line.split(' ')
-            .find_map(|f| f.strip_prefix(&format!("{name}=")))
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let field = reported_number;
     for line in &lines {
         assert_eq!(field(line, "failed"), 0, "{line}");
         assert!(field(line, "served") > 1_000, "{line}");

@@ -20,7 +20,7 @@ use std::{
 use support::{
     StandInEndpoint, delayed,
     fleet::{KEY, endpoint_with, fresh_prefix, layer, redis_url},
-    processes::{run_workers, unix_ms, until_unix_ms},
+    processes::{reported, reported_number, run_workers, unix_ms, until_unix_ms},
     proxy::DelayingProxy,
     token_json,
 };
@@ -115,21 +115,8 @@ async fn a_fleet_makes_one_token_request_per_token_lifetime() {
     )
     .await;
 
-    let stat = |line: &str, name: &str| -> u64 {
-        line.split(' ')
-            .find_map(|field| field.strip_prefix(&format!("{name}=")))
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    let lines: Vec<String> = outputs
-        .iter()
-        .filter_map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .find_map(|l| l.split_once("stats ").map(|(_, s)| s.to_owned()))
-        })
-        .collect();
+    let stat = reported_number;
+    let lines = reported(&outputs, "stats ");
     assert_eq!(lines.len(), WORKERS, "{lines:?}");
     let total = |name: &str| -> u64 { lines.iter().map(|l| stat(l, name)).sum() };
     let requests = issued.load(SeqCst);

@@ -136,13 +136,18 @@ pub fn start_redis(port: u16) -> tokio::process::Child {
 /// Waits until the Redis at `url` answers a `PING` (5 s at most).
 pub async fn until_redis_answers(url: &str) {
     let client = redis::Client::open(url).unwrap();
-    for _ in 0..500 {
-        if let Ok(mut connection) = client.get_multiplexed_async_connection().await {
-            let pong: redis::RedisResult<String> =
-                redis::cmd("PING").query_async(&mut connection).await;
-            if pong.is_ok() {
-                return;
-            }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        // Each try within its own deadline: something else on the port may never answer.
+        let pong = tokio::time::timeout(Duration::from_millis(500), async {
+            let mut connection = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
+        })
+        .await;
+        if let Ok(Ok(_)) = pong {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

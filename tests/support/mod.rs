@@ -470,11 +470,29 @@ async fn record(State(state): State<EndpointState>, req: AxumRequest) -> AxumRes
     };
     let mut response = (state.respond)(&recorded);
     state.recorded.lock().unwrap().push(recorded);
-    // A responder asks for its answer to be held back with this header (see `delayed`).
+    // A responder asks for its answer to be held back with this header (see `delayed`), or
+    // until a gate opens (see `gated`).
     if let Some(delay) = response.headers_mut().remove(DELAY_HEADER) {
         let millis = delay.to_str().unwrap().parse().unwrap();
         tokio::time::sleep(Duration::from_millis(millis)).await;
     }
+    if let Some(Gate(gate)) = response.extensions_mut().remove::<Gate>() {
+        let opened = tokio::time::timeout(Duration::from_secs(30), gate.acquire()).await;
+        opened
+            .expect("the gate opened within 30 s")
+            .unwrap()
+            .forget();
+    }
+    response
+}
+
+/// Internal to the stand-ins: a gate a response waits at (see `gated`).
+#[derive(Clone)]
+struct Gate(Arc<Semaphore>);
+
+/// `response`, sent once `gate` gives a permit (30 s at most).
+pub fn gated(mut response: AxumResponse, gate: &Arc<Semaphore>) -> AxumResponse {
+    response.extensions_mut().insert(Gate(Arc::clone(gate)));
     response
 }
 

@@ -79,3 +79,24 @@ pub fn unix_ms() -> u64 {
 pub async fn until_unix_ms(at: u64) {
     tokio::time::sleep(Duration::from_millis(at.saturating_sub(unix_ms()))).await;
 }
+
+/// The line each worker printed after `tag` (`"stats "`, say): its counts as `name=value`.
+pub fn reported(outputs: &[Output], tag: &str) -> Vec<String> {
+    outputs
+        .iter()
+        .filter_map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .find_map(|l| l.split_once(tag).map(|(_, s)| s.to_owned()))
+        })
+        .collect()
+}
+
+/// The number `name=` gives in a line [`reported`] returned.
+pub fn reported_number(line: &str, name: &str) -> u64 {
+    line.split(' ')
+        .find_map(|f| f.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+        .parse()
+        .unwrap()
+}
