@@ -481,6 +481,17 @@ async fn a_failed_save_is_retried_in_the_background_and_the_lock_let_go() {
     assert_eq!(idp.refresh_tokens_sent(), ["rt-0"]);
 }
 
+/// A grant of another client (another client id) over `store`, with a revocation endpoint.
+fn another_clients_grant(idp: &StandInIdp, store: &MemoryStore) -> RefreshTokenGrant {
+    RefreshTokenGrant::builder(idp.url("/token"))
+        .client_id("another-app")
+        .client_secret("app-secret")
+        .revocation_url(idp.url("/revoke"))
+        .store(store.clone())
+        .build()
+        .unwrap()
+}
+
 /// A store holding another client's tokens (saved by a grant with another client id, or
 /// another token endpoint) is refused: nothing of it is sent, to any server.
 #[tokio::test]
@@ -493,13 +504,10 @@ async fn a_store_holding_another_clients_tokens_sends_nothing() {
     let saved = store.load().await.unwrap().unwrap();
     assert!(saved.client().is_some(), "the saving client is recorded");
 
-    let other = RefreshTokenGrant::builder(idp.url("/token"))
-        .client_id("another-app")
-        .client_secret("app-secret")
-        .store(store.clone())
-        .build()
-        .unwrap();
-    let err = AuthLayer::new(other).token().await.unwrap_err();
+    let err = AuthLayer::new(another_clients_grant(&idp, &store))
+        .token()
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, Error::Store(_)) && err.to_string().contains("another client"),
         "{err}"
@@ -517,14 +525,10 @@ async fn revoke_over_another_clients_store_sends_and_clears_nothing_of_it() {
     let auth = revocable(&idp, &store).await;
     let saved = store.load().await.unwrap();
 
-    let other = RefreshTokenGrant::builder(idp.url("/token"))
-        .client_id("another-app")
-        .client_secret("app-secret")
-        .revocation_url(idp.url("/revoke"))
-        .store(store.clone())
-        .build()
-        .unwrap();
-    let err = AuthLayer::new(other).revoke().await.unwrap_err();
+    let err = AuthLayer::new(another_clients_grant(&idp, &store))
+        .revoke()
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("another client"), "{err}");
     assert!(idp.requests_to("/revoke").is_empty(), "nothing revoked");
     assert_eq!(store.load().await.unwrap(), saved, "the store is kept");

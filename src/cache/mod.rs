@@ -727,20 +727,8 @@ mod tests {
 
     use crate::{AuthLayer, StaticToken};
 
-    #[derive(Clone)]
-    struct Answer;
-
-    impl Service<Request<()>> for Answer {
-        type Response = Response<()>;
-        type Error = Infallible;
-        type Future = Ready<Result<Response<()>, Infallible>>;
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-            Poll::Ready(Ok(()))
-        }
-        fn call(&mut self, _: Request<()>) -> Self::Future {
-            ready(Ok(Response::new(())))
-        }
-    }
+    /// Answers every request 200.
+    const ANSWER: AnswerWith = AnswerWith(http::StatusCode::OK, None);
 
     /// A rejected token is kept only by a cache that shares tokens with a fleet (which must
     /// not take it back from Redis); any other cache keeps no copy of that secret.
@@ -765,7 +753,7 @@ mod tests {
         let fresh = auth.cache().peek().unwrap();
         assert!(!fresh.accepted);
         assert_eq!(fresh.quiet_until, fresh.fetched_at);
-        let mut svc = auth.layer(Answer);
+        let mut svc = auth.layer(ANSWER);
         let request = || Request::get("https://api.example.com/").body(()).unwrap();
         svc.call(request()).await.unwrap();
         let accepted = auth.cache().peek().unwrap();
@@ -870,7 +858,7 @@ mod tests {
     #[tokio::test]
     async fn the_valid_token_path_completes_while_the_state_lock_is_held() {
         let auth = AuthLayer::new(StaticToken::new("t"));
-        let mut svc = auth.layer(Answer);
+        let mut svc = auth.layer(ANSWER);
         // A first request, whose answer accepts the token: from then on it is quiet.
         let request = Request::get("https://api.example.com/").body(()).unwrap();
         svc.call(request).await.unwrap();
