@@ -92,7 +92,7 @@
 
 #![deny(missing_docs, unsafe_code)]
 // Nothing a server, Redis or a file sends can make the library panic: no unwrap, no expect, no
-// indexing outside the tests (time arithmetic goes through `cache::later`, or checked calls).
+// indexing outside the tests (time arithmetic goes through `deadline::later`, or checked calls).
 #![cfg_attr(
     not(test),
     deny(
@@ -107,6 +107,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod cache;
+mod deadline;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod distributed;

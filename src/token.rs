@@ -119,7 +119,7 @@ impl Token {
 
     /// Sets the expiry to `lifetime` from now (the `expires_in` of a token response).
     pub fn with_expires_in(mut self, lifetime: Duration) -> Self {
-        self.expires_at = Some(crate::cache::later(Instant::now(), lifetime));
+        self.expires_at = Some(crate::deadline::later(Instant::now(), lifetime));
         self
     }
 

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::later;
 use crate::Error;
+use crate::deadline::later;
 
 /// Exponential backoff with "equal jitter": the `n`th wait in a row is a random time between
 /// half and all of `min(max, base * 2^(n-1))`.

@@ -30,7 +30,8 @@ use std::{
 use http::HeaderValue;
 use tokio::time::Instant;
 
-use super::{CacheSettings, later};
+use super::CacheSettings;
+use crate::deadline::later;
 use crate::{Error, Token};
 
 /// What a token's last moments are left for: the request's transit and the skew between this

@@ -13,7 +13,8 @@ use std::{
 
 use tokio::{sync::Notify, time::Instant};
 
-use super::{TokenCache, later};
+use super::TokenCache;
+use crate::deadline::later;
 use crate::{Error, Token, cache::entry::Entry};
 
 /// How long past the fetch timeout a waiter waits before giving up on a fetch by itself: the
@@ -96,8 +97,11 @@ impl FlightGuard {
         let cache = Arc::clone(&self.cache);
         let started = Instant::now();
         #[cfg(feature = "redis")]
-        let result = match &cache.settings().fleet {
-            Some(fleet) => fleet.fetch(&self.cache, started).await,
+        let result = match &cache.settings().shared {
+            Some(shared) => {
+                let cache = super::SharedCache::new(Arc::clone(&cache));
+                shared.fetch(&cache, started).await
+            }
             None => fetch_with_retries(&cache, started).await,
         };
         #[cfg(not(feature = "redis"))]

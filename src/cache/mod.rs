@@ -26,21 +26,19 @@
 mod backoff;
 mod entry;
 mod flight;
-
-#[cfg(feature = "redis")]
-pub(crate) use flight::fetch_with_retries;
 mod refresh;
+mod settings;
+#[cfg(feature = "redis")]
+mod shared;
 
 use std::{
     fmt,
-    future::Future,
     panic::{AssertUnwindSafe, catch_unwind},
     pin::pin,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
-    task::Poll,
     time::Duration,
 };
 
@@ -58,82 +56,20 @@ use backoff::{FetchFailures, RETRY_PAUSES, RejectionStreak, Verdict};
 pub use entry::EXPIRY_ALLOWANCE;
 pub(crate) use entry::{Entry, Use};
 use flight::{Flight, FlightGuard, Outcome, WAITER_SLACK};
+pub(crate) use settings::CacheSettings;
+pub use settings::{
+    DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX, DEFAULT_EXPIRY_MARGIN, DEFAULT_FETCH_ATTEMPTS,
+    DEFAULT_FETCH_TIMEOUT, DEFAULT_LIFETIME,
+};
+#[cfg(feature = "redis")]
+pub(crate) use shared::{BoxFuture, SharedCache, SharedTokens, WeakSharedCache};
 
 use crate::{
     Error, Token,
+    deadline::{first, has_timers, later},
     source::DynTokenSource,
-    stats::{Counters, LayerName},
+    stats::Counters,
 };
-
-/// Default for [`AuthLayerBuilder::expiry_margin`](crate::AuthLayerBuilder::expiry_margin).
-pub const DEFAULT_EXPIRY_MARGIN: Duration = Duration::from_secs(30);
-/// Default for [`AuthLayerBuilder::default_lifetime`](crate::AuthLayerBuilder::default_lifetime).
-pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
-/// Default for the first step of [`AuthLayerBuilder::backoff`](crate::AuthLayerBuilder::backoff).
-pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(200);
-/// Default for the longest step of [`AuthLayerBuilder::backoff`](crate::AuthLayerBuilder::backoff).
-pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Default for [`AuthLayerBuilder::fetch_timeout`](crate::AuthLayerBuilder::fetch_timeout).
-pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default for [`AuthLayerBuilder::fetch_attempts`](crate::AuthLayerBuilder::fetch_attempts).
-pub const DEFAULT_FETCH_ATTEMPTS: u32 = 3;
-
-/// Settings of a cache; see [`AuthLayerBuilder`](crate::AuthLayerBuilder).
-#[derive(Debug, Clone)]
-pub(crate) struct CacheSettings {
-    pub(crate) expiry_margin: Duration,
-    pub(crate) default_lifetime: Duration,
-    pub(crate) fetch_timeout: Duration,
-    /// Token requests one fetch may make when they fail transiently.
-    pub(crate) fetch_attempts: u32,
-    /// The authentication scheme written before the token, `Bearer` by default; empty for the
-    /// token alone.
-    pub(crate) scheme: Arc<str>,
-    /// How many requests may use one token; `None` for no limit.
-    pub(crate) max_uses: Option<u32>,
-    /// Refresh in the background before the refresh target.
-    pub(crate) refresh_ahead: bool,
-    /// Backoff after failed fetches and rejected tokens.
-    pub(crate) backoff: Backoff,
-    /// Seed of the jitter; random unless set (tests set it).
-    pub(crate) jitter_seed: Option<u64>,
-    /// The runtime fetches run on; the caller's unless set.
-    pub(crate) runtime: Option<Handle>,
-    /// The layer's name, for its metrics and traces.
-    pub(crate) name: LayerName,
-    /// Whether the source binds tokens to a DPoP key: a token of type `DPoP` is then sent with
-    /// that scheme (and a proof).
-    #[cfg(feature = "jose")]
-    pub(crate) dpop: bool,
-    /// The fleet this cache shares tokens with, if any.
-    #[cfg(feature = "redis")]
-    pub(crate) fleet: Option<Arc<crate::distributed::Fleet>>,
-}
-
-impl Default for CacheSettings {
-    fn default() -> Self {
-        CacheSettings {
-            expiry_margin: DEFAULT_EXPIRY_MARGIN,
-            default_lifetime: DEFAULT_LIFETIME,
-            fetch_timeout: DEFAULT_FETCH_TIMEOUT,
-            fetch_attempts: DEFAULT_FETCH_ATTEMPTS,
-            scheme: Arc::from("Bearer"),
-            max_uses: None,
-            refresh_ahead: true,
-            backoff: Backoff {
-                base: DEFAULT_BACKOFF_BASE,
-                max: DEFAULT_BACKOFF_MAX,
-            },
-            jitter_seed: None,
-            runtime: None,
-            name: LayerName::default(),
-            #[cfg(feature = "jose")]
-            dpop: false,
-            #[cfg(feature = "redis")]
-            fleet: None,
-        }
-    }
-}
 
 /// What a rejection (401, gRPC `UNAUTHENTICATED`) did to the token it named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -502,67 +438,25 @@ impl TokenCache {
         true
     }
 
-    /// Forgets the current token if it is the one `rejected_elsewhere` names, which another
-    /// process of the fleet saw rejected; it is then remembered as rejected, like one a response
-    /// here rejected. `true` if it was forgotten by this call.
-    #[cfg(feature = "redis")]
-    pub(crate) fn forget_rejected_elsewhere(
-        &self,
-        rejected_elsewhere: impl Fn(&crate::AccessToken) -> bool,
-    ) -> bool {
-        let mut state = self.lock_state();
-        let current = self.current.load_full();
-        let Some(entry) = current.filter(|e| rejected_elsewhere(e.token.access_token())) else {
-            return false;
-        };
-        self.remember_rejected(&mut state.rejected, entry.token.access_token());
-        self.current.store(None);
-        drop(state);
-        self.counters.fleet_rejection();
-        tracing::debug!(target: "tower_bearer", layer = %self.counters.name, "token rejected by another process of the fleet forgotten");
-        true
-    }
-
-    /// Another process of the fleet revoked the fleet's token: forgets the current token and
-    /// the fetch in flight (which may bring back a token fetched before the revocation), as
-    /// [`forget`](Self::forget) does.
-    #[cfg(feature = "redis")]
-    pub(crate) fn forget_revoked_elsewhere(&self) {
-        if self.forget().is_some() {
-            self.counters.fleet_rejection();
-        }
-        tracing::debug!(target: "tower_bearer", layer = %self.counters.name, "the fleet's token was revoked by another process: forgotten");
-    }
-
-    /// The last token a response (or `invalidate`) rejected, if this cache shares tokens with a
-    /// fleet (no other cache keeps one).
-    #[cfg(feature = "redis")]
-    pub(crate) fn last_rejected(&self) -> Option<crate::AccessToken> {
-        self.lock_state().rejected.clone()
-    }
-
     /// Keeps `token` in `slot` as the last one rejected, if this cache shares tokens with a
     /// fleet.
     fn remember_rejected(&self, slot: &mut Option<crate::AccessToken>, token: &crate::AccessToken) {
         #[cfg(feature = "redis")]
-        if self.settings.fleet.is_some() {
+        if self.settings.shared.is_some() {
             *slot = Some(token.clone());
         }
         #[cfg(not(feature = "redis"))]
         let _ = (slot, token);
     }
 
-    /// The tokens a new fetch must not hand back: the one in use (it is being replaced) and the
-    /// last one rejected.
+    /// Tells the processes this cache shares tokens with, if any, that the shared token is
+    /// revoked (for [`AuthLayer::revoke`](crate::AuthLayer::revoke)).
     #[cfg(feature = "redis")]
-    pub(crate) fn replacing(&self) -> [Option<crate::AccessToken>; 2] {
-        let rejected = self.lock_state().rejected.clone();
-        let current = self
-            .current
-            .load()
-            .as_ref()
-            .map(|entry| entry.token.access_token().clone());
-        [current, rejected]
+    pub(crate) async fn revoke_shared(self: &Arc<Self>) -> Result<(), Error> {
+        match &self.settings.shared {
+            Some(shared) => shared.revoke(&SharedCache::new(Arc::clone(self))).await,
+            None => Ok(()),
+        }
     }
 
     /// Forgets everything (for [`AuthLayer::revoke`](crate::AuthLayer::revoke)): the current
@@ -654,48 +548,6 @@ impl TokenCache {
     }
 }
 
-/// The longest span of time added to an instant: about 30 years, as tokio's timers cap theirs.
-const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
-
-/// `at + by`, with `by` capped at about 30 years: no duration, from a setting or from the
-/// network, makes instant arithmetic overflow. On a clock too close to its end for that, as
-/// late as it can be (halving the span until it fits): a deadline saturates, never comes early.
-pub(crate) fn later(at: Instant, by: Duration) -> Instant {
-    let mut by = by.min(FAR_FUTURE);
-    loop {
-        if let Some(instant) = at.checked_add(by) {
-            return instant;
-        }
-        if by.is_zero() {
-            return at;
-        }
-        by /= 2;
-    }
-}
-
-/// Whether the current runtime has timers. Tokio has no call that says so; creating a timer
-/// without them panics, and that panic is caught here (it only ever happens on a runtime built
-/// without `enable_time`).
-pub(crate) fn has_timers() -> bool {
-    catch_unwind(AssertUnwindSafe(|| {
-        drop(tokio::time::sleep(Duration::ZERO))
-    }))
-    .is_ok()
-}
-
-/// The output of `a`, or `None` if `b` finishes first.
-pub(crate) async fn first<A: Future, B: Future>(a: A, b: B) -> Option<A::Output> {
-    let mut a = pin!(a);
-    let mut b = pin!(b);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(out) = a.as_mut().poll(cx) {
-            return Poll::Ready(Some(out));
-        }
-        b.as_mut().poll(cx).map(|_| None)
-    })
-    .await
-}
-
 impl fmt::Debug for TokenCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let current = self.current.load();
@@ -711,181 +563,4 @@ impl fmt::Debug for TokenCache {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::{
-        convert::Infallible,
-        future::{Future, Ready, ready},
-        pin::pin,
-        sync::mpsc,
-        task::{Context, Poll, Waker},
-        time::Duration,
-    };
-
-    use http::{Request, Response};
-    use tower_layer::Layer;
-    use tower_service::Service;
-
-    use crate::{AuthLayer, StaticToken};
-
-    /// Answers every request 200.
-    const ANSWER: AnswerWith = AnswerWith(http::StatusCode::OK, None);
-
-    /// A rejected token is kept only by a cache that shares tokens with a fleet (which must
-    /// not take it back from Redis); any other cache keeps no copy of that secret.
-    #[tokio::test]
-    async fn a_cache_without_a_fleet_keeps_no_copy_of_a_rejected_token() {
-        let auth = AuthLayer::new(StaticToken::new("t"));
-        let token = auth.token().await.unwrap();
-        assert!(auth.invalidate(&token));
-        assert!(auth.cache().current().load_full().is_none());
-        auth.token().await.unwrap();
-        let current = auth.cache().current().load_full().unwrap();
-        auth.cache().reject(current.generation);
-        assert!(auth.cache().lock_state().rejected.is_none());
-    }
-
-    /// A token's entry is replaced once, when the first response accepts it: the same token and
-    /// generation, now with its quiet period.
-    #[tokio::test]
-    async fn the_first_accepting_answer_makes_the_token_quiet() {
-        let auth = AuthLayer::new(StaticToken::new("t"));
-        auth.token().await.unwrap();
-        let fresh = auth.cache().peek().unwrap();
-        assert!(!fresh.accepted);
-        assert_eq!(fresh.quiet_until, fresh.fetched_at);
-        let mut svc = auth.layer(ANSWER);
-        let request = || Request::get("https://api.example.com/").body(()).unwrap();
-        svc.call(request()).await.unwrap();
-        let accepted = auth.cache().peek().unwrap();
-        assert!(accepted.accepted);
-        assert_eq!(accepted.generation, fresh.generation);
-        assert_eq!(accepted.quiet_until, accepted.refresh_at);
-        // Replaced once: later answers change nothing.
-        svc.call(request()).await.unwrap();
-        assert!(std::sync::Arc::ptr_eq(
-            &accepted,
-            &auth.cache().peek().unwrap()
-        ));
-        assert_eq!(auth.stats().fetches, 1);
-    }
-
-    /// Answers with this status and, if any, this `grpc-status`.
-    #[derive(Clone, Copy)]
-    struct AnswerWith(http::StatusCode, Option<&'static str>);
-
-    impl Service<Request<()>> for AnswerWith {
-        type Response = Response<()>;
-        type Error = Infallible;
-        type Future = Ready<Result<Response<()>, Infallible>>;
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-            Poll::Ready(Ok(()))
-        }
-        fn call(&mut self, _: Request<()>) -> Self::Future {
-            let mut response = Response::builder().status(self.0);
-            if let Some(status) = self.1 {
-                response = response.header("grpc-status", status);
-            }
-            ready(Ok(response.body(()).unwrap()))
-        }
-    }
-
-    /// Only a success shows that the API took the token: a redirect, a 403, a 404, a 429 or
-    /// 503 (which a gateway may send before it looks at the token) or a gRPC error leaves it
-    /// unaccepted, so that its rejection would count toward a storm, not as a revocation.
-    #[tokio::test]
-    async fn only_a_success_accepts_a_token() {
-        use http::StatusCode;
-        let auth = AuthLayer::new(StaticToken::new("t"));
-        auth.token().await.unwrap();
-        let request = || Request::get("https://api.example.com/").body(()).unwrap();
-        for answer in [
-            AnswerWith(StatusCode::FOUND, None),
-            AnswerWith(StatusCode::FORBIDDEN, None),
-            AnswerWith(StatusCode::NOT_FOUND, None),
-            AnswerWith(StatusCode::TOO_MANY_REQUESTS, None),
-            AnswerWith(StatusCode::SERVICE_UNAVAILABLE, None),
-            AnswerWith(StatusCode::OK, Some("14")),
-        ] {
-            auth.layer(answer).call(request()).await.unwrap();
-            assert!(!auth.cache().peek().unwrap().accepted, "{}", answer.0);
-        }
-        auth.layer(AnswerWith(StatusCode::OK, Some("0")))
-            .call(request())
-            .await
-            .unwrap();
-        assert!(auth.cache().peek().unwrap().accepted);
-    }
-
-    /// A request that read a token just as its background refresh finished does not start
-    /// another: the refresh window it saw belongs to a token that is no longer current.
-    #[tokio::test(start_paused = true)]
-    async fn a_request_that_read_the_replaced_token_starts_no_second_refresh() {
-        use std::sync::{
-            Arc,
-            atomic::{AtomicUsize, Ordering::SeqCst},
-        };
-        let fetches = Arc::new(AtomicUsize::new(0));
-        let counted = Arc::clone(&fetches);
-        let source = crate::source::from_fn(move || {
-            let n = counted.fetch_add(1, SeqCst) + 1;
-            async move {
-                Ok(crate::Token::new(format!("t{n}")).with_expires_in(Duration::from_secs(100)))
-            }
-        });
-        let auth = AuthLayer::builder(source).jitter_seed(1).build().unwrap();
-        auth.token().await.unwrap();
-        let old = auth.cache().peek().unwrap();
-        // Into the refresh window: a request starts the background refresh, which finishes.
-        tokio::time::advance(old.refresh_at.duration_since(old.fetched_at)).await;
-        let now = tokio::time::Instant::now();
-        assert!(auth.cache().check(&old, now));
-        while auth.cache().peek().unwrap().generation == old.generation {
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(fetches.load(SeqCst), 2);
-        // Another request read the old token before the new one was installed.
-        assert!(auth.cache().check(&old, now));
-        for _ in 0..100 {
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(fetches.load(SeqCst), 2, "a second refresh started");
-        assert_eq!(auth.stats().background_refreshes, 1);
-    }
-
-    /// The valid-token path takes no lock: requests complete while another thread holds the
-    /// cache's state lock (which every change of the current token takes). If a request took
-    /// it, the request thread would block and the test would fail at its deadline.
-    #[tokio::test]
-    async fn the_valid_token_path_completes_while_the_state_lock_is_held() {
-        let auth = AuthLayer::new(StaticToken::new("t"));
-        let mut svc = auth.layer(ANSWER);
-        // A first request, whose answer accepts the token: from then on it is quiet.
-        let request = Request::get("https://api.example.com/").body(()).unwrap();
-        svc.call(request).await.unwrap();
-        assert!(auth.cache().peek().unwrap().accepted);
-        let cache = std::sync::Arc::clone(auth.cache());
-
-        let (locked, release) = (mpsc::channel(), mpsc::channel::<()>());
-        let holder = std::thread::spawn(move || {
-            let _guard = cache.lock_state();
-            locked.0.send(()).unwrap();
-            let _ = release.1.recv();
-        });
-        locked.1.recv().unwrap();
-
-        let (done, finished) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut cx = Context::from_waker(Waker::noop());
-            for _ in 0..100 {
-                let request = Request::get("https://api.example.com/").body(()).unwrap();
-                let mut fut = pin!(svc.call(request));
-                assert!(matches!(fut.as_mut().poll(&mut cx), Poll::Ready(Ok(_))));
-            }
-            done.send(()).unwrap();
-        });
-        let outcome = finished.recv_timeout(Duration::from_secs(30));
-        release.0.send(()).unwrap();
-        holder.join().unwrap();
-        outcome.expect("requests blocked on the state lock");
-    }
-}
+mod tests;

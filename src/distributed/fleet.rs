@@ -45,7 +45,8 @@ use super::{
 };
 use crate::{
     Error, Token,
-    cache::{TokenCache, fetch_with_retries, first, later},
+    cache::{BoxFuture, SharedCache, SharedTokens},
+    deadline::{first, later},
 };
 
 /// How often a process waiting for the lease holder reads again without notices.
@@ -119,6 +120,20 @@ impl std::fmt::Debug for Fleet {
     }
 }
 
+impl SharedTokens for Fleet {
+    fn fetch<'a>(
+        &'a self,
+        cache: &'a SharedCache,
+        started: Instant,
+    ) -> BoxFuture<'a, Result<Token, Error>> {
+        Box::pin(Fleet::fetch(self, cache, started))
+    }
+
+    fn revoke<'a>(&'a self, cache: &'a SharedCache) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(Fleet::revoke(self, cache))
+    }
+}
+
 /// Why a Redis call failed; logged, never shown with a secret (keys hold none).
 #[derive(Debug)]
 enum CallError {
@@ -161,15 +176,11 @@ impl Fleet {
 
     /// A token for `cache`, from the fleet or fetched under its lease; from the source alone
     /// if Redis fails.
-    pub(crate) async fn fetch(
-        &self,
-        cache: &Arc<TokenCache>,
-        started: Instant,
-    ) -> Result<Token, Error> {
+    async fn fetch(&self, cache: &SharedCache, started: Instant) -> Result<Token, Error> {
         if let Some(notices) = &self.notices {
             notices.listen(cache);
         }
-        let deadline = later(started, cache.settings().fetch_timeout);
+        let deadline = later(started, cache.fetch_timeout());
         let replacing = cache.replacing();
         // Any token but those being replaced: one with little life left is installed with
         // that life, and refreshed (by one process for all) when it is due.
@@ -213,7 +224,7 @@ impl Fleet {
                         if !self.obtained(&epoch, subscriptions) {
                             continue;
                         }
-                        cache.counters.fleet_token();
+                        cache.counters().fleet_token();
                         return Ok(token);
                     }
                     past_stored = true;
@@ -224,7 +235,7 @@ impl Fleet {
                     Leased::Revoked => {
                         tracing::debug!(target: "tower_bearer", "token fetched while the fleet's token was revoked: dropped; fetching again");
                         if Instant::now() >= deadline {
-                            return Err(Error::Timeout(cache.settings().fetch_timeout));
+                            return Err(Error::Timeout(cache.fetch_timeout()));
                         }
                         continue;
                     }
@@ -232,7 +243,7 @@ impl Fleet {
                 _ => {}
             }
             // Another process fetches: wait for its token, or for its lease to go.
-            cache.counters.fleet_lease_wait();
+            cache.counters().fleet_lease_wait();
             let mut notice = self.notices.as_ref().map(Notices::stored);
             loop {
                 let listening = self.notices.as_ref().is_some_and(Notices::is_listening);
@@ -243,7 +254,7 @@ impl Fleet {
                     None => wake.await,
                 }
                 if Instant::now() >= deadline {
-                    return Err(Error::Timeout(cache.settings().fetch_timeout));
+                    return Err(Error::Timeout(cache.fetch_timeout()));
                 }
                 // Listen again before reading: a notice sent after the read is not lost.
                 notice = self.notices.as_ref().map(Notices::stored);
@@ -261,7 +272,7 @@ impl Fleet {
                     if !self.obtained(epoch.as_deref().unwrap_or("0"), subscriptions) {
                         break;
                     }
-                    cache.counters.fleet_token();
+                    cache.counters().fleet_token();
                     return Ok(token);
                 }
                 if lease_left < 0 {
@@ -281,7 +292,7 @@ impl Fleet {
     /// `epoch`, and stores the token for the fleet unless it was revoked meanwhile.
     async fn fetch_under_lease(
         &self,
-        cache: &TokenCache,
+        cache: &SharedCache,
         started: Instant,
         owner: &str,
         epoch: &str,
@@ -300,14 +311,14 @@ impl Fleet {
                         tracing::debug!(target: "tower_bearer", "fleet lease lost while fetching")
                     }
                     Err(err) => {
-                        cache.counters.fleet_redis_error();
+                        cache.counters().fleet_redis_error();
                         tracing::debug!(target: "tower_bearer", error = %err, "fleet lease not renewed");
                     }
                 }
             }
         };
         // The fetch ends within its timeout; the renewal never does, and stops with it.
-        let result = first(fetch_with_retries(cache, started), renew)
+        let result = first(cache.fetch_from_source(started), renew)
             .await
             .unwrap_or_else(|| Err(Error::Aborted));
         let token = match result {
@@ -317,9 +328,7 @@ impl Fleet {
                 return Leased::Fetched(Err(err));
             }
         };
-        let life = token
-            .expires_in()
-            .unwrap_or(cache.settings().default_lifetime);
+        let life = token.expires_in().unwrap_or(cache.default_lifetime());
         let value = SystemTime::now()
             .checked_add(life)
             .and_then(|expires_at| self.sealing.seal(&token, expires_at, &self.keys.token));
@@ -351,7 +360,7 @@ impl Fleet {
             Ok(_) => Leased::Revoked,
             Err(err) => {
                 // Redis failed, not the token: used here, as without a fleet.
-                cache.counters.fleet_redis_error();
+                cache.counters().fleet_redis_error();
                 tracing::warn!(target: "tower_bearer", error = %err, "token fetched but not shared with the fleet");
                 self.release(cache, owner).await;
                 self.obtained_elsewhere();
@@ -361,12 +370,12 @@ impl Fleet {
     }
 
     /// Lets the lease go if `owner` still holds it.
-    async fn release(&self, cache: &TokenCache, owner: &str) {
+    async fn release(&self, cache: &SharedCache, owner: &str) {
         let released: Result<i64, _> = self
             .call(&owned_script(RELEASE, &self.keys.lease, owner))
             .await;
         if let Err(err) = released {
-            cache.counters.fleet_redis_error();
+            cache.counters().fleet_redis_error();
             tracing::debug!(target: "tower_bearer", error = %err, "fleet lease not released; it expires");
         }
     }
@@ -374,7 +383,7 @@ impl Fleet {
     /// Revokes the fleet's token (see [`AuthLayer::revoke`](crate::AuthLayer::revoke)): deletes
     /// it from Redis, moves the revocation epoch on so that no fetch in flight stores what it
     /// brings back, and tells every process to forget what it holds.
-    pub(crate) async fn revoke(&self, cache: &TokenCache) -> Result<(), Error> {
+    async fn revoke(&self, cache: &SharedCache) -> Result<(), Error> {
         let mut revoke = script(REVOKE, &[&self.keys.token, &self.keys.epoch]);
         revoke
             .arg(&self.keys.notices)
@@ -382,7 +391,7 @@ impl Fleet {
         match self.call::<i64>(&revoke).await {
             Ok(_) => Ok(()),
             Err(err) => {
-                cache.counters.fleet_redis_error();
+                cache.counters().fleet_redis_error();
                 Err(Error::Fleet(
                     format!("cannot revoke the token the fleet shares: {err}").into(),
                 ))
@@ -393,15 +402,15 @@ impl Fleet {
     /// Redis failed: fetch from the source, as a process without a fleet would.
     async fn fall_back(
         &self,
-        cache: &TokenCache,
+        cache: &SharedCache,
         started: Instant,
         err: &CallError,
     ) -> Result<Token, Error> {
         tracing::warn!(target: "tower_bearer", error = %err, "fleet cache unavailable; fetching locally");
-        cache.counters.fleet_redis_error();
-        cache.counters.fleet_fallback();
+        cache.counters().fleet_redis_error();
+        cache.counters().fleet_fallback();
         self.obtained_elsewhere();
-        fetch_with_retries(cache, started).await
+        cache.fetch_from_source(started).await
     }
 
     /// How many times the listener subscribed (0 without notices); see [`Notices::obtained`].

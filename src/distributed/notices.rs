@@ -14,7 +14,7 @@
 use std::{
     pin::Pin,
     sync::{
-        Arc, Weak,
+        Arc,
         atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
     },
     time::Duration,
@@ -27,7 +27,10 @@ use super::{
     connection::RedisConnection,
     sealed::{FINGERPRINT_LEN, fingerprint},
 };
-use crate::cache::{TokenCache, first};
+use crate::{
+    cache::{SharedCache, WeakSharedCache},
+    deadline::first,
+};
 
 /// The notice that a token was stored; its fingerprint follows.
 pub(super) const STORED: &str = "stored ";
@@ -114,7 +117,7 @@ impl Notices {
     }
 
     /// Starts the listener for `cache`, unless one runs. Called from a fetch, on the runtime.
-    pub(crate) fn listen(&self, cache: &Arc<TokenCache>) {
+    pub(crate) fn listen(&self, cache: &SharedCache) {
         if self.shared.running.swap(true, SeqCst) {
             return;
         }
@@ -123,7 +126,7 @@ impl Notices {
             channel: self.channel.clone(),
             call_timeout: self.call_timeout,
             shared: Arc::clone(&self.shared),
-            cache: Arc::downgrade(cache),
+            cache: cache.downgrade(),
             id: Arc::clone(&self.id),
             connection: self.connection.clone(),
             epoch_key: self.epoch_key.clone(),
@@ -182,7 +185,7 @@ struct Listener {
     channel: String,
     call_timeout: Duration,
     shared: Arc<Shared>,
-    cache: Weak<TokenCache>,
+    cache: WeakSharedCache,
     id: Arc<str>,
     connection: RedisConnection,
     epoch_key: String,
@@ -203,7 +206,7 @@ impl Listener {
         let _running = Running(Arc::clone(&self.shared));
         let mut pause = FIRST_PAUSE;
         loop {
-            if self.cache.strong_count() == 0 {
+            if self.cache.is_gone() {
                 return;
             }
             let subscribed = tokio::time::timeout(self.call_timeout, async {
@@ -231,7 +234,7 @@ impl Listener {
                         }
                     };
                     if first(self.shared.stop.notified(), heard).await.is_some()
-                        || self.cache.strong_count() == 0
+                        || self.cache.is_gone()
                     {
                         return;
                     }
@@ -291,13 +294,13 @@ impl Listener {
                 .and_then(|rest| <[u8; FINGERPRINT_LEN]>::try_from(rest).ok())
         };
         if named(STORED).is_some() {
-            cache.counters.fleet_notice();
+            cache.counters().fleet_notice();
             self.shared.stored.notify_waiters();
         } else if let Some(rejected) = named(REJECTED) {
-            cache.counters.fleet_notice();
+            cache.counters().fleet_notice();
             cache.forget_rejected_elsewhere(|token| fingerprint(token) == rejected);
         } else if let Some(by) = message.strip_prefix(REVOKED.as_bytes()) {
-            cache.counters.fleet_notice();
+            cache.counters().fleet_notice();
             if by != self.id.as_bytes() {
                 cache.forget_revoked_elsewhere();
             }
@@ -307,7 +310,7 @@ impl Listener {
 
     fn error(&self, what: &str) {
         if let Some(cache) = self.cache.upgrade() {
-            cache.counters.fleet_redis_error();
+            cache.counters().fleet_redis_error();
         }
         tracing::debug!(target: "tower_bearer", channel = %self.channel, "{what}");
     }

@@ -361,22 +361,14 @@ impl AuthLayer {
         let cache = &self.state.cache;
         let current = cache.forget();
         #[cfg(feature = "redis")]
-        let fleet = cache.settings().fleet.as_deref();
-        #[cfg(feature = "redis")]
-        let before = match fleet {
-            Some(fleet) => fleet.revoke(cache).await,
-            None => Ok(()),
-        };
+        let before = cache.revoke_shared().await;
         let result = cache
             .source()
             .revoke_boxed(current.as_ref().map(|entry| &entry.token))
             .await;
         // A fetch that started while the revocation ran must not leave its token behind.
         #[cfg(feature = "redis")]
-        let after = match fleet {
-            Some(fleet) => fleet.revoke(cache).await,
-            None => Ok(()),
-        };
+        let after = cache.revoke_shared().await;
         cache.forget();
         #[cfg(feature = "redis")]
         let result = result.and(before).and(after);
@@ -717,7 +709,7 @@ impl AuthLayerBuilder {
         }
         if let Some(runtime) = &self.settings.runtime {
             let _entered = runtime.enter();
-            if !crate::cache::has_timers() {
+            if !crate::deadline::has_timers() {
                 return Err(Error::NoTimer);
             }
         }
@@ -746,7 +738,7 @@ impl AuthLayerBuilder {
                 ));
             }
             let fleet = cache.into_fleet(this.source.identity().as_deref())?;
-            this.settings.fleet = Some(Arc::new(fleet));
+            this.settings.shared = Some(Arc::new(fleet));
         }
         #[cfg(feature = "jose")]
         if this.header_name != http::header::AUTHORIZATION && this.source.dpop_key().is_some() {
