@@ -552,8 +552,10 @@ impl Inner {
             loaded: true,
             ..GrantState::default()
         };
-        if !foreign && let Err(err) = self.store.clear_boxed().await {
-            first_error.get_or_insert(err);
+        if !foreign {
+            if let Err(err) = self.store.clear_boxed().await {
+                first_error.get_or_insert(err);
+            }
         }
         first_error.map_or(Ok(()), Err)
     }
