@@ -7,7 +7,7 @@ use reqwest_middleware::{Middleware, Next, Result};
 
 use crate::{
     challenge,
-    layer::{LayerState, Verdict},
+    middleware::layer_state::{LayerState, Verdict},
     origin::Decision,
 };
 

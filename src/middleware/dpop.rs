@@ -25,8 +25,8 @@ use crate::{
         SigningKey,
         dpop::{DpopProver, ProofFor, access_token_hash},
     },
-    layer::Sent,
     message::AuthRequest,
+    middleware::layer_state::Sent,
 };
 
 /// The `DPoP` request header.

@@ -31,9 +31,9 @@ use crate::{
     cache::Entry,
     challenge,
     grpc::{self, TrailerWatch},
-    layer::{Mark, Proof, Verdict},
     message::{AuthRequest, AuthResponse},
     middleware::handle::LayerHandle,
+    middleware::layer_state::{Mark, Proof, Verdict},
 };
 
 pub(crate) type Acquire = Pin<Box<dyn Future<Output = Result<Arc<Entry>, Error>> + Send>>;

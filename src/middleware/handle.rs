@@ -5,7 +5,7 @@ use std::{fmt, sync::Arc};
 
 use http::HeaderValue;
 
-use crate::{cache::Entry, layer::LayerState};
+use crate::{cache::Entry, middleware::layer_state::LayerState};
 
 /// A reference to a layer's state with a reference count of its own: a service and its clones
 /// share one, a service that keeps sending requests makes its own (see

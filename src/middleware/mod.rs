@@ -4,12 +4,14 @@
 //! request and response types it serves, where a token may go, and how a 401 is read.
 //! The modules are public at the crate root.
 
+mod builder;
 pub(crate) mod challenge;
 #[cfg(feature = "jose")]
 pub(crate) mod dpop;
 pub mod future;
 pub(crate) mod handle;
 pub mod layer;
+pub(crate) mod layer_state;
 pub mod message;
 pub mod origin;
 pub mod service;

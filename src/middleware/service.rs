@@ -19,7 +19,7 @@ use crate::{
     message::{AuthRequest, AuthResponse},
     middleware::{
         handle::{LayerHandle, ServiceHandle},
-        layer::Mark,
+        layer_state::Mark,
     },
     origin::Decision,
 };

@@ -4,8 +4,6 @@
 
 use std::{fmt, time::Duration};
 
-use url::Url;
-
 use super::{ClientAuth, DEFAULT_REQUEST_TIMEOUT, TokenEndpoint, endpoint_url};
 use crate::{ClientSecret, Error};
 
@@ -153,7 +151,7 @@ impl EndpointConfig {
         &self,
         grant: &str,
         auth: ClientAuth,
-        url: &Url,
+        url: &url::Url,
     ) -> Result<super::key_binding::KeyBinding, Error> {
         let discovered = self.discovered.as_ref();
         let offers =
