@@ -7,6 +7,9 @@
 //! `401 Unauthorized` makes the cache drop the token it rejected (only if it is still the current
 //! one) and the request is resent once with a new token when its body can be replayed.
 //!
+//! New here? The [`guide`] module explains how the layer works and how to use it with each
+//! kind of token source and client.
+//!
 //! # Example
 //!
 //! ```
@@ -62,6 +65,7 @@
 //! | `reqwest_middleware` | `AuthMiddleware` for `reqwest_middleware` (feature `reqwest-middleware`) | `src/integrations/reqwest_middleware.rs` |
 //! | [`error`] | the [`Error`] type | `src/error.rs` |
 //! | [`stats`] | [`Stats`], the layer's counters and metrics | `src/stats.rs` |
+//! | [`guide`] | the guides: how it works, token sources, DPoP, clients, fleets (documentation only) | `src/guide/` (`mod.rs` and a Markdown file per guide) |
 //!
 //! The cache (single-flight fetching) and the token-endpoint protocol are internal; their
 //! behaviour is described on [`AuthLayer`] and [`ClientCredentials`].
@@ -112,6 +116,7 @@ mod deadline;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod distributed;
 pub mod error;
+pub mod guide;
 mod integrations;
 #[cfg(feature = "jose")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jose")))]
@@ -160,18 +165,6 @@ pub use token::{AccessToken, ClientSecret, PkceVerifier, RefreshToken, Token};
 #[cfg(all(doctest, feature = "oauth"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
-
-#[cfg(all(doctest, feature = "jose"))]
-#[doc = include_str!("../docs/token-sources.md")]
-struct TokenSourcesDoctests;
-
-#[cfg(doctest)]
-#[doc = include_str!("../docs/configuration.md")]
-struct ConfigurationDoctests;
-
-#[cfg(all(doctest, feature = "redis", feature = "oauth"))]
-#[doc = include_str!("../docs/fleets.md")]
-struct FleetsDoctests;
 
 /// The boxed error type of [`AuthService`], as in tower.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
