@@ -13,7 +13,7 @@ use std::{
 
 use tokio::{sync::Notify, time::Instant};
 
-use super::TokenCache;
+use super::{CacheState, TokenCache};
 use crate::deadline::later;
 use crate::{Error, Token, cache::entry::Entry};
 
@@ -194,5 +194,42 @@ pub(crate) async fn fetch_with_retries(
         cache.counters.fetch_retried();
         tokio::time::sleep(pause).await;
         attempt += 1;
+    }
+}
+
+impl TokenCache {
+    /// Removes the flight in progress if its deadline has passed (its runtime does not run it,
+    /// or it hangs past its own timeout), recording a timeout: a later caller starts another.
+    pub(super) fn take_overdue(&self, state: &mut CacheState, now: Instant) -> Option<Arc<Flight>> {
+        if state.flight.as_ref().is_none_or(|f| now < f.deadline) {
+            return None;
+        }
+        let overdue = state.flight.take()?;
+        tracing::warn!(target: "tower_bearer", layer = %self.counters.name, "token fetch overdue; given up, the next caller starts another");
+        self.record_failure(state, Error::Timeout(self.settings.fetch_timeout), now);
+        self.counters.fetch_finished(
+            self.settings.fetch_timeout.saturating_add(WAITER_SLACK),
+            Some(false),
+            None,
+        );
+        Some(overdue)
+    }
+
+    /// A waiter's deadline passed: give up the flight if it is still the current one.
+    pub(super) fn give_up(&self, flight: &Arc<Flight>, now: Instant) {
+        let mut state = self.lock_state();
+        let same = state
+            .flight
+            .as_ref()
+            .is_some_and(|f| Arc::ptr_eq(f, flight));
+        let overdue = if same {
+            self.take_overdue(&mut state, now)
+        } else {
+            None
+        };
+        drop(state);
+        if let Some(overdue) = overdue {
+            overdue.resolve(Outcome::Failed(Error::Timeout(self.settings.fetch_timeout)));
+        }
     }
 }

@@ -14,12 +14,16 @@
 //! A new token has no quiet period until a response accepts it: its first requests (still
 //! sent without waiting, from the hot path) ask their answers to say whether they accept it,
 //! and the first that does replaces the entry with the same token and its quiet period (a
-//! compare-and-swap, no lock). A token
-//! rejected after it was accepted was revoked, and is replaced at once (see [`backoff`]).
+//! compare-and-swap, no lock). A token rejected after it was accepted was revoked, and is
+//! replaced at once (see [`backoff`]). What answers, `invalidate` and revocations do to the
+//! current token is in [`rejection`].
 //!
 //! Every other change of the current token (a fetch installing one, a 401 forgetting one, a
 //! revocation) happens under one `std::sync::Mutex`, which is never held across an await or a
 //! spawn, nor while the token source or a runtime check runs.
+//!
+//! A cache shared by processes asks a backend, through a trait of the cache's own
+//! ([`SharedTokens`], which the Redis fleet implements), for each fetch and revocation.
 //!
 //! This module knows tokens and time, not HTTP requests.
 
@@ -27,6 +31,7 @@ mod backoff;
 mod entry;
 mod flight;
 mod refresh;
+mod rejection;
 mod settings;
 #[cfg(feature = "redis")]
 mod shared;
@@ -52,10 +57,11 @@ use tracing::Instrument;
 pub(crate) use backoff::Backoff;
 #[cfg(feature = "oauth")]
 pub(crate) use backoff::MAX_RETRY_AFTER;
-use backoff::{FetchFailures, RETRY_PAUSES, RejectionStreak, Verdict};
+use backoff::{FetchFailures, RETRY_PAUSES, RejectionStreak};
 pub use entry::EXPIRY_ALLOWANCE;
 pub(crate) use entry::{Entry, Use};
 use flight::{Flight, FlightGuard, Outcome, WAITER_SLACK};
+pub(crate) use rejection::Rejection;
 pub(crate) use settings::CacheSettings;
 pub use settings::{
     DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX, DEFAULT_EXPIRY_MARGIN, DEFAULT_FETCH_ATTEMPTS,
@@ -70,18 +76,6 @@ use crate::{
     source::DynTokenSource,
     stats::Counters,
 };
-
-/// What a rejection (401, gRPC `UNAUTHENTICATED`) did to the token it named.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Rejection {
-    /// It was current and is forgotten: the next request fetches a new token.
-    Forgotten,
-    /// It is current and kept: fresh tokens keep being rejected, and the next fetch waits for
-    /// the backoff. Resending with the same token is pointless.
-    Kept,
-    /// It was no longer current: a newer token replaced it, or is being fetched.
-    NotCurrent,
-}
 
 /// Shared state behind every clone of an [`AuthLayer`](crate::AuthLayer) and its services.
 pub(crate) struct TokenCache {
@@ -327,152 +321,9 @@ impl TokenCache {
         flight
     }
 
-    /// Removes the flight in progress if its deadline has passed (its runtime does not run it,
-    /// or it hangs past its own timeout), recording a timeout: a later caller starts another.
-    fn take_overdue(&self, state: &mut CacheState, now: Instant) -> Option<Arc<Flight>> {
-        if state.flight.as_ref().is_none_or(|f| now < f.deadline) {
-            return None;
-        }
-        let overdue = state.flight.take()?;
-        tracing::warn!(target: "tower_bearer", layer = %self.counters.name, "token fetch overdue; given up, the next caller starts another");
-        self.record_failure(state, Error::Timeout(self.settings.fetch_timeout), now);
-        self.counters.fetch_finished(
-            self.settings.fetch_timeout.saturating_add(WAITER_SLACK),
-            Some(false),
-            None,
-        );
-        Some(overdue)
-    }
-
-    /// A waiter's deadline passed: give up the flight if it is still the current one.
-    fn give_up(&self, flight: &Arc<Flight>, now: Instant) {
-        let mut state = self.lock_state();
-        let same = state
-            .flight
-            .as_ref()
-            .is_some_and(|f| Arc::ptr_eq(f, flight));
-        let overdue = if same {
-            self.take_overdue(&mut state, now)
-        } else {
-            None
-        };
-        drop(state);
-        if let Some(overdue) = overdue {
-            overdue.resolve(Outcome::Failed(Error::Timeout(self.settings.fetch_timeout)));
-        }
-    }
-
     /// The header copy a new handle sends: each in turn.
     pub(crate) fn next_header_copy(&self) -> usize {
         self.next_copy.fetch_add(1, Relaxed)
-    }
-
-    /// A response accepted the token of `generation` (a success): a rejection of it
-    /// from now on is a revocation. The first time, its entry is replaced by the accepted one
-    /// (see [`Entry::accepted`]), whose requests take the quiet path.
-    pub(crate) fn accept(&self, generation: u64) {
-        // The first answer to accept it goes on; the others (all at once, perhaps) stop here.
-        if self.accepted.fetch_max(generation, Relaxed) >= generation {
-            return;
-        }
-        let current = self.current.load_full();
-        if let Some(entry) = current
-            .as_ref()
-            .filter(|e| e.generation == generation && !e.accepted)
-        {
-            // Only over that same entry: a token installed, rejected or revoked meanwhile
-            // stays as it is. No lock: this runs on a response.
-            let accepted = Some(Arc::new(entry.accepted()));
-            self.current.compare_and_swap(&current, accepted);
-        }
-    }
-
-    /// A response rejected the token of `generation`. Forgets it if it is still current,
-    /// unless fresh tokens keep being rejected (see [`RejectionStreak`]).
-    pub(crate) fn reject(&self, generation: u64) -> Rejection {
-        let now = Instant::now();
-        let mut state = self.lock_state();
-        if self
-            .current
-            .load()
-            .as_ref()
-            .is_none_or(|e| e.generation != generation)
-        {
-            return Rejection::NotCurrent;
-        }
-        let CacheState {
-            rejections,
-            rng,
-            rejected,
-            ..
-        } = &mut *state;
-        let accepted = self.accepted.load(Relaxed) >= generation;
-        match rejections.rejected(generation, accepted, now, &self.settings.backoff, rng) {
-            Verdict::Forget => {
-                if let Some(entry) = self.current.swap(None) {
-                    self.remember_rejected(rejected, entry.token.access_token());
-                }
-                self.counters.rejected();
-                tracing::debug!(target: "tower_bearer", layer = %self.counters.name, "rejected token forgotten; the next request fetches a new one");
-                Rejection::Forgotten
-            }
-            Verdict::Keep => Rejection::Kept,
-        }
-    }
-
-    /// Forgets the current token if its access token is `token`'s, at once (no rejection
-    /// backoff: the caller says so explicitly). `true` if it was forgotten by this call.
-    pub(crate) fn invalidate_token(&self, token: &Token) -> bool {
-        let mut state = self.lock_state();
-        let current = self.current.load();
-        if current
-            .as_ref()
-            .is_none_or(|e| e.token.access_token() != token.access_token())
-        {
-            return false;
-        }
-        drop(current);
-        self.remember_rejected(&mut state.rejected, token.access_token());
-        self.current.store(None);
-        self.counters.rejected();
-        true
-    }
-
-    /// Keeps `token` in `slot` as the last one rejected, if this cache shares tokens with a
-    /// fleet.
-    fn remember_rejected(&self, slot: &mut Option<crate::AccessToken>, token: &crate::AccessToken) {
-        #[cfg(feature = "redis")]
-        if self.settings.shared.is_some() {
-            *slot = Some(token.clone());
-        }
-        #[cfg(not(feature = "redis"))]
-        let _ = (slot, token);
-    }
-
-    /// Tells the processes this cache shares tokens with, if any, that the shared token is
-    /// revoked (for [`AuthLayer::revoke`](crate::AuthLayer::revoke)).
-    #[cfg(feature = "redis")]
-    pub(crate) async fn revoke_shared(self: &Arc<Self>) -> Result<(), Error> {
-        match &self.settings.shared {
-            Some(shared) => shared.revoke(&SharedCache::new(Arc::clone(self))).await,
-            None => Ok(()),
-        }
-    }
-
-    /// Forgets everything (for [`AuthLayer::revoke`](crate::AuthLayer::revoke)): the current
-    /// token, which is returned, and the fetch in flight, whose token will not be installed
-    /// (its waiters ask again).
-    pub(crate) fn forget(&self) -> Option<Arc<Entry>> {
-        let mut state = self.lock_state();
-        let flight = state.flight.take();
-        state.rejections.reset();
-        let taken = self.current.swap(None);
-        self.next_background.store(0, Relaxed);
-        drop(state);
-        if let Some(flight) = flight {
-            flight.resolve(Outcome::Superseded);
-        }
-        taken
     }
 
     /// The pause before the next attempt of one fetch, after `attempt` failed.
