@@ -144,6 +144,7 @@ mod connection;
 mod fleet;
 mod key;
 mod notices;
+mod scripts;
 mod sealed;
 mod store;
 

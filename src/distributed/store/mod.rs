@@ -2,48 +2,35 @@
 
 use std::{
     fmt,
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering::SeqCst},
-    },
+    sync::{Arc, Mutex, atomic::Ordering::SeqCst},
     time::{Duration, UNIX_EPOCH},
 };
 
 use redis::aio::ConnectionManager;
-
-use super::connection::RedisConnection;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{
-    DEFAULT_CALL_TIMEOUT,
-    fleet::{RELEASE, RENEW, millis, owned_script, owner},
-    sealed::Sealing,
-};
+mod lock;
+
+use lock::{Lease, lost};
+
 use crate::{
     Error,
+    distributed::{
+        DEFAULT_CALL_TIMEOUT, connection::RedisConnection, scripts::WRITE_FENCED, sealed::Sealing,
+    },
     error::StoreError,
-    store::{LOCK_WAIT, StoreLock, StoredToken, TokenStore},
+    store::{StoreLock, StoredToken, TokenStore},
 };
 
-/// How long a lock holder keeps the store's lock without renewing it: a process that dies
-/// holding it keeps the others out this long at most.
-const LOCK_LEASE: Duration = Duration::from_secs(10);
-/// How often a process waiting for the lock tries again.
-const LOCK_RETRY: Duration = Duration::from_millis(20);
-
-/// Writes `ARGV[1]` to `KEYS[1]` only if the lock `KEYS[2]` is still held by `ARGV[2]`; 1 if
-/// written. (`ARGV[1]` empty: deletes `KEYS[1]` instead.)
-const WRITE_FENCED: &str = "if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end if ARGV[1] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[1]) end return 1";
-
-/// A [`TokenStore`] in one Redis key, sealed like [`RedisCache`](super::RedisCache)'s tokens,
+/// A [`TokenStore`] in one Redis key, sealed like [`RedisCache`](crate::distributed::RedisCache)'s tokens,
 /// for a [`RefreshTokenGrant`](crate::RefreshTokenGrant) that several processes share.
 ///
 /// Its [`lock`](TokenStore::lock) is a lease in Redis (`SET NX PX` with a random owner, renewed
 /// while held, released only by its owner), so a grant refreshes in one process at a time,
 /// after reading the store again: a refresh token is sent once across the fleet, and a rotated
 /// one is never lost to a race. A process that dies holding the lock keeps the others out 10 s
-/// at most; a process waits for the lock at most [`LOCK_WAIT`].
+/// at most; a process waits for the lock at most [`LOCK_WAIT`](crate::store::LOCK_WAIT).
 ///
 /// The lock is **fenced**. A holder that stalls (a pause of the process, a starved runtime)
 /// past its lease may find another process holding the lock when it goes on, so it proves it
@@ -85,12 +72,6 @@ pub struct RedisStore {
     call_timeout: Duration,
     /// The lock this store holds now, if any: its saves are fenced by it.
     held: Arc<Mutex<Option<Arc<Lease>>>>,
-}
-
-/// A lock this process took: its owner id, and whether it is known to be lost.
-struct Lease {
-    owner: String,
-    lost: AtomicBool,
 }
 
 impl RedisStore {
@@ -169,19 +150,6 @@ impl RedisStore {
         format!("{}:lock", self.key)
     }
 
-    /// The lock this store holds now, if it is not known to be lost.
-    fn lease(&self) -> Result<Option<Arc<Lease>>, Error> {
-        let held = self
-            .held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        match held {
-            Some(lease) if lease.lost.load(SeqCst) => Err(lost(&self.key)),
-            held => Ok(held),
-        }
-    }
-
     /// Writes `value` (deletes the key for `None`), fenced by the lock if this store holds
     /// one: a holder that lost its lease writes nothing.
     async fn write(&self, what: &str, value: Option<Vec<u8>>) -> Result<(), Error> {
@@ -210,22 +178,6 @@ impl RedisStore {
             .arg(value.unwrap_or_default())
             .arg(&lease.owner);
         match self.call::<i64>(what, &fenced).await? {
-            1 => Ok(()),
-            _ => {
-                lease.lost.store(true, SeqCst);
-                Err(lost(&self.key))
-            }
-        }
-    }
-
-    /// `Ok` if this store still holds its lock: extends the lease, as the renewal does.
-    async fn confirm(&self, lease: &Lease) -> Result<(), Error> {
-        if lease.lost.load(SeqCst) {
-            return Err(lost(&self.key));
-        }
-        let mut renew = owned_script(RENEW, &self.lock_key(), &lease.owner);
-        renew.arg(millis(LOCK_LEASE));
-        match self.call::<i64>("confirm the lock of", &renew).await? {
             1 => Ok(()),
             _ => {
                 lease.lost.store(true, SeqCst);
@@ -345,139 +297,13 @@ impl TokenStore for RedisStore {
     }
 
     async fn lock(&self) -> Result<Option<StoreLock>, Error> {
-        self.sealing()?;
-        #[cfg(feature = "redis-cluster")]
-        if matches!(self.connection, RedisConnection::Cluster(_)) && hash_tag(&self.key).is_none() {
-            return Err(Error::Store(StoreError::new(format!(
-                "the Redis key {} has no hash tag, so on a cluster it and its lock may live in \
-                 different slots and a save cannot be fenced by the lock; give it one, such as \
-                 {{user-42}}:refresh",
-                self.key
-            ))));
-        }
-        let lock_key = self.lock_key();
-        let owner = owner();
-        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
-        loop {
-            let taken: Option<String> = self
-                .call(
-                    "lock",
-                    redis::cmd("SET")
-                        .arg(&lock_key)
-                        .arg(&owner)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(millis(LOCK_LEASE)),
-                )
-                .await?;
-            if taken.is_some() {
-                let lease = Arc::new(Lease {
-                    owner,
-                    lost: AtomicBool::new(false),
-                });
-                *self.held.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Some(Arc::clone(&lease));
-                let held = Held::new(self, Arc::clone(&lease));
-                let (store, lease) = (self.clone(), lease);
-                return Ok(Some(StoreLock::with_confirm(held, move || {
-                    let (store, lease) = (store.clone(), Arc::clone(&lease));
-                    async move { store.confirm(&lease).await }
-                })));
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(Error::Store(StoreError::new(format!(
-                    "another process held the lock of the Redis key {} for {} s",
-                    self.key,
-                    LOCK_WAIT.as_secs()
-                ))));
-            }
-            tokio::time::sleep(LOCK_RETRY).await;
-        }
+        self.take_lock().await
     }
 
     /// The key: the fleet's processes that share this store share its grant.
     fn identity(&self) -> Option<String> {
         Some(format!("redis_store key={:?}", self.key))
     }
-}
-
-/// A lock taken: renewed in the background until dropped, then released if still owned. A
-/// renewal that finds the lease gone, or that fails for as long as the lease lasts, marks it
-/// lost: the holder then sends and saves nothing.
-struct Held {
-    renewal: tokio::task::AbortHandle,
-    store: RedisStore,
-    lease: Arc<Lease>,
-}
-
-impl Held {
-    fn new(store: &RedisStore, lease: Arc<Lease>) -> Held {
-        let (renewing, renewed) = (store.clone(), Arc::clone(&lease));
-        let renewal = tokio::spawn(async move {
-            let mut last_renewed = tokio::time::Instant::now();
-            loop {
-                tokio::time::sleep(LOCK_LEASE / 3).await;
-                match renewing.confirm(&renewed).await {
-                    Ok(()) => last_renewed = tokio::time::Instant::now(),
-                    Err(_) if renewed.lost.load(SeqCst) => return,
-                    Err(_) if last_renewed.elapsed() >= LOCK_LEASE => {
-                        renewed.lost.store(true, SeqCst);
-                        return;
-                    }
-                    Err(_) => {}
-                }
-            }
-        })
-        .abort_handle();
-        Held {
-            renewal,
-            store: store.clone(),
-            lease,
-        }
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.renewal.abort();
-        {
-            let mut held = self
-                .store
-                .held
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if held.as_ref().is_some_and(|h| Arc::ptr_eq(h, &self.lease)) {
-                *held = None;
-            }
-        }
-        // Released on the runtime if there is one; otherwise the lease runs out by itself.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (mut connection, timeout) =
-                (self.store.connection.clone(), self.store.call_timeout);
-            let release = owned_script(RELEASE, &self.store.lock_key(), &self.lease.owner);
-            runtime.spawn(async move {
-                let released = release.query_async::<i64>(&mut connection);
-                let _ = tokio::time::timeout(timeout, released).await;
-            });
-        }
-    }
-}
-
-/// The error of a holder that lost its lock.
-fn lost(key: &str) -> Error {
-    Error::Store(StoreError::new(format!(
-        "lost the lock of the Redis key {key} (its lease ran out, or another process holds it): \
-         nothing was sent or saved"
-    )))
-}
-
-/// The hash tag of a Redis key (what Redis Cluster hashes): the text between its first `{`
-/// and the first `}` after it, if not empty.
-#[cfg_attr(not(feature = "redis-cluster"), allow(dead_code))]
-fn hash_tag(key: &str) -> Option<&str> {
-    let (_, after) = key.split_once('{')?;
-    let (tag, _) = after.split_once('}')?;
-    (!tag.is_empty()).then_some(tag)
 }
 
 impl fmt::Debug for RedisStore {
@@ -491,23 +317,4 @@ impl fmt::Debug for RedisStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_lock_key_shares_its_stores_hash_tag() {
-        assert_eq!(hash_tag("{billing}:refresh"), Some("billing"));
-        assert_eq!(hash_tag("a{b}c{d}"), Some("b"));
-        assert_eq!(hash_tag("a{}b"), None);
-        assert_eq!(hash_tag("plain:key"), None);
-        assert_eq!(hash_tag("a}b{c"), None);
-        let client = redis::Client::open("redis://127.0.0.1:1/").unwrap();
-        let connection = client
-            .get_connection_manager_lazy(redis::aio::ConnectionManagerConfig::new())
-            .unwrap();
-        // With a hash tag (which a cluster requires), the lock has the key's tag.
-        let store = RedisStore::new(connection, "{billing}:refresh");
-        assert_eq!(store.lock_key(), "{billing}:refresh:lock");
-        assert_eq!(hash_tag(&store.lock_key()), Some("billing"));
-    }
-}
+mod tests;
