@@ -1,224 +1,41 @@
-//! [`ResponseFuture`]: the state machine of one request through [`AuthService`](crate::AuthService).
-//!
-//! ```text
-//!              token cached                 2xx, 403, ...
-//!   call ─────────────────────► Send ───────────────────────────► done
-//!     │                          │ 401 for the token it carried
-//!     │ no fresh token           ▼
-//!     └─► Acquire ──► Send     forget that token (if still current),
-//!                                and if the body can be replayed:
-//!                              Acquire ──► Ready ──► Forward ──► done (whatever it answers)
-//! ```
-//!
-//! `Acquire` waits for the cache's single-flight fetch (a boxed future: this is the slow path).
-//! `Ready` polls the inner service's readiness again before the resend, as the tower contract asks.
-//! A 401 for a token the cache keeps (fresh tokens keep being rejected, see
-//! [`AuthLayerBuilder::backoff`](crate::AuthLayerBuilder::backoff)) is not resent: the same token
-//! would be rejected again.
+//! The slow path of a [`ResponseFuture`]: waiting for a token, then, after an answer that
+//! rejects the token, the wait for a new one, the inner service's readiness and the resend.
+//! The hot path (a cached token, an accepted answer) never comes here.
 
 use std::{
-    future::Future,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll, ready},
 };
 
-use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use super::{Replay, ResponseFuture, State, StateProj, polled_after_completion};
 use crate::{
-    BoxError, Error,
-    cache::Entry,
-    challenge,
+    BoxError, challenge,
     grpc::{self, TrailerWatch},
     message::{AuthRequest, AuthResponse},
-    middleware::handle::LayerHandle,
-    middleware::layer_state::{Mark, Proof, Verdict},
+    middleware::{
+        handle::LayerHandle,
+        layer_state::{Mark, Proof, Verdict},
+    },
 };
-
-pub(crate) type Acquire = Pin<Box<dyn Future<Output = Result<Arc<Entry>, Error>> + Send>>;
 
 /// What a request waiting for a token keeps. Boxed: this is the slow path, and keeping it out
 /// of line keeps the hot path's future (and every move of it) small.
-struct Pending<S, R> {
-    layer: LayerHandle,
-    request: R,
-    service: S,
+pub(super) struct Pending<S, R> {
+    pub(super) layer: LayerHandle,
+    pub(super) request: R,
+    pub(super) service: S,
     /// Keep what a resend after a 401 needs, streaming at most this many body bytes; `None`
     /// for no resend.
-    replay_limit: Option<usize>,
+    pub(super) replay_limit: Option<usize>,
     /// This wait comes before a resend: the request already carries a rejected token.
-    resend: bool,
+    pub(super) resend: bool,
     /// The generation of the token the resend carries, once it has one.
-    generation: u64,
+    pub(super) generation: u64,
     /// What the resend carries besides, once it has its token.
-    proof: Proof,
-}
-
-/// What a request that may be resent keeps: the readied service and what its
-/// [`AuthRequest::prepare_replay`] returned.
-pub(crate) type Replay<S, R> = (S, <R as AuthRequest>::Replay);
-
-pin_project! {
-    /// Response future of [`AuthService`](crate::AuthService).
-    pub struct ResponseFuture<S, R>
-    where
-        S: Service<R>,
-        R: AuthRequest,
-    {
-        #[pin]
-        state: State<S::Future, S, R>,
-        // What a resend after a 401 needs, while the request is in `Send`. Kept beside the
-        // state rather than in it: built next to the state, it is moved fewer times.
-        replay: Option<Replay<S, R>>,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<F, S, R>
-    where
-        R: AuthRequest,
-    {
-        // Waiting for a token.
-        Acquire {
-            token: Acquire,
-            pending: Option<Box<Pending<S, R>>>,
-        },
-        // The request is with the inner service, carrying the token of `generation` (the
-        // future's `replay` is kept for a resend after a 401). `layer` keeps the cache alive
-        // for that, even if every service and layer is dropped meanwhile (as `oneshot` does).
-        Send {
-            #[pin]
-            fut: F,
-            layer: LayerHandle,
-            generation: u64,
-            proof: Proof,
-        },
-        // Waiting for the inner service to be ready for the resend.
-        Ready {
-            pending: Option<Box<Pending<S, R>>>,
-        },
-        // A request whose answer goes to the caller as it is: the resend after a 401 (`sent`
-        // is the layer and generation of the token it carries, so that `UNAUTHENTICATED` in
-        // its trailers still drops that token), or a request passed through without the token
-        // (`sent` is `None`).
-        Forward {
-            #[pin]
-            fut: F,
-            sent: Option<(LayerHandle, u64, Proof)>,
-        },
-        // The request was refused before it was sent.
-        Refused {
-            error: Option<BoxError>,
-        },
-        Done,
-    }
-}
-
-impl<S, R> ResponseFuture<S, R>
-where
-    S: Service<R>,
-    R: AuthRequest,
-{
-    /// The request was sent with the token of `generation`.
-    #[inline]
-    pub(crate) fn sent(
-        fut: S::Future,
-        layer: LayerHandle,
-        generation: u64,
-        proof: Proof,
-        replay: Option<Replay<S, R>>,
-    ) -> Self {
-        ResponseFuture {
-            state: State::Send {
-                fut,
-                layer,
-                generation,
-                proof,
-            },
-            replay,
-        }
-    }
-
-    /// The request was sent without the token (another origin).
-    pub(crate) fn passed(fut: S::Future) -> Self {
-        ResponseFuture {
-            state: State::Forward { fut, sent: None },
-            replay: None,
-        }
-    }
-
-    /// The request was not sent.
-    pub(crate) fn refused(error: BoxError) -> Self {
-        ResponseFuture {
-            state: State::Refused { error: Some(error) },
-            replay: None,
-        }
-    }
-
-    /// The request waits for a token; `service` is the readied inner service.
-    pub(crate) fn acquiring(layer: LayerHandle, request: R, service: S) -> Self {
-        let replay_limit = layer.retry.then_some(layer.replay_limit);
-        ResponseFuture {
-            state: State::Acquire {
-                token: Box::pin(Arc::clone(&layer.cache).acquire()),
-                pending: Some(Box::new(Pending {
-                    layer,
-                    request,
-                    service,
-                    replay_limit,
-                    resend: false,
-                    generation: 0,
-                    proof: None,
-                })),
-            },
-            replay: None,
-        }
-    }
-}
-
-impl<S, R> Future for ResponseFuture<S, R>
-where
-    S: Service<R>,
-    S::Response: AuthResponse,
-    S::Error: Into<BoxError>,
-    R: AuthRequest,
-{
-    type Output = Result<S::Response, BoxError>;
-
-    /// The hot path, small enough to inline: a request sent with a cached token, answered with
-    /// anything but a rejection. Everything else is out of line.
-    #[inline(always)]
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let StateProj::Send {
-            fut,
-            layer,
-            generation,
-            proof,
-        } = self.as_mut().project().state.project()
-        {
-            let mut result = ready!(fut.poll(cx));
-            // The state stays `Send`: the future is done, and polling it again is a misuse the
-            // `Future` contract leaves to the inner future to answer. Not setting `Done` saves
-            // dropping the state twice on every request.
-            if let Ok(response) = &mut result {
-                if !challenge::may_reject(response) {
-                    // A stream's trailers may still reject the token: their watch decides.
-                    let watched = response.watch_trailers(|| TrailerWatch::new(layer, *generation));
-                    if let Some(sent) = *proof {
-                        layer.answered(sent, response, *generation, watched);
-                    }
-                    return match result {
-                        Ok(response) => Poll::Ready(Ok(response)),
-                        Err(err) => Poll::Ready(Err(err.into())),
-                    };
-                }
-            }
-            return self.answered(result, cx);
-        }
-        self.poll_slow(cx)
-    }
+    pub(super) proof: Proof,
 }
 
 impl<S, R> ResponseFuture<S, R>
@@ -232,7 +49,7 @@ where
     /// token and the request can be sent again.
     #[cold]
     #[inline(never)]
-    fn answered(
+    pub(super) fn answered(
         mut self: Pin<&mut Self>,
         result: Result<S::Response, S::Error>,
         cx: &mut Context<'_>,
@@ -278,7 +95,7 @@ where
 
     /// Every state but a request in flight with a cached token.
     #[inline(never)]
-    fn poll_slow(
+    pub(super) fn poll_slow(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<S::Response, BoxError>> {
@@ -454,43 +271,4 @@ where
             proof: None,
         })),
     })
-}
-
-impl<S, R> ResponseFuture<S, R>
-where
-    S: Service<R>,
-    R: AuthRequest,
-{
-    #[inline]
-    fn set_done(self: Pin<&mut Self>) {
-        self.project().state.set(State::Done);
-    }
-}
-
-impl<S, R> std::fmt::Debug for ResponseFuture<S, R>
-where
-    S: Service<R>,
-    R: AuthRequest,
-{
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match &self.state {
-            State::Acquire {
-                pending: Some(p), ..
-            } if p.resend => "Refresh",
-            State::Acquire { .. } => "Acquire",
-            State::Send { .. } => "Send",
-            State::Ready { .. } => "Ready",
-            State::Forward { sent: Some(_), .. } => "Resend",
-            State::Forward { sent: None, .. } => "PassedThrough",
-            State::Refused { .. } => "Refused",
-            State::Done => "Done",
-        };
-        f.debug_struct("ResponseFuture")
-            .field("state", &state)
-            .finish_non_exhaustive()
-    }
-}
-
-fn polled_after_completion() -> BoxError {
-    "tower-bearer ResponseFuture polled after completion".into()
 }
