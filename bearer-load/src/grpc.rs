@@ -13,7 +13,7 @@ use tower_bearer::{AuthLayer, AuthService};
 
 use crate::{
     Error,
-    load::{ErrorKind, Outcome},
+    outcome::{ErrorKind, Outcome},
     transport::{TlsOptions, classify, describe},
 };
 

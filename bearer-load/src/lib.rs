@@ -11,8 +11,10 @@
 //! - [`source`]: the token source and the layer built from the flags.
 //! - [`transport`]: the HTTP client (HTTP/1.1, h2c, HTTPS with rustls, h2 by ALPN).
 //! - [`grpc`]: `grpc.health.v1.Health/Check` through a tonic `Channel` under the layer.
+//! - [`outcome`]: what one request came to (a status, or an error of one kind); every target
+//!   produces it and the load models record it, so neither depends on the other.
 //! - [`load`]: the closed-loop and open (fixed-rate) load models.
-//! - [`report`]: the summary, as text or as one JSON object.
+//! - [`report`]: the summary, as one JSON object or (in `report::text`) as text.
 //! - [`demo`]: the built-in token endpoint and API on 127.0.0.1.
 
 #![deny(missing_docs)]
@@ -22,6 +24,7 @@ pub mod demo;
 mod error;
 pub mod grpc;
 pub mod load;
+pub mod outcome;
 pub mod report;
 pub mod source;
 pub mod transport;

@@ -19,10 +19,13 @@ use std::{
 
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
-use serde::{Deserialize, Serialize};
 use tokio::{sync::Semaphore, time::Instant};
 
-use crate::{grpc::GrpcTarget, transport::HttpTarget};
+use crate::{
+    grpc::GrpcTarget,
+    outcome::{ErrorKind, Outcome},
+    transport::HttpTarget,
+};
 
 /// A request that starts later than this after its intended time is a late start.
 pub const LATE_AFTER: Duration = Duration::from_millis(5);
@@ -63,63 +66,6 @@ pub struct Plan {
     pub model: Model,
     /// When to stop.
     pub stop: Stop,
-}
-
-/// Why a request failed without a status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ErrorKind {
-    /// No connection: refused, unreachable, a connect timeout.
-    Connect,
-    /// No answer within `--timeout`.
-    Timeout,
-    /// The TLS handshake failed (an untrusted certificate, a protocol mismatch).
-    Tls,
-    /// The response body broke off.
-    Body,
-    /// The layer could not get a token (a `tower_bearer::Error`).
-    Token,
-    /// Anything else.
-    Other,
-}
-
-impl ErrorKind {
-    /// Every kind, in report order.
-    pub const ALL: [ErrorKind; 6] = [
-        ErrorKind::Connect,
-        ErrorKind::Timeout,
-        ErrorKind::Tls,
-        ErrorKind::Body,
-        ErrorKind::Token,
-        ErrorKind::Other,
-    ];
-
-    /// The kind's name in the report.
-    pub fn name(self) -> &'static str {
-        match self {
-            ErrorKind::Connect => "connect",
-            ErrorKind::Timeout => "timeout",
-            ErrorKind::Tls => "tls",
-            ErrorKind::Body => "body",
-            ErrorKind::Token => "token",
-            ErrorKind::Other => "other",
-        }
-    }
-}
-
-/// What one request came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// An answer: an HTTP status code (`"200"`) or a gRPC status (`"OK"`), and whether it counts
-    /// as a success.
-    Status {
-        /// The status as the report shows it.
-        code: String,
-        /// 2xx for HTTP; OK and `SERVING` for gRPC.
-        success: bool,
-    },
-    /// No answer: why, and the error's message (its source chain, secret-free).
-    Error(ErrorKind, String),
 }
 
 /// The requests to send: HTTP or gRPC.

@@ -28,7 +28,7 @@ use tower_bearer::{AuthLayer, AuthService};
 use crate::{
     Error,
     cli::Args,
-    load::{ErrorKind, Outcome},
+    outcome::{ErrorKind, Outcome},
 };
 
 /// The request body: shared bytes, which the layer can send again after a 401.
