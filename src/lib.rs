@@ -44,26 +44,27 @@
 //!
 //! | module | holds | source |
 //! |---|---|---|
-//! | [`layer`] | [`AuthLayer`] and its settings | `src/middleware/layer.rs` |
+//! | [`layer`] | [`AuthLayer`]; [`AuthLayerBuilder`] and its checks; what the layer's clones share and how an answer is judged | `src/middleware/layer.rs`, `src/middleware/builder.rs`, `src/middleware/layer_state.rs` |
 //! | [`service`] | [`AuthService`], the per-request hot path; the handle each response future holds, and which copy of the header a service's clones send | `src/middleware/service.rs`, `src/middleware/handle.rs` |
-//! | [`future`] | [`ResponseFuture`]: acquire → send → on 401 refresh → resend | `src/middleware/future.rs` |
+//! | [`future`] | [`ResponseFuture`]: acquire → send → on 401 refresh → resend; the hot poll apart from the slow path | `src/middleware/future/` (`mod.rs`, `slow_path.rs`) |
 //! | [`message`] | [`AuthRequest`], [`AuthResponse`]: `http` and `reqwest` requests and responses | `src/middleware/message.rs` |
 //! | [`origin`] | where a token may go: https only (http to loopback), origin limits, requests addressed by path alone | `src/middleware/origin.rs` |
 //! | (internal) | reading a 401's `WWW-Authenticate` challenge | `src/middleware/challenge.rs` |
 //! | (internal) | DPoP on requests: a proof per request, nonces per origin (feature `jose`) | `src/middleware/dpop.rs` |
-//! | (internal) | the token cache: one current token, single flight, refresh ahead, backoff | `src/cache/` (`mod.rs`, `entry.rs`, `refresh.rs`, `flight.rs`, `backoff.rs`) |
+//! | (internal) | the token cache: one current token, single flight, refresh ahead, backoff, what answers do to the token, and the trait through which it shares tokens with other processes | `src/cache/` (`mod.rs`, `settings.rs`, `entry.rs`, `refresh.rs`, `flight.rs`, `backoff.rs`, `rejection.rs`, `shared.rs`) |
+//! | (internal) | deadlines that never overflow, racing a future against one, whether the runtime has timers | `src/deadline.rs` |
 //! | [`replay`] | which request bodies are resent after a 401, and [`ReplayableBody`](replay::ReplayableBody) for streams | `src/replay/` |
 //! | [`source`] | the [`TokenSource`] trait and its implementations: `ClientCredentials`, `RefreshTokenGrant`, `AuthorizationCode` (feature `oauth`), [`from_fn`](source::from_fn), [`StaticToken`] | `src/source/` |
-//! | (internal) | the OAuth 2.0 wire protocol: token requests, client authentication (`private_key_jwt` and DPoP at the token endpoint in `key_binding.rs`), responses, discovery, PKCE (feature `oauth`) | `src/oauth/` |
-//! | `jose` | [`SigningKey`](jose::SigningKey), JWS signing, DPoP proofs and client assertions (feature `jose`) | `src/jose/` (`key.rs`, `jws.rs`, `dpop.rs`, `assertion.rs`) |
+//! | (internal) | the OAuth 2.0 wire protocol: the builders' client settings (`config.rs`), token requests (`endpoint.rs`), client authentication (`private_key_jwt` and DPoP at the token endpoint in `key_binding.rs`), responses, discovery, PKCE (feature `oauth`) | `src/oauth/` |
+//! | `jose` | [`SigningKey`](jose::SigningKey), JWS signing, DPoP proofs and client assertions (feature `jose`) | `src/jose/` (`mod.rs`, `key.rs`, `jws.rs`, `dpop.rs`, `assertion.rs`) |
 //! | [`store`] | [`TokenStore`](store::TokenStore): where refresh tokens persist ([`MemoryStore`](store::MemoryStore), [`FileStore`](store::FileStore), shared by processes under its lock) | `src/store/` |
-//! | `distributed` | `RedisCache`: one token fetch per lifetime for a fleet of processes (feature `redis`): the fetch protocol, the notices, the keys, the sealed values, the connection (one server or a cluster), the refresh-token store | `src/distributed/` (`mod.rs`, `fleet.rs`, `notices.rs`, `key.rs`, `sealed.rs`, `connection.rs`, `store.rs`) |
+//! | `distributed` | `RedisCache`: one token fetch per lifetime for a fleet of processes (feature `redis`): the fetch protocol, the notices, the keys, the sealed values, the connection (one server or a cluster), the Lua scripts, the refresh-token store and its lock | `src/distributed/` (`mod.rs`, `fleet.rs`, `scripts.rs`, `notices.rs`, `key.rs`, `sealed.rs`, `connection.rs`, `store/`) |
 //! | [`token`] | [`Token`] and the redacted, zeroized secret types | `src/token.rs` |
 //! | [`grpc`] | gRPC: token failures as a `tonic::Status`, `UNAUTHENTICATED` in a stream's trailers | `src/integrations/grpc.rs` |
 //! | `redirect` | `FilterToken`, a tower-http `FollowRedirect` policy (feature `follow-redirect`) | `src/integrations/redirect.rs` |
 //! | `reqwest_redirect` | a redirect policy for a `reqwest::Client` under the layer (feature `oauth`) | `src/integrations/reqwest_redirect.rs` |
 //! | `reqwest_middleware` | `AuthMiddleware` for `reqwest_middleware` (feature `reqwest-middleware`) | `src/integrations/reqwest_middleware.rs` |
-//! | [`error`] | the [`Error`] type | `src/error.rs` |
+//! | [`error`] | the [`Error`] type: its kinds, their classification, the causes it carries | `src/error/` (`mod.rs`, `classification.rs`, `oauth.rs`, `causes.rs`) |
 //! | [`stats`] | [`Stats`], the layer's counters and metrics | `src/stats.rs` |
 //! | [`guide`] | the guides: how it works, token sources, DPoP, clients, fleets (documentation only) | `src/guide/` (`mod.rs` and a Markdown file per guide) |
 //!
