@@ -342,7 +342,7 @@ async fn with_retry_off_headers_cost_nothing_extra() {
 #[tokio::test(flavor = "current_thread")]
 async fn with_retry_on_the_replay_copy_of_headers_is_the_only_extra_cost() {
     // The copy kept for a resend after a 401 clones the header map: the counter sees it, and
-    // `retry_unauthorized(false)` is how to avoid it (see docs/configuration.md).
+    // `retry_unauthorized(false)` is how to avoid it (see `AuthLayerBuilder::retry_unauthorized`).
     let with_headers = || {
         Request::get("https://api.test/")
             .header("accept", "application/json")

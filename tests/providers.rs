@@ -1,5 +1,5 @@
-//! The three providers the crate was specified from (../shared/seeds), each as a stand-in that
-//! reproduces the documented request and response shapes, configured as docs/token-sources.md shows.
+//! The three providers the crate was specified from, each as a stand-in that reproduces the
+//! documented request and response shapes, configured as examples/providers.rs shows.
 
 #![cfg(feature = "oauth")]
 

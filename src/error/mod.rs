@@ -23,6 +23,10 @@
 //! # let err: BoxError = Box::new(Error::Aborted);
 //! # assert_eq!(explain(&err), "could not get a token (try again later)");
 //! ```
+//!
+//! With feature `tonic`, a gRPC request's token failure reaches the caller as a boxed
+//! `tonic::Status` instead (`UNAVAILABLE` when [`Error::is_transient`], else `UNAUTHENTICATED`),
+//! whose `source()` is the [`Error`]: see [`grpc`](crate::grpc).
 
 use std::{borrow::Cow, time::Duration};
 

@@ -89,7 +89,8 @@ impl AuthLayerBuilder {
     /// Reaching the target does not end the token's use: until [`EXPIRY_ALLOWANCE`](super::layer::EXPIRY_ALLOWANCE) before its
     /// expiry (at most a tenth of its lifetime) it is still sent while the refresh runs or the
     /// endpoint fails, so an outage shorter than the margin fails no request. Such requests are
-    /// counted in [`Stats::served_stale`](crate::Stats::served_stale).
+    /// counted in [`Stats::served_stale`](crate::Stats::served_stale). Default: 30 s
+    /// ([`DEFAULT_EXPIRY_MARGIN`](super::layer::DEFAULT_EXPIRY_MARGIN)).
     pub fn expiry_margin(mut self, margin: Duration) -> Self {
         self.settings.expiry_margin = margin;
         self
@@ -97,7 +98,7 @@ impl AuthLayerBuilder {
 
     /// The lifetime assumed for a token whose response had no `expires_in`. Finite, so such a
     /// token is still renewed now and then; a 401 renews it at once in any case. Must not be
-    /// zero.
+    /// zero. Default: 1 h ([`DEFAULT_LIFETIME`](super::layer::DEFAULT_LIFETIME)).
     pub fn default_lifetime(mut self, lifetime: Duration) -> Self {
         self.settings.default_lifetime = lifetime;
         self
@@ -106,7 +107,7 @@ impl AuthLayerBuilder {
     /// The longest a token fetch may run, all its attempts together. Every caller waiting on it
     /// then gets [`Error::Timeout`], and the next fetch waits for the backoff. Each waiter also
     /// gives up by itself one second after this, whichever runtime runs the fetch. Must not be
-    /// zero.
+    /// zero. Default: 30 s ([`DEFAULT_FETCH_TIMEOUT`](super::layer::DEFAULT_FETCH_TIMEOUT)).
     pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
         self.settings.fetch_timeout = timeout;
         self
@@ -125,7 +126,7 @@ impl AuthLayerBuilder {
 
     /// Whether a request rejected with 401 is resent once with a new token (when its body can
     /// be replayed). With it off, the 401 still makes the next request use a new token, and
-    /// requests skip the copy of their head that a resend needs.
+    /// requests skip the copy of their head that a resend needs. Default: on.
     pub fn retry_unauthorized(mut self, retry: bool) -> Self {
         self.retry = retry;
         self
@@ -161,7 +162,8 @@ impl AuthLayerBuilder {
         self
     }
 
-    /// Seeds the jitter of backoff and refresh-ahead, for reproducible tests.
+    /// Seeds the jitter of backoff and refresh-ahead, for reproducible tests. Default: a random
+    /// seed.
     #[doc(hidden)]
     pub fn jitter_seed(mut self, seed: u64) -> Self {
         self.settings.jitter_seed = Some(seed);
@@ -172,7 +174,8 @@ impl AuthLayerBuilder {
     /// streaming body (see [`ReplayableBody`](crate::replay::ReplayableBody)) that streams more,
     /// or a `String` or `Vec<u8>` body that is longer, is sent once and not resent. Bodies of
     /// shared bytes (`Bytes`, `Full<Bytes>`, static slices) are resent whatever their size: their
-    /// copy is a reference count. See the table in [`crate::replay`].
+    /// copy is a reference count. See the table in [`crate::replay`]. Default: 64 KiB
+    /// ([`DEFAULT_REPLAY_LIMIT`](super::layer::DEFAULT_REPLAY_LIMIT)).
     pub fn replay_limit(mut self, bytes: usize) -> Self {
         self.replay_limit = bytes;
         self
@@ -204,7 +207,7 @@ impl AuthLayerBuilder {
     /// Allows sending the token over plain `http` (and `ws`) to hosts that are not loopback
     /// addresses. Without it such requests fail with [`Error::InsecureRequest`]; loopback
     /// addresses (`127.0.0.0/8`, `[::1]`, `localhost`) never need it. Schemes other than
-    /// `https`, `wss`, `http` and `ws` never get the token.
+    /// `https`, `wss`, `http` and `ws` never get the token. Default: off.
     pub fn allow_http(mut self, allow: bool) -> Self {
         self.allow_http = allow;
         self
@@ -218,8 +221,7 @@ impl AuthLayerBuilder {
     }
 
     /// The authentication scheme written before the token: `Bearer` unless set; empty for the
-    /// token alone. Some APIs want it spelled otherwise (Checkbook's documentation writes
-    /// `bearer`). A scheme that is not an HTTP token (letters, digits and
+    /// token alone. Some APIs want it spelled otherwise (some document `bearer`). A scheme that is not an HTTP token (letters, digits and
     /// ``!#$%&'*+-.^_`|~``) makes [`build`](Self::build) fail.
     pub fn scheme(mut self, scheme: impl Into<String>) -> Self {
         self.settings.scheme = Arc::from(scheme.into());
@@ -227,9 +229,10 @@ impl AuthLayerBuilder {
     }
 
     /// Use each token for at most `uses` requests, then fetch a new one: for APIs whose tokens
-    /// are good for a limited number of calls (Checkbook's `single-use` scope is `1`). Fetches
+    /// are good for a limited number of calls (a `single-use` scope is `1`). Fetches
     /// stay single-flight: one fetch per `uses` requests, never more. `0` means no limit. Not
     /// with `distributed` (feature `redis`): each process would spend the whole budget.
+    /// Default: no limit.
     pub fn max_token_uses(mut self, uses: u32) -> Self {
         self.settings.max_uses = (uses > 0).then_some(uses);
         self
@@ -248,6 +251,7 @@ impl AuthLayerBuilder {
     /// from several runtimes, or from a runtime that is not always driven (a synchronous
     /// wrapper's `block_on` on a helper thread): a fetch then completes as long as this runtime
     /// runs, and callers outside any runtime can wait on it too. The runtime needs timers.
+    /// Default: the runtime of the caller whose request starts the fetch.
     pub fn runtime(mut self, runtime: Handle) -> Self {
         self.settings.runtime = Some(runtime);
         self

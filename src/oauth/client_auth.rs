@@ -12,8 +12,8 @@ use std::borrow::Cow;
 /// | `None` | only `client_id` in the form body: a public client | `none` |
 /// | `PrivateKeyJwt` | `client_id` and a fresh client assertion signed with the client's key (RFC 7523), set with the builders' `.private_key_jwt(key)` (feature `jose`) | `private_key_jwt` |
 ///
-/// `Query` exists for endpoints documented that way (Casebook lists its parameters as query
-/// parameters). It puts the secret in the URL, where proxies and access logs may record it, and
+/// `Query` exists for endpoints documented that way (some list the client's credentials as query
+/// parameters of the form POST). It puts the secret in the URL, where proxies and access logs may record it, and
 /// so may reqwest's own `log` output at debug level (this crate strips URLs from its errors and
 /// never logs them): prefer `Post` or `Basic` whenever the endpoint accepts them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

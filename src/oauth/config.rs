@@ -327,7 +327,8 @@ macro_rules! client_builder_methods {
         }
 
         /// The RFC 7009 revocation endpoint, used by
-        /// [`AuthLayer::revoke`](crate::AuthLayer::revoke).
+        /// [`AuthLayer::revoke`](crate::AuthLayer::revoke). Default: the one discovery found
+        /// (`from_metadata`), else none: `revoke` then only forgets.
         pub fn revocation_url(mut self, url: impl Into<String>) -> Self {
             self.config.revocation_url = Some(url.into());
             self
