@@ -43,6 +43,7 @@ impl Error {
             | Error::AuthorizationRequired(_)
             | Error::InsecureRequest { .. }
             | Error::UnknownDestination
+            | Error::NoKey
             | Error::NoTimer => true,
             _ => false,
         }

@@ -133,6 +133,12 @@ pub enum Error {
     )]
     UnknownDestination,
 
+    /// A [`KeyedAuthLayer`](crate::keyed::KeyedAuthLayer)'s key function found no key for the
+    /// request: no token is sent rather than another key's (see
+    /// [`KeyedAuthLayerBuilder::pass_through_without_key`](crate::keyed::KeyedAuthLayerBuilder::pass_through_without_key)).
+    #[error("no token key for this request: the keyed layer's key function returned none")]
+    NoKey,
+
     /// The fetch was abandoned before it finished: the token source panicked or the runtime
     /// shut down.
     #[error("token fetch was aborted before it finished")]

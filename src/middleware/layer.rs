@@ -161,6 +161,11 @@ impl AuthLayer {
         &self.state.cache
     }
 
+    /// A new handle on the layer's state, sending the cache's own header.
+    pub(crate) fn handle(&self) -> crate::middleware::handle::LayerHandle {
+        Arc::new(ServiceHandle::new(Arc::clone(&self.state)))
+    }
+
     /// What the layer has done so far.
     pub fn stats(&self) -> Stats {
         let cache = &self.state.cache;

@@ -169,7 +169,7 @@ impl<S> AuthService<S> {
 /// usable ([`TokenCache::check`]), and a token no response accepted yet (whose quiet period is
 /// over at once) asks each answer whether it accepts it.
 #[inline]
-fn mark_at(cache: &Arc<TokenCache>, entry: &Entry, now: Instant) -> Option<Mark> {
+pub(crate) fn mark_at(cache: &Arc<TokenCache>, entry: &Entry, now: Instant) -> Option<Mark> {
     if now < entry.quiet_until {
         return Some(Mark::NONE);
     }
@@ -195,7 +195,7 @@ where
     }
 
     #[inline]
-    fn call(&mut self, mut request: R) -> Self::Future {
+    fn call(&mut self, request: R) -> Self::Future {
         match self.layer.policy.decide(&request) {
             Decision::Attach => {}
             Decision::PassThrough => return ResponseFuture::passed(self.inner.call(request)),
@@ -206,25 +206,44 @@ where
         let Some((header, generation, mark, layer)) = self.token() else {
             return self.acquiring(request);
         };
-        if layer.retry {
-            if let Some(replay) = request.prepare_replay(layer.replay_limit) {
-                let proof = match layer.attach(&mut request, header, generation) {
-                    Ok(proof) => mark.on(proof),
-                    Err(err) => return ResponseFuture::refused(grpc::token_error(&request, err)),
-                };
-                // Keep the readied service for a possible resend; leave a clone behind.
-                let clone = self.inner.clone();
-                let mut inner = mem::replace(&mut self.inner, clone);
-                let fut = inner.call(request);
-                return ResponseFuture::sent(fut, layer, generation, proof, Some((inner, replay)));
-            }
-        }
-        let proof = match layer.attach(&mut request, header, generation) {
-            Ok(proof) => mark.on(proof),
-            Err(err) => return ResponseFuture::refused(grpc::token_error(&request, err)),
-        };
-        ResponseFuture::sent(self.inner.call(request), layer, generation, proof, None)
+        send(&mut self.inner, request, header, generation, mark, layer)
     }
+}
+
+/// Sends `request` with the token of `generation` (its `header`) through `inner`, keeping what
+/// a resend after a 401 needs when the layer resends and the body can be replayed. The hot path
+/// of [`AuthService`] and of the keyed layer's service.
+#[inline(always)]
+pub(crate) fn send<S, R>(
+    inner: &mut S,
+    mut request: R,
+    header: HeaderValue,
+    generation: u64,
+    mark: Mark,
+    layer: LayerHandle,
+) -> ResponseFuture<S, R>
+where
+    R: AuthRequest,
+    S: Service<R> + Clone,
+{
+    if layer.retry {
+        if let Some(replay) = request.prepare_replay(layer.replay_limit) {
+            let proof = match layer.attach(&mut request, header, generation) {
+                Ok(proof) => mark.on(proof),
+                Err(err) => return ResponseFuture::refused(grpc::token_error(&request, err)),
+            };
+            // Keep the readied service for a possible resend; leave a clone behind.
+            let clone = inner.clone();
+            let mut readied = mem::replace(inner, clone);
+            let fut = readied.call(request);
+            return ResponseFuture::sent(fut, layer, generation, proof, Some((readied, replay)));
+        }
+    }
+    let proof = match layer.attach(&mut request, header, generation) {
+        Ok(proof) => mark.on(proof),
+        Err(err) => return ResponseFuture::refused(grpc::token_error(&request, err)),
+    };
+    ResponseFuture::sent(inner.call(request), layer, generation, proof, None)
 }
 
 impl<S: Clone> AuthService<S> {

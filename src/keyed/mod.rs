@@ -1,0 +1,179 @@
+//! One layer, many tokens: [`KeyedAuthLayer`] keeps a token per key (an audience, a tenant, a
+//! user) and sends each request with its key's token.
+//!
+//! A key function looks at each request ([`RequestInfo`]: method, host, path, headers) and
+//! names its key; a source function makes the key's [`TokenSource`], and so
+//! decides what the key puts in the token request (an `audience` or `resource` parameter, a
+//! scope, another client). Each key has everything a single [`AuthLayer`](crate::AuthLayer)
+//! has: single-flight fetching, refresh ahead, 401 and `UNAUTHENTICATED` handling with the
+//! resend, DPoP, and (with [`layer_settings`](KeyedAuthLayerBuilder::layer_settings) and
+//! `distributed`) a Redis entry of its own in a fleet, since the key's parameters are part of
+//! its source's identity.
+//!
+//! A request whose key function returns `None` is refused with [`Error::NoKey`]
+//! (or sent without a token, by [setting](KeyedAuthLayerBuilder::pass_through_without_key)):
+//! never with another key's token. The layer holds at most its
+//! [capacity](KeyedAuthLayerBuilder::capacity) of keys and drops a key nobody used for its
+//! [idle timeout](KeyedAuthLayerBuilder::idle_timeout); a dropped key's next request fetches
+//! again.
+//!
+//! # Example
+//!
+//! A token per API host, each asked for with that host as its `audience`:
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_bearer::{Token, keyed::KeyedAuthLayer, source::from_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_bearer::BoxError> {
+//! let auth = KeyedAuthLayer::builder(
+//!     |request| request.host().map(str::to_owned),
+//!     // In production: ClientCredentials::builder(url)...param("audience", audience).build()
+//!     |audience: &String| {
+//!         let token = format!("token-for-{audience}");
+//!         Ok(from_fn(move || {
+//!             let token = token.clone();
+//!             async move { Ok(Token::new(token)) }
+//!         }))
+//!     },
+//! )
+//! .build()?;
+//!
+//! let api = service_fn(|request: Request<String>| async move {
+//!     let token = request.headers()["authorization"].to_str().unwrap().to_owned();
+//!     Ok::<_, Infallible>(Response::new(token))
+//! });
+//! let client = ServiceBuilder::new().layer(auth.clone()).service(api);
+//!
+//! let request = Request::get("https://billing.example.com/v1").body(String::new())?;
+//! let response = client.clone().oneshot(request).await?;
+//! assert_eq!(response.body(), "Bearer token-for-billing.example.com");
+//! let request = Request::get("https://reports.example.com/v1").body(String::new())?;
+//! let response = client.oneshot(request).await?;
+//! assert_eq!(response.body(), "Bearer token-for-reports.example.com");
+//! assert_eq!(auth.keys(), 2);
+//! # Ok(())
+//! # }
+//! ```
+
+mod builder;
+mod request;
+mod service;
+mod tokens;
+
+use std::{fmt, future::Future, hash::Hash, sync::Arc};
+
+pub use builder::{DEFAULT_KEY_CAPACITY, DEFAULT_KEY_IDLE, KeyedAuthLayerBuilder};
+pub use request::RequestInfo;
+pub use service::KeyedAuthService;
+use tokens::KeyedTokens;
+use tokio::time::Instant;
+use tower_layer::Layer;
+
+use crate::{Error, Stats, Token, TokenSource};
+
+/// A layer that keeps a token per key; see the [module docs](self).
+///
+/// Clones share the keys and their tokens.
+pub struct KeyedAuthLayer<K> {
+    state: Arc<KeyedState<K>>,
+}
+
+/// What every clone of a keyed layer and its services share.
+pub(crate) struct KeyedState<K> {
+    key: builder::KeyFn<K>,
+    tokens: KeyedTokens<K>,
+    pass_through: bool,
+}
+
+impl<K> KeyedAuthLayer<K>
+where
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+{
+    /// Starts a keyed layer: `key` names each request's key (`None`: the request has none),
+    /// `source` makes a key's token source, once per key the layer holds.
+    pub fn builder<S: TokenSource>(
+        key: impl Fn(&RequestInfo<'_>) -> Option<K> + Send + Sync + 'static,
+        source: impl Fn(&K) -> Result<S, Error> + Send + Sync + 'static,
+    ) -> KeyedAuthLayerBuilder<K> {
+        KeyedAuthLayerBuilder::new(key, source)
+    }
+
+    /// A valid token for `key`, fetching one if needed, for code outside tower.
+    ///
+    /// # Errors
+    ///
+    /// As [`AuthLayer::token`](crate::AuthLayer::token); and the error of the key's source
+    /// function or settings, if the key's layer could not be made.
+    pub fn token(&self, key: &K) -> impl Future<Output = Result<Token, Error>> + Send + use<K> {
+        let entry = self.state.tokens.get(key, Instant::now());
+        async move { entry?.layer.token().await }
+    }
+
+    /// Forgets `key`'s current token if it is `token` (see
+    /// [`AuthLayer::invalidate`](crate::AuthLayer::invalidate)); `true` if it was forgotten.
+    pub fn invalidate(&self, key: &K, token: &Token) -> bool {
+        self.state
+            .tokens
+            .peek(key)
+            .is_some_and(|entry| entry.layer.invalidate(token))
+    }
+
+    /// Revokes `key`'s token as [`AuthLayer::revoke`](crate::AuthLayer::revoke) does, and
+    /// forgets the key: its next request fetches a new token. Other keys keep theirs.
+    ///
+    /// # Errors
+    ///
+    /// As [`AuthLayer::revoke`](crate::AuthLayer::revoke).
+    pub async fn revoke(&self, key: &K) -> Result<(), Error> {
+        match self.state.tokens.remove(key) {
+            Some(entry) => entry.layer.revoke().await,
+            None => Ok(()),
+        }
+    }
+
+    /// What `key`'s layer has done so far, if the layer holds the key.
+    pub fn stats(&self, key: &K) -> Option<Stats> {
+        self.state.tokens.peek(key).map(|entry| entry.layer.stats())
+    }
+
+    /// How many keys the layer holds now.
+    pub fn keys(&self) -> usize {
+        self.state.tokens.len()
+    }
+}
+
+impl<K> Clone for KeyedAuthLayer<K> {
+    fn clone(&self) -> Self {
+        KeyedAuthLayer {
+            state: Arc::clone(&self.state),
+        }
+    }
+}
+
+impl<S, K> Layer<S> for KeyedAuthLayer<K> {
+    type Service = KeyedAuthService<S, K>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        KeyedAuthService::new(inner, Arc::clone(&self.state))
+    }
+}
+
+impl<K: Eq + Hash> fmt::Debug for KeyedAuthLayer<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.state, f)
+    }
+}
+
+impl<K: Eq + Hash> fmt::Debug for KeyedState<K> {
+    /// No key: a key may be a secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedAuthLayer")
+            .field("tokens", &self.tokens)
+            .field("pass_through", &self.pass_through)
+            .finish_non_exhaustive()
+    }
+}

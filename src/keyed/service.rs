@@ -1,0 +1,134 @@
+//! [`KeyedAuthService`]: each request with its key's token.
+
+use std::{
+    fmt,
+    hash::Hash,
+    mem,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::{KeyedState, RequestInfo};
+use crate::{
+    BoxError, Error,
+    future::ResponseFuture,
+    grpc,
+    message::{AuthRequest, AuthResponse},
+    middleware::service::{mark_at, send},
+    origin::Decision,
+};
+
+/// Middleware that sends each request with the token of its key. Made by
+/// [`KeyedAuthLayer`](super::KeyedAuthLayer).
+///
+/// Per request: the key function, one lookup in the layer's map of keys, then what
+/// [`AuthService`](crate::AuthService) does with that key's token (its response future is the
+/// same [`ResponseFuture`]: a 401 drops the token of that key only, and resends).
+pub struct KeyedAuthService<S, K> {
+    inner: S,
+    state: Arc<KeyedState<K>>,
+}
+
+impl<S, K> KeyedAuthService<S, K> {
+    pub(super) fn new(inner: S, state: Arc<KeyedState<K>>) -> Self {
+        KeyedAuthService { inner, state }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the wrapped service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, K, R> Service<R> for KeyedAuthService<S, K>
+where
+    R: AuthRequest,
+    S: Service<R> + Clone,
+    S::Response: AuthResponse,
+    S::Error: Into<BoxError>,
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, R>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        let state = &self.state;
+        let Some(key) = (state.key)(&RequestInfo::of(&request)) else {
+            if state.pass_through {
+                return ResponseFuture::passed(self.inner.call(request));
+            }
+            return ResponseFuture::refused(grpc::token_error(&request, Error::NoKey));
+        };
+        let now = Instant::now();
+        let entry = match state.tokens.get(&key, now) {
+            Ok(entry) => entry,
+            Err(err) => return ResponseFuture::refused(grpc::token_error(&request, err)),
+        };
+        let layer = &entry.handle;
+        match layer.policy.decide(&request) {
+            Decision::Attach => {}
+            Decision::PassThrough => return ResponseFuture::passed(self.inner.call(request)),
+            Decision::Refuse(err) => {
+                return ResponseFuture::refused(grpc::token_error(&request, err));
+            }
+        }
+        let cache = &layer.cache;
+        let current = cache.current().load();
+        if let Some(token) = current.as_ref() {
+            if let Some(mark) = mark_at(cache, token, now) {
+                let (header, generation) = (layer.header(token), token.generation);
+                drop(current);
+                return send(
+                    &mut self.inner,
+                    request,
+                    header,
+                    generation,
+                    mark,
+                    Arc::clone(layer),
+                );
+            }
+        }
+        drop(current);
+        // No usable token: wait for the key's fetch. The readied service moves into the future.
+        let clone = self.inner.clone();
+        let inner = mem::replace(&mut self.inner, clone);
+        ResponseFuture::acquiring(Arc::clone(layer), request, inner)
+    }
+}
+
+impl<S: Clone, K> Clone for KeyedAuthService<S, K> {
+    fn clone(&self) -> Self {
+        KeyedAuthService {
+            inner: self.inner.clone(),
+            state: Arc::clone(&self.state),
+        }
+    }
+}
+
+impl<S: fmt::Debug, K: Eq + Hash> fmt::Debug for KeyedAuthService<S, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedAuthService")
+            .field("inner", &self.inner)
+            .field("layer", &self.state)
+            .finish()
+    }
+}

@@ -1,0 +1,393 @@
+//! One layer, many tokens: `KeyedAuthLayer` keeps a token per key and never sends one key's
+//! token with another key's request.
+//!
+//! The stand-in source issues `<key>:<n>` tokens and counts fetches per key; the stand-in API
+//! takes the key from the same header the layer does (`x-tenant`) and records which token came
+//! with which key, and whether that token had expired.
+
+mod support;
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering::SeqCst},
+    },
+    time::Duration,
+};
+
+use http::{Request, Response, StatusCode};
+use support::paused_runtime;
+use tokio::time::Instant;
+use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower_bearer::{
+    BoxError, Error, Token,
+    keyed::{KeyedAuthLayer, KeyedAuthLayerBuilder, RequestInfo},
+    source::from_fn,
+};
+
+const TENANT: &str = "x-tenant";
+
+/// The tokens each key was issued, with their expiry.
+#[derive(Clone, Default)]
+struct Issuer {
+    issued: Arc<Mutex<HashMap<String, Instant>>>,
+    fetches: Arc<Mutex<HashMap<String, usize>>>,
+    total: Arc<AtomicUsize>,
+}
+
+impl Issuer {
+    /// A keyed layer whose key is the `x-tenant` header, and whose key's source takes `latency`
+    /// per fetch and issues tokens living `lifetime`.
+    fn layer(&self, latency: Duration, lifetime: Duration) -> KeyedAuthLayerBuilder<String> {
+        let issuer = self.clone();
+        KeyedAuthLayer::builder(
+            |request: &RequestInfo<'_>| request.header(TENANT).map(str::to_owned),
+            move |key: &String| {
+                let (issuer, key) = (issuer.clone(), key.clone());
+                Ok(from_fn(move || {
+                    let (issuer, key) = (issuer.clone(), key.clone());
+                    async move {
+                        tokio::time::sleep(latency).await;
+                        Ok(issuer.issue(&key, lifetime))
+                    }
+                }))
+            },
+        )
+    }
+
+    fn issue(&self, key: &str, lifetime: Duration) -> Token {
+        self.total.fetch_add(1, SeqCst);
+        let mut fetches = self.fetches.lock().unwrap();
+        let n = fetches.entry(key.to_owned()).or_default();
+        *n += 1;
+        let token = format!("{key}:{n}");
+        self.issued
+            .lock()
+            .unwrap()
+            .insert(token.clone(), Instant::now() + lifetime);
+        Token::new(token).with_expires_in(lifetime)
+    }
+
+    fn fetches(&self, key: &str) -> usize {
+        self.fetches.lock().unwrap().get(key).copied().unwrap_or(0)
+    }
+}
+
+/// What the API saw: (the request's key, the token it carried, whether that token had expired).
+type Seen = Arc<Mutex<Vec<(String, String, bool)>>>;
+
+/// An API that answers 200 to a token issued for the request's own key, 401 to a token in
+/// `rejected`, and records every request.
+fn api(
+    issuer: &Issuer,
+    seen: &Seen,
+    rejected: Arc<Mutex<Vec<String>>>,
+) -> impl tower::Service<
+    Request<String>,
+    Response = Response<String>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    let (issued, seen) = (Arc::clone(&issuer.issued), Arc::clone(seen));
+    service_fn(move |request: Request<String>| {
+        let (issued, seen, rejected) = (issued.clone(), seen.clone(), rejected.clone());
+        async move {
+            let key = request.headers()[TENANT].to_str().unwrap().to_owned();
+            let token = request
+                .headers()
+                .get("authorization")
+                .map_or(String::new(), |v| {
+                    v.to_str().unwrap().trim_start_matches("Bearer ").to_owned()
+                });
+            let expired = issued
+                .lock()
+                .unwrap()
+                .get(&token)
+                .is_none_or(|expiry| Instant::now() >= *expiry);
+            seen.lock().unwrap().push((key, token.clone(), expired));
+            let status = if rejected.lock().unwrap().contains(&token) {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::OK
+            };
+            Ok::<_, Infallible>(Response::builder().status(status).body(token).unwrap())
+        }
+    })
+}
+
+fn request(key: &str) -> Request<String> {
+    Request::get("https://api.example.com/v1")
+        .header(TENANT, key)
+        .body(String::new())
+        .unwrap()
+}
+
+/// Every request the API saw carried a live token issued for its own key.
+fn assert_own_live_tokens(seen: &Seen) {
+    for (key, token, expired) in seen.lock().unwrap().iter() {
+        assert!(
+            token.starts_with(&format!("{key}:")),
+            "a request of {key} carried {token}"
+        );
+        assert!(!expired, "a request of {key} carried the expired {token}");
+    }
+}
+
+#[test]
+fn a_thousand_keys_with_a_hundred_callers_each_cost_one_fetch_per_key() {
+    paused_runtime().block_on(async {
+        let issuer = Issuer::default();
+        let auth = issuer
+            .layer(Duration::from_millis(50), Duration::from_secs(3600))
+            .build()
+            .unwrap();
+        let seen = Seen::default();
+        let client =
+            ServiceBuilder::new()
+                .layer(auth.clone())
+                .service(api(&issuer, &seen, Arc::default()));
+        let calls: Vec<_> = (0..100)
+            .flat_map(|_| (0..1000).map(|key| format!("tenant-{key}")))
+            .map(|key| tokio::spawn(client.clone().oneshot(request(&key))))
+            .collect();
+        for call in calls {
+            assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::OK);
+        }
+        assert_eq!(issuer.total.load(SeqCst), 1000, "one token request per key");
+        assert!((0..1000).all(|key| issuer.fetches(&format!("tenant-{key}")) == 1));
+        assert_eq!(seen.lock().unwrap().len(), 100_000);
+        assert_own_live_tokens(&seen);
+        assert_eq!(auth.stats(&"tenant-7".to_owned()).unwrap().fetches, 1);
+    });
+}
+
+#[test]
+fn two_tenants_never_share_a_token_through_rejections_and_expiry() {
+    paused_runtime().block_on(async {
+        let issuer = Issuer::default();
+        let auth = issuer
+            .layer(Duration::from_millis(5), Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let (seen, rejected) = (Seen::default(), Arc::new(Mutex::new(Vec::new())));
+        let client = ServiceBuilder::new().layer(auth.clone()).service(api(
+            &issuer,
+            &seen,
+            Arc::clone(&rejected),
+        ));
+        // The API revokes acme's first token: acme's request is resent with its second; globex
+        // keeps its first.
+        rejected.lock().unwrap().push("acme:1".to_owned());
+        for round in 0..5 {
+            for key in ["acme", "globex"] {
+                let response = client.clone().oneshot(request(key)).await.unwrap();
+                assert_eq!(response.status(), StatusCode::OK, "{key} in round {round}");
+            }
+            tokio::time::sleep(Duration::from_secs(40)).await;
+        }
+        assert_own_live_tokens(&seen);
+        let carried = |key: &str| {
+            let seen = seen.lock().unwrap();
+            seen.iter()
+                .filter(|s| s.0 == key)
+                .map(|s| s.1.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            carried("acme")[..2],
+            ["acme:1", "acme:2"],
+            "the 401 refetched acme's"
+        );
+        assert_eq!(
+            carried("globex")[0],
+            "globex:1",
+            "acme's 401 left globex's token alone"
+        );
+        assert!(issuer.fetches("globex") < issuer.fetches("acme"));
+    });
+}
+
+#[tokio::test]
+async fn a_request_without_a_key_is_refused_or_passed_through_but_never_gets_a_token() {
+    let issuer = Issuer::default();
+    let seen_by_inner = Arc::new(Mutex::new(Vec::new()));
+    let inner = {
+        let seen = Arc::clone(&seen_by_inner);
+        service_fn(move |request: Request<String>| {
+            seen.lock()
+                .unwrap()
+                .push(request.headers().get("authorization").cloned());
+            async { Ok::<_, Infallible>(Response::new(String::new())) }
+        })
+    };
+    let no_key = || {
+        Request::get("https://api.example.com/")
+            .body(String::new())
+            .unwrap()
+    };
+
+    let refusing = issuer
+        .layer(Duration::ZERO, Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let client = ServiceBuilder::new().layer(refusing).service(inner.clone());
+    let err: BoxError = client.oneshot(no_key()).await.unwrap_err();
+    assert!(
+        matches!(err.downcast_ref::<Error>(), Some(Error::NoKey)),
+        "{err}"
+    );
+    assert!(
+        seen_by_inner.lock().unwrap().is_empty(),
+        "a refused request is not sent"
+    );
+
+    let passing = issuer
+        .layer(Duration::ZERO, Duration::from_secs(60))
+        .pass_through_without_key(true)
+        .build()
+        .unwrap();
+    let client = ServiceBuilder::new().layer(passing).service(inner);
+    client.oneshot(no_key()).await.unwrap();
+    assert_eq!(
+        *seen_by_inner.lock().unwrap(),
+        [None],
+        "sent, without a token"
+    );
+    assert_eq!(
+        issuer.total.load(SeqCst),
+        0,
+        "nothing fetched for a request without a key"
+    );
+}
+
+#[test]
+fn eviction_under_pressure_sends_no_wrong_or_expired_token() {
+    paused_runtime().block_on(async {
+        let issuer = Issuer::default();
+        let auth = issuer
+            .layer(Duration::from_millis(20), Duration::from_secs(30))
+            .capacity(8)
+            .build()
+            .unwrap();
+        let seen = Seen::default();
+        let client =
+            ServiceBuilder::new()
+                .layer(auth.clone())
+                .service(api(&issuer, &seen, Arc::default()));
+        // 200 keys through a layer that holds about 8, in waves, while tokens expire.
+        for wave in 0..20 {
+            let calls: Vec<_> = (0..200)
+                .map(|key| format!("tenant-{}", (key * 7 + wave) % 200))
+                .map(|key| tokio::spawn(client.clone().oneshot(request(&key))))
+                .collect();
+            for call in calls {
+                assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::OK);
+            }
+            assert!(auth.keys() <= 16, "{} keys held, capacity 8", auth.keys());
+            tokio::time::sleep(Duration::from_secs(7)).await;
+        }
+        assert_eq!(seen.lock().unwrap().len(), 4000);
+        assert!(
+            issuer.total.load(SeqCst) > 400,
+            "keys were dropped, and fetched again"
+        );
+        assert_own_live_tokens(&seen);
+    });
+}
+
+#[test]
+fn idle_keys_are_dropped_and_a_dropped_key_fetches_again() {
+    paused_runtime().block_on(async {
+        let issuer = Issuer::default();
+        let auth = issuer
+            .layer(Duration::ZERO, Duration::from_secs(3600))
+            .idle_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let client = ServiceBuilder::new().layer(auth.clone()).service(api(
+            &issuer,
+            &Seen::default(),
+            Arc::default(),
+        ));
+        for key in ["a", "b", "c"] {
+            client.clone().oneshot(request(key)).await.unwrap();
+        }
+        assert_eq!(auth.keys(), 3);
+        // Only "a" is used for two minutes: "b" and "c" go idle and are dropped.
+        for _ in 0..120 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            client.clone().oneshot(request("a")).await.unwrap();
+        }
+        assert_eq!(auth.keys(), 1, "the idle keys are dropped");
+        assert!(auth.stats(&"b".to_owned()).is_none());
+        client.clone().oneshot(request("b")).await.unwrap();
+        assert_eq!(issuer.fetches("b"), 2, "a dropped key fetches again");
+        assert_eq!(issuer.fetches("a"), 1, "a key in use keeps its token");
+    });
+}
+
+#[tokio::test]
+async fn revoking_one_key_leaves_the_others_their_tokens() {
+    let issuer = Issuer::default();
+    let auth = issuer
+        .layer(Duration::ZERO, Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let (acme, globex) = ("acme".to_owned(), "globex".to_owned());
+    assert_eq!(
+        auth.token(&acme).await.unwrap().access_token().secret(),
+        "acme:1"
+    );
+    assert_eq!(
+        auth.token(&globex).await.unwrap().access_token().secret(),
+        "globex:1"
+    );
+    auth.revoke(&acme).await.unwrap();
+    assert_eq!(
+        auth.token(&acme).await.unwrap().access_token().secret(),
+        "acme:2"
+    );
+    assert_eq!(
+        auth.token(&globex).await.unwrap().access_token().secret(),
+        "globex:1"
+    );
+    assert_eq!(issuer.total.load(SeqCst), 3);
+}
+
+#[test]
+fn a_keyed_layers_debug_shows_no_key() {
+    let issuer = Issuer::default();
+    let auth = issuer
+        .layer(Duration::ZERO, Duration::from_secs(60))
+        .build()
+        .unwrap();
+    paused_runtime().block_on(async {
+        auth.token(&"secret-subject-token".to_owned())
+            .await
+            .unwrap();
+    });
+    let debug = format!("{auth:?}");
+    assert!(debug.contains("keys: 1"), "{debug}");
+    assert!(!debug.contains("secret-subject-token"), "{debug}");
+}
+
+#[test]
+fn bad_keyed_settings_are_refused_at_build() {
+    let issuer = Issuer::default();
+    let build = |b: KeyedAuthLayerBuilder<String>| b.build().map(drop);
+    let layer = || issuer.layer(Duration::ZERO, Duration::from_secs(60));
+    assert!(matches!(build(layer().capacity(0)), Err(Error::Config(_))));
+    assert!(matches!(
+        build(layer().idle_timeout(Duration::from_millis(10))),
+        Err(Error::Config(_))
+    ));
+    assert!(matches!(
+        build(layer().idle_timeout(Duration::from_secs(2 * 86_400))),
+        Err(Error::Config(_))
+    ));
+    assert!(build(layer().idle_timeout(Duration::from_secs(86_400))).is_ok());
+}
