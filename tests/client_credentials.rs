@@ -371,6 +371,47 @@ async fn extra_params_are_sent_in_the_order_added() {
     );
 }
 
+/// RFC 8707: one `resource` per API, in the order given, beside an `audience`; a resource that
+/// is not an absolute URI, or has a fragment, is refused before anything is sent.
+#[tokio::test]
+async fn resource_indicators_repeat_and_must_be_absolute_uris_without_a_fragment() {
+    let endpoint = StandInEndpoint::start(|_| token_json("at-resource", 3600)).await;
+    let source = builder(&endpoint)
+        .resource("https://billing.example.com/")
+        .resource("https://reports.example.com/v2")
+        .audience("billing")
+        .build()
+        .unwrap();
+    source.fetch().await.unwrap();
+    let [req] = endpoint.recorded().try_into().unwrap();
+    assert_eq!(
+        req.form(),
+        pairs(&[
+            ("grant_type", "client_credentials"),
+            ("resource", "https://billing.example.com/"),
+            ("resource", "https://reports.example.com/v2"),
+            ("audience", "billing"),
+        ])
+    );
+    for bad in ["/relative", "billing", "https://api.example.com/#part"] {
+        let err = builder(&endpoint).resource(bad).build().unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{bad}: {err}");
+        let err = builder(&endpoint)
+            .param("resource", bad)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Config(_)),
+            "{bad} through param: {err}"
+        );
+    }
+    assert_eq!(
+        endpoint.recorded().len(),
+        1,
+        "nothing sent for a bad resource"
+    );
+}
+
 /// Starts `source.fetch()` against an endpoint that reads the request and never answers, in
 /// paused time, and lets it run until the endpoint holds the connection. Yielding lets the
 /// loopback I/O through without moving the paused clock (it moves only when the runtime has

@@ -65,6 +65,36 @@ async fn a_rotated_refresh_token_replaces_the_old_one_in_the_store() {
     assert!(form.contains(&("client_id".into(), "app".into())));
 }
 
+/// RFC 8707: a grant's resource indicator goes with every refresh, so the server neither drops
+/// it (an MCP server answers `invalid_grant`) nor widens the token to every API.
+#[tokio::test]
+async fn resource_indicators_are_sent_with_every_refresh() {
+    let idp = StandInIdp::start().await;
+    idp.add_refresh_token("rt-0");
+    let grant = RefreshTokenGrant::builder(idp.url("/token"))
+        .client_id("app")
+        .client_secret("app-secret")
+        .auth(ClientAuth::Post)
+        .resource("https://mcp.example.com/")
+        .store(seeded("rt-0"))
+        .build()
+        .unwrap();
+    let auth = AuthLayer::new(grant);
+    let first = auth.token().await.unwrap();
+    assert!(auth.invalidate(&first));
+    auth.token().await.unwrap();
+    let refreshes = idp.requests_to("/token");
+    assert_eq!(refreshes.len(), 2);
+    for refresh in refreshes {
+        let form = refresh.form();
+        assert!(form.contains(&("grant_type".into(), "refresh_token".into())));
+        assert!(
+            form.contains(&("resource".into(), "https://mcp.example.com/".into())),
+            "{form:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn without_rotation_the_old_refresh_token_is_kept() {
     let idp = StandInIdp::start().await;

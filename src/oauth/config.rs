@@ -113,6 +113,16 @@ impl EndpointConfig {
                 "parameter `{name}` is set by the grant or the builder, not by `.param()`"
             )));
         }
+        if let Some((_, uri)) = self
+            .params
+            .iter()
+            .find(|(k, v)| k == "resource" && !is_resource(v))
+        {
+            return Err(Error::config(format!(
+                "resource {uri:?} is not a resource indicator: RFC 8707 asks for an absolute URI \
+                 without a fragment"
+            )));
+        }
         if self.request_timeout.is_zero() {
             return Err(Error::config("request_timeout must be longer than zero"));
         }
@@ -293,6 +303,24 @@ macro_rules! client_builder_methods {
             self
         }
 
+        /// An RFC 8707 resource indicator: the absolute URI of the API the token is for, sent
+        /// as `resource` in every token request of the grant (a code exchange and each refresh
+        /// too, so the server never widens or drops it). Repeatable, for a token good at
+        /// several APIs. A URI that is not absolute, or has a fragment, makes `build` fail.
+        pub fn resource(mut self, uri: impl Into<String>) -> Self {
+            self.config.params.push(("resource".into(), uri.into()));
+            self
+        }
+
+        /// The `audience` parameter many servers take to name the API a token is for, sent in
+        /// every token request of the grant. Repeatable.
+        pub fn audience(mut self, audience: impl Into<String>) -> Self {
+            self.config
+                .params
+                .push(("audience".into(), audience.into()));
+            self
+        }
+
         /// Adds a form parameter to every token request, such as `audience` or `resource`.
         /// Repeatable; parameters are sent in the order added.
         pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
@@ -377,3 +405,8 @@ macro_rules! client_builder_methods {
     };
 }
 pub(crate) use client_builder_methods;
+
+/// Whether `uri` is an RFC 8707 resource indicator (§2): an absolute URI without a fragment.
+fn is_resource(uri: &str) -> bool {
+    url::Url::parse(uri).is_ok_and(|url| url.fragment().is_none() && !uri.contains('#'))
+}
