@@ -159,11 +159,11 @@ pub use service::AuthService;
 #[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
 pub use source::{
     AuthorizationCode, AuthorizationCodeBuilder, ClientCredentials, ClientCredentialsBuilder,
-    RefreshTokenGrant, RefreshTokenGrantBuilder,
+    RefreshTokenGrant, RefreshTokenGrantBuilder, TokenExchange, TokenExchangeBuilder,
 };
 pub use source::{StaticToken, TokenSource};
 pub use stats::Stats;
-pub use token::{AccessToken, ClientSecret, PkceVerifier, RefreshToken, Token};
+pub use token::{AccessToken, ClientSecret, PkceVerifier, RefreshToken, SubjectToken, Token};
 
 #[cfg(all(doctest, feature = "oauth"))]
 #[doc = include_str!("../README.md")]

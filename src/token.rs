@@ -72,6 +72,14 @@ macro_rules! secret_type {
         }
 
         impl Eq for $name {}
+
+        impl std::hash::Hash for $name {
+            /// Hashes the secret: equal secrets hash alike, as `Eq` needs (a keyed layer's map
+            /// of subject tokens, say). Nothing of it is shown.
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.secret().hash(state);
+            }
+        }
     };
 }
 
@@ -91,6 +99,10 @@ secret_type!(
     /// A PKCE code verifier (RFC 7636); see [`Pkce`](crate::Pkce).
     PkceVerifier
 );
+secret_type!(
+    /// A token a token exchange (RFC 8693) acts on: its subject token, or its actor token.
+    SubjectToken
+);
 
 /// An access token with what the token endpoint said about it.
 #[derive(Clone)]
@@ -100,6 +112,8 @@ pub struct Token {
     expires_at: Option<Instant>,
     refresh_token: Option<RefreshToken>,
     scope: Option<String>,
+    /// RFC 8693's `issued_token_type`, from a token exchange.
+    issued_token_type: Option<String>,
 }
 
 impl Token {
@@ -114,6 +128,7 @@ impl Token {
             expires_at: None,
             refresh_token: None,
             scope: None,
+            issued_token_type: None,
         }
     }
 
@@ -144,6 +159,19 @@ impl Token {
     /// Drops the refresh token: the cache keeps none.
     pub(crate) fn forget_refresh_token(&mut self) {
         self.refresh_token = None;
+    }
+
+    /// Records the type of token a token exchange issued (RFC 8693 `issued_token_type`, such
+    /// as `urn:ietf:params:oauth:token-type:access_token`).
+    pub fn with_issued_token_type(mut self, issued_token_type: impl Into<String>) -> Self {
+        self.issued_token_type = Some(issued_token_type.into());
+        self
+    }
+
+    /// The type of token a token exchange issued, if the endpoint said (RFC 8693
+    /// `issued_token_type`).
+    pub fn issued_token_type(&self) -> Option<&str> {
+        self.issued_token_type.as_deref()
     }
 
     /// Sets the scope the token was granted.
@@ -233,6 +261,7 @@ impl fmt::Debug for Token {
             .field("expires_in", &self.expires_in())
             .field("refresh_token", &self.refresh_token)
             .field("scope", &self.scope)
+            .field("issued_token_type", &self.issued_token_type)
             .finish()
     }
 }

@@ -139,6 +139,9 @@ pub(crate) fn parse(
     if let Some(scope) = fields.scope() {
         token = token.with_scope(scope);
     }
+    if let Some(issued) = fields.string("issued_token_type").filter(|t| !t.is_empty()) {
+        token = token.with_issued_token_type(issued.into_owned());
+    }
     Ok(token)
 }
 

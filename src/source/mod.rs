@@ -39,6 +39,8 @@ mod from_fn;
 #[cfg(feature = "oauth")]
 mod refresh_token;
 mod static_token;
+#[cfg(feature = "oauth")]
+mod token_exchange;
 
 #[cfg(feature = "oauth")]
 #[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
@@ -51,6 +53,9 @@ pub use from_fn::{FromFn, from_fn};
 #[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
 pub use refresh_token::{RefreshTokenGrant, RefreshTokenGrantBuilder};
 pub use static_token::StaticToken;
+#[cfg(feature = "oauth")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
+pub use token_exchange::{TokenExchange, TokenExchangeBuilder};
 
 #[cfg(feature = "oauth")]
 #[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]

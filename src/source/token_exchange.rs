@@ -1,0 +1,329 @@
+//! OAuth 2.0 Token Exchange (RFC 8693): a token for a downstream API, in exchange for a token
+//! the caller holds (a user's, for a gateway acting on that user's behalf).
+
+use std::{
+    fmt,
+    time::{Duration, SystemTime},
+};
+
+use base64::Engine as _;
+use http::StatusCode;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    Error, SubjectToken, Token, TokenSource,
+    oauth::{self, EndpointConfig, ParamNames, TokenEndpoint},
+};
+
+/// The grant type of a token exchange.
+const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+/// A [`TokenSource`] that exchanges a subject token (and optionally an actor token) for a new
+/// token (RFC 8693), once per fetch.
+///
+/// - **The issued token's type.** A `token_type` of `N_A` says the issued token is not an
+///   access token (RFC 8693 §2.2.1): such an answer is an error, unless
+///   [`accept_not_applicable`](TokenExchangeBuilder::accept_not_applicable) says to send it
+///   anyway. The endpoint's `issued_token_type` is kept on the [`Token`].
+/// - **Never past the subject token.** The exchanged token is used no longer than the subject
+///   token lives, when its expiry is known: given with
+///   [`subject_expires_at`](TokenExchangeBuilder::subject_expires_at), or read from the
+///   subject token's `exp` claim when it is a JWT (unverified: it can only shorten the use).
+///   Once the subject token has expired, a fetch fails with
+///   [`Error::AuthorizationRequired`] and sends nothing.
+/// - **Secrets.** The subject and actor tokens are kept as [`SubjectToken`]s (redacted,
+///   zeroized), cut out of any server text that reaches an error, and named in the source's
+///   [`identity`](TokenSource::identity) (so in a fleet's Redis keys) only by a SHA-256
+///   fingerprint.
+///
+/// With a [`KeyedAuthLayer`](crate::keyed::KeyedAuthLayer) keyed by the incoming credential, a
+/// gateway exchanges each user's token once and shares the result among that user's requests.
+///
+/// ```
+/// use tower_bearer::{AuthLayer, TokenExchange};
+///
+/// # fn main() -> Result<(), tower_bearer::Error> {
+/// let users_token = "eyJhbGciOi...";
+/// let source = TokenExchange::builder("https://idp.example.com/oauth2/token")
+///     .client_id("gateway")
+///     .client_secret("s3cret")
+///     .subject_token(users_token, TokenExchange::ACCESS_TOKEN)
+///     .audience("https://orders.example.com")
+///     .scope("orders:read")
+///     .build()?;
+/// let layer = AuthLayer::new(source);
+/// # let _ = layer;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct TokenExchange {
+    endpoint: TokenEndpoint,
+    scope: Option<String>,
+    params: Vec<(String, String)>,
+    subject: (SubjectToken, String),
+    actor: Option<(SubjectToken, String)>,
+    requested_token_type: Option<String>,
+    subject_expires_at: Option<SystemTime>,
+    accept_not_applicable: bool,
+}
+
+impl TokenExchange {
+    /// `urn:ietf:params:oauth:token-type:access_token`
+    pub const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+    /// `urn:ietf:params:oauth:token-type:refresh_token`
+    pub const REFRESH_TOKEN: &str = "urn:ietf:params:oauth:token-type:refresh_token";
+    /// `urn:ietf:params:oauth:token-type:id_token`
+    pub const ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+    /// `urn:ietf:params:oauth:token-type:jwt`
+    pub const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+    /// `urn:ietf:params:oauth:token-type:saml2`
+    pub const SAML2: &str = "urn:ietf:params:oauth:token-type:saml2";
+    /// `urn:ietf:params:oauth:token-type:saml1`
+    pub const SAML1: &str = "urn:ietf:params:oauth:token-type:saml1";
+
+    /// Starts a builder for the token endpoint at `token_url`.
+    pub fn builder(token_url: impl Into<String>) -> TokenExchangeBuilder {
+        TokenExchangeBuilder {
+            config: EndpointConfig::new(token_url.into()),
+            subject: None,
+            actor: None,
+            requested_token_type: None,
+            subject_expires_at: None,
+            accept_not_applicable: false,
+        }
+    }
+
+    /// How long the subject token has left, if its expiry is known; an error once it passed.
+    fn subject_left(&self) -> Result<Option<Duration>, Error> {
+        let Some(at) = self.subject_expires_at else {
+            return Ok(None);
+        };
+        match at.duration_since(SystemTime::now()) {
+            Ok(left) if !left.is_zero() => Ok(Some(left)),
+            _ => Err(Error::AuthorizationRequired(
+                "the subject token of the exchange has expired: a new one is needed".into(),
+            )),
+        }
+    }
+}
+
+impl TokenSource for TokenExchange {
+    async fn fetch(&self) -> Result<Token, Error> {
+        let subject_left = self.subject_left()?;
+        let mut params: Vec<(&str, &str)> = Vec::with_capacity(8 + self.params.len());
+        params.push(("grant_type", GRANT_TYPE));
+        params.push(("subject_token", self.subject.0.secret()));
+        params.push(("subject_token_type", &self.subject.1));
+        if let Some((token, token_type)) = &self.actor {
+            params.push(("actor_token", token.secret()));
+            params.push(("actor_token_type", token_type));
+        }
+        if let Some(requested) = &self.requested_token_type {
+            params.push(("requested_token_type", requested));
+        }
+        if let Some(scope) = &self.scope {
+            params.push(("scope", scope));
+        }
+        params.extend(self.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let token = self.endpoint.request(&params).await?;
+        if token.token_type().eq_ignore_ascii_case("N_A") && !self.accept_not_applicable {
+            return Err(Error::UnexpectedResponse {
+                status: StatusCode::OK,
+                reason: "the exchange issued a token that is not an access token (token_type \
+                         N_A); TokenExchangeBuilder::accept_not_applicable sends it anyway"
+                    .into(),
+                excerpt: None,
+                retry_after: None,
+            });
+        }
+        Ok(match subject_left {
+            Some(left) if token.expires_in().is_none_or(|lifetime| lifetime > left) => {
+                token.with_expires_in(left)
+            }
+            _ => token,
+        })
+    }
+
+    #[cfg(feature = "jose")]
+    fn dpop_key(&self) -> Option<crate::jose::SigningKey> {
+        self.endpoint.dpop_key().cloned()
+    }
+
+    fn identity(&self) -> Option<String> {
+        let mut identity = self.endpoint.identity();
+        identity.push_str(" grant_type=token-exchange subject=");
+        identity.push_str(&fingerprint(&self.subject.0));
+        identity.push_str(&format!(" subject_type={:?}", self.subject.1));
+        if let Some((actor, actor_type)) = &self.actor {
+            identity.push_str(&format!(
+                " actor={} actor_type={actor_type:?}",
+                fingerprint(actor)
+            ));
+        }
+        if let Some(requested) = &self.requested_token_type {
+            identity.push_str(&format!(" requested={requested:?}"));
+        }
+        oauth::push_request_identity(&mut identity, self.scope.as_deref(), &self.params);
+        Some(identity)
+    }
+
+    async fn revoke(&self, current: Option<&Token>) -> Result<(), Error> {
+        match current {
+            Some(token) if self.endpoint.can_revoke() => {
+                self.endpoint
+                    .revoke(token.access_token().secret(), "access_token")
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A SHA-256 fingerprint of a token, in hex: names it without revealing it.
+fn fingerprint(token: &SubjectToken) -> String {
+    Sha256::digest(token.secret().as_bytes())
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The `exp` claim of a token that is a JWT, unverified.
+fn jwt_expiry(token: &str) -> Option<SystemTime> {
+    let mut parts = token.split('.');
+    let (_, payload, _) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&payload).ok()?;
+    let exp = claims.get("exp")?.as_u64()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(exp))
+}
+
+impl fmt::Debug for TokenExchange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenExchange")
+            .field("endpoint", &self.endpoint)
+            .field("subject", &self.subject)
+            .field("actor", &self.actor)
+            .field("requested_token_type", &self.requested_token_type)
+            .field("scope", &self.scope)
+            .field("params", &ParamNames(&self.params))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`TokenExchange`] source; see [`TokenExchange::builder`].
+#[must_use]
+pub struct TokenExchangeBuilder {
+    config: EndpointConfig,
+    subject: Option<(SubjectToken, String)>,
+    actor: Option<(SubjectToken, String)>,
+    requested_token_type: Option<String>,
+    subject_expires_at: Option<SystemTime>,
+    accept_not_applicable: bool,
+}
+
+impl TokenExchangeBuilder {
+    oauth::client_builder_methods!();
+
+    /// The token to exchange, and its type ([`TokenExchange::ACCESS_TOKEN`],
+    /// [`TokenExchange::JWT`], ...). Required.
+    pub fn subject_token(
+        mut self,
+        token: impl Into<SubjectToken>,
+        token_type: impl Into<String>,
+    ) -> Self {
+        self.subject = Some((token.into(), token_type.into()));
+        self
+    }
+
+    /// The token of the party acting for the subject (delegation, RFC 8693 §1.1), and its type.
+    pub fn actor_token(
+        mut self,
+        token: impl Into<SubjectToken>,
+        token_type: impl Into<String>,
+    ) -> Self {
+        self.actor = Some((token.into(), token_type.into()));
+        self
+    }
+
+    /// The type of token wanted (`requested_token_type`); the server's choice unless set.
+    pub fn requested_token_type(mut self, token_type: impl Into<String>) -> Self {
+        self.requested_token_type = Some(token_type.into());
+        self
+    }
+
+    /// When the subject token expires, if it is not a JWT whose `exp` says so: the exchanged
+    /// token is not used past it, and no exchange is asked for after it.
+    pub fn subject_expires_at(mut self, at: SystemTime) -> Self {
+        self.subject_expires_at = Some(at);
+        self
+    }
+
+    /// Whether a token the endpoint says is not an access token (`token_type` `N_A`) is sent
+    /// anyway, with the layer's scheme. Default: off, and such an answer is an error.
+    pub fn accept_not_applicable(mut self, accept: bool) -> Self {
+        self.accept_not_applicable = accept;
+        self
+    }
+
+    /// Checks the settings and builds the source.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] as for [`ClientCredentialsBuilder::build`](crate::ClientCredentialsBuilder::build),
+    /// and for a missing or empty subject token or token type, or an empty actor token or type.
+    pub fn build(self) -> Result<TokenExchange, Error> {
+        let subject = self
+            .subject
+            .filter(|(token, token_type)| !token.secret().is_empty() && !token_type.is_empty())
+            .ok_or_else(|| Error::config("a token exchange needs a subject token and its type"))?;
+        if self
+            .actor
+            .as_ref()
+            .is_some_and(|(token, token_type)| token.secret().is_empty() || token_type.is_empty())
+        {
+            return Err(Error::config(
+                "an actor token and its type must not be empty",
+            ));
+        }
+        let built = self.config.build(
+            "token exchange",
+            &[
+                "subject_token",
+                "subject_token_type",
+                "actor_token",
+                "actor_token_type",
+                "requested_token_type",
+            ],
+        )?;
+        let subject_expires_at = self
+            .subject_expires_at
+            .or_else(|| jwt_expiry(subject.0.secret()));
+        Ok(TokenExchange {
+            endpoint: built.endpoint,
+            scope: built.scope,
+            params: built.params,
+            subject,
+            actor: self.actor,
+            requested_token_type: self.requested_token_type,
+            subject_expires_at,
+            accept_not_applicable: self.accept_not_applicable,
+        })
+    }
+}
+
+impl fmt::Debug for TokenExchangeBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenExchangeBuilder")
+            .field("config", &self.config)
+            .field("subject", &self.subject)
+            .field("actor", &self.actor)
+            .finish_non_exhaustive()
+    }
+}
