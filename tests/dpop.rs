@@ -29,8 +29,7 @@ const RSA: &str = include_str!("keys/client-rsa.pem");
 const REDIRECT_URI: &str = "http://127.0.0.1/callback";
 
 fn issuer() -> String {
-    std::env::var("TOWER_BEARER_OIDC")
-        .expect("TOWER_BEARER_OIDC: run these tests with scripts/test")
+    support::oidc_provider()
 }
 
 fn token_url() -> String {

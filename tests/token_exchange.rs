@@ -1,6 +1,9 @@
 //! Token exchange (RFC 8693) over real HTTP against a stand-in token endpoint on 127.0.0.1: the
 //! request's shape, the issued token's type, the subject token's expiry, secrets; and the
-//! gateway pattern, a keyed layer that exchanges each user's token once.
+//! gateway pattern, a keyed layer that exchanges each user's token once. Then the same against
+//! a real authorization server that verifies the subject token (oidc-provider with an RFC 8693
+//! grant, which `scripts/test` starts; see tests/oidc-provider): a plain `cargo test` skips
+//! those as ignored.
 
 #![cfg(feature = "oauth")]
 
@@ -9,6 +12,7 @@ mod support;
 use std::{
     collections::HashMap,
     convert::Infallible,
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -282,4 +286,168 @@ async fn a_gateway_exchanges_each_users_token_once_and_never_mixes_users() {
     }
     assert_eq!(endpoint.recorded().len(), 50, "one exchange per user");
     assert_eq!(auth.keys(), 50);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Against oidc-provider.
+
+/// An opaque access token of another client (`bearer-secret`), which the server can look up.
+async fn a_users_token(http: &reqwest::Client) -> String {
+    let source =
+        tower_bearer::ClientCredentials::builder(format!("{}/token", support::oidc_provider()))
+            .client_id("bearer-secret")
+            .client_secret("bearer-secret-value")
+            .resource("http://127.0.0.1/opaque-api")
+            .scope("read")
+            .http_client(http.clone())
+            .build()
+            .unwrap();
+    source
+        .fetch()
+        .await
+        .unwrap()
+        .access_token()
+        .secret()
+        .to_owned()
+}
+
+fn exchanger(http: &reqwest::Client, subject: &SubjectToken) -> TokenExchangeBuilder {
+    TokenExchange::builder(format!("{}/token", support::oidc_provider()))
+        .client_id("exchanger")
+        .client_secret("exchanger-secret")
+        .http_client(http.clone())
+        .subject_token(subject.clone(), TokenExchange::ACCESS_TOKEN)
+        .scope("read")
+}
+
+/// The issued token is active at the server's introspection endpoint, and is the exchanger's.
+async fn introspect(http: &reqwest::Client, token: &str) -> serde_json::Value {
+    let form = form_urlencoded::Serializer::new(String::new())
+        .append_pair("token", token)
+        .finish();
+    let response = http
+        .post(format!("{}/token/introspection", support::oidc_provider()))
+        .basic_auth("introspector", Some("introspector-secret"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    serde_json::from_slice(&response.bytes().await.unwrap()).unwrap()
+}
+
+#[tokio::test]
+#[ignore = "needs the oidc-provider server: run scripts/test"]
+async fn a_real_server_exchanges_a_valid_subject_token_and_refuses_a_forged_one() {
+    let http = reqwest::Client::new();
+    let subject = SubjectToken::new(a_users_token(&http).await);
+    let token = exchanger(&http, &subject)
+        .build()
+        .unwrap()
+        .fetch()
+        .await
+        .unwrap();
+    assert_eq!(token.issued_token_type(), Some(TokenExchange::ACCESS_TOKEN));
+    assert_ne!(token.access_token().secret(), subject.secret());
+    let lifetime = token.expires_in().unwrap();
+    assert!(
+        lifetime <= Duration::from_secs(600),
+        "no longer than the subject: {lifetime:?}"
+    );
+    let active = introspect(&http, token.access_token().secret()).await;
+    assert_eq!(active["active"], true, "{active}");
+    assert_eq!(active["client_id"], "exchanger", "{active}");
+
+    let forged = SubjectToken::new("not-a-token-of-this-server");
+    let err = exchanger(&http, &forged)
+        .build()
+        .unwrap()
+        .fetch()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.oauth().map(|e| e.code()),
+        Some("invalid_grant"),
+        "{err}"
+    );
+    assert!(err.is_terminal());
+}
+
+/// The gateway against the real server: 10 users, 30 requests each at once, one exchange per
+/// user, and every downstream request carries a token the server issued for its own user's
+/// exchange.
+#[tokio::test]
+#[ignore = "needs the oidc-provider server: run scripts/test"]
+async fn a_gateway_on_a_real_server_exchanges_once_per_user() {
+    let http = reqwest::Client::new();
+    let mut users = Vec::new();
+    for _ in 0..10 {
+        users.push(a_users_token(&http).await);
+    }
+    let exchanges = Arc::new(Mutex::new(HashMap::<String, String>::new()));
+    let auth = {
+        let http = http.clone();
+        KeyedAuthLayer::builder(
+            |request| {
+                let credential = request.header("x-user-authorization")?;
+                credential.strip_prefix("Bearer ").map(SubjectToken::new)
+            },
+            move |subject: &SubjectToken| exchanger(&http, subject).build(),
+        )
+        .build()
+        .unwrap()
+    };
+    let downstream = {
+        let exchanges = Arc::clone(&exchanges);
+        service_fn(move |request: Request<String>| {
+            let exchanges = Arc::clone(&exchanges);
+            async move {
+                let user = request.headers()["x-user-authorization"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                let sent = request.headers()["authorization"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                let mut exchanges = exchanges.lock().unwrap();
+                let first = exchanges
+                    .entry(user.clone())
+                    .or_insert_with(|| sent.clone());
+                assert_eq!(*first, sent, "one exchanged token per user");
+                assert!(
+                    exchanges.values().filter(|t| **t == sent).count() == 1,
+                    "shared by two users"
+                );
+                Ok::<_, Infallible>(Response::new(String::new()))
+            }
+        })
+    };
+    let gateway = ServiceBuilder::new()
+        .layer(auth.clone())
+        .service(downstream);
+    let calls: Vec<_> = (0..30)
+        .flat_map(|_| users.iter())
+        .map(|user| {
+            let request = Request::get("http://127.0.0.1:1/orders")
+                .header("x-user-authorization", format!("Bearer {user}"))
+                .body(String::new())
+                .unwrap();
+            tokio::spawn(gateway.clone().oneshot(request))
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(exchanges.lock().unwrap().len(), 10);
+    for user in &users {
+        let stats = auth.stats(&SubjectToken::new(user.clone())).unwrap();
+        assert_eq!(stats.fetches, 1, "one exchange per user");
+    }
+    // Each exchanged token is live at the server.
+    let sent: Vec<String> = exchanges.lock().unwrap().values().cloned().collect();
+    for sent in &sent {
+        let token = sent.trim_start_matches("Bearer ");
+        assert_eq!(introspect(&http, token).await["active"], true);
+    }
 }

@@ -1,5 +1,5 @@
-// TEST-ONLY OAuth 2.0 authorization server for tower-bearer's DPoP (RFC 9449) and
-// private_key_jwt (RFC 7523) integration tests: panva's oidc-provider, configured with fixed
+// TEST-ONLY OAuth 2.0 authorization server for tower-bearer's DPoP (RFC 9449), private_key_jwt
+// (RFC 7523) and token exchange (RFC 8693) integration tests: panva's oidc-provider, configured with fixed
 // test clients, an automatic "log in as alice and grant everything asked" interaction, and two
 // test endpoints (/test/dpop-nonce, /test/stats). Never expose it: it listens on 127.0.0.1 only,
 // keeps everything in memory, logs every authorization request in as `alice`, and its client
@@ -110,6 +110,15 @@ const clients = [
     scope: 'read write',
   },
   {
+    // A gateway: exchanges the access tokens of other clients for tokens of its own (RFC 8693).
+    client_id: 'exchanger',
+    client_secret: 'exchanger-secret',
+    token_endpoint_auth_method: 'client_secret_basic',
+    grant_types: ['urn:ietf:params:oauth:grant-type:token-exchange'],
+    response_types: [],
+    scope: 'read write',
+  },
+  {
     // Calls the introspection endpoint for a test resource server; no grants of its own.
     client_id: 'introspector',
     client_secret: 'introspector-secret',
@@ -212,6 +221,40 @@ const provider = new Provider(ISSUER, {
     Session: 14 * 24 * 3600,
   },
 });
+
+// Token exchange (RFC 8693), through oidc-provider's documented extension point for grant types
+// (Provider#registerGrantType). The subject token must be an access token this server issued,
+// found by the provider's own models and not expired; the issued token is an opaque access
+// token of the requesting client, living no longer than the subject token, and the exchange is
+// refused for any other subject token type.
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
+  const { params, client } = ctx.oidc;
+  if (params.subject_token_type !== ACCESS_TOKEN_TYPE) {
+    throw new errors.InvalidRequest(`subject_token_type must be ${ACCESS_TOKEN_TYPE}`);
+  }
+  const subject = await provider.ClientCredentials.find(params.subject_token)
+    ?? await provider.AccessToken.find(params.subject_token);
+  if (!subject || subject.isExpired) {
+    throw new errors.InvalidGrant('subject_token is not an active access token of this server');
+  }
+  const requested = String(params.scope ?? '').split(' ').filter(Boolean);
+  const allowed = new Set(String(client.scope ?? '').split(' '));
+  if (requested.some((scope) => !allowed.has(scope))) throw new errors.InvalidScope('scope not allowed');
+  const token = new provider.ClientCredentials({ client, scope: requested.join(' ') || undefined });
+  const subjectLeft = subject.exp - epochTime();
+  const value = await token.save();
+  console.log(`token exchange client=${client.clientId}: subject of client ${subject.clientId} exchanged`);
+  ctx.body = {
+    access_token: value,
+    issued_token_type: ACCESS_TOKEN_TYPE,
+    token_type: 'Bearer',
+    expires_in: Math.min(token.expiration, subjectLeft),
+    scope: token.scope,
+  };
+}, ['scope', 'audience', 'resource', 'requested_token_type', 'subject_token', 'subject_token_type',
+  'actor_token', 'actor_token_type'], ['audience', 'resource']);
 
 provider.on('grant.success', (ctx) => {
   const { clientId, grantType } = tokenRequestLabels(ctx);

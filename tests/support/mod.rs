@@ -907,6 +907,18 @@ pub fn authserver() -> String {
     }
 }
 
+/// Issuer URL of the oidc-provider server (DPoP, `private_key_jwt`, token exchange) that
+/// `scripts/test` started; the tests that need it are `#[ignore]`d, as for [`authserver`].
+pub fn oidc_provider() -> String {
+    match std::env::var("TOWER_BEARER_OIDC") {
+        Ok(url) if !url.is_empty() => url.trim_end_matches('/').to_owned(),
+        _ => panic!(
+            "TOWER_BEARER_OIDC is not set: this test needs the oidc-provider server; run it with \
+             scripts/test, which starts it"
+        ),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // A raw TCP endpoint for faults HTTP frameworks will not produce.
 
