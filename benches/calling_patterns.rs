@@ -7,13 +7,15 @@
 //!   clients (cloned per task) do.
 //!
 //! Every request is built the way a caller builds it: a full `https` URI parsed from a string
-//! per request, an empty body. The token is 90 bytes, like a short JWT. Four variants, each in
+//! per request, an empty body. The token is 90 bytes, like a short JWT. Five variants, each in
 //! both patterns:
 //!
 //! - `no_middleware`: the inner service alone;
 //! - `static_header`: tower-http's `AddAuthorization` with a fixed token (the floor);
 //! - `auth_layer_retry_off`: `AuthLayer` with a cached token, `retry_unauthorized(false)`;
-//! - `auth_layer`: `AuthLayer` with a cached token, default settings (retry on).
+//! - `auth_layer`: `AuthLayer` with a cached token, default settings (retry on);
+//! - `keyed_layer`: `KeyedAuthLayer` keyed by the request's host (a token per audience, the key
+//!   a `String` made per request), default settings, its one key's token cached.
 //!
 //! The inner service answers at once and allocates nothing; each request is polled by hand
 //! with a no-op waker on a thread inside a current-thread Tokio runtime.
@@ -47,11 +49,12 @@ use tower_http::auth::AddAuthorizationLayer;
 const TOKEN: &str =
     "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJiZW5jaCIsImF1ZCI6ImFwaSJ9.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg00";
 const URI: &str = "https://api.example.com/v1/items?page=2";
-const VARIANTS: [&str; 4] = [
+const VARIANTS: [&str; 5] = [
     "no_middleware",
     "static_header",
     "auth_layer_retry_off",
     "auth_layer",
+    "keyed_layer",
 ];
 const PATTERNS: [&str; 2] = ["long_lived", "clone_oneshot"];
 
@@ -124,6 +127,20 @@ fn auth_layer(rt: &tokio::runtime::Runtime, retry: bool) -> tower_bearer::AuthSe
     auth.layer(Noop)
 }
 
+fn keyed_layer(
+    rt: &tokio::runtime::Runtime,
+) -> tower_bearer::keyed::KeyedAuthService<Noop, String> {
+    let auth = tower_bearer::keyed::KeyedAuthLayer::builder(
+        |request| request.host().map(str::to_owned),
+        |_host: &String| Ok(StaticToken::new(TOKEN)),
+    )
+    .build()
+    .unwrap();
+    rt.block_on(auth.token(&"api.example.com".to_owned()))
+        .unwrap();
+    auth.layer(Noop)
+}
+
 /// Something done with each variant's service.
 trait Visit {
     fn visit<S>(&mut self, variant: &'static str, svc: S)
@@ -148,6 +165,9 @@ fn variants(rt: &tokio::runtime::Runtime, only: Option<&str>, v: &mut impl Visit
     }
     if wanted("auth_layer") {
         v.visit("auth_layer", auth_layer(rt, true));
+    }
+    if wanted("keyed_layer") {
+        v.visit("keyed_layer", keyed_layer(rt));
     }
 }
 

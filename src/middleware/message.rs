@@ -53,6 +53,12 @@ pub trait AuthRequest: Sized {
         self.target().map(|t| t.scheme)
     }
 
+    /// The host alone, if the URL is absolute (no brackets around an IPv6 address): a cheaper
+    /// look than [`target`](Self::target) for a keyed layer's key function.
+    fn host(&self) -> Option<&str> {
+        self.target().map(|t| t.host)
+    }
+
     /// Keeps what is needed to send the request again, if it can be (its body allows, and a
     /// streaming body stays within `limit` bytes).
     fn prepare_replay(&mut self, limit: usize) -> Option<Self::Replay>;
@@ -121,6 +127,16 @@ impl<B: 'static> AuthRequest for Request<B> {
             host,
             port: uri.port_u16().or_else(|| default_port(scheme)),
         })
+    }
+
+    #[inline]
+    fn host(&self) -> Option<&str> {
+        let host = self.uri().host()?;
+        Some(
+            host.strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host),
+        )
     }
 
     #[inline]
