@@ -391,3 +391,50 @@ fn bad_keyed_settings_are_refused_at_build() {
     ));
     assert!(build(layer().idle_timeout(Duration::from_secs(86_400))).is_ok());
 }
+
+#[test]
+fn the_built_in_key_functions_read_the_host_a_header_and_a_bearer_credential() {
+    use tower_bearer::{
+        SubjectToken,
+        keyed::{by_bearer_credential, by_header, by_host},
+    };
+    let request = |headers: &[(&str, &str)]| {
+        let mut builder = Request::get("https://billing.example.com:8443/v1");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(String::new()).unwrap()
+    };
+    let key = |f: &dyn Fn(&RequestInfo<'_>) -> Option<String>, r: &Request<String>| {
+        f(&RequestInfo::of(r))
+    };
+
+    assert_eq!(
+        key(&by_host(), &request(&[])).as_deref(),
+        Some("billing.example.com")
+    );
+    let tenant = by_header(http::HeaderName::from_static("x-tenant"));
+    assert_eq!(
+        key(&tenant, &request(&[("x-tenant", "acme")])).as_deref(),
+        Some("acme")
+    );
+    assert_eq!(key(&tenant, &request(&[])), None);
+    assert_eq!(
+        key(
+            &tenant,
+            &request(&[("x-tenant", "acme"), ("x-tenant", "globex")])
+        ),
+        None,
+        "a key header sent twice names no key"
+    );
+
+    let bearer = by_bearer_credential();
+    let credential = |headers: &[(&str, &str)]| bearer(&RequestInfo::of(&request(headers)));
+    assert_eq!(
+        credential(&[("authorization", "bearer user-token")]),
+        Some(SubjectToken::new("user-token"))
+    );
+    assert_eq!(credential(&[("authorization", "Basic dXNlcjpwdw==")]), None);
+    assert_eq!(credential(&[("authorization", "Bearer ")]), None);
+    assert_eq!(credential(&[]), None);
+}

@@ -2,7 +2,7 @@
 //! user) and sends each request with its key's token.
 //!
 //! A key function looks at each request ([`RequestInfo`]: method, host, path, headers) and
-//! names its key; a source function makes the key's [`TokenSource`], and so
+//! names its key ([`by_host`], [`by_header`] and [`by_bearer_credential`] are the common ones); a source function makes the key's [`TokenSource`], and so
 //! decides what the key puts in the token request (an `audience` or `resource` parameter, a
 //! scope, another client). Each key has everything a single [`AuthLayer`](crate::AuthLayer)
 //! has: single-flight fetching, refresh ahead, 401 and `UNAUTHENTICATED` handling with the
@@ -30,7 +30,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower_bearer::BoxError> {
 //! let auth = KeyedAuthLayer::builder(
-//!     |request| request.host().map(str::to_owned),
+//!     tower_bearer::keyed::by_host(),
 //!     // In production: ClientCredentials::builder(url)...param("audience", audience).build()
 //!     |audience: &String| {
 //!         let token = format!("token-for-{audience}");
@@ -60,6 +60,7 @@
 //! ```
 
 mod builder;
+mod keys;
 mod request;
 mod service;
 mod tokens;
@@ -67,6 +68,7 @@ mod tokens;
 use std::{fmt, future::Future, hash::Hash, sync::Arc};
 
 pub use builder::{DEFAULT_KEY_CAPACITY, DEFAULT_KEY_IDLE, KeyedAuthLayerBuilder};
+pub use keys::{by_bearer_credential, by_header, by_host};
 pub use request::RequestInfo;
 pub use service::KeyedAuthService;
 use tokens::KeyedTokens;
