@@ -7,7 +7,7 @@
 //! | guide | about |
 //! |---|---|
 //! | [`how_it_works`] | a token's life, the hot path, single flight, retries and backoff, 401s and revocations, the token endpoint, secrets, errors |
-//! | [`token_sources`] | client credentials, refresh tokens and authorization codes, stores, discovery, revocation, sources of your own |
+//! | [`token_sources`] | client credentials, refresh tokens and authorization codes, stores, discovery, revocation, sources of your own, resource indicators, token exchange and a token per key |
 //! | [`dpop`] | `private_key_jwt` and DPoP-bound tokens (feature `jose`) |
 //! | [`clients`] | hyper, axum, tonic, reqwest, redirects; what a 401 does per body type; where the token may go |
 //! | [`fleets`] | one token for many processes, through Redis (feature `redis`) |
