@@ -438,3 +438,61 @@ fn the_built_in_key_functions_read_the_host_a_header_and_a_bearer_credential() {
     assert_eq!(credential(&[("authorization", "Bearer ")]), None);
     assert_eq!(credential(&[]), None);
 }
+
+/// A fleet of keyed layers (each standing for a process: its own caches, one Redis) fetches one
+/// token per key for the whole fleet: each key's source has an identity of its own (its
+/// audience), so each key has its own entry in Redis.
+#[cfg(all(feature = "redis", feature = "oauth"))]
+#[tokio::test]
+#[ignore = "needs Redis: run scripts/test"]
+async fn a_fleet_of_keyed_layers_fetches_one_token_per_key() {
+    use support::fleet;
+    use tower_bearer::{ClientCredentials, distributed::RedisCache};
+
+    let (endpoint, issued) = fleet::endpoint(Duration::from_millis(50)).await;
+    let cache = RedisCache::new(fleet::connection(&fleet::redis_url()).await)
+        .key_prefix(fleet::fresh_prefix("keyed"))
+        .encryption_key(fleet::KEY);
+    let token_url = endpoint.url("/token");
+    let processes: Vec<KeyedAuthLayer<String>> = (0..4)
+        .map(|_| {
+            let (token_url, cache) = (token_url.clone(), cache.clone());
+            KeyedAuthLayer::builder(tower_bearer::keyed::by_host(), move |audience: &String| {
+                ClientCredentials::builder(token_url.clone())
+                    .client_id("keyed-fleet")
+                    .client_secret("fleet-secret")
+                    .audience(audience.clone())
+                    .build()
+            })
+            .layer_settings(move |layer| layer.distributed(cache.clone()))
+            .build()
+            .unwrap()
+        })
+        .collect();
+    let audiences: Vec<String> = (0..20).map(|n| format!("api-{n}.example.com")).collect();
+    let mut calls = tokio::task::JoinSet::new();
+    for process in &processes {
+        for audience in &audiences {
+            let (process, audience) = (process.clone(), audience.clone());
+            calls.spawn(async move {
+                let token = process.token(&audience).await.unwrap();
+                (audience, token.access_token().secret().to_owned())
+            });
+        }
+    }
+    let mut tokens: HashMap<String, String> = HashMap::new();
+    while let Some(call) = calls.join_next().await {
+        let (audience, token) = call.unwrap();
+        let first = tokens
+            .entry(audience.clone())
+            .or_insert_with(|| token.clone());
+        assert_eq!(*first, token, "the processes share {audience}'s token");
+    }
+    assert_eq!(
+        issued.load(SeqCst),
+        20,
+        "one token request per key for the whole fleet"
+    );
+    let distinct: std::collections::HashSet<_> = tokens.values().collect();
+    assert_eq!(distinct.len(), 20, "each key has its own token");
+}
