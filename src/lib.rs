@@ -54,6 +54,7 @@
 //! | (internal) | DPoP on requests: a proof per request, nonces per origin (feature `jose`) | `src/middleware/dpop.rs` |
 //! | (internal) | the token cache: one current token, single flight, refresh ahead, backoff, what answers do to the token, and the trait through which it shares tokens with other processes | `src/cache/` (`mod.rs`, `settings.rs`, `entry.rs`, `refresh.rs`, `flight.rs`, `backoff.rs`, `rejection.rs`, `shared.rs`) |
 //! | (internal) | deadlines that never overflow, racing a future against one, whether the runtime has timers | `src/deadline.rs` |
+//! | (internal) | scope values: their union, and which are valid | `src/scope.rs` |
 //! | [`replay`] | which request bodies are resent after a 401, and [`ReplayableBody`](replay::ReplayableBody) for streams | `src/replay/` |
 //! | [`source`] | the [`TokenSource`] trait and its implementations: `ClientCredentials`, `RefreshTokenGrant`, `AuthorizationCode` (feature `oauth`), [`from_fn`](source::from_fn), [`StaticToken`] | `src/source/` |
 //! | (internal) | the OAuth 2.0 wire protocol: the builders' client settings (`config.rs`), token requests (`endpoint.rs`), client authentication (`private_key_jwt` and DPoP at the token endpoint in `key_binding.rs`), responses, discovery, PKCE (feature `oauth`) | `src/oauth/` |
@@ -128,6 +129,7 @@ mod middleware;
 #[cfg(feature = "oauth")]
 mod oauth;
 pub mod replay;
+mod scope;
 pub mod source;
 pub mod stats;
 pub mod store;

@@ -165,9 +165,15 @@ pub(crate) async fn fetch_with_retries(
     let settings = cache.settings();
     let timeout = settings.fetch_timeout;
     let deadline = later(started, timeout);
+    // Read once: a widening while this fetch runs is fetched for by the next one.
+    let scope = cache.lock_state().scope.clone();
     let mut attempt = 1;
     loop {
-        let error = match tokio::time::timeout_at(deadline, cache.source().fetch_boxed()).await {
+        let fetch = match &scope {
+            Some(scope) => cache.source().fetch_with_scope_boxed(scope),
+            None => cache.source().fetch_boxed(),
+        };
+        let error = match tokio::time::timeout_at(deadline, fetch).await {
             Ok(Ok(token)) => return Ok(token),
             Ok(Err(error)) => error,
             Err(_) => return Err(Error::Timeout(timeout)),

@@ -61,7 +61,7 @@ use backoff::{FetchFailures, RETRY_PAUSES, RejectionStreak};
 pub use entry::EXPIRY_ALLOWANCE;
 pub(crate) use entry::{Entry, Use};
 use flight::{Flight, FlightGuard, Outcome, WAITER_SLACK};
-pub(crate) use rejection::Rejection;
+pub(crate) use rejection::{Rejection, Widening};
 pub(crate) use settings::CacheSettings;
 pub use settings::{
     DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX, DEFAULT_EXPIRY_MARGIN, DEFAULT_FETCH_ATTEMPTS,
@@ -112,6 +112,9 @@ struct CacheState {
     /// more copy of a secret in memory).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     rejected: Option<crate::AccessToken>,
+    /// Scope that scope challenges added to what the source asks for (see
+    /// [`rejection`]): every fetch asks for it from then on.
+    scope: Option<Arc<str>>,
 }
 
 /// What a caller finds in the cache: a token to send, or a fetch to wait for.
@@ -135,6 +138,7 @@ impl TokenCache {
                 rng,
                 generation: 0,
                 rejected: None,
+                scope: None,
             }),
             next_background: AtomicU64::new(0),
             accepted: AtomicU64::new(0),

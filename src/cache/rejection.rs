@@ -22,7 +22,74 @@ pub(crate) enum Rejection {
     NotCurrent,
 }
 
+/// What a scope challenge (a 403 `insufficient_scope` naming a scope) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Widening {
+    /// The scope grew: the token is forgotten, and the next fetch asks for the wider scope.
+    Widened,
+    /// Nothing new: the scope asked for is asked for already, and the refused token is no
+    /// longer current (another request widened first): resend, with the next token.
+    Newer,
+    /// Nothing to do: the source cannot widen, the cache is shared with other processes, the
+    /// refused token was granted that scope or already asked for it (the server insists), or
+    /// the scope would grow past the bound.
+    Refused,
+}
+
+/// Most scope tokens a cache asks for beyond its source's, and most bytes: a server naming new
+/// scopes at every answer costs a bounded number of fetches.
+const MOST_SCOPE_TOKENS: usize = 32;
+const MOST_SCOPE_BYTES: usize = 1024;
+
 impl TokenCache {
+    /// A response to a request sent with the token of `generation` asked for `scope`
+    /// (RFC 6750 §3.1). Adds it to the scope every fetch asks for, and forgets the current token,
+    /// if that widens the scope; see [`Widening`].
+    pub(crate) fn widen_scope(&self, scope: &str, generation: u64) -> Widening {
+        #[cfg(feature = "redis")]
+        if self.settings.shared.is_some() {
+            // Processes sharing a token share its scope: widening one process's would hand
+            // its wider token to every other, or theirs to it.
+            return Widening::Refused;
+        }
+        if !self.source.can_widen_scope() {
+            return Widening::Refused;
+        }
+        let mut state = self.lock_state();
+        let current = self.current.load_full();
+        let still_current = current
+            .as_ref()
+            .filter(|entry| entry.generation == generation);
+        if let Some(granted) = still_current.and_then(|entry| entry.token.scope()) {
+            // The server granted that scope to the token it now refuses for lack of it: it
+            // insists, and another token would not do better.
+            if crate::scope::union(granted, scope) == crate::scope::union(granted, "") {
+                return Widening::Refused;
+            }
+        }
+        let held = state.scope.as_deref().unwrap_or_default();
+        let wider = crate::scope::union(held, scope);
+        if wider == held {
+            // Asked for already: by another request that met the same challenge (the token is
+            // gone, or replaced), or in vain (the token is still the one refused).
+            return if still_current.is_some() {
+                Widening::Refused
+            } else {
+                Widening::Newer
+            };
+        }
+        if wider.len() > MOST_SCOPE_BYTES || wider.split(' ').count() > MOST_SCOPE_TOKENS {
+            return Widening::Refused;
+        }
+        state.scope = Some(wider.into());
+        if let Some(entry) = self.current.swap(None) {
+            self.remember_rejected(&mut state.rejected, entry.token.access_token());
+        }
+        drop(state);
+        tracing::debug!(target: "tower_bearer", layer = %self.counters.name, "scope challenge: the next fetch asks for a wider scope");
+        Widening::Widened
+    }
+
     /// A response accepted the token of `generation` (a success): a rejection of it
     /// from now on is a revocation. The first time, its entry is replaced by the accepted one
     /// (see [`Entry::accepted`]), whose requests take the quiet path.

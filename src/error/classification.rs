@@ -44,6 +44,7 @@ impl Error {
             | Error::InsecureRequest { .. }
             | Error::UnknownDestination
             | Error::NoKey
+            | Error::InsufficientUserAuthentication { .. }
             | Error::NoTimer => true,
             _ => false,
         }

@@ -133,6 +133,17 @@ pub enum Error {
     )]
     UnknownDestination,
 
+    /// The API asks for a stronger or more recent authentication of the user (RFC 9470
+    /// `insufficient_user_authentication`, on a 401): no new token from the same grant can give
+    /// it; the user must sign in again as `acr_values` and `max_age` say.
+    #[error("the API requires a stronger or more recent user authentication{}", step_up(.acr_values, .max_age))]
+    InsufficientUserAuthentication {
+        /// The authentication context classes the API accepts, if it said.
+        acr_values: Option<String>,
+        /// The longest time since the user's authentication the API accepts, in seconds.
+        max_age: Option<u64>,
+    },
+
     /// A [`KeyedAuthLayer`](crate::keyed::KeyedAuthLayer)'s key function found no key for the
     /// request: no token is sent rather than another key's (see
     /// [`KeyedAuthLayerBuilder::pass_through_without_key`](crate::keyed::KeyedAuthLayerBuilder::pass_through_without_key)).
@@ -156,6 +167,17 @@ pub enum Error {
          on the runtime builder"
     )]
     NoTimer,
+}
+
+fn step_up(acr_values: &Option<String>, max_age: &Option<u64>) -> String {
+    let mut text = String::new();
+    if let Some(acr) = acr_values {
+        text.push_str(&format!(" (acr_values {acr:?})"));
+    }
+    if let Some(age) = max_age {
+        text.push_str(&format!(" (max_age {age} s)"));
+    }
+    text
 }
 
 fn excerpt_suffix(excerpt: &Option<String>) -> String {

@@ -81,6 +81,10 @@ impl Middleware for AuthMiddleware {
                 cache.counters.not_resent();
                 return Ok(response);
             }
+            Verdict::StepUp => {
+                let error = layer.step_up_error(&response, proof);
+                return Err(reqwest_middleware::Error::middleware(error));
+            }
             Verdict::Resend => {}
         }
         let Some(mut again) = again else {

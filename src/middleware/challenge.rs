@@ -2,8 +2,9 @@
 //!
 //! A 401 leads to a refresh unless its `Bearer` challenge names an error other than
 //! `invalid_token` (for example `invalid_request`, which a new token cannot fix). A 401 without
-//! any challenge refreshes too, as most servers send none. `insufficient_scope` comes with 403,
-//! which never refreshes.
+//! any challenge refreshes too, as most servers send none. A 403 refreshes only for a scope
+//! challenge (`insufficient_scope` naming a `scope`, RFC 6750 §3.1) that the layer's source can
+//! widen; a 401 `insufficient_user_authentication` (RFC 9470) is a typed error.
 //!
 //! The parser is total: any bytes give a (possibly empty) list of challenges, never a panic,
 //! and it looks at no more than [`MAX_HEADER_BYTES`] of a header and [`MAX_ITEMS`] challenges
@@ -53,7 +54,7 @@ pub(crate) fn rejects_token(response: &impl AuthResponse, scheme: &str) -> bool 
 #[inline]
 pub(crate) fn may_reject(response: &impl AuthResponse) -> bool {
     match response.status() {
-        StatusCode::UNAUTHORIZED => true,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => true,
         StatusCode::OK => {
             let headers = response.headers();
             !headers.is_empty()
@@ -88,6 +89,39 @@ pub(crate) fn calls_for_new_token(headers: &HeaderMap, scheme: &str) -> bool {
         }
     }
     true
+}
+
+/// The first challenge of `scheme` (or `Bearer`) in these headers whose error is `error`.
+fn challenge_naming(headers: &HeaderMap, scheme: &str, error: &str) -> Option<Challenge> {
+    headers.get_all(WWW_AUTHENTICATE).iter().find_map(|value| {
+        parse(value.as_bytes()).into_iter().find(|c| {
+            (c.scheme.eq_ignore_ascii_case(scheme) || c.scheme.eq_ignore_ascii_case("bearer"))
+                && c.param("error") == Some(error)
+        })
+    })
+}
+
+/// The scope a 403 asks for (RFC 6750 §3.1): `insufficient_scope` with a `scope` that is a
+/// valid scope value.
+pub(crate) fn insufficient_scope(headers: &HeaderMap, scheme: &str) -> Option<String> {
+    let challenge = challenge_naming(headers, scheme, "insufficient_scope")?;
+    let scope = challenge.param("scope")?;
+    crate::scope::is_valid(scope).then(|| scope.to_owned())
+}
+
+/// What a 401 `insufficient_user_authentication` (RFC 9470 §3) asks of the user: its
+/// `acr_values` and `max_age`, each kept only if it is short visible ASCII or a number.
+pub(crate) fn insufficient_user_authentication(
+    headers: &HeaderMap,
+    scheme: &str,
+) -> Option<(Option<String>, Option<u64>)> {
+    let challenge = challenge_naming(headers, scheme, "insufficient_user_authentication")?;
+    let acr_values = challenge
+        .param("acr_values")
+        .filter(|v| v.len() <= 256 && v.bytes().all(|b| (0x20..0x7F).contains(&b)))
+        .map(str::to_owned);
+    let max_age = challenge.param("max_age").and_then(|v| v.parse().ok());
+    Some((acr_values, max_age))
 }
 
 /// Whether a `WWW-Authenticate` challenge of `scheme` names the error `error`.

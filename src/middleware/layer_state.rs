@@ -189,6 +189,23 @@ impl LayerState {
         }
     }
 
+    /// The error a [`Verdict::StepUp`] response to a request sent with `proof` becomes.
+    pub(crate) fn step_up_error(
+        &self,
+        response: &impl crate::message::AuthResponse,
+        proof: Proof,
+    ) -> Error {
+        let (acr_values, max_age) = crate::challenge::insufficient_user_authentication(
+            response.headers(),
+            self.scheme_of(proof),
+        )
+        .unwrap_or_default();
+        Error::InsufficientUserAuthentication {
+            acr_values,
+            max_age,
+        }
+    }
+
     /// The scheme a request sent with `proof` carried its token with.
     fn scheme_of(&self, proof: Proof) -> &str {
         #[cfg(feature = "jose")]
@@ -224,7 +241,24 @@ impl LayerState {
             };
         }
         let _ = new_nonce;
-        if !crate::challenge::rejects_token(response, self.scheme_of(proof)) {
+        let scheme = self.scheme_of(proof);
+        if response.status() == http::StatusCode::FORBIDDEN {
+            let Some(scope) = crate::challenge::insufficient_scope(response.headers(), scheme)
+            else {
+                return Verdict::Answer;
+            };
+            return match self.cache.widen_scope(&scope, generation) {
+                crate::cache::Widening::Widened | crate::cache::Widening::Newer => Verdict::Resend,
+                crate::cache::Widening::Refused => Verdict::Futile,
+            };
+        }
+        if response.status() == http::StatusCode::UNAUTHORIZED
+            && crate::challenge::insufficient_user_authentication(response.headers(), scheme)
+                .is_some()
+        {
+            return Verdict::StepUp;
+        }
+        if !crate::challenge::rejects_token(response, scheme) {
             return Verdict::Answer;
         }
         if self.cache.reject(generation) == crate::cache::Rejection::Kept {
@@ -245,6 +279,9 @@ pub(crate) enum Verdict {
     Resend,
     /// It goes to the caller: sending again would meet the same answer.
     Futile,
+    /// A 401 asking for a user authentication a machine client cannot give (RFC 9470): an
+    /// [`Error::InsufficientUserAuthentication`] instead of the response.
+    StepUp,
 }
 
 impl fmt::Debug for LayerState {

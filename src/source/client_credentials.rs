@@ -52,15 +52,31 @@ impl ClientCredentials {
     }
 }
 
-impl TokenSource for ClientCredentials {
-    async fn fetch(&self) -> Result<Token, Error> {
+impl ClientCredentials {
+    /// One token request, asking for `scope`.
+    async fn request(&self, scope: Option<&str>) -> Result<Token, Error> {
         let mut params: Vec<(&str, &str)> = Vec::with_capacity(2 + self.params.len());
         params.push(("grant_type", "client_credentials"));
-        if let Some(scope) = &self.scope {
+        if let Some(scope) = scope {
             params.push(("scope", scope));
         }
         params.extend(self.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         self.endpoint.request(&params).await
+    }
+}
+
+impl TokenSource for ClientCredentials {
+    async fn fetch(&self) -> Result<Token, Error> {
+        self.request(self.scope.as_deref()).await
+    }
+
+    fn can_widen_scope(&self) -> bool {
+        true
+    }
+
+    async fn fetch_with_scope(&self, scope: &str) -> Result<Token, Error> {
+        let scope = crate::scope::union(self.scope.as_deref().unwrap_or_default(), scope);
+        self.request(Some(&scope)).await
     }
 
     #[cfg(feature = "jose")]

@@ -102,6 +102,25 @@ pub trait TokenSource: Send + Sync + 'static {
         None
     }
 
+    /// Whether [`fetch_with_scope`](TokenSource::fetch_with_scope) can ask for more scope than
+    /// the source is configured with. When it can, the layer answers a 403 whose challenge is
+    /// `insufficient_scope` with a `scope` (RFC 6750 §3.1) by fetching a token with that scope
+    /// added, and resends the request once. The default is `false`: the 403 goes to the caller.
+    /// [`ClientCredentials`] and [`TokenExchange`] can; a [`RefreshTokenGrant`] cannot (a
+    /// refresh may not ask for more than the user granted, RFC 6749 §6).
+    fn can_widen_scope(&self) -> bool {
+        false
+    }
+
+    /// Fetches a new token with `scope` (space-separated scope tokens) added to the scope the
+    /// source asks for. Called instead of [`fetch`](TokenSource::fetch) once a scope challenge
+    /// widened the layer's scope; only if [`can_widen_scope`](TokenSource::can_widen_scope).
+    /// The default fetches as `fetch` does.
+    fn fetch_with_scope(&self, scope: &str) -> impl Future<Output = Result<Token, Error>> + Send {
+        let _ = scope;
+        self.fetch()
+    }
+
     /// The key this source's tokens are bound to with DPoP (RFC 9449; feature `jose`), if any.
     /// For a token whose `token_type` is `DPoP`, the layer sends `Authorization: DPoP <token>`
     /// and a fresh `DPoP` proof signed with this key on every request. The default is `None`;
@@ -129,6 +148,14 @@ impl<T: TokenSource> TokenSource for Arc<T> {
         T::identity(self)
     }
 
+    fn can_widen_scope(&self) -> bool {
+        T::can_widen_scope(self)
+    }
+
+    fn fetch_with_scope(&self, scope: &str) -> impl Future<Output = Result<Token, Error>> + Send {
+        T::fetch_with_scope(self, scope)
+    }
+
     #[cfg(feature = "jose")]
     fn dpop_key(&self) -> Option<crate::jose::SigningKey> {
         T::dpop_key(self)
@@ -140,6 +167,8 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Object-safe form of [`TokenSource`], so the cache and layer need no type parameter.
 pub(crate) trait DynTokenSource: Send + Sync + 'static {
     fn fetch_boxed(&self) -> BoxFuture<'_, Result<Token, Error>>;
+    fn fetch_with_scope_boxed<'a>(&'a self, scope: &'a str) -> BoxFuture<'a, Result<Token, Error>>;
+    fn can_widen_scope(&self) -> bool;
     fn revoke_boxed<'a>(&'a self, current: Option<&'a Token>) -> BoxFuture<'a, Result<(), Error>>;
     fn retry_within_fetch(&self, error: &Error) -> bool;
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
@@ -152,6 +181,14 @@ pub(crate) trait DynTokenSource: Send + Sync + 'static {
 impl<T: TokenSource> DynTokenSource for T {
     fn fetch_boxed(&self) -> BoxFuture<'_, Result<Token, Error>> {
         Box::pin(self.fetch())
+    }
+
+    fn fetch_with_scope_boxed<'a>(&'a self, scope: &'a str) -> BoxFuture<'a, Result<Token, Error>> {
+        Box::pin(self.fetch_with_scope(scope))
+    }
+
+    fn can_widen_scope(&self) -> bool {
+        TokenSource::can_widen_scope(self)
     }
 
     fn revoke_boxed<'a>(&'a self, current: Option<&'a Token>) -> BoxFuture<'a, Result<(), Error>> {

@@ -94,22 +94,8 @@ impl TokenExchange {
         }
     }
 
-    /// How long the subject token has left, if its expiry is known; an error once it passed.
-    fn subject_left(&self) -> Result<Option<Duration>, Error> {
-        let Some(at) = self.subject_expires_at else {
-            return Ok(None);
-        };
-        match at.duration_since(SystemTime::now()) {
-            Ok(left) if !left.is_zero() => Ok(Some(left)),
-            _ => Err(Error::AuthorizationRequired(
-                "the subject token of the exchange has expired: a new one is needed".into(),
-            )),
-        }
-    }
-}
-
-impl TokenSource for TokenExchange {
-    async fn fetch(&self) -> Result<Token, Error> {
+    /// One exchange, asking for `scope`.
+    async fn exchange(&self, scope: Option<&str>) -> Result<Token, Error> {
         let subject_left = self.subject_left()?;
         let mut params: Vec<(&str, &str)> = Vec::with_capacity(8 + self.params.len());
         params.push(("grant_type", GRANT_TYPE));
@@ -122,7 +108,7 @@ impl TokenSource for TokenExchange {
         if let Some(requested) = &self.requested_token_type {
             params.push(("requested_token_type", requested));
         }
-        if let Some(scope) = &self.scope {
+        if let Some(scope) = scope {
             params.push(("scope", scope));
         }
         params.extend(self.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -143,6 +129,34 @@ impl TokenSource for TokenExchange {
             }
             _ => token,
         })
+    }
+
+    /// How long the subject token has left, if its expiry is known; an error once it passed.
+    fn subject_left(&self) -> Result<Option<Duration>, Error> {
+        let Some(at) = self.subject_expires_at else {
+            return Ok(None);
+        };
+        match at.duration_since(SystemTime::now()) {
+            Ok(left) if !left.is_zero() => Ok(Some(left)),
+            _ => Err(Error::AuthorizationRequired(
+                "the subject token of the exchange has expired: a new one is needed".into(),
+            )),
+        }
+    }
+}
+
+impl TokenSource for TokenExchange {
+    async fn fetch(&self) -> Result<Token, Error> {
+        self.exchange(self.scope.as_deref()).await
+    }
+
+    fn can_widen_scope(&self) -> bool {
+        true
+    }
+
+    async fn fetch_with_scope(&self, scope: &str) -> Result<Token, Error> {
+        let scope = crate::scope::union(self.scope.as_deref().unwrap_or_default(), scope);
+        self.exchange(Some(&scope)).await
     }
 
     #[cfg(feature = "jose")]

@@ -251,6 +251,12 @@ where
             cache.counters.not_resent();
             return Ok(response);
         }
+        Verdict::StepUp => {
+            let error = layer.step_up_error(&response, proof);
+            return Err(State::Refused {
+                error: Some(Box::new(error)),
+            });
+        }
         Verdict::Resend => {}
     }
     let resend = replay.and_then(|(service, replay)| Some((service, R::replay(replay)?)));
