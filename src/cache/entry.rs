@@ -122,7 +122,7 @@ impl Entry {
         let scheme = &settings.scheme;
         let header = token.header_value(scheme)?;
         let copies = std::array::from_fn(|_| {
-            if settings.max_uses.is_some() {
+            if settings.max_uses.is_some() || !settings.header_copies {
                 header.clone()
             } else {
                 crate::token::copy_header(&header)

@@ -44,6 +44,10 @@ pub(crate) struct CacheSettings {
     pub(crate) runtime: Option<Handle>,
     /// The layer's name, for its metrics and traces.
     pub(crate) name: LayerName,
+    /// Whether each token's header gets its own copies for services on different cores
+    /// ([`Entry::header_copy`](super::Entry::header_copy)); off for a keyed layer's keys,
+    /// whose services send the cache's own header.
+    pub(crate) header_copies: bool,
     /// Whether the source binds tokens to a DPoP key: a token of type `DPoP` is then sent with
     /// that scheme (and a proof).
     #[cfg(feature = "jose")]
@@ -70,6 +74,7 @@ impl Default for CacheSettings {
             jitter_seed: None,
             runtime: None,
             name: LayerName::default(),
+            header_copies: true,
             #[cfg(feature = "jose")]
             dpop: false,
             #[cfg(feature = "redis")]

@@ -25,7 +25,7 @@ pub(super) trait BoxedSource: Send {
 
 impl<T: TokenSource> BoxedSource for T {
     fn into_layer(self: Box<Self>, configure: &Configure) -> Result<AuthLayer, Error> {
-        configure(AuthLayer::builder(*self)).build()
+        configure(AuthLayer::builder(*self).without_header_copies()).build()
     }
 }
 

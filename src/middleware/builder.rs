@@ -162,6 +162,13 @@ impl AuthLayerBuilder {
         self
     }
 
+    /// One header per token, no per-core copies: for a keyed layer's keys, whose services send
+    /// the cache's own header.
+    pub(crate) fn without_header_copies(mut self) -> Self {
+        self.settings.header_copies = false;
+        self
+    }
+
     /// Seeds the jitter of backoff and refresh-ahead, for reproducible tests. Default: a random
     /// seed.
     #[doc(hidden)]
