@@ -222,6 +222,35 @@ fn a_missing_subject_or_a_reserved_parameter_is_refused_at_build() {
     }
 }
 
+/// The gateway's key: the user's credential, in `x-user-authorization` (`Bearer <token>`).
+fn user_credential(request: &tower_bearer::keyed::RequestInfo<'_>) -> Option<SubjectToken> {
+    let credential = request.header("x-user-authorization")?;
+    credential.strip_prefix("Bearer ").map(SubjectToken::new)
+}
+
+/// `rounds` requests of each user through `gateway`, all at once; each must succeed.
+async fn call_as_each<S>(gateway: &S, users: &[String], rounds: usize)
+where
+    S: tower::Service<Request<String>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Response: Send,
+    S::Error: std::fmt::Debug + Send,
+{
+    let calls: Vec<_> = (0..rounds)
+        .flat_map(|_| users.iter())
+        .map(|user| {
+            let request = Request::get("http://127.0.0.1:1/orders")
+                .header("x-user-authorization", format!("Bearer {user}"))
+                .body(String::new())
+                .unwrap();
+            tokio::spawn(gateway.clone().oneshot(request))
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+}
+
 /// The gateway: the incoming `Authorization` is the key and the subject token; 50 users with 20
 /// requests each at once cost one exchange per user, and each downstream request carries the
 /// token exchanged for its own user.
@@ -234,21 +263,15 @@ async fn a_gateway_exchanges_each_users_token_once_and_never_mixes_users() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let auth = KeyedAuthLayer::builder(
-        |request| {
-            let credential = request.header("x-user-authorization")?;
-            credential.strip_prefix("Bearer ").map(SubjectToken::new)
-        },
-        move |subject: &SubjectToken| {
-            TokenExchange::builder(url.clone())
-                .client_id("gateway")
-                .client_secret("gateway-secret")
-                .http_client(http.clone())
-                .subject_token(subject.clone(), TokenExchange::ACCESS_TOKEN)
-                .audience("orders")
-                .build()
-        },
-    )
+    let auth = KeyedAuthLayer::builder(user_credential, move |subject: &SubjectToken| {
+        TokenExchange::builder(url.clone())
+            .client_id("gateway")
+            .client_secret("gateway-secret")
+            .http_client(http.clone())
+            .subject_token(subject.clone(), TokenExchange::ACCESS_TOKEN)
+            .audience("orders")
+            .build()
+    })
     .build()
     .unwrap();
     let downstream = service_fn(|request: Request<String>| async move {
@@ -271,19 +294,8 @@ async fn a_gateway_exchanges_each_users_token_once_and_never_mixes_users() {
     let gateway = ServiceBuilder::new()
         .layer(auth.clone())
         .service(downstream);
-    let calls: Vec<_> = (0..20)
-        .flat_map(|_| 0..50)
-        .map(|user| {
-            let request = Request::get("http://127.0.0.1:1/orders")
-                .header("x-user-authorization", format!("Bearer user-{user}"))
-                .body(String::new())
-                .unwrap();
-            tokio::spawn(gateway.clone().oneshot(request))
-        })
-        .collect();
-    for call in calls {
-        call.await.unwrap().unwrap();
-    }
+    let users: Vec<String> = (0..50).map(|user| format!("user-{user}")).collect();
+    call_as_each(&gateway, &users, 20).await;
     assert_eq!(endpoint.recorded().len(), 50, "one exchange per user");
     assert_eq!(auth.keys(), 50);
 }
@@ -387,13 +399,9 @@ async fn a_gateway_on_a_real_server_exchanges_once_per_user() {
     let exchanges = Arc::new(Mutex::new(HashMap::<String, String>::new()));
     let auth = {
         let http = http.clone();
-        KeyedAuthLayer::builder(
-            |request| {
-                let credential = request.header("x-user-authorization")?;
-                credential.strip_prefix("Bearer ").map(SubjectToken::new)
-            },
-            move |subject: &SubjectToken| exchanger(&http, subject).build(),
-        )
+        KeyedAuthLayer::builder(user_credential, move |subject: &SubjectToken| {
+            exchanger(&http, subject).build()
+        })
         .build()
         .unwrap()
     };
@@ -426,19 +434,7 @@ async fn a_gateway_on_a_real_server_exchanges_once_per_user() {
     let gateway = ServiceBuilder::new()
         .layer(auth.clone())
         .service(downstream);
-    let calls: Vec<_> = (0..30)
-        .flat_map(|_| users.iter())
-        .map(|user| {
-            let request = Request::get("http://127.0.0.1:1/orders")
-                .header("x-user-authorization", format!("Bearer {user}"))
-                .body(String::new())
-                .unwrap();
-            tokio::spawn(gateway.clone().oneshot(request))
-        })
-        .collect();
-    for call in calls {
-        call.await.unwrap().unwrap();
-    }
+    call_as_each(&gateway, &users, 30).await;
     assert_eq!(exchanges.lock().unwrap().len(), 10);
     for user in &users {
         let stats = auth.stats(&SubjectToken::new(user.clone())).unwrap();
