@@ -269,3 +269,61 @@ async fn a_step_up_challenge_is_a_typed_error_and_costs_no_fetch() {
         "a new token cannot help: none fetched"
     );
 }
+
+/// In a keyed layer a scope challenge widens the scope of the key whose request met it, and
+/// no other key's.
+#[tokio::test]
+async fn in_a_keyed_layer_a_scope_challenge_widens_that_key_only() {
+    let (endpoint, scopes) = endpoint().await;
+    let token_url = endpoint.url("/token");
+    let auth = tower_bearer::keyed::KeyedAuthLayer::builder(
+        tower_bearer::keyed::by_header(http::HeaderName::from_static("x-tenant")),
+        move |tenant: &String| {
+            ClientCredentials::builder(token_url.clone())
+                .client_id("app")
+                .client_secret("app-secret")
+                .auth(ClientAuth::Post)
+                .scope("read")
+                .audience(tenant.clone())
+                .build()
+        },
+    )
+    .build()
+    .unwrap();
+    let client = ServiceBuilder::new()
+        .layer(auth)
+        .service(api(scopes, CHALLENGE, Arc::default()));
+    let as_tenant = |tenant: &str, mut request: Request<String>| {
+        request
+            .headers_mut()
+            .insert("x-tenant", tenant.parse().unwrap());
+        request
+    };
+    let response = client
+        .clone()
+        .oneshot(as_tenant("acme", post()))
+        .await
+        .unwrap();
+    assert_eq!(response.body(), "read write");
+    let get = Request::get("https://api.example.com/orders")
+        .body(String::new())
+        .unwrap();
+    let response = client.oneshot(as_tenant("globex", get)).await.unwrap();
+    assert_eq!(response.body(), "read", "globex's scope was not widened");
+    let asked: Vec<(String, String)> = endpoint
+        .recorded()
+        .iter()
+        .map(|r| {
+            let form: HashMap<_, _> = r.form().into_iter().collect();
+            (form["audience"].clone(), form["scope"].clone())
+        })
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            ("acme".to_owned(), "read".to_owned()),
+            ("acme".to_owned(), "read write".to_owned()),
+            ("globex".to_owned(), "read".to_owned()),
+        ]
+    );
+}

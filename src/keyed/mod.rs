@@ -2,13 +2,16 @@
 //! user) and sends each request with its key's token.
 //!
 //! A key function looks at each request ([`RequestInfo`]: method, host, path, headers) and
-//! names its key ([`by_host`], [`by_header`] and [`by_bearer_credential`] are the common ones); a source function makes the key's [`TokenSource`], and so
-//! decides what the key puts in the token request (an `audience` or `resource` parameter, a
-//! scope, another client). Each key has everything a single [`AuthLayer`](crate::AuthLayer)
-//! has: single-flight fetching, refresh ahead, 401 and `UNAUTHENTICATED` handling with the
-//! resend, DPoP, and (with [`layer_settings`](KeyedAuthLayerBuilder::layer_settings) and
-//! `distributed`) a Redis entry of its own in a fleet, since the key's parameters are part of
-//! its source's identity.
+//! names its key ([`by_host`], [`by_header`] and [`by_bearer_credential`] are the common ones);
+//! a source function makes the key's [`TokenSource`], and so decides what the key puts in the
+//! token request (an `audience` or `resource` parameter, a scope, another client). Each key has
+//! everything a single [`AuthLayer`](crate::AuthLayer) has: single-flight fetching, refresh
+//! ahead, 401 and `UNAUTHENTICATED` handling with the resend, scope challenges (which widen that
+//! key's scope only), DPoP, and (with [`layer_settings`](KeyedAuthLayerBuilder::layer_settings)
+//! and `distributed`) a Redis entry of its own in a fleet, since the key's parameters are part
+//! of its source's identity. The layer replaces the header its token goes in, so a request
+//! forwarded with its caller's `Authorization` (the key of [`by_bearer_credential`]) leaves
+//! with the key's token instead.
 //!
 //! A request whose key function returns `None` is refused with [`Error::NoKey`]
 //! (or sent without a token, by [setting](KeyedAuthLayerBuilder::pass_through_without_key)):
