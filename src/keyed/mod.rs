@@ -100,6 +100,11 @@ where
 {
     /// Starts a keyed layer: `key` names each request's key (`None`: the request has none),
     /// `source` makes a key's token source, once per key the layer holds.
+    ///
+    /// Both run on the request path: `key` for every request, `source` in the first request of
+    /// a key (and the first after the key was dropped), while requests for the same key on
+    /// other threads wait for it. Keep them cheap: build one `reqwest::Client` and give each
+    /// source a clone (`http_client`) rather than letting each build its own.
     pub fn builder<S: TokenSource>(
         key: impl Fn(&RequestInfo<'_>) -> Option<K> + Send + Sync + 'static,
         source: impl Fn(&K) -> Result<S, Error> + Send + Sync + 'static,
