@@ -7,6 +7,9 @@
 //! - `cold keys`: 1,000 keys with 100 concurrent callers each, on a multi-thread runtime, each
 //!   key's fetch taking 1 ms: the wall time until all 100,000 callers have their token, the
 //!   fetches made (one per key), and the p50 and p99 of a caller's wait.
+//! - `expired keys`: the same 1,000 keys once every key's token has expired while nobody
+//!   asked (2-second tokens, then a pause past their expiry): every key refreshes at once
+//!   under its 100 callers.
 //!
 //! ```text
 //! cargo bench --bench keyed               # both, printed
@@ -55,6 +58,14 @@ const TOKEN: &str =
     "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJiZW5jaCIsImF1ZCI6ImFwaSJ9.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg00";
 
 fn layer(latency: Duration, fetches: Arc<AtomicUsize>) -> KeyedAuthLayer<String> {
+    layer_with(latency, Duration::from_secs(3600), fetches)
+}
+
+fn layer_with(
+    latency: Duration,
+    lifetime: Duration,
+    fetches: Arc<AtomicUsize>,
+) -> KeyedAuthLayer<String> {
     KeyedAuthLayer::builder(tower_bearer::keyed::by_host(), move |_host: &String| {
         let fetches = Arc::clone(&fetches);
         Ok(from_fn(move || {
@@ -64,7 +75,7 @@ fn layer(latency: Duration, fetches: Arc<AtomicUsize>) -> KeyedAuthLayer<String>
                 if !latency.is_zero() {
                     tokio::time::sleep(latency).await;
                 }
-                Ok(Token::new(TOKEN).with_expires_in(Duration::from_secs(3600)))
+                Ok(Token::new(TOKEN).with_expires_in(lifetime))
             }
         }))
     })
@@ -101,6 +112,49 @@ fn memory(keys: usize) {
     );
 }
 
+/// `callers` callers for each of `names` at once; each caller's wait, and the wall time.
+async fn burst(
+    auth: &KeyedAuthLayer<String>,
+    names: &Arc<Vec<String>>,
+    callers: usize,
+) -> (Duration, Vec<Duration>) {
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(names.len() * callers);
+    for caller in 0..names.len() * callers {
+        let (auth, names) = (auth.clone(), Arc::clone(names));
+        tasks.push(tokio::spawn(async move {
+            let asked = Instant::now();
+            auth.token(&names[caller % names.len()]).await.unwrap();
+            asked.elapsed()
+        }));
+    }
+    let mut waits = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        waits.push(task.await.unwrap());
+    }
+    waits.sort();
+    (start.elapsed(), waits)
+}
+
+fn report(
+    what: &str,
+    keys: usize,
+    callers: usize,
+    elapsed: Duration,
+    waits: &[Duration],
+    fetches: usize,
+) {
+    let at = |q: f64| waits[((waits.len() - 1) as f64 * q) as usize];
+    println!(
+        "{what}: {keys} keys x {callers} callers on {} threads: all served in {elapsed:.1?}, \
+         {fetches} fetches ({} per key), a caller's wait p50 {:.1?}, p99 {:.1?}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        fetches as f64 / keys as f64,
+        at(0.50),
+        at(0.99),
+    );
+}
+
 fn cold_keys(keys: usize, callers: usize) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -113,35 +167,39 @@ fn cold_keys(keys: usize, callers: usize) {
             .map(|n| format!("api-{n:04}.example.com"))
             .collect(),
     );
-    let (elapsed, mut waits) = runtime.block_on(async {
-        let start = Instant::now();
-        let mut tasks = Vec::with_capacity(keys * callers);
-        for caller in 0..keys * callers {
-            let (auth, names) = (auth.clone(), Arc::clone(&names));
-            tasks.push(tokio::spawn(async move {
-                let asked = Instant::now();
-                auth.token(&names[caller % names.len()]).await.unwrap();
-                asked.elapsed()
-            }));
-        }
-        let mut waits = Vec::with_capacity(tasks.len());
-        for task in tasks {
-            waits.push(task.await.unwrap());
-        }
-        (start.elapsed(), waits)
-    });
-    waits.sort();
-    let at = |q: f64| waits[((waits.len() - 1) as f64 * q) as usize];
-    println!(
-        "cold keys: {keys} keys x {callers} callers on {} threads: all served in {elapsed:.1?}, \
-         {} fetches ({} per key), a caller's wait p50 {:.1?}, p99 {:.1?}",
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    let (elapsed, waits) = runtime.block_on(burst(&auth, &names, callers));
+    report(
+        "cold keys",
+        keys,
+        callers,
+        elapsed,
+        &waits,
         fetches.load(Relaxed),
-        fetches.load(Relaxed) as f64 / keys as f64,
-        at(0.50),
-        at(0.99),
     );
     assert_eq!(fetches.load(Relaxed), keys, "one fetch per key");
+}
+
+fn expired_keys(keys: usize, callers: usize) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let lifetime = Duration::from_secs(2);
+    let auth = layer_with(Duration::from_millis(1), lifetime, Arc::clone(&fetches));
+    let names: Arc<Vec<String>> = Arc::new(
+        (0..keys)
+            .map(|n| format!("api-{n:04}.example.com"))
+            .collect(),
+    );
+    runtime.block_on(async {
+        burst(&auth, &names, 1).await;
+        tokio::time::sleep(lifetime + Duration::from_millis(200)).await;
+    });
+    let (elapsed, waits) = runtime.block_on(burst(&auth, &names, callers));
+    let refetched = fetches.load(Relaxed) - keys;
+    report("expired keys", keys, callers, elapsed, &waits, refetched);
+    assert_eq!(refetched, keys, "one refresh per key");
 }
 
 fn main() {
@@ -152,8 +210,10 @@ fn main() {
     if quick {
         memory(1_000);
         cold_keys(100, 10);
+        expired_keys(100, 10);
     } else {
         memory(100_000);
         cold_keys(1_000, 100);
+        expired_keys(1_000, 100);
     }
 }
