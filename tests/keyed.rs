@@ -496,3 +496,41 @@ async fn a_fleet_of_keyed_layers_fetches_one_token_per_key() {
     let distinct: std::collections::HashSet<_> = tokens.values().collect();
     assert_eq!(distinct.len(), 20, "each key has its own token");
 }
+
+/// A key the layer no longer holds (dropped idle, evicted, or never used here) is still revoked
+/// at its source, and so in a fleet's Redis: its token cannot come back after `revoke`.
+#[tokio::test]
+async fn revoking_a_key_the_layer_does_not_hold_still_revokes_it_at_its_source() {
+    #[derive(Clone)]
+    struct Revocable {
+        key: String,
+        revoked: Arc<Mutex<Vec<String>>>,
+    }
+    impl tower_bearer::TokenSource for Revocable {
+        async fn fetch(&self) -> Result<Token, Error> {
+            Ok(Token::new(format!("{}:1", self.key)))
+        }
+        async fn revoke(&self, _current: Option<&Token>) -> Result<(), Error> {
+            self.revoked.lock().unwrap().push(self.key.clone());
+            Ok(())
+        }
+    }
+    let revoked = Arc::new(Mutex::new(Vec::new()));
+    let sources = Arc::clone(&revoked);
+    let auth = KeyedAuthLayer::builder(
+        |request: &RequestInfo<'_>| request.header(TENANT).map(str::to_owned),
+        move |key: &String| {
+            Ok(Revocable {
+                key: key.clone(),
+                revoked: Arc::clone(&sources),
+            })
+        },
+    )
+    .build()
+    .unwrap();
+    auth.token(&"held".to_owned()).await.unwrap();
+    auth.revoke(&"held".to_owned()).await.unwrap();
+    auth.revoke(&"not-held".to_owned()).await.unwrap();
+    assert_eq!(*revoked.lock().unwrap(), ["held", "not-held"]);
+    assert_eq!(auth.keys(), 0, "revoking a key not held does not keep it");
+}

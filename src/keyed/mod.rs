@@ -133,16 +133,21 @@ where
     }
 
     /// Revokes `key`'s token as [`AuthLayer::revoke`](crate::AuthLayer::revoke) does, and
-    /// forgets the key: its next request fetches a new token. Other keys keep theirs.
+    /// forgets the key: its next request fetches a new token. Other keys keep theirs. A key the
+    /// layer does not hold (dropped while idle, evicted, or never used by this process) is
+    /// revoked all the same, through a layer made for the call: its source revokes what it
+    /// holds, and in a fleet the key's token is deleted from Redis.
     ///
     /// # Errors
     ///
-    /// As [`AuthLayer::revoke`](crate::AuthLayer::revoke).
+    /// As [`AuthLayer::revoke`](crate::AuthLayer::revoke); and the error of the key's source
+    /// function or settings, for a key the layer does not hold.
     pub async fn revoke(&self, key: &K) -> Result<(), Error> {
-        match self.state.tokens.remove(key) {
-            Some(entry) => entry.layer.revoke().await,
-            None => Ok(()),
-        }
+        let layer = match self.state.tokens.remove(key) {
+            Some(entry) => entry.layer.clone(),
+            None => self.state.tokens.make(key)?,
+        };
+        layer.revoke().await
     }
 
     /// What `key`'s layer has done so far, if the layer holds the key.

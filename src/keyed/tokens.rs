@@ -87,6 +87,11 @@ impl<K: Eq + Hash + Clone> KeyedTokens<K> {
         self.map.peek(key)
     }
 
+    /// A new layer for `key`, not kept: for revoking a key the map does not hold.
+    pub(crate) fn make(&self, key: &K) -> Result<AuthLayer, Error> {
+        (self.make)(key)
+    }
+
     /// Forgets `key`'s layer; requests that hold it finish with it.
     pub(crate) fn remove(&self, key: &K) -> Option<Arc<KeyEntry>> {
         self.map.remove(key).map(|(_, entry)| entry)
