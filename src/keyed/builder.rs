@@ -15,19 +15,9 @@ pub const DEFAULT_KEY_IDLE: Duration = Duration::from_secs(15 * 60);
 const LONGEST_IDLE: Duration = Duration::from_secs(24 * 3600);
 
 pub(super) type KeyFn<K> = Box<dyn Fn(&RequestInfo<'_>) -> Option<K> + Send + Sync>;
-type SourceFn<K> = Arc<dyn Fn(&K) -> Result<Box<dyn BoxedSource>, Error> + Send + Sync>;
-type Configure = Arc<dyn Fn(AuthLayerBuilder) -> AuthLayerBuilder + Send + Sync>;
-
-/// A token source behind a box: builds a layer from itself.
-pub(super) trait BoxedSource: Send {
-    fn into_layer(self: Box<Self>, configure: &Configure) -> Result<AuthLayer, Error>;
-}
-
-impl<T: TokenSource> BoxedSource for T {
-    fn into_layer(self: Box<Self>, configure: &Configure) -> Result<AuthLayer, Error> {
-        configure(AuthLayer::builder(*self).without_header_copies()).build()
-    }
-}
+/// A key's layer builder, around the source the user's function made for the key.
+type SourceFn<K> = Box<dyn Fn(&K) -> Result<AuthLayerBuilder, Error> + Send + Sync>;
+type Configure = Box<dyn Fn(AuthLayerBuilder) -> AuthLayerBuilder + Send + Sync>;
 
 /// Configures a [`KeyedAuthLayer`]; made by [`KeyedAuthLayer::builder`].
 ///
@@ -57,10 +47,11 @@ where
     ) -> Self {
         KeyedAuthLayerBuilder {
             key: Box::new(key),
-            source: Arc::new(move |key| {
-                source(key).map(|source| Box::new(source) as Box<dyn BoxedSource>)
+            // A keyed service sends the cache's own header: no per-core copies.
+            source: Box::new(move |key| {
+                Ok(AuthLayer::builder(source(key)?).without_header_copies())
             }),
-            configure: Arc::new(|builder| builder),
+            configure: Box::new(|builder| builder),
             capacity: DEFAULT_KEY_CAPACITY,
             idle: DEFAULT_KEY_IDLE,
             pass_through: false,
@@ -75,7 +66,7 @@ where
         mut self,
         configure: impl Fn(AuthLayerBuilder) -> AuthLayerBuilder + Send + Sync + 'static,
     ) -> Self {
-        self.configure = Arc::new(configure);
+        self.configure = Box::new(configure);
         self
     }
 
@@ -117,7 +108,7 @@ where
             ));
         }
         let (source, configure) = (self.source, self.configure);
-        let make = Box::new(move |key: &K| source(key)?.into_layer(&configure));
+        let make = Box::new(move |key: &K| configure(source(key)?).build());
         Ok(KeyedAuthLayer {
             state: Arc::new(KeyedState {
                 key: self.key,

@@ -17,7 +17,7 @@ pub fn by_host() -> impl Fn(&RequestInfo<'_>) -> Option<String> + Send + Sync + 
 pub fn by_header(
     name: HeaderName,
 ) -> impl Fn(&RequestInfo<'_>) -> Option<String> + Send + Sync + 'static {
-    move |request| request.header(name.as_str()).map(str::to_owned)
+    move |request| request.header(&name).map(str::to_owned)
 }
 
 /// A token per incoming bearer credential: the key is the token of the request's
@@ -28,7 +28,7 @@ pub fn by_header(
 pub fn by_bearer_credential()
 -> impl Fn(&RequestInfo<'_>) -> Option<SubjectToken> + Send + Sync + 'static {
     |request| {
-        let value = request.header("authorization")?;
+        let value = request.header(http::header::AUTHORIZATION)?;
         let (scheme, token) = value.split_once(' ')?;
         let token = token.trim();
         (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty())

@@ -78,7 +78,7 @@ impl<'a> RequestInfo<'a> {
 
     /// The value of the header `name`, if it is present once and is visible ASCII: a header
     /// sent twice names no key, rather than one of two.
-    pub fn header(&self, name: &str) -> Option<&'a str> {
+    pub fn header<N: http::header::AsHeaderName>(&self, name: N) -> Option<&'a str> {
         let mut values = self.headers().get_all(name).iter();
         let value = values.next()?;
         if values.next().is_some() {
