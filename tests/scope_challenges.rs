@@ -327,3 +327,46 @@ async fn in_a_keyed_layer_a_scope_challenge_widens_that_key_only() {
         ]
     );
 }
+
+/// An API that echoes the token into its step-up challenge's `acr_values` puts no secret in the
+/// error: the value is dropped.
+#[tokio::test]
+async fn a_step_up_challenge_that_echoes_the_token_puts_no_secret_in_the_error() {
+    let secret = "eyJhbGciOi-a-token-SECRET-0123456789";
+    let auth = AuthLayer::new(StaticToken::new(secret));
+    let api = service_fn(|request: Request<String>| async move {
+        let token = request.headers()["authorization"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let token = token.trim_start_matches("Bearer ");
+        // Only a piece of it, past its start, as a careless server might quote it.
+        let challenge = format!(
+            r#"Bearer error="insufficient_user_authentication", acr_values="urn:mfa {}""#,
+            &token[8..30]
+        );
+        Ok::<_, Infallible>(
+            Response::builder()
+                .status(StatusCode::UNAUTHORIZED)
+                .header(WWW_AUTHENTICATE, challenge)
+                .body(String::new())
+                .unwrap(),
+        )
+    });
+    let client = ServiceBuilder::new().layer(auth).service(api);
+    let err: BoxError = client.oneshot(post()).await.unwrap_err();
+    let error = err.downcast_ref::<Error>().unwrap();
+    assert!(
+        matches!(
+            error,
+            Error::InsufficientUserAuthentication {
+                acr_values: None,
+                max_age: None
+            }
+        ),
+        "{error:?}"
+    );
+    for text in [err.to_string(), format!("{err:?}")] {
+        assert!(!text.contains("SECRET"), "{text}");
+    }
+}

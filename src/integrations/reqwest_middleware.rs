@@ -82,7 +82,7 @@ impl Middleware for AuthMiddleware {
                 return Ok(response);
             }
             Verdict::StepUp => {
-                let error = layer.step_up_error(&response, proof);
+                let error = layer.step_up_error(&response, entry.generation, proof);
                 return Err(reqwest_middleware::Error::middleware(error));
             }
             Verdict::Resend => {}

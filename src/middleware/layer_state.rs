@@ -190,9 +190,14 @@ impl LayerState {
     }
 
     /// The error a [`Verdict::StepUp`] response to a request sent with `proof` becomes.
+    ///
+    /// `acr_values` is server text: it is kept only if it can be checked against the token the
+    /// request carried (still the current one, of `generation`) and holds no piece of it, so an
+    /// API that echoes the token into its challenge puts no secret in the error.
     pub(crate) fn step_up_error(
         &self,
         response: &impl crate::message::AuthResponse,
+        generation: u64,
         proof: Proof,
     ) -> Error {
         let (acr_values, max_age) = crate::challenge::insufficient_user_authentication(
@@ -200,6 +205,14 @@ impl LayerState {
             self.scheme_of(proof),
         )
         .unwrap_or_default();
+        let sent = self
+            .cache
+            .peek()
+            .filter(|entry| entry.generation == generation);
+        let acr_values = acr_values.filter(|text| {
+            sent.as_ref()
+                .is_some_and(|entry| !echoes(text, entry.token.access_token().secret()))
+        });
         Error::InsufficientUserAuthentication {
             acr_values,
             max_age,
@@ -267,6 +280,20 @@ impl LayerState {
         }
         Verdict::Resend
     }
+}
+
+/// Whether `text` holds a piece of `secret` of 12 characters or more (the whole of a shorter
+/// secret), as the token endpoint's scrubber judges server text.
+fn echoes(text: &str, secret: &str) -> bool {
+    const PIECE: usize = 12;
+    let secret = secret.as_bytes();
+    let text = text.as_bytes();
+    if secret.len() <= PIECE {
+        return !secret.is_empty() && text.windows(secret.len()).any(|w| w == secret);
+    }
+    secret
+        .windows(PIECE)
+        .any(|piece| text.windows(PIECE).any(|w| w == piece))
 }
 
 /// What [`LayerState::judge`] decided about a response.

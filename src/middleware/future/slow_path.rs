@@ -252,7 +252,7 @@ where
             return Ok(response);
         }
         Verdict::StepUp => {
-            let error = layer.step_up_error(&response, proof);
+            let error = layer.step_up_error(&response, generation, proof);
             return Err(State::Refused {
                 error: Some(Box::new(error)),
             });
