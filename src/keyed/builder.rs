@@ -24,8 +24,8 @@ type Configure = Box<dyn Fn(AuthLayerBuilder) -> AuthLayerBuilder + Send + Sync>
 /// | setting | default | meaning |
 /// |---|---|---|
 /// | [`layer_settings`](Self::layer_settings) | the defaults of [`AuthLayerBuilder`] | every key's layer: margin, timeouts, retries, origins, scheme, a fleet through Redis, ... |
-/// | [`capacity`](Self::capacity) | 10,000 | most keys held; beyond it, the least useful are dropped |
-/// | [`idle_timeout`](Self::idle_timeout) | 15 min | a key nobody used this long is dropped, and its token with it |
+/// | [`capacity`](Self::capacity) | 10,000 | about the most keys held; beyond it, the least useful are dropped |
+/// | [`idle_timeout`](Self::idle_timeout) | 15 min | a key nobody used this long is dropped at a later request, and its token with it |
 /// | [`pass_through_without_key`](Self::pass_through_without_key) | off | a request without a key is sent without a token instead of refused |
 #[must_use]
 pub struct KeyedAuthLayerBuilder<K> {
@@ -70,15 +70,19 @@ where
         self
     }
 
-    /// The most keys held at once. Beyond it the cache drops the least useful (S3-FIFO: keys
-    /// seen once go first). Default: 10,000; `0` is refused.
+    /// About the most keys held at once: the map is split into shards that each hold their
+    /// share, so it may hold somewhat more. Beyond it
+    /// the map drops the least useful (S3-FIFO: keys seen once go first). Default: 10,000; `0`
+    /// is refused.
     pub fn capacity(mut self, keys: usize) -> Self {
         self.capacity = keys;
         self
     }
 
-    /// How long a key nobody uses is kept, with its token. Default: 15 minutes; between a
-    /// second and a day.
+    /// How long a key nobody uses is kept, with its token. The layer runs no timer: idle keys
+    /// are dropped by the requests that follow (a pass over the map at most once a quarter of
+    /// the timeout), so a layer nobody calls at all keeps what it holds. Default: 15 minutes;
+    /// between a second and a day.
     pub fn idle_timeout(mut self, idle: Duration) -> Self {
         self.idle = idle;
         self

@@ -15,10 +15,10 @@
 //!
 //! A request whose key function returns `None` is refused with [`Error::NoKey`]
 //! (or sent without a token, by [setting](KeyedAuthLayerBuilder::pass_through_without_key)):
-//! never with another key's token. The layer holds at most its
-//! [capacity](KeyedAuthLayerBuilder::capacity) of keys and drops a key nobody used for its
-//! [idle timeout](KeyedAuthLayerBuilder::idle_timeout); a dropped key's next request fetches
-//! again.
+//! never with another key's token. The layer holds about its
+//! [capacity](KeyedAuthLayerBuilder::capacity) of keys at most, and later requests drop a key
+//! nobody used for its [idle timeout](KeyedAuthLayerBuilder::idle_timeout); a dropped key's next
+//! request fetches again.
 //!
 //! # Example
 //!

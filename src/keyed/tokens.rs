@@ -1,8 +1,8 @@
 //! The keyed layer's tokens: one [`AuthLayer`] per key, in a bounded map.
 //!
-//! The map holds at most its capacity of keys (quick_cache's S3-FIFO evicts beyond it), and
-//! forgets a key nobody used for the idle timeout: every few lookups, at most once a quarter of
-//! the idle timeout, one pass drops the idle keys. A dropped key's layer lives on in the
+//! The map holds about its capacity of keys (quick_cache's S3-FIFO evicts beyond it, shard by
+//! shard), and forgets a key nobody used for the idle timeout: when a lookup finds a new second,
+//! at most once a quarter of the idle timeout, one pass drops the idle keys. A dropped key's layer lives on in the
 //! requests that still use it; the key's next request makes a new one, which fetches its own
 //! token. So eviction costs a fetch, never a wrong token: a key's layer only ever holds the
 //! tokens its own source fetched.
