@@ -11,6 +11,13 @@ pub(crate) fn union(held: &str, extra: &str) -> String {
     scope.join(" ")
 }
 
+/// Whether `held` has every scope token of `wanted`.
+pub(crate) fn covers(held: &str, wanted: &str) -> bool {
+    wanted
+        .split_ascii_whitespace()
+        .all(|token| held.split_ascii_whitespace().any(|h| h == token))
+}
+
 /// Whether `scope` is a valid scope value: scope tokens of `%x21 / %x23-5B / %x5D-7E`
 /// separated by single spaces, at least one.
 pub(crate) fn is_valid(scope: &str) -> bool {
@@ -32,6 +39,13 @@ mod tests {
         assert_eq!(union("read", "read write"), "read write");
         assert_eq!(union("", "a  b"), "a b");
         assert_eq!(union("a b", "b a"), "a b");
+    }
+
+    #[test]
+    fn covers_asks_for_every_token() {
+        assert!(covers("read write", "write read"));
+        assert!(!covers("read", "read write"));
+        assert!(covers("read", ""));
     }
 
     #[test]

@@ -63,7 +63,7 @@ impl TokenCache {
         if let Some(granted) = still_current.and_then(|entry| entry.token.scope()) {
             // The server granted that scope to the token it now refuses for lack of it: it
             // insists, and another token would not do better.
-            if crate::scope::union(granted, scope) == crate::scope::union(granted, "") {
+            if crate::scope::covers(granted, scope) {
                 return Widening::Refused;
             }
         }
