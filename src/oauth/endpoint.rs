@@ -120,6 +120,18 @@ impl TokenEndpoint {
         self.revocation_url.is_some()
     }
 
+    /// Revokes the access token of `current` if there is one and a revocation endpoint to
+    /// send it to: what a source that holds nothing else revokes.
+    pub(crate) async fn revoke_access_token(&self, current: Option<&Token>) -> Result<(), Error> {
+        match current {
+            Some(token) if self.can_revoke() => {
+                self.revoke(token.access_token().secret(), "access_token")
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Revokes `token` at the RFC 7009 revocation endpoint; `hint` is `access_token` or
     /// `refresh_token`. A token the server does not know counts as revoked (RFC 7009 §2.2).
     pub(crate) async fn revoke(&self, token: &str, hint: &str) -> Result<(), Error> {

@@ -183,14 +183,7 @@ impl TokenSource for TokenExchange {
     }
 
     async fn revoke(&self, current: Option<&Token>) -> Result<(), Error> {
-        match current {
-            Some(token) if self.endpoint.can_revoke() => {
-                self.endpoint
-                    .revoke(token.access_token().secret(), "access_token")
-                    .await
-            }
-            _ => Ok(()),
-        }
+        self.endpoint.revoke_access_token(current).await
     }
 }
 
