@@ -534,3 +534,50 @@ async fn revoking_a_key_the_layer_does_not_hold_still_revokes_it_at_its_source()
     assert_eq!(*revoked.lock().unwrap(), ["held", "not-held"]);
     assert_eq!(auth.keys(), 0, "revoking a key not held does not keep it");
 }
+
+/// The source function runs in a key's first request; another request for the same key waits
+/// for it, and gives up after 5 s (its thread is blocked meanwhile) rather than hang on a
+/// source function that does not return.
+#[test]
+fn a_request_waiting_for_its_keys_layer_gives_up_after_five_seconds() {
+    use std::sync::mpsc;
+    let (entered, entered_rx) = mpsc::channel::<()>();
+    let (release, released) = mpsc::channel::<()>();
+    let gate = Arc::new(Mutex::new((entered, released)));
+    let auth = KeyedAuthLayer::builder(
+        |request: &RequestInfo<'_>| request.header(TENANT).map(str::to_owned),
+        move |key: &String| {
+            let gate = gate.lock().unwrap();
+            gate.0.send(()).unwrap();
+            gate.1.recv().unwrap();
+            let key = key.clone();
+            Ok(from_fn(move || {
+                let key = key.clone();
+                async move { Ok(Token::new(key)) }
+            }))
+        },
+    )
+    .build()
+    .unwrap();
+    let maker = {
+        let auth = auth.clone();
+        std::thread::spawn(move || paused_runtime().block_on(auth.token(&"slow".to_owned())))
+    };
+    entered_rx.recv().unwrap();
+    let started = std::time::Instant::now();
+    let waited = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(auth.token(&"slow".to_owned()));
+    assert!(
+        matches!(waited, Err(Error::Timeout(t)) if t == Duration::from_secs(5)),
+        "{waited:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(5));
+    release.send(()).unwrap();
+    assert_eq!(
+        maker.join().unwrap().unwrap().access_token().secret(),
+        "slow"
+    );
+}

@@ -103,7 +103,8 @@ where
     ///
     /// Both run on the request path: `key` for every request, `source` in the first request of
     /// a key (and the first after the key was dropped), while requests for the same key on
-    /// other threads wait for it. Keep them cheap: build one `reqwest::Client` and give each
+    /// other threads wait for it, blocking their threads, for at most 5 s (then
+    /// [`Error::Timeout`]). Keep them cheap: build one `reqwest::Client` and give each
     /// source a clone (`http_client`) rather than letting each build its own.
     pub fn builder<S: TokenSource>(
         key: impl Fn(&RequestInfo<'_>) -> Option<K> + Send + Sync + 'static,

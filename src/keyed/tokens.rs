@@ -20,10 +20,13 @@ use std::{
     time::Duration,
 };
 
-use quick_cache::sync::Cache;
+use quick_cache::sync::{Cache, GuardResult};
 use tokio::time::Instant;
 
 use crate::{AuthLayer, Error, middleware::handle::LayerHandle};
+
+/// The longest a request waits for another request that is making the same key's layer.
+pub(crate) const MAKE_WAIT: Duration = Duration::from_secs(5);
 
 /// Makes the layer of a key: its source, with the keyed layer's settings.
 pub(crate) type MakeLayer<K> = Box<dyn Fn(&K) -> Result<AuthLayer, Error> + Send + Sync>;
@@ -65,14 +68,7 @@ impl<K: Eq + Hash + Clone> KeyedTokens<K> {
         let seconds = self.seconds(now);
         let entry = match self.map.get(key) {
             Some(entry) => entry,
-            None => self.map.get_or_insert_with(key, || {
-                let layer = (self.make)(key)?;
-                Ok::<_, Error>(Arc::new(KeyEntry {
-                    handle: layer.handle(),
-                    layer,
-                    last_used: AtomicU64::new(seconds),
-                }))
-            })?,
+            None => self.make_and_keep(key, seconds)?,
         };
         // One store a second at most per key: the line stays shared between cores otherwise.
         if entry.last_used.load(Relaxed) != seconds {
@@ -80,6 +76,26 @@ impl<K: Eq + Hash + Clone> KeyedTokens<K> {
             self.sweep_if_due(seconds);
         }
         Ok(entry)
+    }
+
+    /// Makes `key`'s layer and keeps it; or, if another request is making it, waits for that
+    /// one, at most [`MAKE_WAIT`] (the wait blocks its thread: the maker runs user code).
+    #[cold]
+    fn make_and_keep(&self, key: &K, seconds: u64) -> Result<Arc<KeyEntry>, Error> {
+        match self.map.get_value_or_guard(key, Some(MAKE_WAIT)) {
+            GuardResult::Value(entry) => Ok(entry),
+            GuardResult::Guard(guard) => {
+                let layer = (self.make)(key)?;
+                let entry = Arc::new(KeyEntry {
+                    handle: layer.handle(),
+                    layer,
+                    last_used: AtomicU64::new(seconds),
+                });
+                let _ = guard.insert(Arc::clone(&entry));
+                Ok(entry)
+            }
+            GuardResult::Timeout => Err(Error::Timeout(MAKE_WAIT)),
+        }
     }
 
     /// The layer of `key`, if the map holds one; not made, and the key's idle time unchanged.
