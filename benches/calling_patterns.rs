@@ -14,8 +14,8 @@
 //! - `static_header`: tower-http's `AddAuthorization` with a fixed token (the floor);
 //! - `auth_layer_retry_off`: `AuthLayer` with a cached token, `retry_unauthorized(false)`;
 //! - `auth_layer`: `AuthLayer` with a cached token, default settings (retry on);
-//! - `keyed_layer`: `KeyedAuthLayer` keyed by the request's host (a token per audience, the key
-//!   a `String` made per request), default settings, its one key's token cached.
+//! - `keyed_layer`: `KeyedAuthLayer` keyed by the request's host with `keyed::by_host` (a token
+//!   per audience, the key made per request), default settings, its one key's token cached.
 //!
 //! The inner service answers at once and allocates nothing; each request is polled by hand
 //! with a no-op waker on a thread inside a current-thread Tokio runtime.
@@ -42,7 +42,7 @@ use http::Request;
 use http_body_util::Empty;
 use noop::Noop;
 use tower::{Layer, Service, ServiceExt};
-use tower_bearer::{AuthLayer, StaticToken};
+use tower_bearer::{AuthLayer, StaticToken, keyed::TextKey};
 use tower_http::auth::AddAuthorizationLayer;
 
 /// 90 bytes, the size of a short JWT.
@@ -129,14 +129,14 @@ fn auth_layer(rt: &tokio::runtime::Runtime, retry: bool) -> tower_bearer::AuthSe
 
 fn keyed_layer(
     rt: &tokio::runtime::Runtime,
-) -> tower_bearer::keyed::KeyedAuthService<Noop, String> {
+) -> tower_bearer::keyed::KeyedAuthService<Noop, TextKey> {
     let auth = tower_bearer::keyed::KeyedAuthLayer::builder(
-        |request| request.host().map(str::to_owned),
-        |_host: &String| Ok(StaticToken::new(TOKEN)),
+        tower_bearer::keyed::by_host(),
+        |_host: &TextKey| Ok(StaticToken::new(TOKEN)),
     )
     .build()
     .unwrap();
-    rt.block_on(auth.token(&"api.example.com".to_owned()))
+    rt.block_on(auth.token(&TextKey::new("api.example.com")))
         .unwrap();
     auth.layer(Noop)
 }

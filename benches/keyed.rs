@@ -27,7 +27,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tower_bearer::{Token, keyed::KeyedAuthLayer, source::from_fn};
+use tower_bearer::{
+    Token,
+    keyed::{KeyedAuthLayer, TextKey},
+    source::from_fn,
+};
 
 /// Live heap bytes of the whole process.
 struct Counting;
@@ -57,7 +61,7 @@ static ALLOCATOR: Counting = Counting;
 const TOKEN: &str =
     "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJiZW5jaCIsImF1ZCI6ImFwaSJ9.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg00";
 
-fn layer(latency: Duration, fetches: Arc<AtomicUsize>) -> KeyedAuthLayer<String> {
+fn layer(latency: Duration, fetches: Arc<AtomicUsize>) -> KeyedAuthLayer<TextKey> {
     layer_with(latency, Duration::from_secs(3600), fetches)
 }
 
@@ -65,8 +69,8 @@ fn layer_with(
     latency: Duration,
     lifetime: Duration,
     fetches: Arc<AtomicUsize>,
-) -> KeyedAuthLayer<String> {
-    KeyedAuthLayer::builder(tower_bearer::keyed::by_host(), move |_host: &String| {
+) -> KeyedAuthLayer<TextKey> {
+    KeyedAuthLayer::builder(tower_bearer::keyed::by_host(), move |_host: &TextKey| {
         let fetches = Arc::clone(&fetches);
         Ok(from_fn(move || {
             let fetches = Arc::clone(&fetches);
@@ -90,8 +94,8 @@ fn memory(keys: usize) {
         .build()
         .unwrap();
     let fetches = Arc::new(AtomicUsize::new(0));
-    let names: Vec<String> = (0..keys)
-        .map(|n| format!("api-{n:06}.example.com"))
+    let names: Vec<TextKey> = (0..keys)
+        .map(|n| TextKey::from(format!("api-{n:06}.example.com")))
         .collect();
     let auth = layer(Duration::ZERO, Arc::clone(&fetches));
     let before = LIVE.load(Relaxed);
@@ -114,8 +118,8 @@ fn memory(keys: usize) {
 
 /// `callers` callers for each of `names` at once; each caller's wait, and the wall time.
 async fn burst(
-    auth: &KeyedAuthLayer<String>,
-    names: &Arc<Vec<String>>,
+    auth: &KeyedAuthLayer<TextKey>,
+    names: &Arc<Vec<TextKey>>,
     callers: usize,
 ) -> (Duration, Vec<Duration>) {
     let start = Instant::now();
@@ -162,9 +166,9 @@ fn cold_keys(keys: usize, callers: usize) {
         .unwrap();
     let fetches = Arc::new(AtomicUsize::new(0));
     let auth = layer(Duration::from_millis(1), Arc::clone(&fetches));
-    let names: Arc<Vec<String>> = Arc::new(
+    let names: Arc<Vec<TextKey>> = Arc::new(
         (0..keys)
-            .map(|n| format!("api-{n:04}.example.com"))
+            .map(|n| TextKey::from(format!("api-{n:04}.example.com")))
             .collect(),
     );
     let (elapsed, waits) = runtime.block_on(burst(&auth, &names, callers));
@@ -187,9 +191,9 @@ fn expired_keys(keys: usize, callers: usize) {
     let fetches = Arc::new(AtomicUsize::new(0));
     let lifetime = Duration::from_secs(2);
     let auth = layer_with(Duration::from_millis(1), lifetime, Arc::clone(&fetches));
-    let names: Arc<Vec<String>> = Arc::new(
+    let names: Arc<Vec<TextKey>> = Arc::new(
         (0..keys)
-            .map(|n| format!("api-{n:04}.example.com"))
+            .map(|n| TextKey::from(format!("api-{n:04}.example.com")))
             .collect(),
     );
     runtime.block_on(async {

@@ -20,10 +20,10 @@ use std::{
 use http::{Request, Response, StatusCode};
 use support::paused_runtime;
 use tokio::time::Instant;
-use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_bearer::{
     BoxError, Error, Token,
-    keyed::{KeyedAuthLayer, KeyedAuthLayerBuilder, RequestInfo},
+    keyed::{KeyedAuthLayer, KeyedAuthLayerBuilder, RequestInfo, TextKey},
     source::from_fn,
 };
 
@@ -330,6 +330,79 @@ fn idle_keys_are_dropped_and_a_dropped_key_fetches_again() {
     });
 }
 
+/// A service that sends many requests keeps its last key's entry rather than looking the key
+/// up each time: once the map has dropped that entry (the key revoked, dropped idle, or
+/// evicted), the service looks the key up again and the key fetches anew; a key used only
+/// through the kept entry is neither dropped as idle nor refetched.
+#[test]
+fn a_long_lived_service_never_sends_with_an_entry_the_map_dropped() {
+    paused_runtime().block_on(async {
+        let issuer = Issuer::default();
+        let auth = issuer
+            .layer(Duration::ZERO, Duration::from_secs(3600))
+            .idle_timeout(Duration::from_secs(60))
+            .capacity(8)
+            .build()
+            .unwrap();
+        let seen = Seen::default();
+        let client =
+            ServiceBuilder::new()
+                .layer(auth.clone())
+                .service(api(&issuer, &seen, Arc::default()));
+        let mut kept = client.clone();
+        let mut send = async |key: &str| -> String {
+            let response = kept
+                .ready()
+                .await
+                .unwrap()
+                .call(request(key))
+                .await
+                .unwrap();
+            response.into_body()
+        };
+
+        // In use through the kept entry only, for two minutes: neither dropped nor refetched.
+        assert_eq!(send("a").await, "a:1");
+        for _ in 0..120 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert_eq!(send("a").await, "a:1");
+        }
+        assert!(
+            auth.stats(&"a".to_owned()).is_some(),
+            "a key in use is held"
+        );
+
+        // Revoked: the kept entry is not used again.
+        auth.revoke(&"a".to_owned()).await.unwrap();
+        assert_eq!(
+            send("a").await,
+            "a:2",
+            "a revoked key's token never comes back"
+        );
+
+        // Dropped idle while another service keeps "c" in use.
+        assert_eq!(send("b").await, "b:1");
+        for _ in 0..120 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            client.clone().oneshot(request("c")).await.unwrap();
+        }
+        assert!(auth.stats(&"b".to_owned()).is_none(), "b was dropped idle");
+        assert_eq!(send("b").await, "b:2", "a key dropped idle fetches again");
+
+        // Evicted: 200 keys used twice each (which the map weighs above "b"'s uses) through a
+        // layer that holds about 8.
+        for key in 0..200 {
+            for _ in 0..2 {
+                let request = request(&format!("flood-{key}"));
+                client.clone().oneshot(request).await.unwrap();
+            }
+        }
+        assert!(auth.stats(&"b".to_owned()).is_none(), "b was evicted");
+        assert_eq!(send("b").await, "b:3", "an evicted key fetches again");
+        assert_own_live_tokens(&seen);
+    });
+}
+
 #[tokio::test]
 async fn revoking_one_key_leaves_the_others_their_tokens() {
     let issuer = Issuer::default();
@@ -405,7 +478,7 @@ fn the_built_in_key_functions_read_the_host_a_header_and_a_bearer_credential() {
         }
         builder.body(String::new()).unwrap()
     };
-    let key = |f: &dyn Fn(&RequestInfo<'_>) -> Option<String>, r: &Request<String>| {
+    let key = |f: &dyn Fn(&RequestInfo<'_>) -> Option<TextKey>, r: &Request<String>| {
         f(&RequestInfo::of(r))
     };
 
@@ -454,14 +527,14 @@ async fn a_fleet_of_keyed_layers_fetches_one_token_per_key() {
         .key_prefix(fleet::fresh_prefix("keyed"))
         .encryption_key(fleet::KEY);
     let token_url = endpoint.url("/token");
-    let processes: Vec<KeyedAuthLayer<String>> = (0..4)
+    let processes: Vec<KeyedAuthLayer<TextKey>> = (0..4)
         .map(|_| {
             let (token_url, cache) = (token_url.clone(), cache.clone());
-            KeyedAuthLayer::builder(tower_bearer::keyed::by_host(), move |audience: &String| {
+            KeyedAuthLayer::builder(tower_bearer::keyed::by_host(), move |audience: &TextKey| {
                 ClientCredentials::builder(token_url.clone())
                     .client_id("keyed-fleet")
                     .client_secret("fleet-secret")
-                    .audience(audience.clone())
+                    .audience(audience.as_str())
                     .build()
             })
             .layer_settings(move |layer| layer.distributed(cache.clone()))
@@ -469,7 +542,9 @@ async fn a_fleet_of_keyed_layers_fetches_one_token_per_key() {
             .unwrap()
         })
         .collect();
-    let audiences: Vec<String> = (0..20).map(|n| format!("api-{n}.example.com")).collect();
+    let audiences: Vec<TextKey> = (0..20)
+        .map(|n| TextKey::from(format!("api-{n}.example.com")))
+        .collect();
     let mut calls = tokio::task::JoinSet::new();
     for process in &processes {
         for audience in &audiences {
@@ -480,7 +555,7 @@ async fn a_fleet_of_keyed_layers_fetches_one_token_per_key() {
             });
         }
     }
-    let mut tokens: HashMap<String, String> = HashMap::new();
+    let mut tokens: HashMap<TextKey, String> = HashMap::new();
     while let Some(call) = calls.join_next().await {
         let (audience, token) = call.unwrap();
         let first = tokens

@@ -278,13 +278,13 @@ async fn in_a_keyed_layer_a_scope_challenge_widens_that_key_only() {
     let token_url = endpoint.url("/token");
     let auth = tower_bearer::keyed::KeyedAuthLayer::builder(
         tower_bearer::keyed::by_header(http::HeaderName::from_static("x-tenant")),
-        move |tenant: &String| {
+        move |tenant: &tower_bearer::keyed::TextKey| {
             ClientCredentials::builder(token_url.clone())
                 .client_id("app")
                 .client_secret("app-secret")
                 .auth(ClientAuth::Post)
                 .scope("read")
-                .audience(tenant.clone())
+                .audience(tenant.as_str())
                 .build()
         },
     )

@@ -116,7 +116,7 @@ where
         Ok(KeyedAuthLayer {
             state: Arc::new(KeyedState {
                 key: self.key,
-                tokens: KeyedTokens::new(self.capacity, self.idle, make),
+                tokens: KeyedTokens::new(self.capacity, self.idle, make)?,
                 pass_through: self.pass_through,
             }),
         })

@@ -28,14 +28,14 @@
 //! use std::convert::Infallible;
 //! use http::{Request, Response};
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
-//! use tower_bearer::{Token, keyed::KeyedAuthLayer, source::from_fn};
+//! use tower_bearer::{Token, keyed::{KeyedAuthLayer, TextKey}, source::from_fn};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower_bearer::BoxError> {
 //! let auth = KeyedAuthLayer::builder(
 //!     tower_bearer::keyed::by_host(),
 //!     // In production: ClientCredentials::builder(url)...param("audience", audience).build()
-//!     |audience: &String| {
+//!     |audience: &TextKey| {
 //!         let token = format!("token-for-{audience}");
 //!         Ok(from_fn(move || {
 //!             let token = token.clone();
@@ -71,7 +71,7 @@ mod tokens;
 use std::{fmt, future::Future, hash::Hash, sync::Arc};
 
 pub use builder::{DEFAULT_KEY_CAPACITY, DEFAULT_KEY_IDLE, KeyedAuthLayerBuilder};
-pub use keys::{by_bearer_credential, by_header, by_host};
+pub use keys::{TextKey, by_bearer_credential, by_header, by_host};
 pub use request::RequestInfo;
 pub use service::KeyedAuthService;
 use tokens::KeyedTokens;

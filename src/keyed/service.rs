@@ -11,7 +11,7 @@ use std::{
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::{KeyedState, RequestInfo};
+use super::{KeyedState, RequestInfo, tokens::KeyEntry};
 use crate::{
     BoxError, Error,
     future::ResponseFuture,
@@ -24,17 +24,25 @@ use crate::{
 /// Middleware that sends each request with the token of its key. Made by
 /// [`KeyedAuthLayer`](super::KeyedAuthLayer).
 ///
-/// Per request: the key function, one lookup in the layer's map of keys, then what
-/// [`AuthService`](crate::AuthService) does with that key's token (its response future is the
-/// same [`ResponseFuture`]: a 401 drops the token of that key only, and resends).
+/// Per request: the key function, one lookup in the layer's map of keys (none when the key is
+/// the one of this service's last request, whose entry the service keeps while the map holds
+/// it), then what [`AuthService`](crate::AuthService) does with that key's token (its response
+/// future is the same [`ResponseFuture`]: a 401 drops the token of that key only, and resends).
 pub struct KeyedAuthService<S, K> {
     inner: S,
     state: Arc<KeyedState<K>>,
+    /// The key of the last request and its entry, for a service that sends many requests with
+    /// one key; never used once the map has dropped the entry.
+    last: Option<(K, Arc<KeyEntry>)>,
 }
 
 impl<S, K> KeyedAuthService<S, K> {
     pub(super) fn new(inner: S, state: Arc<KeyedState<K>>) -> Self {
-        KeyedAuthService { inner, state }
+        KeyedAuthService {
+            inner,
+            state,
+            last: None,
+        }
     }
 
     /// The wrapped service.
@@ -79,9 +87,15 @@ where
             return ResponseFuture::refused(grpc::token_error(&request, Error::NoKey));
         };
         let now = Instant::now();
-        let entry = match state.tokens.get(&key, now) {
-            Ok(entry) => entry,
-            Err(err) => return ResponseFuture::refused(grpc::token_error(&request, err)),
+        let entry = match &self.last {
+            Some((last, entry)) if *last == key && !entry.is_retired() => {
+                state.tokens.touch(&key, entry, now);
+                entry
+            }
+            _ => match state.tokens.get(&key, now) {
+                Ok(entry) => &self.last.insert((key, entry)).1,
+                Err(err) => return ResponseFuture::refused(grpc::token_error(&request, err)),
+            },
         };
         let layer = &entry.handle;
         match layer.policy.decide(&request) {
@@ -115,11 +129,12 @@ where
     }
 }
 
-impl<S: Clone, K> Clone for KeyedAuthService<S, K> {
+impl<S: Clone, K: Clone> Clone for KeyedAuthService<S, K> {
     fn clone(&self) -> Self {
         KeyedAuthService {
             inner: self.inner.clone(),
             state: Arc::clone(&self.state),
+            last: self.last.clone(),
         }
     }
 }

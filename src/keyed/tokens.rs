@@ -7,20 +7,28 @@
 //! token. So eviction costs a fetch, never a wrong token: a key's layer only ever holds the
 //! tokens its own source fetched.
 //!
-//! Keys are hashed with the standard library's keyed SipHash, as they may come from what a
-//! caller sends (a header, a subject token): nobody can choose keys that collide.
+//! Keys are hashed with quick_cache's default hasher (foldhash), seeded at random for each
+//! map, so no set of keys collides in every process. Keys may come from what callers send (a
+//! header, a subject token), and foldhash does not claim to resist a caller who studies one
+//! process's timing to make keys collide; SipHash would, at about 200 instructions more per
+//! request for a host. Foldhash is enough here: the map's capacity bounds how long a run of
+//! colliding keys can grow, and each new key a caller invents already costs the layer a token
+//! request, far more than any collision.
 
 use std::{
     fmt,
     hash::Hash,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
 };
 
-use quick_cache::sync::{Cache, GuardResult};
+use quick_cache::{
+    DefaultHashBuilder, Lifecycle, OptionsBuilder, UnitWeighter,
+    sync::{Cache, GuardResult},
+};
 use tokio::time::Instant;
 
 use crate::{AuthLayer, Error, middleware::handle::LayerHandle};
@@ -38,11 +46,40 @@ pub(crate) struct KeyEntry {
     pub(crate) handle: LayerHandle,
     /// Whole seconds since the map's clock base at the last use.
     last_used: AtomicU64,
+    /// The map no longer holds this entry (evicted, dropped idle, or its key revoked): a
+    /// service that kept it for its next request must look the key up again.
+    retired: AtomicBool,
 }
+
+impl KeyEntry {
+    /// Whether the map dropped this entry.
+    #[inline]
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired.load(Relaxed)
+    }
+
+    fn retire(&self) {
+        self.retired.store(true, Relaxed);
+    }
+}
+
+/// Marks the entries the map evicts at capacity as retired.
+#[derive(Clone, Copy, Default)]
+struct RetireOnEvict;
+
+impl<K> Lifecycle<K, Arc<KeyEntry>> for RetireOnEvict {
+    type RequestState = ();
+
+    fn on_evict(&self, _: &mut (), _: K, entry: Arc<KeyEntry>) {
+        entry.retire();
+    }
+}
+
+type Map<K> = Cache<K, Arc<KeyEntry>, UnitWeighter, DefaultHashBuilder, RetireOnEvict>;
 
 /// The per-key layers of a [`KeyedAuthLayer`](super::KeyedAuthLayer).
 pub(crate) struct KeyedTokens<K> {
-    map: Cache<K, Arc<KeyEntry>>,
+    map: Map<K>,
     make: MakeLayer<K>,
     idle: Duration,
     clock_base: Instant,
@@ -51,14 +88,28 @@ pub(crate) struct KeyedTokens<K> {
 }
 
 impl<K: Eq + Hash + Clone> KeyedTokens<K> {
-    pub(crate) fn new(capacity: usize, idle: Duration, make: MakeLayer<K>) -> KeyedTokens<K> {
-        KeyedTokens {
-            map: Cache::new(capacity),
+    pub(crate) fn new(
+        capacity: usize,
+        idle: Duration,
+        make: MakeLayer<K>,
+    ) -> Result<KeyedTokens<K>, Error> {
+        let options = OptionsBuilder::new()
+            .estimated_items_capacity(capacity)
+            .weight_capacity(capacity as u64)
+            .build()
+            .map_err(|_| Error::config("a keyed layer's capacity could not be set"))?;
+        Ok(KeyedTokens {
+            map: Cache::with_options(
+                options,
+                UnitWeighter,
+                DefaultHashBuilder::default(),
+                RetireOnEvict,
+            ),
             make,
             idle,
             clock_base: Instant::now(),
             last_sweep: AtomicU64::new(0),
-        }
+        })
     }
 
     /// The layer of `key`, made if the map holds none (one maker per key at a time: others
@@ -78,6 +129,20 @@ impl<K: Eq + Hash + Clone> KeyedTokens<K> {
         Ok(entry)
     }
 
+    /// Counts a use of `entry`, the entry of `key` that a service kept from its last request
+    /// without looking it up: its idle time starts again and, once a second, the map hears
+    /// of the use (which eviction weighs), so a key used only through kept entries is neither
+    /// dropped as idle nor evicted as unused.
+    #[inline]
+    pub(crate) fn touch(&self, key: &K, entry: &KeyEntry, now: Instant) {
+        let seconds = self.seconds(now);
+        if entry.last_used.load(Relaxed) != seconds {
+            entry.last_used.store(seconds, Relaxed);
+            let _ = self.map.get(key);
+            self.sweep_if_due(seconds);
+        }
+    }
+
     /// Makes `key`'s layer and keeps it; or, if another request is making it, waits for that
     /// one, at most [`MAKE_WAIT`] (the wait blocks its thread: the maker runs user code).
     #[cold]
@@ -90,6 +155,7 @@ impl<K: Eq + Hash + Clone> KeyedTokens<K> {
                     handle: layer.handle(),
                     layer,
                     last_used: AtomicU64::new(seconds),
+                    retired: AtomicBool::new(false),
                 });
                 let _ = guard.insert(Arc::clone(&entry));
                 Ok(entry)
@@ -110,7 +176,9 @@ impl<K: Eq + Hash + Clone> KeyedTokens<K> {
 
     /// Forgets `key`'s layer; requests that hold it finish with it.
     pub(crate) fn remove(&self, key: &K) -> Option<Arc<KeyEntry>> {
-        self.map.remove(key).map(|(_, entry)| entry)
+        let (_, entry) = self.map.remove(key)?;
+        entry.retire();
+        Some(entry)
     }
 
     /// How many keys the map holds.
@@ -131,8 +199,13 @@ impl<K: Eq + Hash + Clone> KeyedTokens<K> {
             return;
         }
         let idle = self.idle.as_secs();
-        self.map
-            .retain(|_, entry| seconds.saturating_sub(entry.last_used.load(Relaxed)) < idle);
+        self.map.retain(|_, entry| {
+            let keep = seconds.saturating_sub(entry.last_used.load(Relaxed)) < idle;
+            if !keep {
+                entry.retire();
+            }
+            keep
+        });
     }
 
     fn seconds(&self, now: Instant) -> u64 {
