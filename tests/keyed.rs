@@ -512,64 +512,119 @@ fn the_built_in_key_functions_read_the_host_a_header_and_a_bearer_credential() {
     assert_eq!(credential(&[]), None);
 }
 
-/// A fleet of keyed layers (each standing for a process: its own caches, one Redis) fetches one
-/// token per key for the whole fleet: each key's source has an identity of its own (its
-/// audience), so each key has its own entry in Redis.
+/// Set in the worker processes of `a_fleet_of_processes_fetches_one_token_per_key`: the token
+/// URL, the Redis URL and the key prefix, separated by spaces.
 #[cfg(all(feature = "redis", feature = "oauth"))]
-#[tokio::test]
+const FLEET_WORKER: &str = "TOWER_BEARER_KEYED_FLEET_WORKER";
+#[cfg(all(feature = "redis", feature = "oauth"))]
+const FLEET_PROCESSES: usize = 4;
+#[cfg(all(feature = "redis", feature = "oauth"))]
+const FLEET_KEYS: usize = 20;
+
+/// A fleet of OS processes, each with its own keyed layer on one Redis, fetches one token per
+/// key for the whole fleet: each key's source has an identity of its own (its audience), so
+/// each key has its own entry in Redis. 4 processes x 20 keys x 10 callers at once; the token
+/// endpoint answers in 50 ms, so the processes overlap.
+#[cfg(all(feature = "redis", feature = "oauth"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Redis: run scripts/test"]
-async fn a_fleet_of_keyed_layers_fetches_one_token_per_key() {
+async fn a_fleet_of_processes_fetches_one_token_per_key() {
+    use support::{fleet, processes::run_workers};
+
+    if let Ok(spec) = std::env::var(FLEET_WORKER) {
+        return fleet_worker(&spec).await;
+    }
+    let (endpoint, issued) = fleet::endpoint(Duration::from_millis(50)).await;
+    let spec = format!(
+        "{} {} {}",
+        endpoint.url("/token"),
+        fleet::redis_url(),
+        fleet::fresh_prefix("keyed")
+    );
+    let outputs = run_workers(
+        "a_fleet_of_processes_fetches_one_token_per_key",
+        FLEET_PROCESSES,
+        FLEET_WORKER,
+        &spec,
+    )
+    .await;
+    let mut tokens: HashMap<String, Vec<String>> = HashMap::new();
+    for output in outputs {
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        for line in stdout.lines() {
+            // The harness may print the test's name on the same line as the first token.
+            let Some((_, seen)) = line.split_once("token=") else {
+                continue;
+            };
+            let (audience, token) = seen.split_once(' ').unwrap();
+            tokens
+                .entry(audience.to_owned())
+                .or_default()
+                .push(token.to_owned());
+        }
+    }
+    assert_eq!(tokens.len(), FLEET_KEYS);
+    for (audience, seen) in &tokens {
+        assert_eq!(seen.len(), FLEET_PROCESSES * 10, "{audience}'s callers");
+        assert!(
+            seen.iter().all(|token| *token == seen[0]),
+            "the processes share {audience}'s token: {seen:?}"
+        );
+    }
+    let distinct: std::collections::HashSet<_> = tokens.values().map(|seen| &seen[0]).collect();
+    assert_eq!(distinct.len(), FLEET_KEYS, "each key has its own token");
+    assert_eq!(
+        issued.load(SeqCst),
+        FLEET_KEYS,
+        "one token request per key for the whole fleet"
+    );
+}
+
+/// One process of the keyed fleet: 10 callers for each of 20 keys at once, on a cold cache;
+/// prints each caller's key and token.
+#[cfg(all(feature = "redis", feature = "oauth"))]
+async fn fleet_worker(spec: &str) {
     use support::fleet;
     use tower_bearer::{ClientCredentials, distributed::RedisCache};
 
-    let (endpoint, issued) = fleet::endpoint(Duration::from_millis(50)).await;
-    let cache = RedisCache::new(fleet::connection(&fleet::redis_url()).await)
-        .key_prefix(fleet::fresh_prefix("keyed"))
+    let [token_url, redis, prefix] = spec.split(' ').collect::<Vec<_>>()[..] else {
+        panic!("token url, Redis url and prefix: {spec}");
+    };
+    let cache = RedisCache::new(fleet::connection(redis).await)
+        .key_prefix(prefix)
         .encryption_key(fleet::KEY);
-    let token_url = endpoint.url("/token");
-    let processes: Vec<KeyedAuthLayer<TextKey>> = (0..4)
-        .map(|_| {
-            let (token_url, cache) = (token_url.clone(), cache.clone());
-            KeyedAuthLayer::builder(tower_bearer::keyed::by_host(), move |audience: &TextKey| {
-                ClientCredentials::builder(token_url.clone())
-                    .client_id("keyed-fleet")
-                    .client_secret("fleet-secret")
-                    .audience(audience.as_str())
-                    .build()
-            })
-            .layer_settings(move |layer| layer.distributed(cache.clone()))
-            .build()
-            .unwrap()
+    let token_url = token_url.to_owned();
+    // One HTTP client for every key's source, as the keyed layer's docs ask: a source building
+    // its own (TLS roots and all) holds up the requests waiting for its key.
+    let http = reqwest::Client::new();
+    let auth =
+        KeyedAuthLayer::builder(tower_bearer::keyed::by_host(), move |audience: &TextKey| {
+            ClientCredentials::builder(token_url.clone())
+                .http_client(http.clone())
+                .client_id("keyed-fleet")
+                .client_secret("fleet-secret")
+                .audience(audience.as_str())
+                .build()
         })
-        .collect();
-    let audiences: Vec<TextKey> = (0..20)
-        .map(|n| TextKey::from(format!("api-{n}.example.com")))
-        .collect();
+        .layer_settings(move |layer| layer.distributed(cache.clone()))
+        .build()
+        .unwrap();
     let mut calls = tokio::task::JoinSet::new();
-    for process in &processes {
-        for audience in &audiences {
-            let (process, audience) = (process.clone(), audience.clone());
+    for key in 0..FLEET_KEYS {
+        for _ in 0..10 {
+            let (auth, audience) = (
+                auth.clone(),
+                TextKey::from(format!("api-{key}.example.com")),
+            );
             calls.spawn(async move {
-                let token = process.token(&audience).await.unwrap();
+                let token = auth.token(&audience).await.unwrap();
                 (audience, token.access_token().secret().to_owned())
             });
         }
     }
-    let mut tokens: HashMap<TextKey, String> = HashMap::new();
-    while let Some(call) = calls.join_next().await {
-        let (audience, token) = call.unwrap();
-        let first = tokens
-            .entry(audience.clone())
-            .or_insert_with(|| token.clone());
-        assert_eq!(*first, token, "the processes share {audience}'s token");
+    for (audience, token) in calls.join_all().await {
+        println!("token={audience} {token}");
     }
-    assert_eq!(
-        issued.load(SeqCst),
-        20,
-        "one token request per key for the whole fleet"
-    );
-    let distinct: std::collections::HashSet<_> = tokens.values().collect();
-    assert_eq!(distinct.len(), 20, "each key has its own token");
 }
 
 /// A key the layer no longer holds (dropped idle, evicted, or never used here) is still revoked
@@ -639,20 +694,85 @@ fn a_request_waiting_for_its_keys_layer_gives_up_after_five_seconds() {
         std::thread::spawn(move || paused_runtime().block_on(auth.token(&"slow".to_owned())))
     };
     entered_rx.recv().unwrap();
-    let started = std::time::Instant::now();
-    let waited = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(auth.token(&"slow".to_owned()));
+    // The wait is a timer of the waiter's runtime: on paused time it ends at once, 5 s later.
+    let (waited, after) = paused_runtime().block_on(async {
+        let started = Instant::now();
+        (auth.token(&"slow".to_owned()).await, started.elapsed())
+    });
     assert!(
         matches!(waited, Err(Error::Timeout(t)) if t == Duration::from_secs(5)),
         "{waited:?}"
     );
-    assert!(started.elapsed() >= Duration::from_secs(5));
+    assert_eq!(after, Duration::from_secs(5));
     release.send(()).unwrap();
     assert_eq!(
         maker.join().unwrap().unwrap().access_token().secret(),
         "slow"
     );
+}
+
+/// Requests for a key whose layer another request is making (the user's source function, which
+/// may block) wait in their futures, not on their threads: on a runtime of two threads, one held
+/// by the maker, eight such requests leave the other thread free for the task that lets the
+/// maker finish, and all nine get the key's token. Were the waits to block their threads, the
+/// releasing task could not run before the waits gave up (5 s), and they would fail.
+#[test]
+fn requests_waiting_for_their_keys_layer_leave_their_threads_free() {
+    use std::sync::mpsc;
+    let (asked, asks) = mpsc::channel::<()>();
+    let (entered, entered_rx) = mpsc::channel::<()>();
+    let (release, released) = mpsc::channel::<()>();
+    let asked = Mutex::new(asked);
+    let gate = Mutex::new((entered, released));
+    let auth = KeyedAuthLayer::builder(
+        move |request: &RequestInfo<'_>| {
+            asked.lock().unwrap().send(()).unwrap();
+            request.header(TENANT).map(str::to_owned)
+        },
+        move |key: &String| {
+            let gate = gate.lock().unwrap();
+            gate.0.send(()).unwrap();
+            gate.1.recv().unwrap();
+            let key = key.clone();
+            Ok(from_fn(move || {
+                let key = key.clone();
+                async move { Ok(Token::new(format!("{key}:1"))) }
+            }))
+        },
+    )
+    .build()
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let issuer = Issuer::default();
+    let seen = Seen::default();
+    let client = ServiceBuilder::new()
+        .layer(auth)
+        .service(api(&issuer, &seen, Arc::default()));
+    let maker = runtime.spawn(client.clone().oneshot(request("slow")));
+    asks.recv().unwrap();
+    entered_rx.recv().unwrap();
+    let waiters: Vec<_> = (0..8)
+        .map(|_| runtime.spawn(client.clone().oneshot(request("slow"))))
+        .collect();
+    // Every waiter has asked for its key (blocked threads would stop them before).
+    for _ in 0..8 {
+        if asks.recv_timeout(Duration::from_secs(3)).is_err() {
+            break;
+        }
+    }
+    runtime.spawn(async move { release.send(()).unwrap() });
+    runtime.block_on(async {
+        assert_eq!(maker.await.unwrap().unwrap().into_body(), "slow:1");
+        for waiter in waiters {
+            let response = waiter
+                .await
+                .unwrap()
+                .expect("the waiter gets the key's token");
+            assert_eq!(response.into_body(), "slow:1");
+        }
+    });
 }

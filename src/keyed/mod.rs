@@ -102,10 +102,10 @@ where
     /// `source` makes a key's token source, once per key the layer holds.
     ///
     /// Both run on the request path: `key` for every request, `source` in the first request of
-    /// a key (and the first after the key was dropped), while requests for the same key on
-    /// other threads wait for it, blocking their threads, for at most 5 s (then
-    /// [`Error::Timeout`]). Keep them cheap: build one `reqwest::Client` and give each
-    /// source a clone (`http_client`) rather than letting each build its own.
+    /// a key (and the first after the key was dropped), on that request's thread, while the
+    /// other requests for the key wait for it in their futures (their threads go on) for at
+    /// most 5 s (then [`Error::Timeout`]). Keep them cheap: build one `reqwest::Client` and
+    /// give each source a clone (`http_client`) rather than letting each build its own.
     pub fn builder<S: TokenSource>(
         key: impl Fn(&RequestInfo<'_>) -> Option<K> + Send + Sync + 'static,
         source: impl Fn(&K) -> Result<S, Error> + Send + Sync + 'static,
@@ -120,8 +120,16 @@ where
     /// As [`AuthLayer::token`](crate::AuthLayer::token); and the error of the key's source
     /// function or settings, if the key's layer could not be made.
     pub fn token(&self, key: &K) -> impl Future<Output = Result<Token, Error>> + Send + use<K> {
-        let entry = self.state.tokens.get(key, Instant::now());
-        async move { entry?.layer.token().await }
+        let state = Arc::clone(&self.state);
+        let entry = state.tokens.get(key, Instant::now());
+        let key = key.clone();
+        async move {
+            let entry = match entry? {
+                Some(entry) => entry,
+                None => state.tokens.wait(&key).await?,
+            };
+            entry.layer.token().await
+        }
     }
 
     /// Forgets `key`'s current token if it is `token` (see

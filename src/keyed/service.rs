@@ -93,7 +93,8 @@ where
                 entry
             }
             _ => match state.tokens.get(&key, now) {
-                Ok(entry) => &self.last.insert((key, entry)).1,
+                Ok(Some(entry)) => &self.last.insert((key, entry)).1,
+                Ok(None) => return self.wait_for_layer(key, request),
                 Err(err) => return ResponseFuture::refused(grpc::token_error(&request, err)),
             },
         };
@@ -126,6 +127,30 @@ where
         let clone = self.inner.clone();
         let inner = mem::replace(&mut self.inner, clone);
         ResponseFuture::acquiring(Arc::clone(layer), request, inner)
+    }
+}
+
+impl<S, K> KeyedAuthService<S, K>
+where
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+{
+    /// A request whose key's layer another request is making: it waits for that layer in its
+    /// response future, with the readied service, and its thread goes on.
+    #[cold]
+    #[inline(never)]
+    fn wait_for_layer<R>(&mut self, key: K, request: R) -> ResponseFuture<S, R>
+    where
+        R: AuthRequest,
+        S: Service<R> + Clone,
+    {
+        let state = Arc::clone(&self.state);
+        let layer = Box::pin(async move {
+            let entry = state.tokens.wait(&key).await?;
+            Ok(Arc::clone(&entry.handle))
+        });
+        let clone = self.inner.clone();
+        let inner = mem::replace(&mut self.inner, clone);
+        ResponseFuture::waiting_for_layer(layer, request, inner)
     }
 }
 

@@ -18,6 +18,7 @@
 use std::{
     fmt,
     hash::Hash,
+    panic::{AssertUnwindSafe, catch_unwind},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
@@ -27,11 +28,11 @@ use std::{
 
 use quick_cache::{
     DefaultHashBuilder, Lifecycle, OptionsBuilder, UnitWeighter,
-    sync::{Cache, GuardResult},
+    sync::{Cache, GuardResult, PlaceholderGuard},
 };
 use tokio::time::Instant;
 
-use crate::{AuthLayer, Error, middleware::handle::LayerHandle};
+use crate::{AuthLayer, Error, deadline::first, middleware::handle::LayerHandle};
 
 /// The longest a request waits for another request that is making the same key's layer.
 pub(crate) const MAKE_WAIT: Duration = Duration::from_secs(5);
@@ -112,21 +113,51 @@ impl<K: Eq + Hash + Clone> KeyedTokens<K> {
         })
     }
 
-    /// The layer of `key`, made if the map holds none (one maker per key at a time: others
-    /// asking for the same key meanwhile get the one it makes).
+    /// The layer of `key`, made if the map holds none; `None` while another request makes it
+    /// (one maker per key at a time: the others [`wait`](Self::wait) for the one it makes,
+    /// without blocking their threads).
     #[inline]
-    pub(crate) fn get(&self, key: &K, now: Instant) -> Result<Arc<KeyEntry>, Error> {
+    pub(crate) fn get(&self, key: &K, now: Instant) -> Result<Option<Arc<KeyEntry>>, Error> {
         let seconds = self.seconds(now);
         let entry = match self.map.get(key) {
             Some(entry) => entry,
-            None => self.make_and_keep(key, seconds)?,
+            None => match self.make_and_keep(key, seconds)? {
+                Some(entry) => entry,
+                None => return Ok(None),
+            },
         };
-        // One store a second at most per key: the line stays shared between cores otherwise.
+        self.used(&entry, seconds);
+        Ok(Some(entry))
+    }
+
+    /// Waits for the layer of `key` that another request is making, at most [`MAKE_WAIT`];
+    /// makes it if that request gave up.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] after [`MAKE_WAIT`]; [`Error::NoTimer`] on a runtime without timers;
+    /// the error of the key's source function or settings, if this wait ends up making the
+    /// layer and that fails.
+    pub(crate) async fn wait(&self, key: &K) -> Result<Arc<KeyEntry>, Error> {
+        let deadline = catch_unwind(AssertUnwindSafe(|| tokio::time::sleep(MAKE_WAIT)))
+            .map_err(|_| Error::NoTimer)?;
+        let entry = match first(self.map.get_value_or_guard_async(key), deadline).await {
+            Some(Ok(entry)) => entry,
+            Some(Err(guard)) => self.make_into(guard, key, self.seconds(Instant::now()))?,
+            None => return Err(Error::Timeout(MAKE_WAIT)),
+        };
+        self.used(&entry, self.seconds(Instant::now()));
+        Ok(entry)
+    }
+
+    /// Counts a use of `entry` at `seconds`: one store a second at most per key, as the line
+    /// stays shared between cores otherwise.
+    #[inline]
+    fn used(&self, entry: &KeyEntry, seconds: u64) {
         if entry.last_used.load(Relaxed) != seconds {
             entry.last_used.store(seconds, Relaxed);
             self.sweep_if_due(seconds);
         }
-        Ok(entry)
     }
 
     /// Counts a use of `entry`, the entry of `key` that a service kept from its last request
@@ -143,25 +174,40 @@ impl<K: Eq + Hash + Clone> KeyedTokens<K> {
         }
     }
 
-    /// Makes `key`'s layer and keeps it; or, if another request is making it, waits for that
-    /// one, at most [`MAKE_WAIT`] (the wait blocks its thread: the maker runs user code).
+    /// Makes `key`'s layer and keeps it; `None` if another request is making it.
     #[cold]
-    fn make_and_keep(&self, key: &K, seconds: u64) -> Result<Arc<KeyEntry>, Error> {
-        match self.map.get_value_or_guard(key, Some(MAKE_WAIT)) {
-            GuardResult::Value(entry) => Ok(entry),
-            GuardResult::Guard(guard) => {
-                let layer = (self.make)(key)?;
-                let entry = Arc::new(KeyEntry {
-                    handle: layer.handle(),
-                    layer,
-                    last_used: AtomicU64::new(seconds),
-                    retired: AtomicBool::new(false),
-                });
-                let _ = guard.insert(Arc::clone(&entry));
-                Ok(entry)
-            }
-            GuardResult::Timeout => Err(Error::Timeout(MAKE_WAIT)),
+    fn make_and_keep(&self, key: &K, seconds: u64) -> Result<Option<Arc<KeyEntry>>, Error> {
+        match self.map.get_value_or_guard(key, Some(Duration::ZERO)) {
+            GuardResult::Value(entry) => Ok(Some(entry)),
+            GuardResult::Guard(guard) => self.make_into(guard, key, seconds).map(Some),
+            GuardResult::Timeout => Ok(None),
         }
+    }
+
+    /// Makes `key`'s layer with the user's source function and puts it where `guard` holds
+    /// its place. Dropping the guard on an error lets the next request for the key try again.
+    fn make_into(
+        &self,
+        guard: PlaceholderGuard<
+            '_,
+            K,
+            Arc<KeyEntry>,
+            UnitWeighter,
+            DefaultHashBuilder,
+            RetireOnEvict,
+        >,
+        key: &K,
+        seconds: u64,
+    ) -> Result<Arc<KeyEntry>, Error> {
+        let layer = (self.make)(key)?;
+        let entry = Arc::new(KeyEntry {
+            handle: layer.handle(),
+            layer,
+            last_used: AtomicU64::new(seconds),
+            retired: AtomicBool::new(false),
+        });
+        let _ = guard.insert(Arc::clone(&entry));
+        Ok(entry)
     }
 
     /// The layer of `key`, if the map holds one; not made, and the key's idle time unchanged.

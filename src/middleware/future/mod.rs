@@ -41,6 +41,9 @@ use slow_path::Pending;
 
 pub(crate) type Acquire = Pin<Box<dyn Future<Output = Result<Arc<Entry>, Error>> + Send>>;
 
+/// The wait of a keyed request for the layer of its key, which another request is making.
+pub(crate) type LayerWait = Pin<Box<dyn Future<Output = Result<LayerHandle, Error>> + Send>>;
+
 /// What a request that may be resent keeps: the readied service and what its
 /// [`AuthRequest::prepare_replay`] returned.
 pub(crate) type Replay<S, R> = (S, <R as AuthRequest>::Replay);
@@ -66,6 +69,12 @@ pin_project! {
     where
         R: AuthRequest,
     {
+        // A keyed request waiting for its key's layer, which another request is making;
+        // `parked` is the request and the readied inner service.
+        Layer {
+            layer: LayerWait,
+            parked: Option<Box<(R, S)>>,
+        },
         // Waiting for a token.
         Acquire {
             token: Acquire,
@@ -139,6 +148,17 @@ where
     pub(crate) fn refused(error: BoxError) -> Self {
         ResponseFuture {
             state: State::Refused { error: Some(error) },
+            replay: None,
+        }
+    }
+
+    /// The keyed request waits for its key's layer; `service` is the readied inner service.
+    pub(crate) fn waiting_for_layer(layer: LayerWait, request: R, service: S) -> Self {
+        ResponseFuture {
+            state: State::Layer {
+                layer,
+                parked: Some(Box::new((request, service))),
+            },
             replay: None,
         }
     }
@@ -225,6 +245,7 @@ where
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match &self.state {
+            State::Layer { .. } => "Layer",
             State::Acquire {
                 pending: Some(p), ..
             } if p.resend => "Refresh",

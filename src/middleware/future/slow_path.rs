@@ -19,6 +19,7 @@ use crate::{
         handle::LayerHandle,
         layer_state::{Mark, Proof, Verdict},
     },
+    origin::Decision,
 };
 
 /// What a request waiting for a token keeps. Boxed: this is the slow path, and keeping it out
@@ -104,6 +105,35 @@ where
                 StateProj::Send { fut, .. } => {
                     let result = ready!(fut.poll(cx));
                     return self.answered(result, cx);
+                }
+                StateProj::Layer { layer, parked } => {
+                    let layer = ready!(layer.as_mut().poll(cx));
+                    let Some(parked) = parked.take() else {
+                        return Poll::Ready(Err(polled_after_completion()));
+                    };
+                    let (request, mut service) = *parked;
+                    let layer = match layer {
+                        Ok(layer) => layer,
+                        Err(err) => {
+                            let err = grpc::token_error(&request, err);
+                            self.set_done();
+                            return Poll::Ready(Err(err));
+                        }
+                    };
+                    // As `AuthService` sends a request, but waiting for the token in the
+                    // cache (returned at once when it is usable) rather than reading it.
+                    match layer.policy.decide(&request) {
+                        Decision::Attach => {
+                            ResponseFuture::acquiring(layer, request, service).state
+                        }
+                        Decision::PassThrough => State::Forward {
+                            fut: service.call(request),
+                            sent: None,
+                        },
+                        Decision::Refuse(err) => State::Refused {
+                            error: Some(grpc::token_error(&request, err)),
+                        },
+                    }
                 }
                 StateProj::Acquire { token, pending } => {
                     let entry = match ready!(token.as_mut().poll(cx)) {
