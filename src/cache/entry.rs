@@ -55,9 +55,10 @@ pub(crate) struct Entry {
     /// `Bearer <token>` (or `DPoP <token>`), built once, marked sensitive.
     pub(crate) header: HeaderValue,
     /// [`HEADER_COPIES`] copies of `header` for the handles of services' clones, each taking
-    /// the one its [`slot`](Self::header_copy) names; for a use-limited token (used a few
-    /// times at most) they share `header`'s buffer.
-    copies: [HeaderValue; HEADER_COPIES],
+    /// the one its [`slot`](Self::header_copy) names; none (and no allocation) for a
+    /// use-limited token, used a few times at most, and for a keyed layer's keys, whose
+    /// services send `header` itself.
+    copies: Box<[HeaderValue]>,
     /// Increases with every token installed; identifies the token a request carried.
     pub(crate) generation: u64,
     pub(crate) fetched_at: Instant,
@@ -101,7 +102,7 @@ pub(crate) enum Use {
 pub(crate) struct Headers {
     token: Token,
     header: HeaderValue,
-    copies: [HeaderValue; HEADER_COPIES],
+    copies: Box<[HeaderValue]>,
 }
 
 impl Entry {
@@ -121,13 +122,13 @@ impl Entry {
         #[cfg(not(feature = "jose"))]
         let scheme = &settings.scheme;
         let header = token.header_value(scheme)?;
-        let copies = std::array::from_fn(|_| {
-            if settings.max_uses.is_some() || !settings.header_copies {
-                header.clone()
-            } else {
-                crate::token::copy_header(&header)
-            }
-        });
+        let copies = if settings.max_uses.is_some() || !settings.header_copies {
+            Box::default()
+        } else {
+            (0..HEADER_COPIES)
+                .map(|_| crate::token::copy_header(&header))
+                .collect()
+        };
         Ok(Headers {
             token,
             header,
@@ -216,7 +217,7 @@ impl Entry {
     /// The copy of the header for `slot` (any number: it wraps).
     #[inline(always)]
     pub(crate) fn header_copy(&self, slot: usize) -> HeaderValue {
-        // In range by the modulo: no bounds check is left to make.
+        // Without copies, the header itself.
         self.copies
             .get(slot % HEADER_COPIES)
             .unwrap_or(&self.header)
