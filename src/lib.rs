@@ -56,7 +56,8 @@
 //! | (internal) | deadlines that never overflow, racing a future against one, whether the runtime has timers | `src/deadline.rs` |
 //! | (internal) | scope values: their union, and which are valid | `src/scope.rs` |
 //! | [`replay`] | which request bodies are resent after a 401, and [`ReplayableBody`](replay::ReplayableBody) for streams | `src/replay/` |
-//! | [`source`] | the [`TokenSource`] trait and its implementations: `ClientCredentials`, `RefreshTokenGrant`, `AuthorizationCode` (feature `oauth`), [`from_fn`](source::from_fn), [`StaticToken`] | `src/source/` |
+//! | [`source`] | the [`TokenSource`] trait and its implementations: `ClientCredentials`, `RefreshTokenGrant`, `AuthorizationCode`, `TokenExchange`, `JwtBearer` (feature `oauth`), [`from_fn`](source::from_fn), [`StaticToken`] | `src/source/` |
+//! | [`assertion`] | credentials from the platform: [`AssertionSource`](assertion::AssertionSource), a token file, GitHub Actions' and GCP's identity tokens, a closure; the expiry read from a JWT (feature `oauth`) | `src/assertion/` (`mod.rs`, `file.rs`, `platform.rs`, `jwt.rs`) |
 //! | (internal) | the OAuth 2.0 wire protocol: the builders' client settings (`config.rs`), token requests (`endpoint.rs`), client authentication (`private_key_jwt` and DPoP at the token endpoint in `key_binding.rs`), responses, discovery, PKCE (feature `oauth`) | `src/oauth/` |
 //! | `jose` | [`SigningKey`](jose::SigningKey), JWS signing, DPoP proofs and client assertions (feature `jose`) | `src/jose/` (`mod.rs`, `key.rs`, `jws.rs`, `dpop.rs`, `assertion.rs`) |
 //! | [`store`] | [`TokenStore`](store::TokenStore): where refresh tokens persist ([`MemoryStore`](store::MemoryStore), [`FileStore`](store::FileStore), shared by processes under its lock) | `src/store/` |
@@ -113,6 +114,9 @@
 #![warn(rust_2018_idioms, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "oauth")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
+pub mod assertion;
 mod cache;
 mod deadline;
 #[cfg(feature = "redis")]
@@ -161,7 +165,8 @@ pub use service::AuthService;
 #[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
 pub use source::{
     AuthorizationCode, AuthorizationCodeBuilder, ClientCredentials, ClientCredentialsBuilder,
-    RefreshTokenGrant, RefreshTokenGrantBuilder, TokenExchange, TokenExchangeBuilder,
+    JwtBearer, JwtBearerBuilder, RefreshTokenGrant, RefreshTokenGrantBuilder, TokenExchange,
+    TokenExchangeBuilder,
 };
 pub use source::{StaticToken, TokenSource};
 pub use stats::Stats;

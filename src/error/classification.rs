@@ -55,7 +55,12 @@ impl Error {
     /// retries these after its backoff; callers may too.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Transport(_) | Error::Timeout(_) | Error::Aborted | Error::Fleet(_) => true,
+            Error::Transport(_)
+            | Error::Timeout(_)
+            | Error::Aborted
+            | Error::Fleet(_)
+            | Error::Assertion(_)
+            | Error::ExpiredAssertion { .. } => true,
             Error::UnexpectedResponse { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }

@@ -49,6 +49,21 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(Cow<'static, str>),
 
+    /// No assertion could be had from the platform (see [`assertion`](crate::assertion)): its
+    /// token file could not be read, its endpoint failed. Says what failed, never the
+    /// assertion. Transient: the platform may recover, and the fetch retries with a fresh read.
+    #[error("no assertion from the platform: {0}")]
+    Assertion(Cow<'static, str>),
+
+    /// The assertion the platform gave had expired: it was not sent. Transient: the platform
+    /// replaces its token (kubelet rotates the file well before expiry), and the fetch
+    /// retries with a fresh read.
+    #[error("the platform's assertion expired {ago:?} ago; it was not sent")]
+    ExpiredAssertion {
+        /// How long ago it expired.
+        ago: Duration,
+    },
+
     /// A signing key that cannot be used (feature `jose`): not a PKCS#8 private key, a curve or
     /// algorithm this crate does not sign with, or a key the algorithm refuses.
     #[error("unusable signing key: {0}")]

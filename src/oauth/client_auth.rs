@@ -11,6 +11,7 @@ use std::borrow::Cow;
 /// | `Query` | `client_id`, `client_secret` and the grant's plain parameters (`grant_type`, `scope`, ...) in the URL query; the grant's secrets (refresh token, code, code verifier) in the form body | (none) |
 /// | `None` | only `client_id` in the form body: a public client | `none` |
 /// | `PrivateKeyJwt` | `client_id` and a fresh client assertion signed with the client's key (RFC 7523), set with the builders' `.private_key_jwt(key)` (feature `jose`) | `private_key_jwt` |
+/// | `ClientAssertion` | `client_id` and a client assertion from the platform (RFC 7523 §2.2: a Kubernetes service-account token, a GitHub Actions OIDC token, ...), read fresh for each request from the source given to the builders' `.client_assertion(source)` | `private_key_jwt` (as servers that federate workload identity list it) |
 ///
 /// `Query` exists for endpoints documented that way (some list the client's credentials as query
 /// parameters of the form POST). It puts the secret in the URL, where proxies and access logs may record it, and
@@ -32,6 +33,10 @@ pub enum ClientAuth {
     /// A client assertion (`client_assertion_type` `jwt-bearer`, RFC 7523 §2.2) signed with the
     /// key given to the builder's `.private_key_jwt(key)`, with `client_id`; no secret.
     PrivateKeyJwt,
+    /// A client assertion (`client_assertion_type` `jwt-bearer`, RFC 7523 §2.2) the platform
+    /// signed, from the [`AssertionSource`](crate::assertion::AssertionSource) given to the
+    /// builder's `.client_assertion(source)`, with `client_id`; no secret.
+    ClientAssertion,
 }
 
 impl std::str::FromStr for ClientAuth {

@@ -2,10 +2,10 @@
 //! methods every grant has through [`client_builder_methods`]), checked and turned into a
 //! [`TokenEndpoint`](super::TokenEndpoint) by [`EndpointConfig::build`].
 
-use std::{fmt, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use super::{ClientAuth, DEFAULT_REQUEST_TIMEOUT, TokenEndpoint, endpoint_url};
-use crate::{ClientSecret, Error};
+use crate::{ClientSecret, Error, assertion::DynAssertionSource};
 
 /// Parameters the grant or the client authentication sets; a user may not add them again.
 pub(crate) const RESERVED_PARAMS: &[&str] = &["grant_type", "client_id", "client_secret"];
@@ -27,6 +27,8 @@ pub(crate) struct EndpointConfig {
     pub(crate) request_timeout: Duration,
     /// What discovery found that the keys must fit, if the builder came from metadata.
     pub(crate) discovered: Option<Discovered>,
+    /// Where client assertions from the platform come from ([`ClientAuth::ClientAssertion`]).
+    pub(crate) client_assertion: Option<Arc<dyn DynAssertionSource>>,
     /// The client's key for `private_key_jwt`.
     #[cfg(feature = "jose")]
     pub(crate) client_key: Option<crate::jose::SigningKey>,
@@ -71,6 +73,7 @@ impl EndpointConfig {
             revocation_url: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             discovered: None,
+            client_assertion: None,
             #[cfg(feature = "jose")]
             client_key: None,
             #[cfg(feature = "jose")]
@@ -90,13 +93,30 @@ impl EndpointConfig {
             .clone()
             .filter(|id| !id.is_empty())
             .ok_or_else(|| Error::config(format!("{grant} needs a client id")))?;
-        if !matches!(auth, ClientAuth::None | ClientAuth::PrivateKeyJwt)
-            && self.client_secret.is_none()
+        if !matches!(
+            auth,
+            ClientAuth::None | ClientAuth::PrivateKeyJwt | ClientAuth::ClientAssertion
+        ) && self.client_secret.is_none()
         {
             return Err(Error::config(format!(
                 "{grant} needs a client secret (or `.private_key_jwt(key)`, or \
-                 `.auth(ClientAuth::None)` for a public client)"
+                 `.client_assertion(source)`, or `.auth(ClientAuth::None)` for a public client)"
             )));
+        }
+        match (auth, &self.client_assertion) {
+            (ClientAuth::ClientAssertion, None) => {
+                return Err(Error::config(format!(
+                    "{grant}: ClientAuth::ClientAssertion needs a source: \
+                     `.client_assertion(source)`"
+                )));
+            }
+            (ClientAuth::ClientAssertion, Some(_)) | (_, None) => {}
+            (_, Some(_)) => {
+                return Err(Error::config(format!(
+                    "{grant}: a client assertion source is set, but the client authentication \
+                     is {auth:?}"
+                )));
+            }
         }
         #[cfg(feature = "jose")]
         let keys = self.key_binding(grant, auth, &url)?;
@@ -144,6 +164,7 @@ impl EndpointConfig {
                 client_id,
                 client_secret: self.client_secret,
                 auth,
+                client_assertion: self.client_assertion,
                 http,
                 timeout: self.request_timeout,
                 #[cfg(feature = "jose")]
@@ -371,6 +392,19 @@ macro_rules! client_builder_methods {
         pub fn private_key_jwt(mut self, key: crate::jose::SigningKey) -> Self {
             self.config.client_key = Some(key);
             self.config.auth = Some(crate::ClientAuth::PrivateKeyJwt);
+            self
+        }
+
+        /// Authenticates the client with a client assertion from the platform instead of a
+        /// secret (RFC 7523 §2.2, `client_assertion_type` `jwt-bearer`): a Kubernetes
+        /// service-account token ([`TokenFile`](crate::assertion::TokenFile)), a GitHub
+        /// Actions OIDC token, or any [`AssertionSource`](crate::assertion::AssertionSource).
+        /// Each token request reads a fresh one, retries included; an expired one is an
+        /// error, never sent. The platform decides its `iss`, `sub` and `aud`: register the
+        /// client at the server with the platform as a trusted issuer.
+        pub fn client_assertion(mut self, source: impl crate::assertion::AssertionSource) -> Self {
+            self.config.client_assertion = Some(crate::assertion::shared(source));
+            self.config.auth = Some(crate::ClientAuth::ClientAssertion);
             self
         }
 

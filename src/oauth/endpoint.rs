@@ -2,7 +2,7 @@
 //! authentication, sent and read back with a size cap, turned into a [`Token`] or a typed
 //! [`Error`]; and revocation (RFC 7009).
 
-use std::{fmt, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -14,7 +14,14 @@ use super::{
     ClientAuth, MAX_RESPONSE_BYTES, SECRET_PARAMS, client_auth, parse_retry_after, read_capped,
     response, same_endpoint, scrub::Carried,
 };
-use crate::{ClientSecret, Error, Token, error::TransportError};
+use crate::{
+    ClientSecret, Error, Token,
+    assertion::{self, Assertion, DynAssertionSource},
+    error::TransportError,
+};
+
+/// `client_assertion_type` of a JWT client assertion (RFC 7523 §2.2).
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// A token endpoint with its client credentials.
 #[derive(Clone)]
@@ -24,6 +31,8 @@ pub(crate) struct TokenEndpoint {
     pub(super) client_id: String,
     pub(super) client_secret: Option<ClientSecret>,
     pub(super) auth: ClientAuth,
+    /// Where each request's client assertion comes from, for [`ClientAuth::ClientAssertion`].
+    pub(super) client_assertion: Option<Arc<dyn DynAssertionSource>>,
     pub(super) http: reqwest::Client,
     /// Of each request.
     pub(super) timeout: Duration,
@@ -180,8 +189,14 @@ impl TokenEndpoint {
 
     /// Posts a form with the client authentication and reads the answer (capped).
     async fn post(&self, url: &Url, params: &[(&str, &str)]) -> Result<Posted, Error> {
+        // A fresh assertion for every request, read before the clock of `expires_in` starts.
+        let assertion = match &self.client_assertion {
+            Some(source) => Some(assertion::fresh(&**source).await?),
+            None => None,
+        };
         let sent_at = tokio::time::Instant::now();
-        let (request, _sent_nonce, carried) = self.build_request(url, params)?;
+        let (request, _sent_nonce, carried) =
+            self.build_request(url, params, assertion.as_ref())?;
         let request = request.timeout(self.timeout);
         let response = request
             .send()
@@ -239,6 +254,7 @@ impl TokenEndpoint {
         &self,
         url: &Url,
         params: &[(&str, &str)],
+        assertion: Option<&Assertion>,
     ) -> Result<(reqwest::RequestBuilder, Option<Box<str>>, Carried), Error> {
         let mut carried = Carried::of(
             params
@@ -275,6 +291,15 @@ impl TokenEndpoint {
                     for (_, value) in &assertion {
                         carried.add(value);
                     }
+                }
+            }
+            ClientAuth::ClientAssertion => {
+                form.extend_pairs(params.iter().copied());
+                form.append_pair("client_id", &self.client_id);
+                if let Some(assertion) = assertion {
+                    form.append_pair("client_assertion_type", JWT_BEARER);
+                    form.append_pair("client_assertion", assertion.secret());
+                    carried.add(assertion.secret());
                 }
             }
             ClientAuth::Query => {

@@ -37,6 +37,8 @@ mod authorization_code;
 mod client_credentials;
 mod from_fn;
 #[cfg(feature = "oauth")]
+mod jwt_bearer;
+#[cfg(feature = "oauth")]
 mod refresh_token;
 mod static_token;
 #[cfg(feature = "oauth")]
@@ -49,6 +51,9 @@ pub use authorization_code::{AuthorizationCode, AuthorizationCodeBuilder};
 #[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
 pub use client_credentials::{ClientCredentials, ClientCredentialsBuilder};
 pub use from_fn::{FromFn, from_fn};
+#[cfg(feature = "oauth")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
+pub use jwt_bearer::{JwtBearer, JwtBearerBuilder};
 #[cfg(feature = "oauth")]
 #[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
 pub use refresh_token::{RefreshTokenGrant, RefreshTokenGrantBuilder};

@@ -1,0 +1,407 @@
+//! Credentials from the platform (`tower_bearer::assertion`): client assertions and the JWT
+//! bearer grant fed by a token file, GitHub Actions' OIDC endpoint, a GCP metadata server or a
+//! closure, against stand-ins on 127.0.0.1 written from the providers' documented wire formats.
+//! No test here reaches any address but loopback: each platform endpoint is given by hand.
+
+#![cfg(feature = "oauth")]
+
+mod support;
+
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering::SeqCst},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use axum::response::IntoResponse;
+use base64::Engine;
+use http::StatusCode;
+use support::{StandInEndpoint, token_json};
+use tower_bearer::{
+    AuthLayer, ClientCredentials, Error, JwtBearer,
+    assertion::{Assertion, GcpIdentity, GithubActions, TokenFile, from_fn},
+};
+
+const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+const JWT_BEARER_CLIENT: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// An unsigned JWT (the stand-ins read no signature) for `subject`, expiring at `exp`
+/// (seconds since the Unix epoch).
+fn jwt(subject: &str, exp: u64) -> String {
+    let encode = |s: String| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    format!(
+        "{}.{}.c2lnbmF0dXJl",
+        encode(r#"{"alg":"RS256","kid":"k8s"}"#.to_owned()),
+        encode(format!(
+            r#"{{"iss":"https://kubernetes.default.svc","sub":"{subject}","aud":"idp","exp":{exp}}}"#
+        ))
+    )
+}
+
+fn in_an_hour() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600
+}
+
+fn field(form: &[(String, String)], name: &str) -> Option<String> {
+    form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+}
+
+/// A token endpoint that answers each request with a new token (`tok-1`, `tok-2`, ...).
+async fn endpoint() -> StandInEndpoint {
+    let issued = AtomicUsize::new(0);
+    StandInEndpoint::start(move |_| {
+        let n = issued.fetch_add(1, SeqCst) + 1;
+        token_json(&format!("tok-{n}"), 3600)
+    })
+    .await
+}
+
+/// Writes `token` the way kubelet updates a projected volume: into a new directory, then an
+/// atomic rename of the `..data` link to it; `token` itself is a link through `..data`.
+fn kubelet_write(volume: &Path, generation: usize, token: &str) {
+    let dir = volume.join(format!("..2026_12_06_{generation}"));
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("token"), token).unwrap();
+    let staged = volume.join("..data_tmp");
+    std::os::unix::fs::symlink(dir.file_name().unwrap(), &staged).unwrap();
+    std::fs::rename(&staged, volume.join("..data")).unwrap();
+    let link = volume.join("token");
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink("..data/token", &link).unwrap();
+    }
+}
+
+/// A client authenticated by its Kubernetes service-account token sends the token the file
+/// holds at each request: after kubelet's atomic swap, the next token request carries the new
+/// one.
+#[tokio::test]
+async fn a_token_file_rotated_by_kubelets_swap_is_sent_anew_at_the_next_request() {
+    let volume = tempfile::tempdir().unwrap();
+    let (first, second) = (jwt("first", in_an_hour()), jwt("second", in_an_hour()));
+    kubelet_write(volume.path(), 1, &first);
+    let idp = endpoint().await;
+    let source = ClientCredentials::builder(idp.url("/token"))
+        .client_id("orders")
+        .client_assertion(TokenFile::new(volume.path().join("token")))
+        .build()
+        .unwrap();
+    let layer = AuthLayer::new(source);
+
+    let token = layer.token().await.unwrap();
+    kubelet_write(volume.path(), 2, &second);
+    layer.invalidate(&token);
+    layer.token().await.unwrap();
+
+    let sent: Vec<_> = idp.recorded().iter().map(|r| r.form()).collect();
+    assert_eq!(sent.len(), 2);
+    for (form, expected) in sent.iter().zip([&first, &second]) {
+        assert_eq!(field(form, "client_assertion").as_ref(), Some(expected));
+        assert_eq!(
+            field(form, "client_assertion_type").as_deref(),
+            Some(JWT_BEARER_CLIENT)
+        );
+        assert_eq!(field(form, "client_id").as_deref(), Some("orders"));
+        assert_eq!(field(form, "client_secret"), None);
+    }
+}
+
+/// A token file whose token has expired fails the fetch with a typed error, and nothing
+/// reaches the token endpoint.
+#[tokio::test]
+async fn an_expired_token_file_is_a_typed_error_and_is_never_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    std::fs::write(&path, jwt("stale", 1_000_000_000)).unwrap();
+    let idp = endpoint().await;
+    let source = JwtBearer::builder(idp.url("/token"), TokenFile::new(&path))
+        .client_id("orders")
+        .build()
+        .unwrap();
+    let layer = AuthLayer::builder(source)
+        .fetch_attempts(2)
+        .build()
+        .unwrap();
+    let err = layer.token().await.unwrap_err();
+    assert!(matches!(err, Error::ExpiredAssertion { .. }), "{err:?}");
+    assert!(idp.recorded().is_empty(), "nothing was sent");
+}
+
+/// 1,000 callers at once on a cold layer: one assertion read, one token request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_callers_cost_one_assertion_and_one_token_request() {
+    let reads = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&reads);
+    let assertions = from_fn(move || {
+        let n = counted.fetch_add(1, SeqCst) + 1;
+        async move { Ok(Assertion::new(jwt(&format!("read-{n}"), in_an_hour()))) }
+    });
+    let idp = endpoint().await;
+    let source = JwtBearer::builder(idp.url("/token"), assertions)
+        .client_id("orders")
+        .build()
+        .unwrap();
+    let layer = AuthLayer::new(source);
+    let callers: Vec<_> = (0..1000).map(|_| tokio::spawn(layer.token())).collect();
+    for caller in callers {
+        assert_eq!(
+            caller.await.unwrap().unwrap().access_token().secret(),
+            "tok-1"
+        );
+    }
+    assert_eq!(reads.load(SeqCst), 1, "assertion reads");
+    assert_eq!(idp.recorded().len(), 1, "token requests");
+}
+
+/// Every attempt within a fetch reads a fresh assertion: two 503s, then a token, cost three
+/// token requests with three different assertions (a server that takes each assertion once
+/// would refuse a second sending).
+#[tokio::test]
+async fn every_retry_within_a_fetch_sends_a_fresh_assertion() {
+    let reads = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&reads);
+    let assertions = from_fn(move || {
+        let n = counted.fetch_add(1, SeqCst) + 1;
+        async move { Ok(Assertion::new(jwt(&format!("attempt-{n}"), in_an_hour()))) }
+    });
+    let answered = AtomicUsize::new(0);
+    let idp = StandInEndpoint::start(move |_| {
+        if answered.fetch_add(1, SeqCst) < 2 {
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        } else {
+            token_json("tok-after-two-503s", 3600)
+        }
+    })
+    .await;
+    let source = ClientCredentials::builder(idp.url("/token"))
+        .client_id("orders")
+        .client_assertion(assertions)
+        .build()
+        .unwrap();
+    let layer = AuthLayer::builder(source)
+        .fetch_attempts(3)
+        .build()
+        .unwrap();
+    let token = layer.token().await.unwrap();
+    assert_eq!(token.access_token().secret(), "tok-after-two-503s");
+    let sent: Vec<_> = idp
+        .recorded()
+        .iter()
+        .map(|r| field(&r.form(), "client_assertion").unwrap())
+        .collect();
+    assert_eq!(sent.len(), 3);
+    let distinct: std::collections::HashSet<_> = sent.iter().collect();
+    assert_eq!(distinct.len(), 3, "a fresh assertion for each attempt");
+    assert_eq!(reads.load(SeqCst), 3);
+}
+
+/// The JWT bearer grant sends the assertion as `assertion`, with the grant type and scope,
+/// and the client id alone when it has no secret.
+#[tokio::test]
+async fn the_jwt_bearer_grant_sends_the_assertion_the_grant_type_and_the_scope() {
+    let assertion = jwt("system:serviceaccount:prod:orders", in_an_hour());
+    let sent = assertion.clone();
+    let idp = endpoint().await;
+    let source = JwtBearer::builder(
+        idp.url("/token"),
+        from_fn(move || {
+            let sent = sent.clone();
+            async move { Ok(Assertion::new(sent)) }
+        }),
+    )
+    .client_id("orders")
+    .scope("orders.read")
+    .build()
+    .unwrap();
+    assert!(!format!("{source:?}").contains(&assertion[..30]));
+    AuthLayer::new(source).token().await.unwrap();
+    let form = idp.recorded()[0].form();
+    assert_eq!(
+        field(&form, "grant_type").as_deref(),
+        Some(JWT_BEARER_GRANT)
+    );
+    assert_eq!(field(&form, "assertion"), Some(assertion));
+    assert_eq!(field(&form, "scope").as_deref(), Some("orders.read"));
+    assert_eq!(field(&form, "client_id").as_deref(), Some("orders"));
+    assert!(idp.recorded()[0].header("authorization").is_none());
+}
+
+/// An error the token endpoint answers with, echoing the assertion, shows none of it.
+#[tokio::test]
+async fn a_server_echoing_the_assertion_leaks_none_of_it() {
+    let idp = StandInEndpoint::start(|req| {
+        let echoed = field(&req.form(), "client_assertion").unwrap_or_default();
+        (
+            StatusCode::BAD_REQUEST,
+            [(http::header::CONTENT_TYPE, "application/json")],
+            format!(r#"{{"error":"invalid_client","error_description":"bad assertion {echoed}"}}"#),
+        )
+            .into_response()
+    })
+    .await;
+    let assertion = jwt("leaky", in_an_hour());
+    let sent = assertion.clone();
+    let source = ClientCredentials::builder(idp.url("/token"))
+        .client_id("orders")
+        .client_assertion(from_fn(move || {
+            let sent = sent.clone();
+            async move { Ok(Assertion::new(sent)) }
+        }))
+        .build()
+        .unwrap();
+    let err = AuthLayer::new(source).token().await.unwrap_err();
+    let shown = format!("{err} {err:?}");
+    assert!(shown.contains("invalid_client"), "{shown}");
+    assert!(!shown.contains(&assertion[40..]), "{shown}");
+}
+
+/// GitHub Actions' OIDC endpoint, as its documentation and `@actions/core` call it: the
+/// request URL (which has a query already) gains `audience`, the request token goes as a
+/// bearer token, and the answer is `{"value": "<jwt>"}`.
+#[tokio::test]
+async fn github_actions_is_asked_with_its_request_token_and_the_audience() {
+    let jwt = jwt("repo:acme/orders:ref:refs/heads/main", in_an_hour());
+    let answer = jwt.clone();
+    let github = StandInEndpoint::start(move |req| {
+        let audience = req.query_pairs().into_iter().find(|(k, _)| k == "audience");
+        let api_version = req
+            .query_pairs()
+            .into_iter()
+            .find(|(k, _)| k == "api-version");
+        if req.header("authorization") != Some("Bearer request-token")
+            || audience.map(|(_, v)| v).as_deref() != Some("api://AzureADTokenExchange")
+            || api_version.is_none()
+        {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+        (
+            [(http::header::CONTENT_TYPE, "application/json")],
+            format!(r#"{{"count":1,"value":"{answer}"}}"#),
+        )
+            .into_response()
+    })
+    .await;
+    let idp = endpoint().await;
+    let platform = GithubActions::new(
+        &github.url("/_apis/distributedtask/hubs/build/plans/1/jobs/2/idtoken?api-version=2.0"),
+        "request-token",
+    )
+    .unwrap()
+    .audience("api://AzureADTokenExchange");
+    assert!(!format!("{platform:?}").contains("request-token"));
+    let source = ClientCredentials::builder(idp.url("/token"))
+        .client_id("orders")
+        .client_assertion(platform)
+        .build()
+        .unwrap();
+    AuthLayer::new(source).token().await.unwrap();
+    assert_eq!(github.recorded().len(), 1);
+    assert_eq!(
+        field(&idp.recorded()[0].form(), "client_assertion"),
+        Some(jwt)
+    );
+
+    // A refusal names the status, not what the endpoint said.
+    let refusing = GithubActions::new(&github.url("/idtoken?api-version=2.0"), "wrong").unwrap();
+    let source = JwtBearer::builder(idp.url("/token"), refusing)
+        .client_id("orders")
+        .build()
+        .unwrap();
+    let err = AuthLayer::builder(source)
+        .fetch_attempts(1)
+        .build()
+        .unwrap()
+        .token()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Assertion(m) if m.contains("401")),
+        "{err:?}"
+    );
+}
+
+/// A GCP metadata server, as Google documents it: `Metadata-Flavor: Google` on the request
+/// and on the answer, the audience and `format=full` in the query, the JWT as the body. An
+/// answer without the header (something else on that address) is refused.
+#[tokio::test]
+async fn a_gcp_metadata_server_is_asked_for_the_audience_and_must_answer_as_one() {
+    let jwt = jwt("1234567890", in_an_hour());
+    let answer = jwt.clone();
+    let metadata = StandInEndpoint::start(move |req| {
+        let query = req.query_pairs();
+        let has = |k: &str, v: &str| query.iter().any(|(a, b)| a == k && b == v);
+        if req.path != "/computeMetadata/v1/instance/service-accounts/default/identity"
+            || req.header("metadata-flavor") != Some("Google")
+            || !has("audience", "https://login.example.com")
+            || !has("format", "full")
+        {
+            return StatusCode::FORBIDDEN.into_response();
+        }
+        ([("metadata-flavor", "Google")], answer.clone()).into_response()
+    })
+    .await;
+    let idp = endpoint().await;
+    let platform =
+        GcpIdentity::new("https://login.example.com").metadata_host(metadata.addr.to_string());
+    let source = JwtBearer::builder(idp.url("/token"), platform)
+        .client_id("orders")
+        .build()
+        .unwrap();
+    AuthLayer::new(source).token().await.unwrap();
+    assert_eq!(field(&idp.recorded()[0].form(), "assertion"), Some(jwt));
+
+    let impostor = StandInEndpoint::start(|_| "eyJhbGciOi.not.metadata".into_response()).await;
+    let platform =
+        GcpIdentity::new("https://login.example.com").metadata_host(impostor.addr.to_string());
+    let source = JwtBearer::builder(idp.url("/token"), platform)
+        .client_id("orders")
+        .build()
+        .unwrap();
+    let err = AuthLayer::builder(source)
+        .fetch_attempts(1)
+        .build()
+        .unwrap()
+        .token()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Assertion(m) if m.contains("Metadata-Flavor")),
+        "{err:?}"
+    );
+    assert_eq!(
+        idp.recorded().len(),
+        1,
+        "the impostor's answer was never sent"
+    );
+}
+
+/// Settings that cannot work are refused when the source is built.
+#[test]
+fn a_client_assertion_without_a_source_is_refused_at_build() {
+    let err = ClientCredentials::builder("https://idp.example.com/token")
+        .client_id("orders")
+        .auth(tower_bearer::ClientAuth::ClientAssertion)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Config(m) if m.contains("client_assertion")),
+        "{err}"
+    );
+    let err = ClientCredentials::builder("https://idp.example.com/token")
+        .client_id("orders")
+        .client_assertion(TokenFile::new("/nonexistent"))
+        .auth(tower_bearer::ClientAuth::Basic)
+        .client_secret("s")
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Config(m) if m.contains("assertion")),
+        "{err}"
+    );
+}
