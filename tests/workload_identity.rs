@@ -405,3 +405,88 @@ fn a_client_assertion_without_a_source_is_refused_at_build() {
         "{err}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Against a real authorization server: oidc-provider (started by scripts/test), whose test
+// platform signs workload JWTs (tests/oidc-provider/server.mjs). The server checks each JWT's
+// signature against the platform's key, its issuer, audience and expiry, and takes each once.
+
+/// A JWT the test server's platform signs: `query` is `client=<id>` (for client
+/// authentication) or `sub=<subject>` (for the JWT bearer grant).
+async fn platform_token(query: &str) -> String {
+    let url = format!("{}/test/platform-token?{query}", support::oidc_provider());
+    let answer = reqwest::get(url).await.unwrap();
+    assert!(answer.status().is_success());
+    answer.text().await.unwrap()
+}
+
+/// How many token requests of `client` with `grant` the test server has answered.
+async fn grants(client: &str, grant: &str) -> u64 {
+    let url = format!("{}/test/stats", support::oidc_provider());
+    let body = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    stats["token_requests"][client][grant].as_u64().unwrap_or(0)
+}
+
+/// A client authenticated by the JWT its platform wrote to a file gets a token from a real
+/// server; the server takes each JWT once, so the same file cannot authenticate again until
+/// the platform rotates it, and then the new JWT does.
+#[tokio::test]
+#[ignore = "needs the oidc-provider server: run scripts/test"]
+async fn a_real_server_authenticates_a_workload_by_the_jwt_in_its_file() {
+    let issuer = support::oidc_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    let layer = || {
+        let source = ClientCredentials::builder(format!("{issuer}/token"))
+            .client_id("workload")
+            .scope("read")
+            .client_assertion(TokenFile::new(&path))
+            .build()
+            .unwrap();
+        AuthLayer::builder(source)
+            .fetch_attempts(1)
+            .build()
+            .unwrap()
+    };
+    std::fs::write(&path, platform_token("client=workload").await).unwrap();
+    let token = layer().token().await.unwrap();
+    assert_eq!(token.scope(), Some("read"));
+
+    let again = layer().token().await.unwrap_err();
+    assert!(
+        matches!(&again, Error::OAuth(e) if e.code() == "invalid_client"),
+        "a JWT the server saw is refused: {again:?}"
+    );
+
+    std::fs::write(&path, platform_token("client=workload").await).unwrap();
+    layer().token().await.unwrap();
+}
+
+/// The JWT bearer grant against a real server: each fetch sends a fresh platform JWT (the
+/// server refuses one it saw), and gets a token for it.
+#[tokio::test]
+#[ignore = "needs the oidc-provider server: run scripts/test"]
+async fn a_real_server_grants_a_token_for_each_fresh_platform_jwt() {
+    let issuer = support::oidc_provider();
+    let before = grants("jwt-bearer", JWT_BEARER_GRANT).await;
+    let assertions = from_fn(|| async {
+        Ok(Assertion::new(
+            platform_token("sub=system:serviceaccount:prod:orders").await,
+        ))
+    });
+    let source = JwtBearer::builder(format!("{issuer}/token"), assertions)
+        .client_id("jwt-bearer")
+        .scope("read")
+        .build()
+        .unwrap();
+    let layer = AuthLayer::builder(source)
+        .fetch_attempts(1)
+        .build()
+        .unwrap();
+    let first = layer.token().await.unwrap();
+    assert!(layer.invalidate(&first));
+    let second = layer.token().await.unwrap();
+    assert_ne!(first.access_token(), second.access_token());
+    assert_eq!(grants("jwt-bearer", JWT_BEARER_GRANT).await - before, 2);
+}

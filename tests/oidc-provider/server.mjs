@@ -1,7 +1,8 @@
 // TEST-ONLY OAuth 2.0 authorization server for tower-bearer's DPoP (RFC 9449), private_key_jwt
 // (RFC 7523) and token exchange (RFC 8693) integration tests: panva's oidc-provider, configured with fixed
-// test clients, an automatic "log in as alice and grant everything asked" interaction, and two
-// test endpoints (/test/dpop-nonce, /test/stats). Never expose it: it listens on 127.0.0.1 only,
+// test clients, an automatic "log in as alice and grant everything asked" interaction, a
+// platform that signs workload JWTs (for the workload identity tests), and three test
+// endpoints (/test/dpop-nonce, /test/stats, /test/platform-token). Never expose it: it listens on 127.0.0.1 only,
 // keeps everything in memory, logs every authorization request in as `alice`, and its client
 // keys are committed to the repository (tests/keys). See README.md beside this file.
 //
@@ -10,7 +11,9 @@
 // Environment: PORT (required), OIDC_KEYS_DIR (default: ../keys next to this file; scripts/test
 // sets it because it runs a copy of this file from target/oidc-provider/).
 
-import { createPublicKey, generateKeyPairSync, randomBytes } from 'node:crypto';
+import {
+  createPublicKey, generateKeyPairSync, randomBytes, randomUUID, sign, verify,
+} from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -59,6 +62,38 @@ const SIGNING_KEYS = [
   providerJwk('ec', { namedCurve: 'P-256' }, 'ES256', 'op-es256'),
   providerJwk('rsa', { modulusLength: 2048 }, 'RS256', 'op-rs256'),
 ];
+
+// The platform a workload runs on (a Kubernetes cluster's service-account issuer, say), for the
+// workload identity tests: a fresh ES256 key at every start; /test/platform-token hands out
+// JWTs it signed, as kubelet would write them to a file.
+const PLATFORM_ISSUER = `${ISSUER}/platform`;
+const PLATFORM_KEY = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+const PLATFORM_JWK = { ...PLATFORM_KEY.publicKey.export({ format: 'jwk' }), kid: 'platform-1', use: 'sig', alg: 'ES256' };
+const b64url = (value) => Buffer.from(value).toString('base64url');
+function platformToken({ iss, sub, aud, ttl }) {
+  const now = Math.floor(Date.now() / 1000);
+  const header = b64url(JSON.stringify({ alg: 'ES256', typ: 'JWT', kid: PLATFORM_JWK.kid }));
+  const claims = b64url(JSON.stringify({ iss, sub, aud, iat: now, exp: now + ttl, jti: randomUUID() }));
+  const signature = sign('sha256', Buffer.from(`${header}.${claims}`), { key: PLATFORM_KEY.privateKey, dsaEncoding: 'ieee-p1363' });
+  return `${header}.${claims}.${signature.toString('base64url')}`;
+}
+// The claims of a JWT the platform signed, or null: signature, issuer, audience and expiry
+// checked, and each `jti` taken once (as servers that take platform JWTs as a grant do).
+const spentJti = new Set();
+function platformClaims(jwt, audience) {
+  const [header, claims, signature, extra] = String(jwt ?? '').split('.');
+  if (!header || !claims || !signature || extra !== undefined) return null;
+  const signed = verify('sha256', Buffer.from(`${header}.${claims}`),
+    { key: PLATFORM_KEY.publicKey, dsaEncoding: 'ieee-p1363' }, Buffer.from(signature, 'base64url'));
+  if (!signed) return null;
+  let payload;
+  try { payload = JSON.parse(Buffer.from(claims, 'base64url').toString('utf8')); } catch { return null; }
+  if (payload.iss !== PLATFORM_ISSUER || payload.aud !== audience) return null;
+  if (typeof payload.exp !== 'number' || payload.exp <= Math.floor(Date.now() / 1000)) return null;
+  if (typeof payload.jti !== 'string' || spentJti.has(payload.jti)) return null;
+  spentJti.add(payload.jti);
+  return payload;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Clients.
@@ -115,6 +150,25 @@ const clients = [
     client_secret: 'exchanger-secret',
     token_endpoint_auth_method: 'client_secret_basic',
     grant_types: ['urn:ietf:params:oauth:grant-type:token-exchange'],
+    response_types: [],
+    scope: 'read write',
+  },
+  {
+    // A workload that authenticates with a JWT its platform signed (RFC 7523 §2.2): the
+    // platform's key is the client's key, and its JWTs name the client as iss and sub.
+    client_id: 'workload',
+    token_endpoint_auth_method: 'private_key_jwt',
+    jwks: { keys: [PLATFORM_JWK] },
+    grant_types: ['client_credentials'],
+    response_types: [],
+    scope: 'read write',
+  },
+  {
+    // Trades a platform JWT for a token with the JWT bearer grant (RFC 7523 §2.1); a public
+    // client: the assertion is its credential.
+    client_id: 'jwt-bearer',
+    token_endpoint_auth_method: 'none',
+    grant_types: ['urn:ietf:params:oauth:grant-type:jwt-bearer'],
     response_types: [],
     scope: 'read write',
   },
@@ -256,6 +310,29 @@ provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
 }, ['scope', 'audience', 'resource', 'requested_token_type', 'subject_token', 'subject_token_type',
   'actor_token', 'actor_token_type'], ['audience', 'resource']);
 
+// The JWT bearer grant (RFC 7523 §2.1), through the same extension point: the assertion must
+// be a JWT the platform signed for this server (its audience is the issuer), unexpired, its
+// `jti` never seen; the issued token is an opaque access token of the requesting client whose
+// subject is the assertion's.
+const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
+provider.registerGrantType(JWT_BEARER, async (ctx) => {
+  const { params, client } = ctx.oidc;
+  const claims = platformClaims(params.assertion, ISSUER);
+  if (!claims) throw new errors.InvalidGrant('assertion is not a valid, unused platform JWT for this server');
+  const requested = String(params.scope ?? '').split(' ').filter(Boolean);
+  const allowed = new Set(String(client.scope ?? '').split(' '));
+  if (requested.some((scope) => !allowed.has(scope))) throw new errors.InvalidScope('scope not allowed');
+  const token = new provider.ClientCredentials({ client, scope: requested.join(' ') || undefined });
+  const value = await token.save();
+  console.log(`token jwt-bearer client=${client.clientId}: platform subject ${claims.sub}`);
+  ctx.body = {
+    access_token: value,
+    token_type: 'Bearer',
+    expires_in: token.expiration,
+    scope: token.scope,
+  };
+}, ['scope', 'assertion']);
+
 provider.on('grant.success', (ctx) => {
   const { clientId, grantType } = tokenRequestLabels(ctx);
   bump(stats.token_requests, clientId, grantType);
@@ -375,6 +452,18 @@ provider.use(async (ctx, next) => {
       }
       console.log(`test: DPoP nonce required=${required}${typeof clientId === 'string' ? ` for ${clientId}` : ''}`);
       ctx.body = { required: nonce.all, clients: [...nonce.clients].sort() };
+      return;
+    }
+    if (ctx.path === '/test/platform-token' && method === 'GET') {
+      // A JWT the platform signed: for client authentication, iss and sub are the client id
+      // and aud the issuer (?client=workload); for the JWT bearer grant, the platform is the
+      // issuer and ?sub= names the workload.
+      const ttl = Number.parseInt(ctx.query.ttl ?? '600', 10);
+      const client = ctx.query.client;
+      ctx.type = 'application/jwt';
+      ctx.body = typeof client === 'string'
+        ? platformToken({ iss: client, sub: client, aud: ISSUER, ttl })
+        : platformToken({ iss: PLATFORM_ISSUER, sub: String(ctx.query.sub ?? 'workload'), aud: ISSUER, ttl });
       return;
     }
     if (ctx.path === '/test/stats' && method === 'GET') {
