@@ -71,6 +71,26 @@ async fn debug_of_every_public_type_is_redacted() {
         format!("{:?}", StaticToken::new(MARK)),
         format!("{:?}", Token::new(MARK).with_refresh_token(MARK)),
         format!("{:?}", from_fn(|| async { Ok(Token::new("x")) })),
+        format!("{:?}", tower_bearer::assertion::Assertion::new(MARK)),
+        format!(
+            "{:?}",
+            tower_bearer::assertion::GithubActions::new(
+                "https://actions.example/idtoken?a=1",
+                MARK
+            )
+            .unwrap()
+        ),
+        format!(
+            "{:?}",
+            tower_bearer::JwtBearer::builder(
+                endpoint.url("/token"),
+                tower_bearer::assertion::from_fn(|| async {
+                    Ok(tower_bearer::assertion::Assertion::new(MARK))
+                })
+            )
+            .client_id("client")
+            .client_secret(MARK)
+        ),
     ] {
         assert_clean("secret type", &text);
     }
