@@ -21,7 +21,7 @@ use base64::Engine;
 use http::StatusCode;
 use support::{StandInEndpoint, token_json};
 use tower_bearer::{
-    AuthLayer, ClientCredentials, Error, JwtBearer,
+    AuthLayer, ClientCredentials, Error, JwtBearer, TokenExchange,
     assertion::{Assertion, GcpIdentity, GithubActions, TokenFile, from_fn},
 };
 
@@ -381,6 +381,53 @@ async fn a_gcp_metadata_server_is_asked_for_the_audience_and_must_answer_as_one(
     );
 }
 
+/// A token exchange whose subject comes from the platform reads a fresh one for each exchange,
+/// sends it as `subject_token` with its type, and never uses the exchanged token past the
+/// platform token's expiry.
+#[tokio::test]
+async fn a_token_exchange_subject_from_the_platform_is_fresh_and_caps_the_tokens_life() {
+    let reads = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&reads);
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 120;
+    let assertions = from_fn(move || {
+        let n = counted.fetch_add(1, SeqCst) + 1;
+        async move { Ok(Assertion::new(jwt(&format!("workload-{n}"), exp))) }
+    });
+    let idp = endpoint().await;
+    let source = TokenExchange::builder(idp.url("/token"))
+        .client_id("gateway")
+        .client_secret("gateway-secret")
+        .subject_token_from(assertions, TokenExchange::JWT)
+        .audience("orders")
+        .build()
+        .unwrap();
+    assert!(!format!("{source:?}").contains("eyJ"));
+    let layer = AuthLayer::new(source);
+    let token = layer.token().await.unwrap();
+    let left = token.expires_in().unwrap();
+    assert!(
+        left <= std::time::Duration::from_secs(120),
+        "capped at the platform token's life, not the endpoint's hour: {left:?}"
+    );
+    layer.invalidate(&token);
+    layer.token().await.unwrap();
+    let sent: Vec<_> = idp.recorded().iter().map(|r| r.form()).collect();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(reads.load(SeqCst), 2, "a fresh platform token per exchange");
+    assert_ne!(
+        field(&sent[0], "subject_token"),
+        field(&sent[1], "subject_token")
+    );
+    assert_eq!(
+        field(&sent[0], "subject_token_type").as_deref(),
+        Some(TokenExchange::JWT)
+    );
+}
+
 /// Settings that cannot work are refused when the source is built.
 #[test]
 fn a_client_assertion_without_a_source_is_refused_at_build() {
@@ -489,4 +536,43 @@ async fn a_real_server_grants_a_token_for_each_fresh_platform_jwt() {
     let second = layer.token().await.unwrap();
     assert_ne!(first.access_token(), second.access_token());
     assert_eq!(grants("jwt-bearer", JWT_BEARER_GRANT).await - before, 2);
+}
+
+/// A token exchange with the workload's platform JWT as its subject, against a real server:
+/// the server verifies the JWT, takes each once, and each exchange reads a fresh one.
+#[tokio::test]
+#[ignore = "needs the oidc-provider server: run scripts/test"]
+async fn a_real_server_exchanges_a_fresh_platform_jwt_each_time() {
+    let issuer = support::oidc_provider();
+    let before = grants(
+        "exchanger",
+        "urn:ietf:params:oauth:grant-type:token-exchange",
+    )
+    .await;
+    let assertions = from_fn(|| async {
+        Ok(Assertion::new(
+            platform_token("sub=system:serviceaccount:prod:orders").await,
+        ))
+    });
+    let source = TokenExchange::builder(format!("{issuer}/token"))
+        .client_id("exchanger")
+        .client_secret("exchanger-secret")
+        .subject_token_from(assertions, TokenExchange::JWT)
+        .scope("read")
+        .build()
+        .unwrap();
+    let layer = AuthLayer::builder(source)
+        .fetch_attempts(1)
+        .build()
+        .unwrap();
+    let first = layer.token().await.unwrap();
+    assert!(layer.invalidate(&first));
+    let second = layer.token().await.unwrap();
+    assert_ne!(first.access_token(), second.access_token());
+    let after = grants(
+        "exchanger",
+        "urn:ietf:params:oauth:grant-type:token-exchange",
+    )
+    .await;
+    assert_eq!(after - before, 2);
 }

@@ -24,7 +24,7 @@ struct Claims {
 }
 
 /// The `exp` of `jwt` (a JWS in compact form), if it is one with a numeric `exp`.
-pub(super) fn expiry(jwt: &str) -> Option<SystemTime> {
+pub(crate) fn expiry(jwt: &str) -> Option<SystemTime> {
     let mut parts = jwt.trim().split('.');
     let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() || payload.len() > MAX_PAYLOAD {

@@ -14,8 +14,9 @@
 //!
 //! An assertion is used in a token request by
 //! [`client_assertion`](crate::ClientCredentialsBuilder::client_assertion) (client
-//! authentication, RFC 7523 §2.2, on every grant's builder) or by the
-//! [`JwtBearer`](crate::JwtBearer) grant (RFC 7523 §2.1). Every token request reads a fresh
+//! authentication, RFC 7523 §2.2, on every grant's builder), by the
+//! [`JwtBearer`](crate::JwtBearer) grant (RFC 7523 §2.1), or as the subject of a
+//! [token exchange](crate::TokenExchangeBuilder::subject_token_from). Every token request reads a fresh
 //! one, retries within a fetch included; one that has expired is an error
 //! ([`Error::ExpiredAssertion`]) and is never sent. The token the request brings is cached,
 //! refreshed ahead, shared by a fleet and bound by DPoP as any other.
@@ -51,6 +52,7 @@ use std::{fmt, future::Future, pin::Pin, time::SystemTime};
 use secrecy::{ExposeSecret, SecretString};
 
 pub use file::TokenFile;
+pub(crate) use jwt::expiry as jwt_expiry;
 pub use platform::{GcpIdentity, GithubActions};
 
 use crate::Error;

@@ -3,15 +3,16 @@
 
 use std::{
     fmt,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use base64::Engine as _;
 use http::StatusCode;
 use sha2::{Digest, Sha256};
 
 use crate::{
     Error, SubjectToken, Token, TokenSource,
+    assertion::{self, AssertionSource, DynAssertionSource},
     oauth::{self, EndpointConfig, ParamNames, TokenEndpoint},
 };
 
@@ -61,11 +62,27 @@ pub struct TokenExchange {
     endpoint: TokenEndpoint,
     scope: Option<String>,
     params: Vec<(String, String)>,
-    subject: (SubjectToken, String),
+    subject: (Subject, String),
     actor: Option<(SubjectToken, String)>,
     requested_token_type: Option<String>,
     subject_expires_at: Option<SystemTime>,
     accept_not_applicable: bool,
+}
+
+/// What is exchanged: a token given once, or a fresh one from the platform for each exchange.
+#[derive(Clone)]
+enum Subject {
+    Token(SubjectToken),
+    Platform(Arc<dyn DynAssertionSource>),
+}
+
+impl fmt::Debug for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Token(token) => fmt::Debug::fmt(token, f),
+            Subject::Platform(source) => write!(f, "Platform({source:?})"),
+        }
+    }
 }
 
 impl TokenExchange {
@@ -96,10 +113,19 @@ impl TokenExchange {
 
     /// One exchange, asking for `scope`.
     async fn exchange(&self, scope: Option<&str>) -> Result<Token, Error> {
-        let subject_left = self.subject_left()?;
+        let from_platform;
+        let (subject, expires_at) = match &self.subject.0 {
+            Subject::Token(token) => (token.secret(), self.subject_expires_at),
+            Subject::Platform(source) => {
+                from_platform = assertion::fresh(&**source).await?;
+                let expires_at = from_platform.expires_at().or(self.subject_expires_at);
+                (from_platform.secret(), expires_at)
+            }
+        };
+        let subject_left = subject_left(expires_at)?;
         let mut params: Vec<(&str, &str)> = Vec::with_capacity(8 + self.params.len());
         params.push(("grant_type", GRANT_TYPE));
-        params.push(("subject_token", self.subject.0.secret()));
+        params.push(("subject_token", subject));
         params.push(("subject_token_type", &self.subject.1));
         if let Some((token, token_type)) = &self.actor {
             params.push(("actor_token", token.secret()));
@@ -130,18 +156,19 @@ impl TokenExchange {
             _ => token,
         })
     }
+}
 
-    /// How long the subject token has left, if its expiry is known; an error once it passed.
-    fn subject_left(&self) -> Result<Option<Duration>, Error> {
-        let Some(at) = self.subject_expires_at else {
-            return Ok(None);
-        };
-        match at.duration_since(SystemTime::now()) {
-            Ok(left) if !left.is_zero() => Ok(Some(left)),
-            _ => Err(Error::AuthorizationRequired(
-                "the subject token of the exchange has expired: a new one is needed".into(),
-            )),
-        }
+/// How long a subject token expiring at `expires_at` has left, if that is known; an error once
+/// it passed.
+fn subject_left(expires_at: Option<SystemTime>) -> Result<Option<Duration>, Error> {
+    let Some(at) = expires_at else {
+        return Ok(None);
+    };
+    match at.duration_since(SystemTime::now()) {
+        Ok(left) if !left.is_zero() => Ok(Some(left)),
+        _ => Err(Error::AuthorizationRequired(
+            "the subject token of the exchange has expired: a new one is needed".into(),
+        )),
     }
 }
 
@@ -167,7 +194,12 @@ impl TokenSource for TokenExchange {
     fn identity(&self) -> Option<String> {
         let mut identity = self.endpoint.identity();
         identity.push_str(" grant_type=token-exchange subject=");
-        identity.push_str(&fingerprint(&self.subject.0));
+        match &self.subject.0 {
+            Subject::Token(token) => identity.push_str(&fingerprint(token)),
+            // A new token at each exchange: the platform's identity is the process's own, so
+            // processes sharing a fleet's tokens must run as one workload.
+            Subject::Platform(source) => identity.push_str(&format!("platform:{source:?}")),
+        }
         identity.push_str(&format!(" subject_type={:?}", self.subject.1));
         if let Some((actor, actor_type)) = &self.actor {
             identity.push_str(&format!(
@@ -196,21 +228,6 @@ fn fingerprint(token: &SubjectToken) -> String {
         .collect()
 }
 
-/// The `exp` claim of a token that is a JWT, unverified.
-fn jwt_expiry(token: &str) -> Option<SystemTime> {
-    let mut parts = token.split('.');
-    let (_, payload, _) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
-        return None;
-    }
-    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&payload).ok()?;
-    let exp = claims.get("exp")?.as_u64()?;
-    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(exp))
-}
-
 impl fmt::Debug for TokenExchange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenExchange")
@@ -228,7 +245,7 @@ impl fmt::Debug for TokenExchange {
 #[must_use]
 pub struct TokenExchangeBuilder {
     config: EndpointConfig,
-    subject: Option<(SubjectToken, String)>,
+    subject: Option<(Subject, String)>,
     actor: Option<(SubjectToken, String)>,
     requested_token_type: Option<String>,
     subject_expires_at: Option<SystemTime>,
@@ -245,7 +262,24 @@ impl TokenExchangeBuilder {
         token: impl Into<SubjectToken>,
         token_type: impl Into<String>,
     ) -> Self {
-        self.subject = Some((token.into(), token_type.into()));
+        self.subject = Some((Subject::Token(token.into()), token_type.into()));
+        self
+    }
+
+    /// Exchanges a fresh token from the platform at each exchange (a Kubernetes
+    /// service-account token, a GitHub Actions OIDC token; see [`assertion`]), of type
+    /// `token_type` (usually [`TokenExchange::JWT`]), instead of one given once. The
+    /// exchanged token is not used past the platform token's expiry; an expired one is
+    /// [`Error::ExpiredAssertion`] and is not sent.
+    pub fn subject_token_from(
+        mut self,
+        source: impl AssertionSource,
+        token_type: impl Into<String>,
+    ) -> Self {
+        self.subject = Some((
+            Subject::Platform(assertion::shared(source)),
+            token_type.into(),
+        ));
         self
     }
 
@@ -288,7 +322,10 @@ impl TokenExchangeBuilder {
     pub fn build(self) -> Result<TokenExchange, Error> {
         let subject = self
             .subject
-            .filter(|(token, token_type)| !token.secret().is_empty() && !token_type.is_empty())
+            .filter(|(subject, token_type)| {
+                !token_type.is_empty()
+                    && !matches!(subject, Subject::Token(token) if token.secret().is_empty())
+            })
             .ok_or_else(|| Error::config("a token exchange needs a subject token and its type"))?;
         if self
             .actor
@@ -309,9 +346,12 @@ impl TokenExchangeBuilder {
                 "requested_token_type",
             ],
         )?;
-        let subject_expires_at = self
-            .subject_expires_at
-            .or_else(|| jwt_expiry(subject.0.secret()));
+        let subject_expires_at = match &subject.0 {
+            Subject::Token(token) => self
+                .subject_expires_at
+                .or_else(|| assertion::jwt_expiry(token.secret())),
+            Subject::Platform(_) => self.subject_expires_at,
+        };
         Ok(TokenExchange {
             endpoint: built.endpoint,
             scope: built.scope,

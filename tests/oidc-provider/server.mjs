@@ -278,20 +278,30 @@ const provider = new Provider(ISSUER, {
 
 // Token exchange (RFC 8693), through oidc-provider's documented extension point for grant types
 // (Provider#registerGrantType). The subject token must be an access token this server issued,
-// found by the provider's own models and not expired; the issued token is an opaque access
-// token of the requesting client, living no longer than the subject token, and the exchange is
-// refused for any other subject token type.
+// found by the provider's own models and not expired, or a JWT the test platform signed for
+// this server (type jwt); the issued token is an opaque access token of the requesting client,
+// living no longer than the subject token, and the exchange is refused for any other subject
+// token type.
 const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
 const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+const JWT_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:jwt';
 provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
   const { params, client } = ctx.oidc;
-  if (params.subject_token_type !== ACCESS_TOKEN_TYPE) {
-    throw new errors.InvalidRequest(`subject_token_type must be ${ACCESS_TOKEN_TYPE}`);
-  }
-  const subject = await provider.ClientCredentials.find(params.subject_token)
-    ?? await provider.AccessToken.find(params.subject_token);
-  if (!subject || subject.isExpired) {
-    throw new errors.InvalidGrant('subject_token is not an active access token of this server');
+  let subject;
+  if (params.subject_token_type === JWT_TOKEN_TYPE) {
+    // A workload's platform JWT (see /test/platform-token?sub=): checked as the JWT bearer
+    // grant checks it, each taken once.
+    const claims = platformClaims(params.subject_token, ISSUER);
+    if (!claims) throw new errors.InvalidGrant('subject_token is not a valid, unused platform JWT');
+    subject = { exp: claims.exp, clientId: `platform:${claims.sub}` };
+  } else if (params.subject_token_type === ACCESS_TOKEN_TYPE) {
+    subject = await provider.ClientCredentials.find(params.subject_token)
+      ?? await provider.AccessToken.find(params.subject_token);
+    if (!subject || subject.isExpired) {
+      throw new errors.InvalidGrant('subject_token is not an active access token of this server');
+    }
+  } else {
+    throw new errors.InvalidRequest(`subject_token_type must be ${ACCESS_TOKEN_TYPE} or ${JWT_TOKEN_TYPE}`);
   }
   const requested = String(params.scope ?? '').split(' ').filter(Boolean);
   const allowed = new Set(String(client.scope ?? '').split(' '));
