@@ -56,7 +56,7 @@
 //! | (internal) | deadlines that never overflow, racing a future against one, whether the runtime has timers | `src/deadline.rs` |
 //! | (internal) | scope values: their union, and which are valid | `src/scope.rs` |
 //! | [`replay`] | which request bodies are resent after a 401, and [`ReplayableBody`](replay::ReplayableBody) for streams | `src/replay/` |
-//! | [`source`] | the [`TokenSource`] trait and its implementations: `ClientCredentials`, `RefreshTokenGrant`, `AuthorizationCode`, `TokenExchange`, `JwtBearer` (feature `oauth`), [`from_fn`](source::from_fn), [`StaticToken`] | `src/source/` |
+//! | [`source`] | the [`TokenSource`] trait and its implementations: `ClientCredentials`, `RefreshTokenGrant`, `AuthorizationCode`, `TokenExchange`, `JwtBearer`, the platforms' `GcpMetadataToken` and `AzureManagedIdentity` (feature `oauth`), [`from_fn`](source::from_fn), [`StaticToken`] | `src/source/` |
 //! | [`assertion`] | credentials from the platform: [`AssertionSource`](assertion::AssertionSource), a token file, GitHub Actions' and GCP's identity tokens, a closure; the expiry read from a JWT (feature `oauth`) | `src/assertion/` (`mod.rs`, `file.rs`, `platform.rs`, `jwt.rs`) |
 //! | (internal) | the OAuth 2.0 wire protocol: the builders' client settings (`config.rs`), token requests (`endpoint.rs`), client authentication (`private_key_jwt` and DPoP at the token endpoint in `key_binding.rs`), responses, discovery, PKCE (feature `oauth`) | `src/oauth/` |
 //! | `jose` | [`SigningKey`](jose::SigningKey), JWS signing, DPoP proofs and client assertions (feature `jose`) | `src/jose/` (`mod.rs`, `key.rs`, `jws.rs`, `dpop.rs`, `assertion.rs`) |

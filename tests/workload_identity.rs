@@ -23,6 +23,7 @@ use support::{StandInEndpoint, token_json};
 use tower_bearer::{
     AuthLayer, ClientCredentials, Error, JwtBearer, TokenExchange,
     assertion::{Assertion, GcpIdentity, GithubActions, TokenFile, from_fn},
+    source::{AzureManagedIdentity, GcpMetadataToken},
 };
 
 const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -426,6 +427,124 @@ async fn a_token_exchange_subject_from_the_platform_is_fresh_and_caps_the_tokens
         field(&sent[0], "subject_token_type").as_deref(),
         Some(TokenExchange::JWT)
     );
+}
+
+/// A GCP metadata server's access token: the documented path, `Metadata-Flavor: Google` both
+/// ways, the scopes joined by commas; `expires_in` read.
+#[tokio::test]
+async fn a_gcp_metadata_server_issues_the_workloads_access_token() {
+    let metadata = StandInEndpoint::start(|req| {
+        let scopes = req.query_pairs().into_iter().find(|(k, _)| k == "scopes");
+        if req.path != "/computeMetadata/v1/instance/service-accounts/default/token"
+            || req.header("metadata-flavor") != Some("Google")
+            || scopes.map(|(_, v)| v).as_deref()
+                != Some("https://www.googleapis.com/auth/cloud-platform,email")
+        {
+            return StatusCode::FORBIDDEN.into_response();
+        }
+        (
+            [
+                ("metadata-flavor", "Google"),
+                ("content-type", "application/json"),
+            ],
+            r#"{"access_token":"ya29.gcp-token","expires_in":3599,"token_type":"Bearer"}"#,
+        )
+            .into_response()
+    })
+    .await;
+    let source = GcpMetadataToken::new()
+        .scopes(["https://www.googleapis.com/auth/cloud-platform", "email"])
+        .metadata_host(metadata.addr.to_string());
+    let token = AuthLayer::new(source).token().await.unwrap();
+    assert_eq!(token.access_token().secret(), "ya29.gcp-token");
+    let left = token.expires_in().unwrap().as_secs();
+    assert!((3590..=3599).contains(&left), "{left}");
+}
+
+/// Azure's instance metadata service, as Microsoft documents it: `Metadata: true`,
+/// `api-version=2018-02-01`, the resource and the user-assigned identity's client id in the
+/// query; `expires_in` comes as a string. A 410 (the service upgrading) is retried within the
+/// fetch, as Microsoft advises; the answer's token never reaches an error.
+#[tokio::test]
+async fn azure_imds_is_asked_as_documented_and_its_410_is_retried() {
+    let answered = AtomicUsize::new(0);
+    let imds = StandInEndpoint::start(move |req| {
+        let query = req.query_pairs();
+        let has = |k: &str, v: &str| query.iter().any(|(a, b)| a == k && b == v);
+        if req.header("metadata") != Some("true")
+            || !has("api-version", "2018-02-01")
+            || !has("resource", "https://management.azure.com/")
+            || !has("client_id", "5f2b0000-user-assigned")
+        {
+            return (StatusCode::BAD_REQUEST, r#"{"access_token":"leak-me"}"#).into_response();
+        }
+        if answered.fetch_add(1, SeqCst) == 0 {
+            return StatusCode::GONE.into_response();
+        }
+        (
+            [("content-type", "application/json")],
+            r#"{"access_token":"azure-token","refresh_token":"","expires_in":"3599","expires_on":"1506484173","not_before":"1506480273","resource":"https://management.azure.com/","token_type":"Bearer"}"#,
+        )
+            .into_response()
+    })
+    .await;
+    let source = AzureManagedIdentity::new("https://management.azure.com/")
+        .client_id("5f2b0000-user-assigned")
+        .imds_endpoint(imds.url("/metadata/identity/oauth2/token"));
+    let token = AuthLayer::new(source).token().await.unwrap();
+    assert_eq!(token.access_token().secret(), "azure-token");
+    let left = token.expires_in().unwrap().as_secs();
+    assert!(
+        (3590..=3599).contains(&left),
+        "expires_in read from a string: {left}"
+    );
+    assert_eq!(imds.recorded().len(), 2, "the 410 was retried once");
+
+    let wrong = AzureManagedIdentity::new("https://other.example/")
+        .imds_endpoint(imds.url("/metadata/identity/oauth2/token"));
+    let err = AuthLayer::builder(wrong)
+        .fetch_attempts(1)
+        .build()
+        .unwrap()
+        .token()
+        .await
+        .unwrap_err();
+    assert!(!format!("{err} {err:?}").contains("leak-me"), "{err:?}");
+}
+
+/// Azure App Service's managed identity endpoint: `X-IDENTITY-HEADER`,
+/// `api-version=2019-08-01`, and the expiry as `expires_on` (a string of seconds since the
+/// epoch).
+#[tokio::test]
+async fn azure_app_service_is_asked_with_its_header_and_expires_on_is_read() {
+    let expires_on = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1800;
+    let endpoint = StandInEndpoint::start(move |req| {
+        let query = req.query_pairs();
+        let has = |k: &str, v: &str| query.iter().any(|(a, b)| a == k && b == v);
+        if req.header("x-identity-header") != Some("app-service-secret")
+            || !has("api-version", "2019-08-01")
+            || !has("resource", "https://vault.azure.net")
+        {
+            return StatusCode::BAD_REQUEST.into_response();
+        }
+        (
+            [("content-type", "application/json")],
+            format!(r#"{{"access_token":"app-token","expires_on":"{expires_on}","resource":"https://vault.azure.net","token_type":"Bearer","client_id":"c"}}"#),
+        )
+            .into_response()
+    })
+    .await;
+    let source = AzureManagedIdentity::new("https://vault.azure.net")
+        .app_service_endpoint(endpoint.url("/msi/token"), "app-service-secret");
+    assert!(!format!("{source:?}").contains("app-service-secret"));
+    let token = AuthLayer::new(source).token().await.unwrap();
+    assert_eq!(token.access_token().secret(), "app-token");
+    let left = token.expires_in().unwrap().as_secs();
+    assert!((1790..=1800).contains(&left), "expires_on read: {left}");
 }
 
 /// Settings that cannot work are refused when the source is built.

@@ -39,6 +39,8 @@ mod from_fn;
 #[cfg(feature = "oauth")]
 mod jwt_bearer;
 #[cfg(feature = "oauth")]
+mod platform;
+#[cfg(feature = "oauth")]
 mod refresh_token;
 mod static_token;
 #[cfg(feature = "oauth")]
@@ -54,6 +56,9 @@ pub use from_fn::{FromFn, from_fn};
 #[cfg(feature = "oauth")]
 #[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
 pub use jwt_bearer::{JwtBearer, JwtBearerBuilder};
+#[cfg(feature = "oauth")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
+pub use platform::{AzureManagedIdentity, GcpMetadataToken};
 #[cfg(feature = "oauth")]
 #[cfg_attr(docsrs, doc(cfg(feature = "oauth")))]
 pub use refresh_token::{RefreshTokenGrant, RefreshTokenGrantBuilder};
