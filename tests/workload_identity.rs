@@ -233,6 +233,37 @@ async fn the_jwt_bearer_grant_sends_the_assertion_the_grant_type_and_the_scope()
     assert!(idp.recorded()[0].header("authorization").is_none());
 }
 
+/// A token bound to its assertion (the server says so; `bound_to_assertion`) is not used past
+/// the assertion's expiry: an hour-long token bought with a JWT that has 90 s left lives 90 s
+/// in the layer; unbound, it keeps its hour.
+#[tokio::test]
+async fn a_token_bound_to_its_assertion_is_not_used_past_the_assertions_expiry() {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 90;
+    let idp = endpoint().await;
+    let source = |bound: bool| {
+        JwtBearer::builder(
+            idp.url("/token"),
+            from_fn(move || async move { Ok(Assertion::new(jwt("short", exp))) }),
+        )
+        .client_id("orders")
+        .bound_to_assertion(bound)
+        .build()
+        .unwrap()
+    };
+    let bound = AuthLayer::new(source(true)).token().await.unwrap();
+    assert!(
+        bound.expires_in().unwrap().as_secs() <= 90,
+        "{:?}",
+        bound.expires_in()
+    );
+    let unbound = AuthLayer::new(source(false)).token().await.unwrap();
+    assert!(unbound.expires_in().unwrap().as_secs() > 3000);
+}
+
 /// An error the token endpoint answers with, echoing the assertion, shows none of it.
 #[tokio::test]
 async fn a_server_echoing_the_assertion_leaks_none_of_it() {
@@ -694,4 +725,31 @@ async fn a_real_server_exchanges_a_fresh_platform_jwt_each_time() {
     )
     .await;
     assert_eq!(after - before, 2);
+}
+
+/// DPoP works on top of a platform credential: a workload authenticated by its platform JWT,
+/// with a DPoP key, gets a DPoP-bound token from the real server.
+#[cfg(feature = "jose")]
+#[tokio::test]
+#[ignore = "needs the oidc-provider server: run scripts/test"]
+async fn a_real_server_binds_a_workloads_token_with_dpop() {
+    let issuer = support::oidc_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    std::fs::write(&path, platform_token("client=workload").await).unwrap();
+    let source = ClientCredentials::builder(format!("{issuer}/token"))
+        .client_id("workload")
+        .scope("read")
+        .client_assertion(TokenFile::new(&path))
+        .dpop(tower_bearer::jose::SigningKey::generate_es256().unwrap())
+        .build()
+        .unwrap();
+    let token = AuthLayer::builder(source)
+        .fetch_attempts(1)
+        .build()
+        .unwrap()
+        .token()
+        .await
+        .unwrap();
+    assert_eq!(token.token_type(), "DPoP");
 }

@@ -112,3 +112,26 @@ fn a_token_file_from_an_unset_variable_is_a_configuration_error() {
     let unset = TokenFile::from_env("TOWER_BEARER_TEST_VARIABLE_NEVER_SET");
     assert!(matches!(unset, Err(Error::Config(_))), "{unset:?}");
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1_000))]
+
+    /// Any text, and any claims in a JWT's shape, give an expiry or none: never a panic.
+    #[test]
+    fn any_text_or_claims_never_panic(
+        text in ".{0,256}",
+        claims in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+    ) {
+        let _ = Assertion::new(text).expires_at();
+        let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&claims);
+        let _ = Assertion::new(format!("e30.{encoded}.c2ln")).expires_at();
+    }
+
+    /// Any numeric `exp` gives an expiry that is no earlier than the epoch, or none.
+    #[test]
+    fn any_exp_is_read_or_refused(exp in proptest::num::f64::ANY) {
+        if let Some(at) = Assertion::new(jwt(&format!(r#"{{"exp":{exp}}}"#))).expires_at() {
+            proptest::prop_assert!(at >= UNIX_EPOCH);
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! The JWT bearer grant (RFC 7523 §2.1): a token for an assertion from the platform.
 
-use std::{fmt, sync::Arc};
+use std::{fmt, sync::Arc, time::SystemTime};
 
 use crate::{
     ClientAuth, Error, Token, TokenSource,
@@ -46,6 +46,7 @@ pub struct JwtBearer {
     assertion: Arc<dyn DynAssertionSource>,
     scope: Option<String>,
     params: Vec<(String, String)>,
+    bound: bool,
 }
 
 impl JwtBearer {
@@ -54,6 +55,7 @@ impl JwtBearer {
         JwtBearerBuilder {
             config: EndpointConfig::new(token_url.into()),
             assertion: assertion::shared(source),
+            bound: false,
         }
     }
 
@@ -67,7 +69,16 @@ impl JwtBearer {
             params.push(("scope", scope));
         }
         params.extend(self.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        self.endpoint.request(&params).await
+        let token = self.endpoint.request(&params).await?;
+        let assertion_left = assertion
+            .expires_at()
+            .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default());
+        Ok(match assertion_left {
+            Some(left) if self.bound && token.expires_in().is_none_or(|life| life > left) => {
+                token.with_expires_in(left)
+            }
+            _ => token,
+        })
     }
 }
 
@@ -121,10 +132,19 @@ impl fmt::Debug for JwtBearer {
 pub struct JwtBearerBuilder {
     config: EndpointConfig,
     assertion: Arc<dyn DynAssertionSource>,
+    bound: bool,
 }
 
 impl JwtBearerBuilder {
     oauth::client_builder_methods!();
+
+    /// Whether the token is bound to the assertion it was bought with, as the server
+    /// documents (its token ends when the assertion does): the layer then never uses it past
+    /// the assertion's expiry, whatever `expires_in` says. Default: off.
+    pub fn bound_to_assertion(mut self, bound: bool) -> Self {
+        self.bound = bound;
+        self
+    }
 
     /// Checks the settings and builds the source.
     ///
@@ -143,6 +163,7 @@ impl JwtBearerBuilder {
             assertion: self.assertion,
             scope: built.scope,
             params: built.params,
+            bound: self.bound,
         })
     }
 }

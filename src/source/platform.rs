@@ -332,6 +332,11 @@ async fn token(response: reqwest::Response, what: &str) -> Result<Token, Error> 
         });
     }
     let body = response.bytes().await.map_err(transport)?;
+    answer_token(status, &body, what)
+}
+
+/// [`token`]'s reading of a successful answer's body.
+fn answer_token(status: StatusCode, body: &[u8], what: &str) -> Result<Token, Error> {
     let unexpected = |reason: &str| Error::UnexpectedResponse {
         status,
         reason: format!("{what}: {reason}").into(),
@@ -342,7 +347,7 @@ async fn token(response: reqwest::Response, what: &str) -> Result<Token, Error> 
         return Err(unexpected("an answer over 64 KiB"));
     }
     let answer: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|_| unexpected("an answer that is not JSON"))?;
+        serde_json::from_slice(body).map_err(|_| unexpected("an answer that is not JSON"))?;
     let access_token = answer
         .get("access_token")
         .and_then(|v| v.as_str())
@@ -360,10 +365,80 @@ async fn token(response: reqwest::Response, what: &str) -> Result<Token, Error> 
     if let Some(lifetime) = seconds("expires_in") {
         token = token.with_expires_in(Duration::from_secs(lifetime));
     } else if let Some(at) = seconds("expires_on") {
-        let left = (UNIX_EPOCH + Duration::from_secs(at))
-            .duration_since(SystemTime::now())
+        let left = UNIX_EPOCH
+            .checked_add(Duration::from_secs(at))
+            .and_then(|at| at.duration_since(SystemTime::now()).ok())
             .unwrap_or_default();
         token = token.with_expires_in(left);
     }
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_comes_as_a_number_a_string_or_an_instant() {
+        let read = |body: &str| answer_token(StatusCode::OK, body.as_bytes(), "test").unwrap();
+        let left = |token: Token| token.expires_in().unwrap().as_secs();
+        assert!((3590..=3600).contains(&left(read(r#"{"access_token":"t","expires_in":3600}"#))));
+        assert!(
+            (3590..=3600).contains(&left(read(r#"{"access_token":"t","expires_in":" 3600 "}"#)))
+        );
+        let on = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 600;
+        let token = read(&format!(r#"{{"access_token":"t","expires_on":"{on}"}}"#));
+        assert!((590..=600).contains(&left(token)));
+        assert_eq!(
+            read(r#"{"access_token":"t","expires_on":"1"}"#).expires_in(),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            read(r#"{"access_token":"t","expires_in":"soon"}"#).expires_in(),
+            None
+        );
+        for bad in [
+            r#"{"expires_in":1}"#,
+            r#"{"access_token":""}"#,
+            "[]",
+            "not json",
+        ] {
+            let err = answer_token(StatusCode::OK, bad.as_bytes(), "test").unwrap_err();
+            assert!(
+                matches!(err, Error::UnexpectedResponse { .. }),
+                "{bad}: {err:?}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1_000))]
+
+        /// Arbitrary bodies never panic.
+        #[test]
+        fn arbitrary_answers_never_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..2_048)) {
+            let _ = answer_token(StatusCode::OK, &body, "test");
+        }
+
+        /// Token answers with any expiry values read or fail cleanly, never overflow.
+        #[test]
+        fn any_expiry_values_are_read_or_refused(
+            expires_in in proptest::option::of("[0-9a-z .-]{0,24}"),
+            expires_on in proptest::option::of(proptest::num::u64::ANY),
+        ) {
+            let mut body = String::from(r#"{"access_token":"t""#);
+            if let Some(value) = expires_in {
+                body.push_str(&format!(r#","expires_in":"{value}""#));
+            }
+            if let Some(value) = expires_on {
+                body.push_str(&format!(r#","expires_on":{value}"#));
+            }
+            body.push('}');
+            proptest::prop_assert!(answer_token(StatusCode::OK, body.as_bytes(), "test").is_ok());
+        }
+    }
 }
