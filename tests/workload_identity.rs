@@ -753,3 +753,41 @@ async fn a_real_server_binds_a_workloads_token_with_dpop() {
         .unwrap();
     assert_eq!(token.token_type(), "DPoP");
 }
+
+/// Fleet sharing works on top: two layers (two processes' worth of caches) on one Redis, both
+/// buying tokens with platform JWTs through the JWT bearer grant, make one token request and
+/// read one assertion between them, and share the token.
+#[cfg(feature = "redis")]
+#[tokio::test]
+#[ignore = "needs Redis: run scripts/test"]
+async fn a_fleet_shares_a_token_bought_with_a_platform_jwt() {
+    use support::fleet;
+    use tower_bearer::distributed::RedisCache;
+
+    let reads = Arc::new(AtomicUsize::new(0));
+    let idp = endpoint().await;
+    let cache = RedisCache::new(fleet::connection(&fleet::redis_url()).await)
+        .key_prefix(fleet::fresh_prefix("workload"))
+        .encryption_key(fleet::KEY);
+    let layer = || {
+        let counted = Arc::clone(&reads);
+        let assertions = from_fn(move || {
+            counted.fetch_add(1, SeqCst);
+            async move { Ok(Assertion::new(jwt("fleet", in_an_hour()))) }
+        });
+        let source = JwtBearer::builder(idp.url("/token"), assertions)
+            .client_id("orders")
+            .build()
+            .unwrap();
+        AuthLayer::builder(source)
+            .distributed(cache.clone())
+            .build()
+            .unwrap()
+    };
+    let (first, second) = (layer(), layer());
+    let a = first.token().await.unwrap();
+    let b = second.token().await.unwrap();
+    assert_eq!(a.access_token(), b.access_token());
+    assert_eq!(idp.recorded().len(), 1, "one token request for the fleet");
+    assert_eq!(reads.load(SeqCst), 1, "one assertion read for the fleet");
+}
