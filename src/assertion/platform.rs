@@ -170,7 +170,7 @@ impl GcpIdentity {
         self
     }
 
-    /// The HTTP client; one without redirects and with a timeout by default.
+    /// The HTTP client; by default one that uses no proxy and follows no redirects.
     #[must_use]
     pub fn http_client(mut self, client: reqwest::Client) -> GcpIdentity {
         self.http = Some(client);
@@ -178,13 +178,7 @@ impl GcpIdentity {
     }
 
     fn url(&self) -> Result<Url, Error> {
-        let host = match &self.host {
-            Some(host) => host.clone(),
-            None => std::env::var("GCE_METADATA_HOST")
-                .ok()
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| GCE_METADATA_HOST.to_owned()),
-        };
+        let host = gcp_metadata_host(self.host.as_deref());
         let mut url = platform_url(&format!(
             "http://{host}/computeMetadata/v1/instance/service-accounts/default/identity"
         ))?;
@@ -197,9 +191,11 @@ impl GcpIdentity {
 
 impl AssertionSource for GcpIdentity {
     async fn assertion(&self) -> Result<Assertion, Error> {
-        let request = client(self.http.as_ref())?
-            .get(self.url()?)
-            .header("Metadata-Flavor", "Google");
+        let http = match &self.http {
+            Some(http) => http.clone(),
+            None => local_client()?,
+        };
+        let request = http.get(self.url()?).header("Metadata-Flavor", "Google");
         let response = request
             .timeout(PLATFORM_TIMEOUT)
             .send()
@@ -223,6 +219,29 @@ impl AssertionSource for GcpIdentity {
         })?);
         Ok(Assertion::new(text.trim()))
     }
+}
+
+/// The GCP metadata server's `host[:port]`: `explicit` if given, else `GCE_METADATA_HOST` (as
+/// Google's libraries read it), else `metadata.google.internal`.
+pub(crate) fn gcp_metadata_host(explicit: Option<&str>) -> String {
+    match explicit {
+        Some(host) => host.to_owned(),
+        None => std::env::var("GCE_METADATA_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| GCE_METADATA_HOST.to_owned()),
+    }
+}
+
+/// A client for a platform's local endpoint (a metadata server): no proxy, which a metadata
+/// address must not go through, and no redirects.
+pub(crate) fn local_client() -> Result<reqwest::Client, Error> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|_| Error::config("cannot build the HTTP client for the platform's endpoint"))
 }
 
 /// `url`, if it is an http or https URL.

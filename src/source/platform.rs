@@ -10,15 +10,17 @@ use http::StatusCode;
 use url::Url;
 use zeroize::Zeroizing;
 
-use crate::{Error, Token, TokenSource, error::TransportError};
+use crate::{
+    Error, Token, TokenSource,
+    assertion::{gcp_metadata_host, local_client},
+    error::TransportError,
+};
 
 /// How long a platform endpoint has to answer (they answer locally, in milliseconds).
 const PLATFORM_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest answer read: a token response is a few kilobytes.
 const MAX_ANSWER: usize = 64 * 1024;
 
-/// The default metadata server of a Google Cloud workload.
-const GCE_METADATA_HOST: &str = "metadata.google.internal";
 /// Azure's instance metadata service (IMDS), on the link-local address it documents.
 const AZURE_IMDS: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
 
@@ -74,13 +76,7 @@ impl GcpMetadataToken {
     }
 
     fn url(&self) -> Result<Url, Error> {
-        let host = match &self.host {
-            Some(host) => host.clone(),
-            None => std::env::var("GCE_METADATA_HOST")
-                .ok()
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| GCE_METADATA_HOST.to_owned()),
-        };
+        let host = gcp_metadata_host(self.host.as_deref());
         let account = self.account.as_deref().unwrap_or("default");
         let mut url = Url::parse(&format!(
             "http://{host}/computeMetadata/v1/instance/service-accounts/"
@@ -97,7 +93,7 @@ impl GcpMetadataToken {
 
 impl TokenSource for GcpMetadataToken {
     async fn fetch(&self) -> Result<Token, Error> {
-        let response = client()?
+        let response = local_client()?
             .get(self.url()?)
             .header("Metadata-Flavor", "Google")
             .timeout(PLATFORM_TIMEOUT)
@@ -251,7 +247,7 @@ impl TokenSource for AzureManagedIdentity {
         if let Some(id) = &self.client_id {
             url.query_pairs_mut().append_pair("client_id", id);
         }
-        let request = client()?.get(url).timeout(PLATFORM_TIMEOUT);
+        let request = local_client()?.get(url).timeout(PLATFORM_TIMEOUT);
         let request = match self.endpoint() {
             AzureEndpoint::Imds(_) => request.header("Metadata", "true"),
             AzureEndpoint::AppService { header, .. } => {
@@ -294,17 +290,6 @@ impl fmt::Debug for AzureManagedIdentity {
             .field("endpoint", &endpoint)
             .finish()
     }
-}
-
-/// A client for local platform endpoints: no proxy (a metadata address must not go through
-/// one), no redirects.
-fn client() -> Result<reqwest::Client, Error> {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|_| Error::config("cannot build the HTTP client for the platform's endpoint"))
 }
 
 /// A transport error, without the URL (whose query may name an identity).
