@@ -413,9 +413,9 @@ async fn a_gcp_metadata_server_is_asked_for_the_audience_and_must_answer_as_one(
     );
 }
 
-/// A token exchange whose subject comes from the platform reads a fresh one for each exchange,
-/// sends it as `subject_token` with its type, and never uses the exchanged token past the
-/// platform token's expiry.
+/// A token exchange whose subject (and actor) come from the platform reads fresh ones for each
+/// exchange, sends them as `subject_token` and `actor_token` with their types, and never uses
+/// the exchanged token past the platform subject token's expiry.
 #[tokio::test]
 async fn a_token_exchange_subject_from_the_platform_is_fresh_and_caps_the_tokens_life() {
     let reads = Arc::new(AtomicUsize::new(0));
@@ -434,6 +434,19 @@ async fn a_token_exchange_subject_from_the_platform_is_fresh_and_caps_the_tokens
         .client_id("gateway")
         .client_secret("gateway-secret")
         .subject_token_from(assertions, TokenExchange::JWT)
+        .actor_token_from(
+            from_fn(|| async {
+                let serial = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos();
+                Ok(Assertion::new(jwt(
+                    &format!("actor-{serial}"),
+                    in_an_hour(),
+                )))
+            }),
+            TokenExchange::JWT,
+        )
         .audience("orders")
         .build()
         .unwrap();
@@ -453,6 +466,11 @@ async fn a_token_exchange_subject_from_the_platform_is_fresh_and_caps_the_tokens
     assert_ne!(
         field(&sent[0], "subject_token"),
         field(&sent[1], "subject_token")
+    );
+    assert!(field(&sent[0], "actor_token").is_some());
+    assert_ne!(
+        field(&sent[0], "actor_token"),
+        field(&sent[1], "actor_token")
     );
     assert_eq!(
         field(&sent[0], "subject_token_type").as_deref(),

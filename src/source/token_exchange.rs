@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     Error, SubjectToken, Token, TokenSource,
-    assertion::{self, AssertionSource, DynAssertionSource},
+    assertion::{self, Assertion, AssertionSource, DynAssertionSource},
     oauth::{self, EndpointConfig, ParamNames, TokenEndpoint},
 };
 
@@ -63,7 +63,7 @@ pub struct TokenExchange {
     scope: Option<String>,
     params: Vec<(String, String)>,
     subject: (Subject, String),
-    actor: Option<(SubjectToken, String)>,
+    actor: Option<(Subject, String)>,
     requested_token_type: Option<String>,
     subject_expires_at: Option<SystemTime>,
     accept_not_applicable: bool,
@@ -74,6 +74,45 @@ pub struct TokenExchange {
 enum Subject {
     Token(SubjectToken),
     Platform(Arc<dyn DynAssertionSource>),
+}
+
+/// A subject or actor token as one exchange sends it.
+enum Read<'a> {
+    Given(&'a SubjectToken),
+    Fresh(Assertion),
+}
+
+impl Read<'_> {
+    fn secret(&self) -> &str {
+        match self {
+            Read::Given(token) => token.secret(),
+            Read::Fresh(assertion) => assertion.secret(),
+        }
+    }
+}
+
+impl Subject {
+    /// The token to send in one exchange: the one given, or a fresh one from the platform.
+    async fn read(&self) -> Result<Read<'_>, Error> {
+        match self {
+            Subject::Token(token) => Ok(Read::Given(token)),
+            Subject::Platform(source) => Ok(Read::Fresh(assertion::fresh(&**source).await?)),
+        }
+    }
+
+    /// What names it in the source's identity: a fingerprint of a token given once; for the
+    /// platform's, which changes at each exchange, the source (the platform's identity is the
+    /// process's own, so processes sharing a fleet's tokens must run as one workload).
+    fn identity(&self) -> String {
+        match self {
+            Subject::Token(token) => fingerprint(token),
+            Subject::Platform(source) => format!("platform:{source:?}"),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, Subject::Token(token) if token.secret().is_empty())
+    }
 }
 
 impl fmt::Debug for Subject {
@@ -113,21 +152,21 @@ impl TokenExchange {
 
     /// One exchange, asking for `scope`.
     async fn exchange(&self, scope: Option<&str>) -> Result<Token, Error> {
-        let from_platform;
-        let (subject, expires_at) = match &self.subject.0 {
-            Subject::Token(token) => (token.secret(), self.subject_expires_at),
-            Subject::Platform(source) => {
-                from_platform = assertion::fresh(&**source).await?;
-                let expires_at = from_platform.expires_at().or(self.subject_expires_at);
-                (from_platform.secret(), expires_at)
-            }
+        let subject = self.subject.0.read().await?;
+        let expires_at = match &subject {
+            Read::Given(_) => self.subject_expires_at,
+            Read::Fresh(assertion) => assertion.expires_at().or(self.subject_expires_at),
         };
         let subject_left = subject_left(expires_at)?;
+        let actor = match &self.actor {
+            Some((actor, actor_type)) => Some((actor.read().await?, actor_type)),
+            None => None,
+        };
         let mut params: Vec<(&str, &str)> = Vec::with_capacity(8 + self.params.len());
         params.push(("grant_type", GRANT_TYPE));
-        params.push(("subject_token", subject));
+        params.push(("subject_token", subject.secret()));
         params.push(("subject_token_type", &self.subject.1));
-        if let Some((token, token_type)) = &self.actor {
+        if let Some((token, token_type)) = &actor {
             params.push(("actor_token", token.secret()));
             params.push(("actor_token_type", token_type));
         }
@@ -193,18 +232,15 @@ impl TokenSource for TokenExchange {
 
     fn identity(&self) -> Option<String> {
         let mut identity = self.endpoint.identity();
-        identity.push_str(" grant_type=token-exchange subject=");
-        match &self.subject.0 {
-            Subject::Token(token) => identity.push_str(&fingerprint(token)),
-            // A new token at each exchange: the platform's identity is the process's own, so
-            // processes sharing a fleet's tokens must run as one workload.
-            Subject::Platform(source) => identity.push_str(&format!("platform:{source:?}")),
-        }
-        identity.push_str(&format!(" subject_type={:?}", self.subject.1));
+        identity.push_str(&format!(
+            " grant_type=token-exchange subject={} subject_type={:?}",
+            self.subject.0.identity(),
+            self.subject.1
+        ));
         if let Some((actor, actor_type)) = &self.actor {
             identity.push_str(&format!(
                 " actor={} actor_type={actor_type:?}",
-                fingerprint(actor)
+                actor.identity()
             ));
         }
         if let Some(requested) = &self.requested_token_type {
@@ -246,7 +282,7 @@ impl fmt::Debug for TokenExchange {
 pub struct TokenExchangeBuilder {
     config: EndpointConfig,
     subject: Option<(Subject, String)>,
-    actor: Option<(SubjectToken, String)>,
+    actor: Option<(Subject, String)>,
     requested_token_type: Option<String>,
     subject_expires_at: Option<SystemTime>,
     accept_not_applicable: bool,
@@ -289,7 +325,21 @@ impl TokenExchangeBuilder {
         token: impl Into<SubjectToken>,
         token_type: impl Into<String>,
     ) -> Self {
-        self.actor = Some((token.into(), token_type.into()));
+        self.actor = Some((Subject::Token(token.into()), token_type.into()));
+        self
+    }
+
+    /// The actor token from the platform, fresh at each exchange (the workload acting for the
+    /// subject), as [`subject_token_from`](Self::subject_token_from) reads the subject's.
+    pub fn actor_token_from(
+        mut self,
+        source: impl AssertionSource,
+        token_type: impl Into<String>,
+    ) -> Self {
+        self.actor = Some((
+            Subject::Platform(assertion::shared(source)),
+            token_type.into(),
+        ));
         self
     }
 
@@ -322,15 +372,12 @@ impl TokenExchangeBuilder {
     pub fn build(self) -> Result<TokenExchange, Error> {
         let subject = self
             .subject
-            .filter(|(subject, token_type)| {
-                !token_type.is_empty()
-                    && !matches!(subject, Subject::Token(token) if token.secret().is_empty())
-            })
+            .filter(|(subject, token_type)| !token_type.is_empty() && !subject.is_empty())
             .ok_or_else(|| Error::config("a token exchange needs a subject token and its type"))?;
         if self
             .actor
             .as_ref()
-            .is_some_and(|(token, token_type)| token.secret().is_empty() || token_type.is_empty())
+            .is_some_and(|(token, token_type)| token.is_empty() || token_type.is_empty())
         {
             return Err(Error::config(
                 "an actor token and its type must not be empty",
