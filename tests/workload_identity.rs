@@ -22,7 +22,7 @@ use http::StatusCode;
 use support::{StandInEndpoint, token_json};
 use tower_bearer::{
     AuthLayer, ClientCredentials, Error, JwtBearer, TokenExchange,
-    assertion::{Assertion, GcpIdentity, GithubActions, TokenFile, from_fn},
+    assertion::{Assertion, AssertionSource, GcpIdentity, GithubActions, TokenFile, from_fn},
     source::{AzureManagedIdentity, GcpMetadataToken},
 };
 
@@ -52,6 +52,22 @@ fn in_an_hour() -> u64 {
 
 fn field(form: &[(String, String)], name: &str) -> Option<String> {
     form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+}
+
+/// The JWT bearer grant of the client `orders` at `token_url`, with assertions from `source`.
+fn orders_jwt_bearer(token_url: String, source: impl AssertionSource) -> JwtBearer {
+    JwtBearer::builder(token_url, source)
+        .client_id("orders")
+        .build()
+        .unwrap()
+}
+
+/// A layer over `source` whose fetches make one attempt: a failure shows at once.
+fn one_attempt(source: impl tower_bearer::TokenSource) -> AuthLayer {
+    AuthLayer::builder(source)
+        .fetch_attempts(1)
+        .build()
+        .unwrap()
 }
 
 /// A token endpoint that answers each request with a new token (`tok-1`, `tok-2`, ...).
@@ -144,10 +160,7 @@ async fn a_thousand_callers_cost_one_assertion_and_one_token_request() {
         async move { Ok(Assertion::new(jwt(&format!("read-{n}"), in_an_hour()))) }
     });
     let idp = endpoint().await;
-    let source = JwtBearer::builder(idp.url("/token"), assertions)
-        .client_id("orders")
-        .build()
-        .unwrap();
+    let source = orders_jwt_bearer(idp.url("/token"), assertions);
     let layer = AuthLayer::new(source);
     let callers: Vec<_> = (0..1000).map(|_| tokio::spawn(layer.token())).collect();
     for caller in callers {
@@ -341,17 +354,8 @@ async fn github_actions_is_asked_with_its_request_token_and_the_audience() {
 
     // A refusal names the status, not what the endpoint said.
     let refusing = GithubActions::new(&github.url("/idtoken?api-version=2.0"), "wrong").unwrap();
-    let source = JwtBearer::builder(idp.url("/token"), refusing)
-        .client_id("orders")
-        .build()
-        .unwrap();
-    let err = AuthLayer::builder(source)
-        .fetch_attempts(1)
-        .build()
-        .unwrap()
-        .token()
-        .await
-        .unwrap_err();
+    let source = orders_jwt_bearer(idp.url("/token"), refusing);
+    let err = one_attempt(source).token().await.unwrap_err();
     assert!(
         matches!(&err, Error::Assertion(m) if m.contains("401")),
         "{err:?}"
@@ -381,27 +385,15 @@ async fn a_gcp_metadata_server_is_asked_for_the_audience_and_must_answer_as_one(
     let idp = endpoint().await;
     let platform =
         GcpIdentity::new("https://login.example.com").metadata_host(metadata.addr.to_string());
-    let source = JwtBearer::builder(idp.url("/token"), platform)
-        .client_id("orders")
-        .build()
-        .unwrap();
+    let source = orders_jwt_bearer(idp.url("/token"), platform);
     AuthLayer::new(source).token().await.unwrap();
     assert_eq!(field(&idp.recorded()[0].form(), "assertion"), Some(jwt));
 
     let impostor = StandInEndpoint::start(|_| "eyJhbGciOi.not.metadata".into_response()).await;
     let platform =
         GcpIdentity::new("https://login.example.com").metadata_host(impostor.addr.to_string());
-    let source = JwtBearer::builder(idp.url("/token"), platform)
-        .client_id("orders")
-        .build()
-        .unwrap();
-    let err = AuthLayer::builder(source)
-        .fetch_attempts(1)
-        .build()
-        .unwrap()
-        .token()
-        .await
-        .unwrap_err();
+    let source = orders_jwt_bearer(idp.url("/token"), platform);
+    let err = one_attempt(source).token().await.unwrap_err();
     assert!(
         matches!(&err, Error::Assertion(m) if m.contains("Metadata-Flavor")),
         "{err:?}"
@@ -551,13 +543,7 @@ async fn azure_imds_is_asked_as_documented_and_its_410_is_retried() {
 
     let wrong = AzureManagedIdentity::new("https://other.example/")
         .imds_endpoint(imds.url("/metadata/identity/oauth2/token"));
-    let err = AuthLayer::builder(wrong)
-        .fetch_attempts(1)
-        .build()
-        .unwrap()
-        .token()
-        .await
-        .unwrap_err();
+    let err = one_attempt(wrong).token().await.unwrap_err();
     assert!(!format!("{err} {err:?}").contains("leak-me"), "{err:?}");
 }
 
@@ -659,10 +645,7 @@ async fn a_real_server_authenticates_a_workload_by_the_jwt_in_its_file() {
             .client_assertion(TokenFile::new(&path))
             .build()
             .unwrap();
-        AuthLayer::builder(source)
-            .fetch_attempts(1)
-            .build()
-            .unwrap()
+        one_attempt(source)
     };
     std::fs::write(&path, platform_token("client=workload").await).unwrap();
     let token = layer().token().await.unwrap();
@@ -695,10 +678,7 @@ async fn a_real_server_grants_a_token_for_each_fresh_platform_jwt() {
         .scope("read")
         .build()
         .unwrap();
-    let layer = AuthLayer::builder(source)
-        .fetch_attempts(1)
-        .build()
-        .unwrap();
+    let layer = one_attempt(source);
     let first = layer.token().await.unwrap();
     assert!(layer.invalidate(&first));
     let second = layer.token().await.unwrap();
@@ -729,10 +709,7 @@ async fn a_real_server_exchanges_a_fresh_platform_jwt_each_time() {
         .scope("read")
         .build()
         .unwrap();
-    let layer = AuthLayer::builder(source)
-        .fetch_attempts(1)
-        .build()
-        .unwrap();
+    let layer = one_attempt(source);
     let first = layer.token().await.unwrap();
     assert!(layer.invalidate(&first));
     let second = layer.token().await.unwrap();
@@ -762,13 +739,7 @@ async fn a_real_server_binds_a_workloads_token_with_dpop() {
         .dpop(tower_bearer::jose::SigningKey::generate_es256().unwrap())
         .build()
         .unwrap();
-    let token = AuthLayer::builder(source)
-        .fetch_attempts(1)
-        .build()
-        .unwrap()
-        .token()
-        .await
-        .unwrap();
+    let token = one_attempt(source).token().await.unwrap();
     assert_eq!(token.token_type(), "DPoP");
 }
 
@@ -793,10 +764,7 @@ async fn a_fleet_shares_a_token_bought_with_a_platform_jwt() {
             counted.fetch_add(1, SeqCst);
             async move { Ok(Assertion::new(jwt("fleet", in_an_hour()))) }
         });
-        let source = JwtBearer::builder(idp.url("/token"), assertions)
-            .client_id("orders")
-            .build()
-            .unwrap();
+        let source = orders_jwt_bearer(idp.url("/token"), assertions);
         AuthLayer::builder(source)
             .distributed(cache.clone())
             .build()
