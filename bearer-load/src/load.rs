@@ -9,6 +9,7 @@
 //!   after its intended time is counted in [`Recorded::late_starts`].
 
 use std::{
+    borrow::Cow,
     collections::BTreeMap,
     sync::{
         Arc, Mutex,
@@ -26,6 +27,9 @@ use crate::{
     outcome::{ErrorKind, Outcome},
     transport::HttpTarget,
 };
+
+/// Answers a closed-loop worker counts before adding them to the progress bar.
+const PROGRESS_BATCH: u64 = 64;
 
 /// A request that starts later than this after its intended time is a late start.
 pub const LATE_AFTER: Duration = Duration::from_millis(5);
@@ -93,7 +97,7 @@ pub struct Recorded {
     /// Latencies in microseconds.
     pub latency_us: Histogram<u64>,
     /// Answers by status.
-    pub statuses: BTreeMap<String, u64>,
+    pub statuses: BTreeMap<Cow<'static, str>, u64>,
     /// Requests without an answer, by kind.
     pub errors: BTreeMap<ErrorKind, u64>,
     /// The first error message of each kind.
@@ -198,26 +202,38 @@ async fn closed(
     start: Instant,
     bar: &ProgressBar,
 ) -> Recorded {
-    let next = Arc::new(AtomicU64::new(0));
+    // A request budget is shared; a deadline needs nothing shared: each worker numbers its
+    // own requests (worker w sends w, w + N, w + 2N, ...), so that workers on different cores
+    // write no common counter per request.
+    let budget = Arc::new(AtomicU64::new(0));
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
-        let (target, next, bar) = (target.clone(), next.clone(), bar.clone());
+    for worker in 0..u64::from(concurrency) {
+        let (target, budget, bar) = (target.clone(), budget.clone(), bar.clone());
         workers.spawn(async move {
             let mut recorded = Recorded::default();
+            let mut unreported = 0;
+            let mut own = worker;
             loop {
-                let i = next.fetch_add(1, Relaxed);
-                let go_on = match stop {
-                    Stop::Requests(n) => i < n,
-                    Stop::Duration(d) => start.elapsed() < d,
-                };
-                if !go_on {
-                    break;
-                }
                 let sent = Instant::now();
+                let i = match stop {
+                    Stop::Requests(n) => match budget.fetch_add(1, Relaxed) {
+                        i if i < n => i,
+                        _ => break,
+                    },
+                    Stop::Duration(d) if sent.saturating_duration_since(start) < d => own,
+                    Stop::Duration(_) => break,
+                };
+                own += u64::from(concurrency);
                 let outcome = target.send(i).await;
                 recorded.record(sent.elapsed(), outcome);
-                bar.inc(1);
+                // The progress bar's count is shared by every worker: added to in batches.
+                unreported += 1;
+                if unreported == PROGRESS_BATCH {
+                    bar.inc(unreported);
+                    unreported = 0;
+                }
             }
+            bar.inc(unreported);
             recorded
         });
     }

@@ -223,7 +223,7 @@ impl HttpTarget {
             ),
             Ok(Err((kind, message))) => Outcome::Error(kind, message),
             Ok(Ok(status)) => Outcome::Status {
-                code: status.as_u16().to_string(),
+                code: crate::outcome::http_status(status.as_u16()),
                 success: status.is_success(),
             },
         }

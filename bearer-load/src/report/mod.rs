@@ -261,7 +261,11 @@ impl Report {
                 p999_ms: pct(0.999),
                 max_ms: if requests == 0 { 0.0 } else { ms(h.max()) },
             },
-            status_codes: recorded.statuses.clone(),
+            status_codes: recorded
+                .statuses
+                .iter()
+                .map(|(code, n)| (code.to_string(), *n))
+                .collect(),
             errors: Errors::from_map(&recorded.errors),
             error_examples: recorded
                 .examples
