@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod cli;
+mod connection;
 pub mod demo;
 mod error;
 pub mod grpc;

@@ -25,7 +25,7 @@ use tokio::{sync::Semaphore, time::Instant};
 use crate::{
     grpc::GrpcTarget,
     outcome::{ErrorKind, Outcome},
-    transport::HttpTarget,
+    transport::{HttpSession, HttpTarget},
 };
 
 /// Answers a closed-loop worker counts before adding them to the progress bar.
@@ -87,6 +87,33 @@ impl Target {
         match self {
             Target::Http(target) => target.send(i).await,
             Target::Grpc(target) => target.send(i).await,
+        }
+    }
+
+    /// A closed-loop worker's way to send: HTTP on connections of its own; gRPC on the
+    /// run's channel.
+    pub fn session(&self) -> Session {
+        match self {
+            Target::Http(target) => Session::Http(target.session()),
+            Target::Grpc(target) => Session::Grpc(Arc::clone(target)),
+        }
+    }
+}
+
+/// What one closed-loop worker sends with; see [`Target::session`].
+pub enum Session {
+    /// On the worker's own connections.
+    Http(HttpSession),
+    /// On the run's gRPC channel.
+    Grpc(Arc<GrpcTarget>),
+}
+
+impl Session {
+    /// Sends request number `i`.
+    pub async fn send(&mut self, i: u64) -> Outcome {
+        match self {
+            Session::Http(session) => session.send(i).await,
+            Session::Grpc(target) => target.send(i).await,
         }
     }
 }
@@ -210,6 +237,7 @@ async fn closed(
     for worker in 0..u64::from(concurrency) {
         let (target, budget, bar) = (target.clone(), budget.clone(), bar.clone());
         workers.spawn(async move {
+            let mut session = target.session();
             let mut recorded = Recorded::default();
             let mut unreported = 0;
             let mut own = worker;
@@ -224,7 +252,7 @@ async fn closed(
                     Stop::Duration(_) => break,
                 };
                 own += u64::from(concurrency);
-                let outcome = target.send(i).await;
+                let outcome = session.send(i).await;
                 recorded.record(sent.elapsed(), outcome);
                 // The progress bar's count is shared by every worker: added to in batches.
                 unreported += 1;

@@ -4,9 +4,12 @@
 
 use std::{
     error::Error as StdError,
+    future::Future,
     io,
     path::{Path, PathBuf},
+    pin::Pin,
     sync::Arc,
+    task::Poll,
     time::Duration,
 };
 
@@ -28,6 +31,7 @@ use tower_bearer::{AuthLayer, AuthService};
 use crate::{
     Error,
     cli::Args,
+    connection::WorkerConnection,
     outcome::{ErrorKind, Outcome},
 };
 
@@ -128,15 +132,29 @@ fn read_pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Er
     Ok(certs)
 }
 
-/// Sends the run's HTTP requests through the layer.
+/// Sends the run's HTTP requests through the layer: the open model's through one pooled
+/// client, each closed-loop worker's on connections of its own ([`HttpTarget::session`]).
 #[derive(Clone)]
 pub struct HttpTarget {
     client: AuthService<HttpClient>,
+    layer: AuthLayer,
+    connector: HttpsConnector<HttpConnector>,
+    http2: bool,
     urls: Arc<[Uri]>,
     method: Method,
     headers: Arc<HeaderMap>,
     body: Bytes,
     timeout: Duration,
+}
+
+/// One closed-loop worker's requests: through the run's layer (one token cache for all), on
+/// the worker's own connections.
+pub struct HttpSession {
+    target: Arc<HttpTarget>,
+    service: AuthService<WorkerConnection>,
+    /// The worker's one timer for `--timeout`, armed for a deadline at or before the current
+    /// request's and moved on only when it fires early (see [`HttpSession::send`]).
+    timer: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl HttpTarget {
@@ -177,12 +195,18 @@ impl HttpTarget {
         for (name, value) in &args.headers {
             headers.append(name.clone(), value.clone());
         }
+        let connector = tls.connector(args.http2)?;
         let client = Client::builder(TokioExecutor::new())
             .http2_only(args.http2)
             .pool_idle_timeout(Duration::from_secs(90))
-            .build(tls.connector(args.http2)?);
+            .build(connector.clone());
         Ok(HttpTarget {
-            client: tower::ServiceBuilder::new().layer(layer).service(client),
+            client: tower::ServiceBuilder::new()
+                .layer(layer.clone())
+                .service(client),
+            layer,
+            connector,
+            http2: args.http2,
             urls: urls.into(),
             method: args.method.clone(),
             headers: Arc::new(headers),
@@ -191,43 +215,125 @@ impl HttpTarget {
         })
     }
 
-    /// Sends request number `i` (to URL `i` modulo their number) and reads its whole answer.
-    pub async fn send(&self, i: u64) -> Outcome {
+    /// A closed-loop worker's session: its own connections, the run's layer.
+    pub fn session(self: &Arc<Self>) -> HttpSession {
+        let connection = WorkerConnection::new(self.connector.clone(), self.http2, &self.urls);
+        HttpSession {
+            target: Arc::clone(self),
+            service: tower::ServiceBuilder::new()
+                .layer(self.layer.clone())
+                .service(connection),
+            timer: Box::pin(tokio::time::sleep(self.timeout)),
+        }
+    }
+
+    /// Request number `i`: to URL `i` modulo their number.
+    fn request(&self, i: u64) -> Request<Body> {
         let mut request = Request::new(Full::new(self.body.clone()));
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.urls[(i % self.urls.len() as u64) as usize].clone();
         *request.headers_mut() = (*self.headers).clone();
-        let exchange = async {
-            let response = self
-                .client
-                .clone()
-                .oneshot(request)
-                .await
-                .map_err(|e| (classify(&*e), describe(&*e)))?;
-            let status = response.status();
-            // Read the whole body, so that the connection goes back to the pool.
-            response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| (classify(&e).or_kind(ErrorKind::Body), describe(&e)))?;
-            Ok::<_, (ErrorKind, String)>(status)
-        };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Err(_) => Outcome::Error(
-                ErrorKind::Timeout,
-                format!(
-                    "no answer within {}",
-                    humantime::format_duration(self.timeout)
-                ),
-            ),
-            Ok(Err((kind, message))) => Outcome::Error(kind, message),
-            Ok(Ok(status)) => Outcome::Status {
-                code: crate::outcome::http_status(status.as_u16()),
-                success: status.is_success(),
-            },
-        }
+        request
     }
+
+    /// Sends request number `i` through the pooled client and reads its whole answer.
+    pub async fn send(&self, i: u64) -> Outcome {
+        let answer = self.client.clone().oneshot(self.request(i));
+        exchange(answer, self.timeout).await
+    }
+}
+
+impl HttpSession {
+    /// Sends request number `i` on this worker's connections and reads its whole answer.
+    ///
+    /// The timeout costs no timer per request: the worker's one timer stays armed for an
+    /// earlier deadline (a request's answer comes long before `--timeout`), and when it fires
+    /// it is moved to the current request's deadline if that is still ahead. Registering and
+    /// cancelling a timer for each request was a tenth of a request's instructions.
+    pub async fn send(&mut self, i: u64) -> Outcome {
+        let timeout = self.target.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let request = self.target.request(i);
+        let finished = {
+            let service = &mut self.service;
+            let answer = body_read(async move {
+                let service = service.ready().await?;
+                tower::Service::call(service, request).await
+            });
+            // On the heap: the future is large, and a pointer is all that moves.
+            let mut answer = Box::pin(answer);
+            let timer = &mut self.timer;
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(result) = answer.as_mut().poll(cx) {
+                    return Poll::Ready(Some(result));
+                }
+                while timer.as_mut().poll(cx).is_ready() {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Poll::Ready(None);
+                    }
+                    timer.as_mut().reset(deadline);
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        if !matches!(finished, Some(Ok(_))) {
+            self.service.get_ref().forget();
+        }
+        outcome(finished, timeout)
+    }
+}
+
+/// The status of `answer`, once its whole body is read (so that its connection can be used
+/// again), or what went wrong.
+async fn body_read<B>(
+    answer: impl Future<Output = Result<http::Response<B>, tower_bearer::BoxError>>,
+) -> Result<http::StatusCode, (ErrorKind, String)>
+where
+    B: hyper::body::Body,
+    B::Error: StdError + 'static,
+{
+    let response = answer.await.map_err(|e| (classify(&*e), describe(&*e)))?;
+    let status = response.status();
+    response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| (classify(&e).or_kind(ErrorKind::Body), describe(&e)))?;
+    Ok(status)
+}
+
+/// What an exchange came to: its status, its error, or (`None`) no answer within `timeout`.
+fn outcome(
+    finished: Option<Result<http::StatusCode, (ErrorKind, String)>>,
+    timeout: Duration,
+) -> Outcome {
+    match finished {
+        None => Outcome::Error(
+            ErrorKind::Timeout,
+            format!("no answer within {}", humantime::format_duration(timeout)),
+        ),
+        Some(Err((kind, message))) => Outcome::Error(kind, message),
+        Some(Ok(status)) => Outcome::Status {
+            code: crate::outcome::http_status(status.as_u16()),
+            success: status.is_success(),
+        },
+    }
+}
+
+/// The outcome of `answer` (the pooled client's), with a timer of its own for `timeout`.
+async fn exchange<B>(
+    answer: impl Future<Output = Result<http::Response<B>, tower_bearer::BoxError>>,
+    timeout: Duration,
+) -> Outcome
+where
+    B: hyper::body::Body,
+    B::Error: StdError + 'static,
+{
+    outcome(
+        tokio::time::timeout(timeout, body_read(answer)).await.ok(),
+        timeout,
+    )
 }
 
 /// What an error, or any error in its source chain, is: a token failure (a
