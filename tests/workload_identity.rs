@@ -757,7 +757,8 @@ async fn a_fleet_shares_a_token_bought_with_a_platform_jwt() {
     let idp = endpoint().await;
     let cache = RedisCache::new(fleet::connection(&fleet::redis_url()).await)
         .key_prefix(fleet::fresh_prefix("workload"))
-        .encryption_key(fleet::KEY);
+        .encryption_key(fleet::KEY)
+        .fleet_key("workload:system:serviceaccount:prod:orders");
     let layer = || {
         let counted = Arc::clone(&reads);
         let assertions = from_fn(move || {
@@ -776,4 +777,48 @@ async fn a_fleet_shares_a_token_bought_with_a_platform_jwt() {
     assert_eq!(a.access_token(), b.access_token());
     assert_eq!(idp.recorded().len(), 1, "one token request for the fleet");
     assert_eq!(reads.load(SeqCst), 1, "one assertion read for the fleet");
+}
+
+/// A token bought with a platform JWT belongs to the workload the JWT names, which a process
+/// cannot tell from another's: the JWT bearer grant and an exchange of a platform subject name
+/// no identity of their own, so a fleet's cache refuses them without a `fleet_key` naming the
+/// workload (else two workloads with one client id would share a token). A client assertion
+/// authenticates the client, whose token any process of that client may share.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn a_fleet_needs_a_fleet_key_to_share_a_workloads_token() {
+    use tower_bearer::{TokenSource, distributed::RedisCache};
+
+    // Lazily connected, to nothing: building is all that is checked.
+    let cache = || {
+        RedisCache::connect_lazily(redis::Client::open("redis://127.0.0.1:1/").unwrap())
+            .unwrap()
+            .encryption_key([7; 32])
+    };
+    let assertions = || from_fn(|| async { Ok(Assertion::new(jwt("any", in_an_hour()))) });
+    let grant = orders_jwt_bearer("https://idp.example.com/token".into(), assertions());
+    assert_eq!(grant.identity(), None);
+    let refused = AuthLayer::builder(grant.clone())
+        .distributed(cache())
+        .build();
+    assert!(matches!(refused, Err(Error::Config(_))), "{refused:?}");
+    let named = AuthLayer::builder(grant)
+        .distributed(cache().fleet_key("workload:orders"))
+        .build();
+    assert!(named.is_ok(), "{named:?}");
+
+    let exchange = TokenExchange::builder("https://idp.example.com/token")
+        .client_id("gateway")
+        .client_secret("s")
+        .subject_token_from(assertions(), TokenExchange::JWT)
+        .build()
+        .unwrap();
+    assert_eq!(exchange.identity(), None);
+
+    let client = ClientCredentials::builder("https://idp.example.com/token")
+        .client_id("orders")
+        .client_assertion(assertions())
+        .build()
+        .unwrap();
+    assert!(client.identity().is_some());
 }

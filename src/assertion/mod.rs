@@ -19,7 +19,10 @@
 //! [token exchange](crate::TokenExchangeBuilder::subject_token_from). Every token request reads a fresh
 //! one, retries within a fetch included; one that has expired is an error
 //! ([`Error::ExpiredAssertion`]) and is never sent. The token the request brings is cached,
-//! refreshed ahead, shared by a fleet and bound by DPoP as any other.
+//! refreshed ahead and bound by DPoP as any other, and shared by a fleet: with a client
+//! assertion as the client's (whose identity is its client id), and with the JWT bearer grant
+//! or a platform subject under a `fleet_key` naming the workload, as the token is then the
+//! workload's, and this process cannot tell its workload from another's.
 //!
 //! An assertion is a credential: it is held like the client secret, redacted from `Debug`,
 //! errors and logs, and cut from what a server sends back.

@@ -101,14 +101,13 @@ impl TokenSource for JwtBearer {
         self.endpoint.dpop_key().cloned()
     }
 
-    /// The endpoint, the client and the grant's parameters; not the assertion, which changes
-    /// with every request: processes that share a fleet's tokens must use one platform
-    /// identity, or set a `fleet_key` of their own.
+    /// `None`: the token is issued to the identity the assertion names (a workload, a service
+    /// account), which changes with every request and which this process cannot tell from
+    /// another's (two pods with different service accounts read the same token file path). A
+    /// fleet's shared cache then needs a `fleet_key` naming the workload, so that one
+    /// workload's token never serves another's.
     fn identity(&self) -> Option<String> {
-        let mut identity = self.endpoint.identity();
-        identity.push_str(" grant_type=jwt-bearer");
-        oauth::push_request_identity(&mut identity, self.scope.as_deref(), &self.params);
-        Some(identity)
+        None
     }
 
     async fn revoke(&self, current: Option<&Token>) -> Result<(), Error> {

@@ -100,13 +100,13 @@ impl Subject {
         }
     }
 
-    /// What names it in the source's identity: a fingerprint of a token given once; for the
-    /// platform's, which changes at each exchange, the source (the platform's identity is the
-    /// process's own, so processes sharing a fleet's tokens must run as one workload).
-    fn identity(&self) -> String {
+    /// What names it in the source's identity: a fingerprint of a token given once; `None`
+    /// for the platform's, which changes at each exchange and names a workload this process
+    /// cannot tell from another's (two pods, two service accounts, one token file path).
+    fn identity(&self) -> Option<String> {
         match self {
-            Subject::Token(token) => fingerprint(token),
-            Subject::Platform(source) => format!("platform:{source:?}"),
+            Subject::Token(token) => Some(fingerprint(token)),
+            Subject::Platform(_) => None,
         }
     }
 
@@ -230,17 +230,21 @@ impl TokenSource for TokenExchange {
         self.endpoint.dpop_key().cloned()
     }
 
+    /// The endpoint, the client, the subject and actor (by fingerprint) and the request's
+    /// parameters. `None` for a subject or actor from the platform: a fleet's shared cache then
+    /// needs a `fleet_key` naming the workload, so that one workload's token never serves
+    /// another's.
     fn identity(&self) -> Option<String> {
         let mut identity = self.endpoint.identity();
         identity.push_str(&format!(
             " grant_type=token-exchange subject={} subject_type={:?}",
-            self.subject.0.identity(),
+            self.subject.0.identity()?,
             self.subject.1
         ));
         if let Some((actor, actor_type)) = &self.actor {
             identity.push_str(&format!(
                 " actor={} actor_type={actor_type:?}",
-                actor.identity()
+                actor.identity()?
             ));
         }
         if let Some(requested) = &self.requested_token_type {
