@@ -57,7 +57,7 @@ use secrecy::{ExposeSecret, SecretString};
 pub use file::TokenFile;
 pub(crate) use jwt::expiry as jwt_expiry;
 pub use platform::{GcpIdentity, GithubActions};
-pub(crate) use platform::{gcp_metadata_host, local_client};
+pub(crate) use platform::{MAX_ANSWER, PLATFORM_TIMEOUT, gcp_metadata_host, local_client};
 
 use crate::Error;
 

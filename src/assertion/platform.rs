@@ -10,9 +10,9 @@ use super::{Assertion, AssertionSource};
 use crate::{Error, oauth::TokenEndpoint};
 
 /// How long a platform endpoint has to answer.
-const PLATFORM_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const PLATFORM_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest answer read.
-const MAX_ANSWER: usize = 64 * 1024;
+pub(crate) const MAX_ANSWER: usize = 64 * 1024;
 
 /// The OIDC token of a GitHub Actions job (a workflow with `permissions: id-token: write`),
 /// asked for with an audience, as GitHub documents ("Configuring OpenID Connect in cloud
@@ -214,9 +214,9 @@ impl AssertionSource for GcpIdentity {
             ));
         }
         let body = checked(response, "the metadata server").await?;
-        let text = Zeroizing::new(String::from_utf8(body.to_vec()).map_err(|_| {
+        let text = std::str::from_utf8(&body).map_err(|_| {
             Error::Assertion("the metadata server answered something that is not text".into())
-        })?);
+        })?;
         Ok(Assertion::new(text.trim()))
     }
 }
@@ -262,7 +262,7 @@ fn client(http: Option<&reqwest::Client>) -> Result<reqwest::Client, Error> {
 }
 
 /// Sends `request` to `what` and reads its successful answer.
-async fn answer(request: reqwest::RequestBuilder, what: &str) -> Result<bytes::Bytes, Error> {
+async fn answer(request: reqwest::RequestBuilder, what: &str) -> Result<Zeroizing<Vec<u8>>, Error> {
     let response = request
         .timeout(PLATFORM_TIMEOUT)
         .send()
@@ -271,31 +271,20 @@ async fn answer(request: reqwest::RequestBuilder, what: &str) -> Result<bytes::B
     checked(response, what).await
 }
 
-/// The body of a successful answer of `what`, at most [`MAX_ANSWER`] bytes; its status
-/// otherwise (never its body, which could echo a credential).
-async fn checked(response: reqwest::Response, what: &str) -> Result<bytes::Bytes, Error> {
+/// The body of a successful answer of `what`, read by the token endpoint's capped reader (at
+/// most [`MAX_ANSWER`] bytes, zeroized when dropped); its status otherwise (never its body,
+/// which could echo a credential).
+async fn checked(response: reqwest::Response, what: &str) -> Result<Zeroizing<Vec<u8>>, Error> {
     let status = response.status();
     if !status.is_success() {
         return Err(Error::Assertion(format!("{what} answered {status}").into()));
     }
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_ANSWER as u64)
-    {
-        return Err(Error::Assertion(
-            format!("{what} answered more than 64 KiB").into(),
-        ));
-    }
-    let body = response
-        .bytes()
+    crate::oauth::read_capped(response, MAX_ANSWER)
         .await
-        .map_err(|e| Error::Assertion(format!("{what}: {}", without_url(&e)).into()))?;
-    if body.len() > MAX_ANSWER {
-        return Err(Error::Assertion(
-            format!("{what} answered more than 64 KiB").into(),
-        ));
-    }
-    Ok(body)
+        .map_err(|err| match err {
+            Error::Transport(_) => Error::Assertion(format!("{what}: the answer broke off").into()),
+            _ => Error::Assertion(format!("{what} answered more than 64 KiB").into()),
+        })
 }
 
 /// A transport error without its URL, whose query may hold an audience or a token.

@@ -12,14 +12,9 @@ use zeroize::Zeroizing;
 
 use crate::{
     Error, Token, TokenSource,
-    assertion::{gcp_metadata_host, local_client},
+    assertion::{MAX_ANSWER, PLATFORM_TIMEOUT, gcp_metadata_host, local_client},
     error::TransportError,
 };
-
-/// How long a platform endpoint has to answer (they answer locally, in milliseconds).
-const PLATFORM_TIMEOUT: Duration = Duration::from_secs(10);
-/// The longest answer read: a token response is a few kilobytes.
-const MAX_ANSWER: usize = 64 * 1024;
 
 /// Azure's instance metadata service (IMDS), on the link-local address it documents.
 const AZURE_IMDS: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
@@ -235,11 +230,12 @@ impl AzureManagedIdentity {
 
 impl TokenSource for AzureManagedIdentity {
     async fn fetch(&self) -> Result<Token, Error> {
-        let (url, api_version) = match self.endpoint() {
+        let endpoint = self.endpoint();
+        let (url, api_version) = match &endpoint {
             AzureEndpoint::Imds(url) => (url, "2018-02-01"),
             AzureEndpoint::AppService { url, .. } => (url, "2019-08-01"),
         };
-        let mut url = Url::parse(&url)
+        let mut url = Url::parse(url)
             .map_err(|_| Error::config("the managed identity endpoint is not a URL"))?;
         url.query_pairs_mut()
             .append_pair("api-version", api_version)
@@ -248,7 +244,7 @@ impl TokenSource for AzureManagedIdentity {
             url.query_pairs_mut().append_pair("client_id", id);
         }
         let request = local_client()?.get(url).timeout(PLATFORM_TIMEOUT);
-        let request = match self.endpoint() {
+        let request = match &endpoint {
             AzureEndpoint::Imds(_) => request.header("Metadata", "true"),
             AzureEndpoint::AppService { header, .. } => {
                 request.header("X-IDENTITY-HEADER", header.as_str())
@@ -307,8 +303,7 @@ async fn token(response: reqwest::Response, what: &str) -> Result<Token, Error> 
             .headers()
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_secs);
+            .and_then(crate::oauth::parse_retry_after);
         return Err(Error::UnexpectedResponse {
             status,
             reason: format!("{what} refused the token request").into(),
@@ -316,7 +311,7 @@ async fn token(response: reqwest::Response, what: &str) -> Result<Token, Error> 
             retry_after,
         });
     }
-    let body = response.bytes().await.map_err(transport)?;
+    let body = crate::oauth::read_capped(response, MAX_ANSWER).await?;
     answer_token(status, &body, what)
 }
 
