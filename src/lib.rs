@@ -55,6 +55,7 @@
 //! | (internal) | the token cache: one current token, single flight, refresh ahead, backoff, what answers do to the token, and the trait through which it shares tokens with other processes | `src/cache/` (`mod.rs`, `settings.rs`, `entry.rs`, `refresh.rs`, `flight.rs`, `backoff.rs`, `rejection.rs`, `shared.rs`) |
 //! | (internal) | deadlines that never overflow, racing a future against one, whether the runtime has timers | `src/deadline.rs` |
 //! | (internal) | scope values: their union, and which are valid | `src/scope.rs` |
+//! | (internal) | cutting every secret a request carried out of the text its server answered (in every form it may be echoed) | `src/scrub.rs` |
 //! | [`replay`] | which request bodies are resent after a 401, and [`ReplayableBody`](replay::ReplayableBody) for streams | `src/replay/` |
 //! | [`source`] | the [`TokenSource`] trait and its implementations: `ClientCredentials`, `RefreshTokenGrant`, `AuthorizationCode`, `TokenExchange`, `JwtBearer`, the platforms' `GcpMetadataToken` and `AzureManagedIdentity` (feature `oauth`), [`from_fn`](source::from_fn), [`StaticToken`] | `src/source/` |
 //! | [`assertion`] | credentials from the platform: [`AssertionSource`](assertion::AssertionSource), a token file, GitHub Actions' and GCP's identity tokens, a closure; the expiry read from a JWT (feature `oauth`) | `src/assertion/` (`mod.rs`, `file.rs`, `platform.rs`, `jwt.rs`) |
@@ -134,6 +135,7 @@ mod middleware;
 mod oauth;
 pub mod replay;
 mod scope;
+mod scrub;
 pub mod source;
 pub mod stats;
 pub mod store;

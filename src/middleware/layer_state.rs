@@ -210,8 +210,9 @@ impl LayerState {
             .peek()
             .filter(|entry| entry.generation == generation);
         let acr_values = acr_values.filter(|text| {
-            sent.as_ref()
-                .is_some_and(|entry| !echoes(text, entry.token.access_token().secret()))
+            sent.as_ref().is_some_and(|entry| {
+                !crate::scrub::Carried::of([entry.token.access_token().secret()]).appears_in(text)
+            })
         });
         Error::InsufficientUserAuthentication {
             acr_values,
@@ -280,20 +281,6 @@ impl LayerState {
         }
         Verdict::Resend
     }
-}
-
-/// Whether `text` holds a piece of `secret` of 12 characters or more (the whole of a shorter
-/// secret), as the token endpoint's scrubber judges server text.
-fn echoes(text: &str, secret: &str) -> bool {
-    const PIECE: usize = 12;
-    let secret = secret.as_bytes();
-    let text = text.as_bytes();
-    if secret.len() <= PIECE {
-        return !secret.is_empty() && text.windows(secret.len()).any(|w| w == secret);
-    }
-    secret
-        .windows(PIECE)
-        .any(|piece| text.windows(PIECE).any(|w| w == piece))
 }
 
 /// What [`LayerState::judge`] decided about a response.

@@ -121,7 +121,7 @@ impl ProviderMetadata {
         issuer: &str,
         allow_http: bool,
     ) -> Result<Self, Error> {
-        let shown = |text: &str| super::scrub::Carried::default().scrub(text);
+        let shown = |text: &str| crate::scrub::Carried::default().scrub(text);
         let mut metadata: ProviderMetadata = serde_json::from_slice(body).map_err(|e| {
             Error::Discovery(
                 format!(

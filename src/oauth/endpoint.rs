@@ -12,12 +12,13 @@ use zeroize::Zeroizing;
 
 use super::{
     ClientAuth, MAX_RESPONSE_BYTES, SECRET_PARAMS, client_auth, parse_retry_after, read_capped,
-    response, same_endpoint, scrub::Carried,
+    response, same_endpoint,
 };
 use crate::{
     ClientSecret, Error, Token,
     assertion::{self, Assertion, DynAssertionSource},
     error::TransportError,
+    scrub::Carried,
 };
 
 /// `client_assertion_type` of a JWT client assertion (RFC 7523 §2.2).

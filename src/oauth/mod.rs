@@ -20,7 +20,6 @@ mod endpoint;
 pub(crate) mod key_binding;
 mod pkce;
 pub(crate) mod response;
-mod scrub;
 
 pub use client_auth::ClientAuth;
 pub use discovery::ProviderMetadata;

@@ -12,7 +12,7 @@ use std::{borrow::Cow, time::Duration};
 use http::StatusCode;
 use serde_json::{Map, Value};
 
-use super::scrub::Carried;
+use crate::scrub::Carried;
 use crate::{Error, OAuthError, Token};
 
 /// Longest `expires_in` believed; larger values are clamped (and an `Instant` cannot overflow).

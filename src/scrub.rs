@@ -7,6 +7,9 @@
 //! form a server may repeat it: as sent, form-encoded, percent-encoded, JSON-escaped, and in
 //! pieces of [`PIECE`] characters or more (cut short, only its end, wrapped over lines).
 
+// Without `oauth` only the step-up challenge's check (`appears_in`) is used.
+#![cfg_attr(not(feature = "oauth"), allow(dead_code))]
+
 use std::{borrow::Cow, collections::HashSet};
 
 use zeroize::Zeroizing;
@@ -84,6 +87,12 @@ impl Carried {
             out.push('…');
         }
         out
+    }
+
+    /// Whether a carried secret, or a long enough piece of one, appears in `text`: for server
+    /// text that is dropped rather than shown cut.
+    pub(crate) fn appears_in(&self, text: &str) -> bool {
+        self.cut(text.as_bytes()).as_slice() != text.as_bytes()
     }
 
     /// `text` with every range where a secret (or a long enough piece of one) appears
