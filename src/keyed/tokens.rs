@@ -141,12 +141,14 @@ impl<K: Eq + Hash + Clone> KeyedTokens<K> {
     pub(crate) async fn wait(&self, key: &K) -> Result<Arc<KeyEntry>, Error> {
         let deadline = catch_unwind(AssertUnwindSafe(|| tokio::time::sleep(MAKE_WAIT)))
             .map_err(|_| Error::NoTimer)?;
-        let entry = match first(self.map.get_value_or_guard_async(key), deadline).await {
+        let waited = first(self.map.get_value_or_guard_async(key), deadline).await;
+        let seconds = self.seconds(Instant::now());
+        let entry = match waited {
             Some(Ok(entry)) => entry,
-            Some(Err(guard)) => self.make_into(guard, key, self.seconds(Instant::now()))?,
+            Some(Err(guard)) => self.make_into(guard, key, seconds)?,
             None => return Err(Error::Timeout(MAKE_WAIT)),
         };
-        self.used(&entry, self.seconds(Instant::now()));
+        self.used(&entry, seconds);
         Ok(entry)
     }
 
@@ -168,9 +170,8 @@ impl<K: Eq + Hash + Clone> KeyedTokens<K> {
     pub(crate) fn touch(&self, key: &K, entry: &KeyEntry, now: Instant) {
         let seconds = self.seconds(now);
         if entry.last_used.load(Relaxed) != seconds {
-            entry.last_used.store(seconds, Relaxed);
             let _ = self.map.get(key);
-            self.sweep_if_due(seconds);
+            self.used(entry, seconds);
         }
     }
 
