@@ -260,8 +260,7 @@ impl HttpSession {
                 let service = service.ready().await?;
                 tower::Service::call(service, request).await
             });
-            // On the heap: the future is large, and a pointer is all that moves.
-            let mut answer = Box::pin(answer);
+            let mut answer = std::pin::pin!(answer);
             let timer = &mut self.timer;
             std::future::poll_fn(|cx| {
                 if let Poll::Ready(result) = answer.as_mut().poll(cx) {
