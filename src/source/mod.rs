@@ -116,7 +116,7 @@ pub trait TokenSource: Send + Sync + 'static {
     /// the source is configured with. When it can, the layer answers a 403 whose challenge is
     /// `insufficient_scope` with a `scope` (RFC 6750 §3.1) by fetching a token with that scope
     /// added, and resends the request once. The default is `false`: the 403 goes to the caller.
-    /// [`ClientCredentials`] and [`TokenExchange`] can; a [`RefreshTokenGrant`] cannot (a
+    /// [`ClientCredentials`], [`TokenExchange`] and [`JwtBearer`] can; a [`RefreshTokenGrant`] cannot (a
     /// refresh may not ask for more than the user granted, RFC 6749 §6).
     fn can_widen_scope(&self) -> bool {
         false
