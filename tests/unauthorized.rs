@@ -790,6 +790,83 @@ async fn the_resend_polls_the_inner_services_readiness_again() {
     assert_eq!(auth.stats().retries, 1);
 }
 
+/// An inner service that counts how often it is cloned.
+struct CountedClones {
+    api: ProtectedApi,
+    clones: Arc<AtomicUsize>,
+}
+
+impl Clone for CountedClones {
+    fn clone(&self) -> Self {
+        self.clones.fetch_add(1, SeqCst);
+        CountedClones {
+            api: self.api.clone(),
+            clones: Arc::clone(&self.clones),
+        }
+    }
+}
+
+impl tower::Service<Request<Full<Bytes>>> for CountedClones {
+    type Response = http::Response<String>;
+    type Error = ApiDown;
+    type Future = <ProtectedApi as tower::Service<Request<Full<Bytes>>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ApiDown>> {
+        tower::Service::<Request<Full<Bytes>>>::poll_ready(&mut self.api, cx)
+    }
+
+    fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
+        self.api.call(req)
+    }
+}
+
+/// tower's `Retry` keeps a clone of the inner service in every request's future; the layer
+/// keeps one per service (shared with its clones) and clones it only for a resend.
+#[tokio::test(start_paused = true)]
+async fn the_inner_service_is_cloned_for_a_resend_only_when_one_happens() {
+    let source = source();
+    let clones = Arc::new(AtomicUsize::new(0));
+    let inner = CountedClones {
+        api: source.api(),
+        clones: Arc::clone(&clones),
+    };
+    let auth = AuthLayer::new(source.clone());
+    auth.token().await.unwrap();
+    let mut svc = ServiceBuilder::new().layer(auth.clone()).service(inner);
+
+    for _ in 0..100 {
+        let ready = svc.ready().await.unwrap();
+        let response = tower::Service::call(ready, post("kept")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        clones.load(SeqCst),
+        1,
+        "one spare, made at the first request"
+    );
+
+    for _ in 0..100 {
+        let response = svc.clone().oneshot(post("kept")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        clones.load(SeqCst),
+        101,
+        "the caller's clones, nothing more"
+    );
+
+    source.api().revoke("tok-1");
+    let response = svc.clone().oneshot(post("resent")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "the resend succeeded");
+    assert_eq!(response.body(), "resent");
+    assert_eq!(auth.stats().retries, 1);
+    assert_eq!(
+        clones.load(SeqCst),
+        103,
+        "the caller's clone and the resend's"
+    );
+}
+
 /// `StaticToken`'s documented behaviour after a 401: the layer asks the source again, gets the
 /// same token, resends once with it, and the caller gets the second 401.
 #[tokio::test(start_paused = true)]

@@ -17,7 +17,10 @@ use crate::{
     future::ResponseFuture,
     grpc,
     message::{AuthRequest, AuthResponse},
-    middleware::service::{mark_at, send},
+    middleware::{
+        service::{mark_at, send},
+        spare::Spare,
+    },
     origin::Decision,
 };
 
@@ -34,6 +37,8 @@ pub struct KeyedAuthService<S, K> {
     /// The key of the last request and its entry, for a service that sends many requests with
     /// one key; never used once the map has dropped the entry.
     last: Option<(K, Arc<KeyEntry>)>,
+    /// The clone of `inner` a resend goes through, shared with this service's clones.
+    spare: Spare<S>,
 }
 
 impl<S, K> KeyedAuthService<S, K> {
@@ -42,6 +47,7 @@ impl<S, K> KeyedAuthService<S, K> {
             inner,
             state,
             last: None,
+            spare: Spare::new(),
         }
     }
 
@@ -114,6 +120,7 @@ where
                 drop(current);
                 return send(
                     &mut self.inner,
+                    &self.spare,
                     request,
                     header,
                     generation,
@@ -160,6 +167,7 @@ impl<S: Clone, K: Clone> Clone for KeyedAuthService<S, K> {
             inner: self.inner.clone(),
             state: Arc::clone(&self.state),
             last: self.last.clone(),
+            spare: self.spare.for_clone(&self.inner),
         }
     }
 }

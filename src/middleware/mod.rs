@@ -15,3 +15,4 @@ pub(crate) mod layer_state;
 pub mod message;
 pub mod origin;
 pub mod service;
+pub(crate) mod spare;

@@ -239,6 +239,9 @@ pub(crate) fn is_loopback_host(host: &str) -> bool {
 /// Whether `host` is an IPv4 address as [`std::net::Ipv4Addr`]'s parser reads one (four
 /// decimal octets of at most 255, no leading zeros) in 127.0.0.0/8.
 fn is_loopback_ipv4(host: &str) -> bool {
+    if host == "127.0.0.1" {
+        return true;
+    }
     let Some(rest) = host.strip_prefix("127.") else {
         return false;
     };

@@ -32,7 +32,7 @@ use crate::{
     challenge,
     grpc::TrailerWatch,
     message::{AuthRequest, AuthResponse},
-    middleware::{handle::LayerHandle, layer_state::Proof},
+    middleware::{handle::LayerHandle, layer_state::Proof, spare::Resender},
 };
 
 mod slow_path;
@@ -44,9 +44,9 @@ pub(crate) type Acquire = Pin<Box<dyn Future<Output = Result<Arc<Entry>, Error>>
 /// The wait of a keyed request for the layer of its key, which another request is making.
 pub(crate) type LayerWait = Pin<Box<dyn Future<Output = Result<LayerHandle, Error>> + Send>>;
 
-/// What a request that may be resent keeps: the readied service and what its
+/// What a request that may be resent keeps: what it would be resent through and what its
 /// [`AuthRequest::prepare_replay`] returned.
-pub(crate) type Replay<S, R> = (S, <R as AuthRequest>::Replay);
+pub(crate) type Replay<S, R> = (Resender<S>, <R as AuthRequest>::Replay);
 
 pin_project! {
     /// Response future of [`AuthService`](crate::AuthService).

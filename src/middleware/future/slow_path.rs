@@ -18,6 +18,7 @@ use crate::{
     middleware::{
         handle::LayerHandle,
         layer_state::{Mark, Proof, Verdict},
+        spare::Resender,
     },
     origin::Decision,
 };
@@ -186,7 +187,8 @@ where
                             }
                         };
                         let fut = service.call(request);
-                        *self.as_mut().project().replay = replay.map(|r| (service, r));
+                        *self.as_mut().project().replay =
+                            replay.map(|r| (Resender::Called(Box::new(service)), r));
                         State::Send {
                             fut,
                             layer,
@@ -289,7 +291,8 @@ where
         }
         Verdict::Resend => {}
     }
-    let resend = replay.and_then(|(service, replay)| Some((service, R::replay(replay)?)));
+    let resend = replay.and_then(|(resender, replay)| Some((resender, R::replay(replay)?)));
+    let resend = resend.map(|(resender, request)| (resender.into_service(), request));
     let Some((service, request)) = resend else {
         cache.counters.not_resent();
         return Ok(response);
