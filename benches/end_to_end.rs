@@ -17,7 +17,14 @@
 //! cargo bench --bench end_to_end                           # 9 rounds of 20,000 requests per protocol
 //! cargo bench --bench end_to_end -- --requests 50000 --rounds 15 --callers 64 --threads 16
 //! cargo bench --bench end_to_end -- --test                 # one short round each (CI)
+//! END_TO_END_LOOP=http1/auth_layer:20000 target/release/deps/end_to_end-*
+//!                                                          # one variant, n requests, one thread (for callgrind)
 //! ```
+//!
+//! Throughput on a shared machine moves by a few percent from round to round, more than the
+//! layer's cost; the loop mode lets callgrind count the instructions a whole request costs
+//! (client, server and runtime) for each variant: run it with n and 2n requests and divide the
+//! difference by n.
 
 use std::{
     convert::Infallible,
@@ -37,9 +44,9 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
-use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
-use tower_bearer::{AuthLayer, StaticToken};
-use tower_http::auth::AddAuthorizationLayer;
+use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt};
+use tower_bearer::{AuthLayer, AuthService, StaticToken};
+use tower_http::auth::{AddAuthorization, AddAuthorizationLayer};
 
 /// 90 bytes, the size of a short JWT.
 const TOKEN: &str =
@@ -173,6 +180,9 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 fn main() {
+    if let Ok(spec) = std::env::var("END_TO_END_LOOP") {
+        return run_loop(&spec);
+    }
     let settings = settings();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.threads)
@@ -194,39 +204,79 @@ fn main() {
 
 const VARIANTS: [&str; 3] = ["static_header", "auth_layer_retry_off", "auth_layer"];
 
-async fn run(protocol: Protocol, settings: &Settings) {
-    let addr = start_server(protocol).await;
-    let url: Arc<str> = Arc::from(format!("http://{addr}/v1/items?page=2"));
-    let inner = client(protocol);
-    let floor = ServiceBuilder::new()
-        .layer(AddAuthorizationLayer::bearer(TOKEN))
-        .service(inner.clone());
-    let layer = |retry: bool| {
-        AuthLayer::builder(StaticToken::new(TOKEN))
-            .retry_unauthorized(retry)
-            .build()
-            .unwrap()
+/// `END_TO_END_LOOP=<http1|http2>/<variant>:<n>`: warm up, then `n` requests of one variant.
+fn run_loop(spec: &str) {
+    let usage = "END_TO_END_LOOP=<http1|http2>/<variant>:<n>";
+    let (what, n) = spec.split_once(':').expect(usage);
+    let (protocol, variant) = what.split_once('/').expect(usage);
+    let protocol = match protocol {
+        "http1" => Protocol::Http1,
+        "http2" => Protocol::Http2,
+        _ => panic!("{usage}"),
     };
-    let (retry_off, retry_on) = (layer(false), layer(true));
-    retry_off.token().await.unwrap();
-    retry_on.token().await.unwrap();
-    let retry_off = ServiceBuilder::new()
-        .layer(retry_off)
-        .service(inner.clone());
-    let retry_on = ServiceBuilder::new().layer(retry_on).service(inner.clone());
+    let variant = VARIANTS
+        .iter()
+        .position(|v| *v == variant)
+        .unwrap_or_else(|| panic!("unknown variant; one of {}", VARIANTS.join(", ")));
+    let requests: u64 = n.parse().expect(usage);
+    // One thread: the schedule, and so the count, is the same from run to run.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let variants = Variants::start(protocol).await;
+        variants.once(variant, 2_000, 64).await;
+        variants.once(variant, requests, 64).await;
+    });
+}
 
-    let once = |variant: usize, requests: u64| {
-        let url = Arc::clone(&url);
-        let callers = settings.callers;
-        let (floor, retry_off, retry_on) = (floor.clone(), retry_off.clone(), retry_on.clone());
-        async move {
-            match variant {
-                0 => round(floor, url, requests, callers).await,
-                1 => round(retry_off, url, requests, callers).await,
-                _ => round(retry_on, url, requests, callers).await,
-            }
+/// The server, and the three variants of the client in front of it.
+struct Variants {
+    url: Arc<str>,
+    floor: AddAuthorization<Client<HttpConnector, Body>>,
+    retry_off: AuthService<Client<HttpConnector, Body>>,
+    retry_on: AuthService<Client<HttpConnector, Body>>,
+}
+
+impl Variants {
+    async fn start(protocol: Protocol) -> Variants {
+        let addr = start_server(protocol).await;
+        let url: Arc<str> = Arc::from(format!("http://{addr}/v1/items?page=2"));
+        let inner = client(protocol);
+        let floor = ServiceBuilder::new()
+            .layer(AddAuthorizationLayer::bearer(TOKEN))
+            .service(inner.clone());
+        let layer = |retry: bool| {
+            AuthLayer::builder(StaticToken::new(TOKEN))
+                .retry_unauthorized(retry)
+                .build()
+                .unwrap()
+        };
+        let (retry_off, retry_on) = (layer(false), layer(true));
+        retry_off.token().await.unwrap();
+        retry_on.token().await.unwrap();
+        Variants {
+            url,
+            floor,
+            retry_off: retry_off.layer(inner.clone()),
+            retry_on: retry_on.layer(inner),
         }
-    };
+    }
+
+    async fn once(&self, variant: usize, requests: u64, callers: u64) -> f64 {
+        let url = Arc::clone(&self.url);
+        match variant {
+            0 => round(self.floor.clone(), url, requests, callers).await,
+            1 => round(self.retry_off.clone(), url, requests, callers).await,
+            _ => round(self.retry_on.clone(), url, requests, callers).await,
+        }
+    }
+}
+
+async fn run(protocol: Protocol, settings: &Settings) {
+    let variants = Variants::start(protocol).await;
+    let once = |variant: usize, requests: u64| variants.once(variant, requests, settings.callers);
     // Warm every variant: connections open, allocator and caches settled.
     for variant in 0..VARIANTS.len() {
         once(variant, settings.requests.min(2_000)).await;
@@ -245,6 +295,10 @@ async fn run(protocol: Protocol, settings: &Settings) {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    report(protocol, &mut throughput, &mut ratios);
+}
+
+fn report(protocol: Protocol, throughput: &mut [Vec<f64>], ratios: &mut [Vec<f64>]) {
     for (variant, name) in VARIANTS.iter().enumerate() {
         let (min, max) = ratios[variant]
             .iter()
