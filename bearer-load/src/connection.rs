@@ -11,7 +11,11 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{HeaderValue, Request, Response, Uri, header::HOST};
+use http::{
+    HeaderValue, Request, Response, Uri,
+    header::HOST,
+    uri::{self, PathAndQuery},
+};
 use hyper::{
     body::Incoming,
     client::conn::{http1, http2},
@@ -46,8 +50,17 @@ struct Slots {
     connector: HttpsConnector<HttpConnector>,
     /// h2c by prior knowledge on `http://`, h2 only on `https://`.
     http2: bool,
-    /// The origins (`scheme://authority`) of the run's URLs, and each one's connection.
-    origins: Vec<(String, Option<Sender>)>,
+    /// The origins of the run's URLs, each with its connection.
+    origins: Vec<OriginSlot>,
+}
+
+/// One origin of the run's URLs and the worker's connection to it.
+struct OriginSlot {
+    /// `scheme://authority`.
+    origin: String,
+    /// Its `Host` header for HTTP/1.1, made once rather than for every request.
+    host: Option<HeaderValue>,
+    sender: Option<Sender>,
 }
 
 /// The inner service of one closed-loop worker's layer: its requests go on its own
@@ -60,11 +73,17 @@ pub struct WorkerConnection {
 impl WorkerConnection {
     /// A worker's connections to the origins of `urls`, none open yet.
     pub fn new(connector: HttpsConnector<HttpConnector>, http2: bool, urls: &[Uri]) -> Self {
-        let mut origins: Vec<(String, Option<Sender>)> = Vec::new();
+        let mut origins: Vec<OriginSlot> = Vec::new();
         for url in urls {
             let origin = origin(url);
-            if !origins.iter().any(|(o, _)| *o == origin) {
-                origins.push((origin, None));
+            if !origins.iter().any(|slot| slot.origin == origin) {
+                origins.push(OriginSlot {
+                    origin,
+                    host: url
+                        .authority()
+                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+                    sender: None,
+                });
             }
         }
         WorkerConnection {
@@ -82,8 +101,8 @@ impl WorkerConnection {
     /// body that broke off), whose connection is in no state to carry the next one.
     pub fn forget(&self) {
         if let Ok(mut slots) = self.slots.lock() {
-            for (_, sender) in &mut slots.origins {
-                *sender = None;
+            for slot in &mut slots.origins {
+                slot.sender = None;
             }
         }
     }
@@ -121,41 +140,38 @@ impl tower::Service<Request<Body>> for WorkerConnection {
     fn call(&mut self, request: Request<Body>) -> ResponseFuture {
         let slots = Arc::clone(&self.slots);
         Box::pin(async move {
-            let uri = request.uri().clone();
-            let (taken, connector, http2) = {
+            let (index, taken, host) = {
                 let mut slots = slots
                     .lock()
                     .map_err(|_| "a worker's connections were poisoned")?;
-                let http2 = slots.http2;
-                let connector = slots.connector.clone();
-                let slot = slots
+                let index = slots
                     .origins
-                    .iter_mut()
-                    .find(|(o, _)| goes_to(&uri, o))
-                    .map(|(_, sender)| sender.take());
-                (slot.flatten(), connector, http2)
+                    .iter()
+                    .position(|slot| goes_to(request.uri(), &slot.origin))
+                    .ok_or("a request to an origin the run does not load")?;
+                let slot = &mut slots.origins[index];
+                (index, slot.sender.take(), slot.host.clone())
             };
             let sender = match taken {
                 Some(sender) if !sender.is_closed() => sender,
                 // Boxed: connecting is rare, and its large state would otherwise be copied
                 // into every request's future.
-                _ => Box::pin(connect(connector, http2, uri.clone())).await?,
+                _ => Box::pin(connect(Arc::clone(&slots), request.uri().clone())).await?,
             };
             // The connection goes back once the answer's head came (a request dropped before,
             // at a timeout, drops it, and the next one connects again); the next request on it
             // waits until the body is read (`ready`), as HTTP/1.1 sends one at a time.
             let put_back = |sender: Sender| {
                 if let Ok(mut slots) = slots.lock()
-                    && let Some((_, slot)) =
-                        slots.origins.iter_mut().find(|(o, _)| goes_to(&uri, o))
+                    && let Some(slot) = slots.origins.get_mut(index)
                 {
-                    *slot = Some(sender);
+                    slot.sender = Some(sender);
                 }
             };
             match sender {
                 Sender::Http1(mut sender) => {
                     sender.ready().await?;
-                    let answer = sender.send_request(origin_form(request)?).await?;
+                    let answer = sender.send_request(origin_form(request, host)?).await?;
                     put_back(Sender::Http1(sender));
                     Ok(answer)
                 }
@@ -170,16 +186,20 @@ impl tower::Service<Request<Body>> for WorkerConnection {
     }
 }
 
-/// An HTTP/1.1 request as a connection sends it: the path and query as its target, and the
-/// authority in `Host`.
-fn origin_form(mut request: Request<Body>) -> Result<Request<Body>, BoxError> {
-    let uri = request.uri();
-    let host = uri
-        .authority()
-        .map(|a| HeaderValue::from_str(a.as_str()))
-        .transpose()?;
-    let target: Uri = uri.path_and_query().map_or("/", |p| p.as_str()).parse()?;
-    *request.uri_mut() = target;
+/// An HTTP/1.1 request as a connection sends it: the path and query as its target (moved out
+/// of the URI, not parsed again), and the authority in `Host` (`host`, made once per origin).
+fn origin_form(
+    mut request: Request<Body>,
+    host: Option<HeaderValue>,
+) -> Result<Request<Body>, BoxError> {
+    let mut target = uri::Parts::default();
+    target.path_and_query = Some(
+        std::mem::take(request.uri_mut())
+            .into_parts()
+            .path_and_query
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    *request.uri_mut() = Uri::from_parts(target)?;
     if let Some(host) = host {
         request.headers_mut().entry(HOST).or_insert(host);
     }
@@ -188,11 +208,13 @@ fn origin_form(mut request: Request<Body>) -> Result<Request<Body>, BoxError> {
 
 /// Opens a connection to `uri`'s origin: HTTP/2 when asked for or negotiated by ALPN, else
 /// HTTP/1.1; its driving task runs until it closes.
-async fn connect(
-    connector: HttpsConnector<HttpConnector>,
-    http2: bool,
-    uri: Uri,
-) -> Result<Sender, BoxError> {
+async fn connect(slots: Arc<Mutex<Slots>>, uri: Uri) -> Result<Sender, BoxError> {
+    let (connector, http2) = {
+        let slots = slots
+            .lock()
+            .map_err(|_| "a worker's connections were poisoned")?;
+        (slots.connector.clone(), slots.http2)
+    };
     let io = connector.oneshot(uri).await?;
     if http2 || io.connected().is_negotiated_h2() {
         let (sender, connection) = http2::handshake(TokioExecutor::new(), io).await?;

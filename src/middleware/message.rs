@@ -141,6 +141,18 @@ fn host_of(uri: &http::Uri) -> Option<&str> {
     Some(authority)
 }
 
+/// The port of `uri`, whose host [`host_of`] found: what `Uri::port_u16` returns, without its
+/// search for the last ':' when the authority is the host, a ':' and the port (no userinfo, no
+/// brackets), which is where `host_of` stopped.
+#[inline]
+fn port_of(uri: &http::Uri, host: &str) -> Option<u16> {
+    let authority = uri.authority()?.as_str();
+    if authority.as_ptr() != host.as_ptr() {
+        return uri.port_u16();
+    }
+    authority.get(host.len() + 1..)?.parse().ok()
+}
+
 /// The bytes of `word` equal to `byte`, as the high bit of each: exact for the lowest such
 /// byte (a byte above a match may show as one too, which only the lowest's position ignores).
 #[inline(always)]
@@ -190,7 +202,7 @@ impl<B: 'static> AuthRequest for Request<B> {
         Some(Target {
             scheme,
             host,
-            port: uri.port_u16().or_else(|| default_port(scheme)),
+            port: port_of(uri, host).or_else(|| default_port(scheme)),
         })
     }
 
@@ -343,8 +355,9 @@ mod tests {
         }
     }
 
-    /// `host_of` answers what `Uri::host` does (brackets aside) for every shape of authority
-    /// `http` accepts: userinfo with and without a password, ports, IPv4, IPv6, no scheme.
+    /// `host_of` answers what `Uri::host` does (brackets aside), and `port_of` what
+    /// `Uri::port_u16` does, for every shape of authority `http` accepts: userinfo with and
+    /// without a password, ports (out of range too), IPv4, IPv6, no scheme.
     #[test]
     fn host_of_agrees_with_the_http_crate() {
         let userinfos = ["", "user@", "user:pass@", "a:b:c@", "u%40x@", "@"];
@@ -356,7 +369,7 @@ mod tests {
             "[2001:db8::7]",
             "h",
         ];
-        let ports = ["", ":8080", ":", ":0"];
+        let ports = ["", ":8080", ":", ":0", ":65535", ":65536", ":080", ":99999"];
         let mut checked = 0;
         for userinfo in userinfos {
             for host in hosts {
@@ -372,6 +385,9 @@ mod tests {
                                 .unwrap_or(host)
                         });
                         assert_eq!(host_of(&uri), expected, "{text}");
+                        if let Some(host) = host_of(&uri) {
+                            assert_eq!(port_of(&uri, host), uri.port_u16(), "{text}");
+                        }
                         checked += 1;
                     }
                 }

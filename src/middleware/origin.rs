@@ -103,10 +103,13 @@ impl Origin {
         }
     }
 
+    /// The cheap comparisons first: most requests that fail to match differ in port or in
+    /// the host's length.
     fn matches(&self, target: &Target<'_>) -> bool {
-        self.scheme.eq_ignore_ascii_case(target.scheme)
+        self.port == target.port
+            && self.host.len() == target.host.len()
             && self.host.eq_ignore_ascii_case(target.host)
-            && self.port == target.port
+            && self.scheme.eq_ignore_ascii_case(target.scheme)
     }
 }
 
@@ -134,6 +137,9 @@ enum PathOnly {
 #[derive(Debug, Clone)]
 pub(crate) struct OriginPolicy {
     origins: Vec<Origin>,
+    /// For each of `origins`, whether rule 1 lets the token go there: decided once, as the
+    /// layer is built, rather than for every request to it.
+    secure: Vec<bool>,
     allow_http: bool,
     path_only: PathOnly,
 }
@@ -142,6 +148,7 @@ impl Default for OriginPolicy {
     fn default() -> Self {
         OriginPolicy {
             origins: Vec::new(),
+            secure: Vec::new(),
             allow_http: false,
             path_only: PathOnly::Refuse,
         }
@@ -160,6 +167,13 @@ impl OriginPolicy {
         channel: Option<Origin>,
     ) -> Result<Self, Error> {
         let mut policy = OriginPolicy {
+            secure: origins
+                .iter()
+                .map(|origin| {
+                    let target = origin.target();
+                    secure_enough(target.scheme, target.host, allow_http)
+                })
+                .collect(),
             origins,
             allow_http,
             path_only: PathOnly::Refuse,
@@ -205,20 +219,29 @@ impl OriginPolicy {
         let Some(target) = target else {
             return self.path_only();
         };
-        if !self.origins.is_empty() && !self.origins.iter().any(|o| o.matches(&target)) {
-            return Decision::PassThrough;
-        }
-        let scheme = target.scheme;
-        let secure = scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("wss");
-        let plain = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("ws");
-        if secure || (plain && (self.allow_http || is_loopback_host(target.host))) {
+        let secure = if self.origins.is_empty() {
+            secure_enough(target.scheme, target.host, self.allow_http)
+        } else {
+            match self.origins.iter().position(|o| o.matches(&target)) {
+                Some(index) => self.secure[index],
+                None => return Decision::PassThrough,
+            }
+        };
+        if secure {
             return Decision::Attach;
         }
         Decision::Refuse(Error::InsecureRequest {
-            scheme: scheme.to_ascii_lowercase(),
+            scheme: target.scheme.to_ascii_lowercase(),
             host: target.host.to_owned(),
         })
     }
+}
+
+/// Rule 1: whether the token may go over `scheme` to `host`.
+fn secure_enough(scheme: &str, host: &str, allow_http: bool) -> bool {
+    let secure = scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("wss");
+    let plain = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("ws");
+    secure || (plain && (allow_http || is_loopback_host(host)))
 }
 
 /// `localhost`, or an IP address literal that [`IpAddr::is_loopback`] says is loopback.
