@@ -123,6 +123,7 @@ impl OwnCopies {
 }
 
 impl<S> AuthService<S> {
+    #[inline]
     pub(crate) fn new(inner: S, layer: LayerHandle) -> Self {
         AuthService {
             inner,
@@ -284,6 +285,7 @@ impl<S: Clone> AuthService<S> {
 impl<S> AuthService<S> {
     /// A handle on the layer's state that only this service and its clones hold (one small
     /// allocation, the first time it is asked for).
+    #[inline]
     fn own_handle(&self) -> &LayerHandle {
         self.for_clones.get_or_init(|| {
             Arc::new(ServiceHandle::with_header_copy(Arc::clone(
@@ -296,12 +298,20 @@ impl<S> AuthService<S> {
 impl<S: Clone> Clone for AuthService<S> {
     /// The clone shares a handle on the layer with this service's other clones (not with
     /// every service of the layer), and makes its own copies if it is used enough.
+    #[inline]
     fn clone(&self) -> Self {
-        let mut clone = AuthService::new(self.inner.clone(), Arc::clone(self.own_handle()));
-        if self.layer.retry {
-            clone.spare = self.spare.for_clone(&self.inner);
+        AuthService {
+            inner: self.inner.clone(),
+            layer: Arc::clone(self.own_handle()),
+            for_clones: OnceLock::new(),
+            own: None,
+            sent: 0,
+            spare: if self.layer.retry {
+                self.spare.for_clone(&self.inner)
+            } else {
+                Spare::new()
+            },
         }
-        clone
     }
 }
 
