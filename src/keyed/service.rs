@@ -162,6 +162,7 @@ where
 }
 
 impl<S: Clone, K: Clone> Clone for KeyedAuthService<S, K> {
+    #[inline]
     fn clone(&self) -> Self {
         KeyedAuthService {
             inner: self.inner.clone(),
