@@ -88,8 +88,9 @@
 //! # Runtime
 //!
 //! Fetches run as Tokio tasks: on the caller's runtime, or on one given to
-//! [`AuthLayerBuilder::runtime`]. Each waiting caller has its own deadline (the fetch timeout and
-//! a second), so a fetch whose runtime is never driven again strands no one. Without a runtime,
+//! [`AuthLayerBuilder::runtime`]. Every wait for a fetch ends at its deadline (the fetch timeout
+//! and a second), kept on the waiting caller's runtime, so a fetch whose runtime is never driven
+//! again strands no one. Without a runtime,
 //! requests fail with [`Error::NoRuntime`]; on a runtime without timers, with
 //! [`Error::NoTimer`]; never with a panic or a hang.
 //!

@@ -201,6 +201,38 @@ async fn a_panicking_source_gives_waiters_an_error_not_a_hang() {
     assert_eq!(token.access_token().secret(), "tok-2");
 }
 
+/// Each wait ends at the flight's deadline at the latest, kept by one watchdog task for the
+/// flight on this runtime rather than by a timer per waiter: 1,000 waiters are 1,000 tasks, the
+/// fetch and the watchdog two more. (The fetch's own timeout ends this one first; a fetch whose
+/// runtime is never driven again is ended by the watchdog: `liveness::waiters_give_up_on_a_fetch_whose_runtime_is_never_driven_again`.)
+#[tokio::test(start_paused = true)]
+async fn waiters_on_one_runtime_share_one_watchdog_for_their_deadline() {
+    let source = tower_bearer::source::from_fn(|| std::future::pending());
+    let auth = AuthLayer::builder(source)
+        .fetch_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    let mut set = JoinSet::new();
+    for _ in 0..1_000 {
+        let auth = auth.clone();
+        set.spawn(async move { (auth.token().await, tokio::time::Instant::now()) });
+    }
+    let start = tokio::time::Instant::now();
+    while auth.stats().waiters < 1_000 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(metrics.num_alive_tasks() - before, 1_000 + 2);
+    for (result, at) in set.join_all().await {
+        assert!(
+            matches!(result, Err(Error::Timeout(d)) if d == Duration::from_secs(5)),
+            "{result:?}"
+        );
+        assert_eq!(at - start, Duration::from_secs(5));
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_slow_fetch_times_out_for_every_waiter() {
     let source = CountingSource::new(Duration::from_secs(3600), None);

@@ -3,18 +3,26 @@
 //! A fetch runs in a Tokio task of its own, so that a caller that gives up cancels nothing for
 //! the others. The task carries a [`FlightGuard`]: if the task is dropped before it finishes (the
 //! source panicked, the runtime shut down, the task was dropped inside `spawn`), the guard
-//! resolves the flight with [`Error::Aborted`]. Every waiter also has its own deadline, so a
-//! fetch whose runtime is never driven again strands no one either.
+//! resolves the flight with [`Error::Aborted`]. Every wait also ends at the flight's deadline,
+//! so a fetch whose runtime is never driven again strands no one either: a watchdog task on
+//! each runtime that has callers waiting ends the flight then ([`TokenCache::watch`]). One
+//! timer per flight and runtime, rather than one per waiter, keeps a waiter small and its
+//! wake-up cheap: 100,000 callers waiting on one fetch registered and cancelled 100,000 timers.
 
 use std::{
-    sync::{Arc, OnceLock},
+    panic::{AssertUnwindSafe, catch_unwind},
+    sync::{Arc, Mutex, OnceLock, PoisonError},
     time::Duration,
 };
 
-use tokio::{sync::Notify, time::Instant};
+use tokio::{
+    runtime::{self, Handle},
+    sync::Notify,
+    time::Instant,
+};
 
 use super::{CacheState, TokenCache};
-use crate::deadline::later;
+use crate::deadline::{first, later};
 use crate::{Error, Token, cache::entry::Entry};
 
 /// How long past the fetch timeout a waiter waits before giving up on a fetch by itself: the
@@ -39,6 +47,11 @@ pub(crate) struct Flight {
     done: Notify,
     /// After this instant waiters stop waiting, and the next caller starts another fetch.
     pub(crate) deadline: Instant,
+    /// The first runtime with a watchdog for this flight ([`TokenCache::watch`]), read
+    /// without a lock: most flights have waiters on one runtime only.
+    watched_first: OnceLock<runtime::Id>,
+    /// Every runtime with a watchdog for this flight.
+    watched: Mutex<Vec<runtime::Id>>,
 }
 
 impl Flight {
@@ -47,6 +60,8 @@ impl Flight {
             outcome: OnceLock::new(),
             done: Notify::new(),
             deadline,
+            watched_first: OnceLock::new(),
+            watched: Mutex::new(Vec::new()),
         }
     }
 
@@ -62,14 +77,14 @@ impl Flight {
         self.outcome.get()
     }
 
-    /// Waits for the outcome, without a deadline of its own: the caller adds one.
-    pub(crate) async fn wait(&self) -> Outcome {
+    /// Waits for the outcome, without a deadline of its own ([`TokenCache::watch`] keeps it).
+    pub(crate) async fn wait(&self) -> &Outcome {
         loop {
             // Looked at first, and again after each wake-up, before registering: a waiter woken
             // by the outcome then returns without taking the notifier's lock again, which
             // every one of many waiters woken at once would otherwise queue for.
             if let Some(outcome) = self.outcome.get() {
-                return outcome.clone();
+                return outcome;
             }
             let notified = self.done.notified();
             tokio::pin!(notified);
@@ -77,7 +92,7 @@ impl Flight {
             // is seen.
             notified.as_mut().enable();
             if let Some(outcome) = self.outcome.get() {
-                return outcome.clone();
+                return outcome;
             }
             notified.await;
         }
@@ -221,21 +236,66 @@ impl TokenCache {
         Some(overdue)
     }
 
-    /// A waiter's deadline passed: give up the flight if it is still the current one.
+    /// Makes sure that a wait on `flight` from the caller's runtime (for a caller outside any
+    /// runtime, the runtime set on the builder) ends at the flight's deadline however its fetch
+    /// fares, even on a runtime that is never driven again: a watchdog task on this runtime,
+    /// one per flight and runtime, gives the flight up then. [`Error::NoTimer`] on a runtime
+    /// without timers, as a waiter's own timer would be.
+    pub(super) fn watch(self: &Arc<Self>, flight: &Arc<Flight>) -> Result<(), Error> {
+        let runtime = match Handle::try_current() {
+            Ok(current) => current,
+            Err(_) => self.settings.runtime.clone().ok_or(Error::NoRuntime)?,
+        };
+        let id = runtime.id();
+        if flight.watched_first.get() == Some(&id) {
+            return Ok(());
+        }
+        let mut watched = flight
+            .watched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if watched.contains(&id) {
+            return Ok(());
+        }
+        // Made before the runtime counts as watched: on a runtime without timers every waiter
+        // gets the error, not only the first.
+        let _entered = runtime.enter();
+        let deadline = catch_unwind(AssertUnwindSafe(|| {
+            tokio::time::sleep_until(flight.deadline)
+        }))
+        .map_err(|_| Error::NoTimer)?;
+        watched.push(id);
+        let _ = flight.watched_first.set(id);
+        drop(watched);
+        let (cache, flight) = (Arc::clone(self), Arc::clone(flight));
+        // Spawned with no lock held. A runtime shutting down drops the task, and with it every
+        // task that could be waiting on this runtime.
+        runtime.spawn(async move {
+            if first(flight.wait(), deadline).await.is_none() {
+                cache.give_up(&flight, Instant::now());
+            }
+        });
+        Ok(())
+    }
+
+    /// The flight's deadline passed: give it up if it is still the current one (the next caller
+    /// starts another fetch), and end every wait on it with [`Error::Timeout`] (the fetch
+    /// timeout and [`WAITER_SLACK`]).
     pub(super) fn give_up(&self, flight: &Arc<Flight>, now: Instant) {
+        if now < flight.deadline {
+            return;
+        }
         let mut state = self.lock_state();
         let same = state
             .flight
             .as_ref()
             .is_some_and(|f| Arc::ptr_eq(f, flight));
-        let overdue = if same {
-            self.take_overdue(&mut state, now)
-        } else {
-            None
-        };
-        drop(state);
-        if let Some(overdue) = overdue {
-            overdue.resolve(Outcome::Failed(Error::Timeout(self.settings.fetch_timeout)));
+        if same {
+            self.take_overdue(&mut state, now);
         }
+        drop(state);
+        flight.resolve(Outcome::Failed(Error::Timeout(
+            self.settings.fetch_timeout.saturating_add(WAITER_SLACK),
+        )));
     }
 }

@@ -9,7 +9,8 @@
 //! Waiting goes through [`TokenCache::acquire`]. The first caller starts a *flight* (see
 //! [`flight`]): a Tokio task that calls the [`TokenSource`](crate::TokenSource), retrying
 //! transient failures, installs the token and hands the outcome to every caller waiting on it.
-//! Later callers join the flight in progress, each with its own deadline.
+//! Later callers join the flight in progress; every wait ends at the flight's deadline at the
+//! latest, kept by one watchdog task per flight and runtime ([`flight`]).
 //!
 //! A new token has no quiet period until a response accepts it: its first requests (still
 //! sent without waiting, from the hot path) ask their answers to say whether they accept it,
@@ -38,8 +39,6 @@ mod shared;
 
 use std::{
     fmt,
-    panic::{AssertUnwindSafe, catch_unwind},
-    pin::pin,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -48,10 +47,7 @@ use std::{
 };
 
 use arc_swap::ArcSwapOption;
-use tokio::{
-    runtime::Handle,
-    time::{Instant, Sleep},
-};
+use tokio::{runtime::Handle, time::Instant};
 use tracing::Instrument;
 
 pub(crate) use backoff::Backoff;
@@ -72,7 +68,7 @@ pub(crate) use shared::{BoxFuture, SharedCache, SharedTokens, WeakSharedCache};
 
 use crate::{
     Error, Token,
-    deadline::{first, has_timers, later},
+    deadline::{has_timers, later},
     source::DynTokenSource,
     stats::Counters,
 };
@@ -178,15 +174,26 @@ impl TokenCache {
     /// of a new fetch.
     ///
     /// Cancellation-safe: dropping the future leaves the fetch running for others. Every wait
-    /// has a deadline (the fetch timeout and [`WAITER_SLACK`]), whichever runtime runs the fetch.
+    /// has a deadline (the fetch timeout and [`WAITER_SLACK`]), whichever runtime runs the fetch,
+    /// kept by a watchdog on the waiter's runtime ([`TokenCache::watch`]).
     ///
     /// With use-limited tokens every waiter claims a use of the fetched token; those who find
     /// it used up wait for the next fetch, so there is still one fetch per use, never more.
     pub(crate) async fn acquire(self: Arc<Self>) -> Result<Arc<Entry>, Error> {
+        self.acquire_with(Arc::clone).await
+    }
+
+    /// [`acquire`](Self::acquire), handing the entry to `read` instead: a caller that needs
+    /// only part of it (the token) takes no reference count on it. When many callers are woken
+    /// by one fetch, on every core, such counts are cache lines they would all write.
+    pub(crate) async fn acquire_with<T>(
+        self: Arc<Self>,
+        read: impl Fn(&Arc<Entry>) -> T,
+    ) -> Result<T, Error> {
         let mut waited = false;
         loop {
             let flight = match self.find()? {
-                Found::Token(entry) => return Ok(entry),
+                Found::Token(entry) => return Ok(read(&entry)),
                 Found::Flight(flight) => flight,
             };
             if !waited {
@@ -194,25 +201,19 @@ impl TokenCache {
                 waited = true;
             }
             let outcome = match flight.outcome() {
-                Some(outcome) => outcome.clone(),
+                Some(outcome) => outcome,
                 None => {
-                    let deadline = pin!(self.timer(flight.deadline)?);
-                    match first(flight.wait(), deadline).await {
-                        Some(outcome) => outcome,
-                        None => {
-                            self.give_up(&flight, Instant::now());
-                            return Err(Error::Timeout(
-                                self.settings.fetch_timeout.saturating_add(WAITER_SLACK),
-                            ));
-                        }
-                    }
+                    // The wait ends at the flight's deadline at the latest: the watchdog on
+                    // this caller's runtime ends the flight then.
+                    self.watch(&flight)?;
+                    flight.wait().await
                 }
             };
             match outcome {
-                Outcome::Token(entry) if entry.claim() => return Ok(entry),
+                Outcome::Token(entry) if entry.claim() => return Ok(read(entry)),
                 // Used up by other waiters: wait for the next fetch.
                 Outcome::Token(_) => {}
-                Outcome::Failed(error) => return Err(error),
+                Outcome::Failed(error) => return Err(error.clone()),
                 // Revoked while it ran: ask again.
                 Outcome::Superseded => {}
             }
@@ -275,18 +276,6 @@ impl TokenCache {
             return Err(Error::NoTimer);
         }
         Ok(runtime)
-    }
-
-    /// A timer for a waiter's deadline: on the caller's runtime, or, for a caller outside any
-    /// runtime, on the runtime set on the builder.
-    fn timer(&self, at: Instant) -> Result<Sleep, Error> {
-        if Handle::try_current().is_ok() {
-            return catch_unwind(AssertUnwindSafe(|| tokio::time::sleep_until(at)))
-                .map_err(|_| Error::NoTimer);
-        }
-        let runtime = self.settings.runtime.as_ref().ok_or(Error::NoRuntime)?;
-        let _entered = runtime.enter();
-        Ok(tokio::time::sleep_until(at))
     }
 
     /// Starts a fetch in its own task. The lock is released before the task is spawned: a

@@ -77,7 +77,7 @@ impl AuthLayer {
     /// The future borrows nothing from `self`, so it can be spawned.
     pub fn token(&self) -> impl Future<Output = Result<Token, Error>> + Send + use<> {
         let cache = Arc::clone(&self.state.cache);
-        async move { Ok(cache.acquire().await?.token.clone()) }
+        async move { cache.acquire_with(|entry| entry.token.clone()).await }
     }
 
     /// Tells the cache that `token` was rejected. If it is still the current token it is
