@@ -45,11 +45,11 @@
 //! | module | holds | source |
 //! |---|---|---|
 //! | [`layer`] | [`AuthLayer`]; [`AuthLayerBuilder`] and its checks; what the layer's clones share and how an answer is judged | `src/middleware/layer.rs`, `src/middleware/builder.rs`, `src/middleware/layer_state.rs` |
-//! | [`service`] | [`AuthService`], the per-request hot path; the handle each response future holds, and which copy of the header a service's clones send | `src/middleware/service.rs`, `src/middleware/handle.rs` |
+//! | [`service`] | [`AuthService`], the per-request hot path; the handle each response future holds, and which copy of the header a service's clones send; the spare inner service a resend goes through | `src/middleware/service.rs`, `src/middleware/handle.rs`, `src/middleware/spare.rs` |
 //! | [`future`] | [`ResponseFuture`]: acquire → send → on 401 refresh → resend; the hot poll apart from the slow path | `src/middleware/future/` (`mod.rs`, `slow_path.rs`) |
 //! | [`keyed`] | [`KeyedAuthLayer`](keyed::KeyedAuthLayer): a token per key (an audience, a tenant, a user), each with what a single layer does, in a bounded map with idle expiry | `src/keyed/` (`mod.rs`, `builder.rs`, `keys.rs`, `request.rs`, `service.rs`, `tokens.rs`) |
 //! | [`message`] | [`AuthRequest`], [`AuthResponse`]: `http` and `reqwest` requests and responses | `src/middleware/message.rs` |
-//! | [`origin`] | where a token may go: https only (http to loopback), origin limits, requests addressed by path alone | `src/middleware/origin.rs` |
+//! | [`origin`] | where a token may go: https only (http to loopback), origin limits, requests addressed by path alone; whether a host is loopback | `src/middleware/origin.rs`, `src/middleware/loopback.rs` |
 //! | (internal) | reading a 401's `WWW-Authenticate` challenge | `src/middleware/challenge.rs` |
 //! | (internal) | DPoP on requests: a proof per request, nonces per origin (feature `jose`) | `src/middleware/dpop.rs` |
 //! | (internal) | the token cache: one current token, single flight, refresh ahead, backoff, what answers do to the token, and the trait through which it shares tokens with other processes | `src/cache/` (`mod.rs`, `settings.rs`, `entry.rs`, `refresh.rs`, `flight.rs`, `backoff.rs`, `rejection.rs`, `shared.rs`) |

@@ -207,7 +207,7 @@ async fn a_panicking_source_gives_waiters_an_error_not_a_hang() {
 /// runtime is never driven again is ended by the watchdog: `liveness::waiters_give_up_on_a_fetch_whose_runtime_is_never_driven_again`.)
 #[tokio::test(start_paused = true)]
 async fn waiters_on_one_runtime_share_one_watchdog_for_their_deadline() {
-    let source = tower_bearer::source::from_fn(|| std::future::pending());
+    let source = tower_bearer::source::from_fn(std::future::pending);
     let auth = AuthLayer::builder(source)
         .fetch_timeout(Duration::from_secs(5))
         .build()

@@ -12,6 +12,7 @@ pub mod future;
 pub(crate) mod handle;
 pub mod layer;
 pub(crate) mod layer_state;
+pub(crate) mod loopback;
 pub mod message;
 pub mod origin;
 pub mod service;

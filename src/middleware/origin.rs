@@ -28,8 +28,7 @@
 //! module). The token endpoint client never follows redirects (see
 //! [`ClientCredentials`](crate::ClientCredentials)).
 
-use std::net::IpAddr;
-
+use super::loopback::is_loopback_host;
 use crate::{
     Error,
     message::{AuthRequest, Target},
@@ -136,10 +135,9 @@ enum PathOnly {
 /// addressed by path alone refused.
 #[derive(Debug, Clone)]
 pub(crate) struct OriginPolicy {
-    origins: Vec<Origin>,
-    /// For each of `origins`, whether rule 1 lets the token go there: decided once, as the
-    /// layer is built, rather than for every request to it.
-    secure: Vec<bool>,
+    /// Each origin, and whether rule 1 lets the token go there: decided once, as the layer is
+    /// built, rather than for every request to it.
+    origins: Vec<(Origin, bool)>,
     allow_http: bool,
     path_only: PathOnly,
 }
@@ -148,7 +146,6 @@ impl Default for OriginPolicy {
     fn default() -> Self {
         OriginPolicy {
             origins: Vec::new(),
-            secure: Vec::new(),
             allow_http: false,
             path_only: PathOnly::Refuse,
         }
@@ -167,14 +164,14 @@ impl OriginPolicy {
         channel: Option<Origin>,
     ) -> Result<Self, Error> {
         let mut policy = OriginPolicy {
-            secure: origins
-                .iter()
+            origins: origins
+                .into_iter()
                 .map(|origin| {
                     let target = origin.target();
-                    secure_enough(target.scheme, target.host, allow_http)
+                    let secure = secure_enough(target.scheme, target.host, allow_http);
+                    (origin, secure)
                 })
                 .collect(),
-            origins,
             allow_http,
             path_only: PathOnly::Refuse,
         };
@@ -222,8 +219,8 @@ impl OriginPolicy {
         let secure = if self.origins.is_empty() {
             secure_enough(target.scheme, target.host, self.allow_http)
         } else {
-            match self.origins.iter().position(|o| o.matches(&target)) {
-                Some(index) => self.secure[index],
+            match self.origins.iter().find(|(o, _)| o.matches(&target)) {
+                Some((_, secure)) => *secure,
                 None => return Decision::PassThrough,
             }
         };
@@ -244,118 +241,9 @@ fn secure_enough(scheme: &str, host: &str, allow_http: bool) -> bool {
     secure || (plain && (allow_http || is_loopback_host(host)))
 }
 
-/// `localhost`, or an IP address literal that [`IpAddr::is_loopback`] says is loopback.
-pub(crate) fn is_loopback_host(host: &str) -> bool {
-    match host.as_bytes().first() {
-        // No IPv6 address whose text starts with a 1 is loopback (`::1` is the only one), so
-        // a host starting with 1 is loopback if and only if it is an IPv4 address in
-        // 127.0.0.0/8: read in one pass rather than with the standard parser, which a local
-        // API's every request would pay.
-        Some(b'1') => is_loopback_ipv4(host),
-        _ => {
-            host.eq_ignore_ascii_case("localhost")
-                || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-        }
-    }
-}
-
-/// Whether `host` is an IPv4 address as [`std::net::Ipv4Addr`]'s parser reads one (four
-/// decimal octets of at most 255, no leading zeros) in 127.0.0.0/8.
-fn is_loopback_ipv4(host: &str) -> bool {
-    if host == "127.0.0.1" {
-        return true;
-    }
-    let Some(rest) = host.strip_prefix("127.") else {
-        return false;
-    };
-    let (mut dots, mut value, mut digits) = (0, 0u32, 0);
-    for &byte in rest.as_bytes() {
-        match byte {
-            b'0'..=b'9' => {
-                if digits == 1 && value == 0 {
-                    return false;
-                }
-                value = value * 10 + u32::from(byte - b'0');
-                digits += 1;
-                if value > 255 {
-                    return false;
-                }
-            }
-            b'.' if digits > 0 => {
-                (dots, value, digits) = (dots + 1, 0, 0);
-            }
-            _ => return false,
-        }
-    }
-    dots == 2 && digits > 0
-}
-
 #[cfg(test)]
 mod tests {
-    use proptest::prelude::*;
-
     use super::*;
-
-    /// The standard parser's answer, which the one-pass reader must give.
-    fn parsed_is_loopback(host: &str) -> bool {
-        host.eq_ignore_ascii_case("localhost")
-            || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-    }
-
-    #[test]
-    fn loopback_hosts_are_told_as_the_standard_parser_tells_them() {
-        for host in [
-            "127.0.0.1",
-            "127.1.2.3",
-            "127.255.255.255",
-            "127.0.0.0",
-            "127.0.0.01",
-            "127.0.0.256",
-            "127.0.0",
-            "127.0.0.1.",
-            "127..0.1",
-            "127.0.0.1a",
-            "127.0.0.1.evil.test",
-            "127.evil.test",
-            "128.0.0.1",
-            "1.2.3.4",
-            "1::1",
-            "10.0.0.1",
-            "127.000.0.1",
-            "127.0.0.1000",
-            "127.00.0.1",
-            "127.0.0.-1",
-            "127.0.0.+1",
-            "127",
-            "127.",
-            "1",
-            "localhost",
-            "LocalHost",
-            "::1",
-            "0:0:0:0:0:0:0:1",
-            "::ffff:127.0.0.1",
-            "",
-        ] {
-            assert_eq!(is_loopback_host(host), parsed_is_loopback(host), "{host:?}");
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn any_host_is_told_as_the_standard_parser_tells_it(
-            host in "(127\\.|1)?[0-9.]{0,14}[a-z:]?",
-        ) {
-            prop_assert_eq!(is_loopback_host(&host), parsed_is_loopback(&host), "{:?}", host);
-        }
-
-        #[test]
-        fn dotted_octets_are_told_as_the_standard_parser_tells_them(
-            octets in proptest::collection::vec("0|1|01|00|9|10|99|127|199|255|256|300|999|0255|", 0..5),
-        ) {
-            let host = format!("127.{}", octets.join("."));
-            prop_assert_eq!(is_loopback_host(&host), parsed_is_loopback(&host), "{:?}", host);
-        }
-    }
 
     fn target<'a>(scheme: &'a str, host: &'a str, port: u16) -> Option<Target<'a>> {
         Some(Target {
