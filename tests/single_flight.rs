@@ -212,6 +212,10 @@ async fn waiters_on_one_runtime_share_one_watchdog_for_their_deadline() {
         .fetch_timeout(Duration::from_secs(5))
         .build()
         .unwrap();
+    // A waiter carries no timer of its own: with one (a Tokio `Sleep`) `token()`'s future
+    // was 424 bytes.
+    let waiter = std::mem::size_of_val(&auth.token());
+    assert!(waiter <= 256, "{waiter} bytes");
     let metrics = tokio::runtime::Handle::current().metrics();
     let before = metrics.num_alive_tasks();
     let mut set = JoinSet::new();

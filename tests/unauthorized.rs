@@ -865,6 +865,22 @@ async fn the_inner_service_is_cloned_for_a_resend_only_when_one_happens() {
         103,
         "the caller's clone and the resend's"
     );
+
+    // A service changed through `get_mut` resends through a copy of what it is now.
+    let mut changed = svc.clone();
+    let before = clones.load(SeqCst);
+    let _ = changed.get_mut();
+    // Past the backoff after the first rejection: a second revocation is not a storm.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    source.api().revoke("tok-2");
+    let ready = changed.ready().await.unwrap();
+    let response = tower::Service::call(ready, post("again")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        clones.load(SeqCst) - before,
+        2,
+        "a new spare from the changed service, and the resend's clone of it"
+    );
 }
 
 /// `StaticToken`'s documented behaviour after a 401: the layer asks the source again, gets the

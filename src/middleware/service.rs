@@ -140,8 +140,10 @@ impl<S> AuthService<S> {
         &self.inner
     }
 
-    /// The wrapped service, mutably.
+    /// The wrapped service, mutably. A resend after a 401 goes through a clone of the service
+    /// as it is after this change: the copy kept for resends is made again from it.
     pub fn get_mut(&mut self) -> &mut S {
+        self.spare = Spare::new();
         &mut self.inner
     }
 
