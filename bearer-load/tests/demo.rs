@@ -42,6 +42,51 @@ async fn demo_counts_match_what_the_servers_saw() {
         assert!(report.tokens.fetches >= 1);
         assert_eq!(report.mode, "closed");
         assert_eq!(report.concurrency, Some(16));
+        assert_eq!(report.threads, Some(cores().min(16)), "{args:?}");
+    }
+}
+
+/// The closed loop's threads: one per core.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Workers on every core's runtime share one token: 16 workers for a second, tokens that live
+/// a minute, one fetch; and with tokens that live a second, each refresh is one fetch for all
+/// of them and no request is ever rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_on_every_cores_runtime_share_one_token() {
+    for (lifetime, duration) in [("60s", "1s"), ("1s", "3s")] {
+        let args = [
+            "--demo",
+            "--duration",
+            duration,
+            "--token-lifetime",
+            lifetime,
+            "--concurrency",
+            "16",
+            "--json",
+        ];
+        let out = run(&args, &[]).await;
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+        let report = out.report();
+        let demo = report.demo.expect("the demo's counts");
+        assert_eq!(report.threads, Some(cores().min(16)));
+        assert_eq!(report.tokens.fetches, demo.token_requests);
+        assert_eq!(demo.api_rejected, 0, "{args:?}");
+        assert_eq!(report.succeeded, report.requests);
+        if lifetime == "60s" {
+            assert_eq!(report.tokens.fetches, 1, "{args:?}");
+        } else {
+            // A 1 s token is refreshed about every 0.4 s (its margin, then the last fifth of
+            // what is left): about 8 fetches in 3 s for all the workers, where a fetch per
+            // runtime would be twice that, and a fetch per worker far more.
+            assert!(
+                (3..=12).contains(&report.tokens.fetches),
+                "{args:?}: {} fetches",
+                report.tokens.fetches
+            );
+        }
     }
 }
 
@@ -90,10 +135,12 @@ async fn json_output_has_every_field() {
                 (Some(200.0), Some(10_000))
             );
             assert_eq!(report.concurrency, None);
+            assert_eq!(report.threads, None);
             assert!(report.offered_rate.is_some());
             assert_eq!(l.from, "intended_start");
         } else {
             assert_eq!(report.concurrency, Some(64));
+            assert_eq!(report.threads, Some(cores().min(64)));
             assert_eq!((report.rate, report.offered_rate), (None, None));
             assert_eq!(report.late_starts, 0);
             assert_eq!(l.from, "send");

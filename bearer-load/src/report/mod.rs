@@ -10,6 +10,7 @@
 //! | `mode` | `"closed"` or `"open"` | closed loop (`--concurrency`) or open model (`--rate`) |
 //! | `protocol` | `"http"` or `"grpc"` | HTTP requests or `grpc.health.v1.Health/Check` calls |
 //! | `concurrency` | integer or null | closed loop: the number of workers |
+//! | `threads` | integer or null | closed loop over HTTP: the threads the workers ran on, one per core (at most one per worker), each with a single-threaded runtime of its own |
 //! | `rate` | number or null | open model: the requests per second asked for |
 //! | `max_in_flight` | integer or null | open model: the in-flight cap |
 //! | `offered_rate` | number or null | open model: requests started per second, from the start to the last start plus one interval (below `rate` when the schedule fell behind) |
@@ -55,6 +56,8 @@ pub struct Report {
     pub protocol: String,
     /// Closed loop: the number of workers.
     pub concurrency: Option<u32>,
+    /// Closed loop over HTTP: the threads the workers ran on, each with a runtime of its own.
+    pub threads: Option<usize>,
     /// Open model: requests per second asked for.
     pub rate: Option<f64>,
     /// Open model: the in-flight cap.
@@ -229,6 +232,7 @@ impl Report {
             mode: if rate.is_some() { "open" } else { "closed" }.into(),
             protocol: if grpc { "grpc" } else { "http" }.into(),
             concurrency,
+            threads: (recorded.threads > 0).then_some(recorded.threads),
             rate,
             max_in_flight,
             offered_rate,

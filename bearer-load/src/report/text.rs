@@ -24,7 +24,19 @@ impl Report {
             "  requests       {} ({} ok, {} failed)",
             self.requests, self.succeeded, self.failed
         );
-        let _ = writeln!(w, "  elapsed        {:.2} s", self.duration_s);
+        match self.threads {
+            Some(threads) => {
+                let _ = writeln!(
+                    w,
+                    "  elapsed        {:.2} s (workers on {threads} thread{}, a runtime each)",
+                    self.duration_s,
+                    if threads == 1 { "" } else { "s" }
+                );
+            }
+            None => {
+                let _ = writeln!(w, "  elapsed        {:.2} s", self.duration_s);
+            }
+        }
         match self.offered_rate {
             Some(offered) => {
                 let _ = writeln!(
