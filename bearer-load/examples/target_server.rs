@@ -3,8 +3,14 @@
 //! `Authorization: Bearer <token>`, 401 to anything else, and nothing more per request, so the
 //! tools are what is measured.
 //!
+//! It is its own token endpoint too, at `POST /oauth2/token`: `client_credentials` for the
+//! demo's client (`bearer-load-demo`, its secret in HTTP Basic), answered with the same token
+//! and `expires_in` of `TOKEN_LIFETIME` seconds (default 60). A tool that fetches its token
+//! there, as bearer-load does with `--token-url`, is loaded with the one a tool given the
+//! token by hand sends.
+//!
 //! ```text
-//! cargo run --release -p bearer-load --example target_server -- TOKEN [THREADS]
+//! cargo run --release -p bearer-load --example target_server -- TOKEN [THREADS] [TOKEN_LIFETIME]
 //! ```
 //!
 //! It prints `listening on 127.0.0.1:PORT` once it accepts connections, then serves until
@@ -12,18 +18,34 @@
 
 use std::{env, net::SocketAddr};
 
+use base64::{Engine, engine::general_purpose::STANDARD};
 use bytes::Bytes;
-use http::{Response, StatusCode, header::AUTHORIZATION};
-use http_body_util::Full;
+use http::{
+    Method, Request, Response, StatusCode,
+    header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue},
+};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use tokio::net::TcpListener;
+
+use bearer_load::demo::{CLIENT_ID, CLIENT_SECRET};
 
 fn main() {
     let mut args = env::args().skip(1);
-    let token = args.next().expect("usage: target_server TOKEN [THREADS]");
-    let threads = args
-        .next()
-        .map_or(1, |n| n.parse().expect("THREADS is a number"));
+    let usage = "usage: target_server TOKEN [THREADS] [TOKEN_LIFETIME]";
+    let token = args.next().expect(usage);
+    let threads = args.next().map_or(1, |n| n.parse().expect(usage));
+    let lifetime: u64 = args.next().map_or(60, |n| n.parse().expect(usage));
     let expected: &'static str = Box::leak(format!("Bearer {token}").into_boxed_str());
+    let issued: &'static str = Box::leak(
+        serde_json::json!({
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": lifetime,
+        })
+        .to_string()
+        .into_boxed_str(),
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
@@ -38,6 +60,9 @@ fn main() {
             listener.local_addr().expect("an address")
         );
         bearer_load::demo::serve(listener, None, move |request| async move {
+            if request.uri().path() == "/oauth2/token" {
+                return token_endpoint(request, issued).await;
+            }
             let authorized = request
                 .headers()
                 .get(AUTHORIZATION)
@@ -50,4 +75,38 @@ fn main() {
         })
         .await;
     });
+}
+
+/// `issued` to a `client_credentials` request from the demo's client; 400 or 401 otherwise.
+async fn token_endpoint(request: Request<Incoming>, issued: &'static str) -> Response<Full<Bytes>> {
+    let basic = format!(
+        "Basic {}",
+        STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"))
+    );
+    let (parts, body) = request.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let client = parts
+        .headers
+        .get(AUTHORIZATION)
+        .is_some_and(|value| value.as_bytes() == basic.as_bytes());
+    let grant = form_urlencoded::parse(&body)
+        .any(|(name, value)| name == "grant_type" && value == "client_credentials");
+    let (status, body) = match (parts.method == Method::POST, client, grant) {
+        (true, true, true) => (StatusCode::OK, issued),
+        (_, false, _) => (StatusCode::UNAUTHORIZED, r#"{"error":"invalid_client"}"#),
+        _ => (
+            StatusCode::BAD_REQUEST,
+            r#"{"error":"unsupported_grant_type"}"#,
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
