@@ -229,52 +229,104 @@ fn an_origin_with_a_path_is_a_config_error_at_build() {
     assert_eq!(source.fetches(), 0);
 }
 
-#[tokio::test(start_paused = true)]
-async fn grpc_unauthenticated_refreshes_and_retries_like_a_401() {
-    let source = CountingSource::new(Duration::from_millis(1), Some(Duration::from_secs(3600)));
+/// A gRPC server that answers an unknown token with a trailers-only response (HTTP 200 and
+/// `grpc-status: 16` in the headers), and `grpc-status: 0` otherwise.
+fn trailers_only_server(
+    source: &CountingSource,
+) -> impl tower::Service<
+    Request<String>,
+    Response = Response<String>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
     let api = source.api();
-    // A gRPC server answers an unknown token with a trailers-only response: HTTP 200 and
-    // grpc-status 16 in the headers.
-    let grpc = service_fn(move |req: Request<String>| {
+    service_fn(move |req: Request<String>| {
         let api = api.clone();
         async move {
             let response = api.oneshot(req).await.unwrap();
             let mut out = Response::new(String::new());
-            if response.status() == StatusCode::UNAUTHORIZED {
-                out.headers_mut()
-                    .insert("grpc-status", HeaderValue::from_static("16"));
+            let status = if response.status() == StatusCode::UNAUTHORIZED {
+                "16"
             } else {
-                out.headers_mut()
-                    .insert("grpc-status", HeaderValue::from_static("0"));
-            }
+                "0"
+            };
+            out.headers_mut()
+                .insert("grpc-status", HeaderValue::from_static(status));
             Ok::<_, Infallible>(out)
         }
-    });
-    let auth = AuthLayer::builder(source.clone())
-        .channel_origin("http://127.0.0.1:50051")
-        .build()
-        .unwrap();
-    let svc = ServiceBuilder::new().layer(auth.clone()).service(grpc);
-    let call = || {
-        Request::post("/pkg.Service/Method")
-            .header("content-type", "application/grpc")
-            .body("message".to_owned())
-            .unwrap()
-    };
+    })
+}
 
-    assert_eq!(
-        svc.clone().oneshot(call()).await.unwrap().headers()["grpc-status"],
-        "0"
-    );
-    source.api().revoke("tok-1");
-    let response = svc.oneshot(call()).await.unwrap();
-    assert_eq!(
-        response.headers()["grpc-status"],
-        "0",
-        "retried with a new token"
-    );
-    assert_eq!(source.fetches(), 2);
-    assert_eq!(auth.stats().retries, 1);
+/// gRPC's `UNAUTHENTICATED` in a trailers-only answer is a 401 to the layer, for every content
+/// type a gRPC or gRPC-Web client sends.
+#[tokio::test(start_paused = true)]
+async fn grpc_unauthenticated_refreshes_and_retries_like_a_401() {
+    for content_type in [
+        "application/grpc",
+        "application/grpc+proto",
+        "application/grpc-web",
+        "application/grpc-web-text+proto",
+    ] {
+        let source = CountingSource::new(Duration::from_millis(1), Some(Duration::from_secs(3600)));
+        let auth = AuthLayer::builder(source.clone())
+            .channel_origin("http://127.0.0.1:50051")
+            .build()
+            .unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(auth.clone())
+            .service(trailers_only_server(&source));
+        let call = || {
+            Request::post("/pkg.Service/Method")
+                .header("content-type", content_type)
+                .body("message".to_owned())
+                .unwrap()
+        };
+
+        assert_eq!(
+            svc.clone().oneshot(call()).await.unwrap().headers()["grpc-status"],
+            "0"
+        );
+        source.api().revoke("tok-1");
+        let response = svc.oneshot(call()).await.unwrap();
+        assert_eq!(
+            response.headers()["grpc-status"],
+            "0",
+            "{content_type}: retried with a new token"
+        );
+        assert_eq!(source.fetches(), 2, "{content_type}");
+        assert_eq!(auth.stats().retries, 1, "{content_type}");
+    }
+}
+
+/// A request that is not a gRPC call (no `content-type`, or another one) is not read for
+/// `grpc-status` in its 200 answer: the layer skips that lookup for it, and the answer goes
+/// back as it came, with no new token and no resend.
+#[tokio::test(start_paused = true)]
+async fn a_200_to_a_request_that_is_not_grpc_keeps_the_token_whatever_its_grpc_status() {
+    for content_type in [None, Some("application/json"), Some("text/grpc")] {
+        let source = CountingSource::new(Duration::from_millis(1), Some(Duration::from_secs(3600)));
+        let auth = AuthLayer::builder(source.clone())
+            .channel_origin("http://127.0.0.1:50051")
+            .build()
+            .unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(auth.clone())
+            .service(trailers_only_server(&source));
+        let call = || {
+            let mut request = Request::post("/pkg.Service/Method");
+            if let Some(content_type) = content_type {
+                request = request.header("content-type", content_type);
+            }
+            request.body("message".to_owned()).unwrap()
+        };
+
+        assert_eq!(svc.clone().oneshot(call()).await.unwrap().status(), 200);
+        source.api().revoke("tok-1");
+        let response = svc.oneshot(call()).await.unwrap();
+        assert_eq!(response.headers()["grpc-status"], "16", "{content_type:?}");
+        assert_eq!(source.fetches(), 1, "{content_type:?}: no new token");
+        assert_eq!(auth.stats().retries, 0, "{content_type:?}: not resent");
+    }
 }
 
 /// The plain-http rule against a real server on a non-loopback address of this machine: the

@@ -71,7 +71,7 @@ impl Middleware for AuthMiddleware {
             .attach(&mut request, entry.header.clone(), entry.generation)
             .map_err(reqwest_middleware::Error::middleware)?;
         let response = next.clone().run(request, extensions).await?;
-        if !challenge::may_reject(&response) {
+        if !challenge::may_reject(&response, true) {
             layer.learn(proof, &entry, &response);
             return Ok(response);
         }

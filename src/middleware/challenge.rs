@@ -44,20 +44,23 @@ const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 pub(crate) fn rejects_token(response: &impl AuthResponse, scheme: &str) -> bool {
     match response.status() {
         StatusCode::UNAUTHORIZED => calls_for_new_token(response.headers(), scheme),
-        _ => may_reject(response),
+        _ => may_reject(response, true),
     }
 }
 
-/// The hot path's first look at a response: `false` means [`rejects_token`] is `false` too, so
-/// most responses are decided here without the scheme (a status compare, and for a 200 with
-/// headers, one lookup of `grpc-status`).
+/// The hot path's first look at a response to a request that `may_be_grpc`
+/// ([`AuthRequest::may_be_grpc`](crate::message::AuthRequest::may_be_grpc)): `false` means
+/// [`rejects_token`] is `false` too, so most responses are decided here without the scheme (a
+/// status compare, and for a 200 with headers to a request that may be gRPC, one lookup of
+/// `grpc-status`).
 #[inline]
-pub(crate) fn may_reject(response: &impl AuthResponse) -> bool {
+pub(crate) fn may_reject(response: &impl AuthResponse, may_be_grpc: bool) -> bool {
     match response.status() {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => true,
         StatusCode::OK => {
             let headers = response.headers();
-            !headers.is_empty()
+            may_be_grpc
+                && !headers.is_empty()
                 && headers
                     .get(&GRPC_STATUS)
                     .is_some_and(|v| v.as_bytes() == b"16")

@@ -63,6 +63,15 @@ pub trait AuthRequest: Sized {
     /// streaming body stays within `limit` bytes).
     fn prepare_replay(&mut self, limit: usize) -> Option<Self::Replay>;
 
+    /// Whether the request may be a gRPC call, whose answer can reject the token with HTTP 200
+    /// and `grpc-status: 16`: `false` lets the layer skip that lookup in every 200 answer.
+    /// `true` unless the request says otherwise.
+    #[doc(hidden)]
+    #[inline(always)]
+    fn may_be_grpc(&self) -> bool {
+        true
+    }
+
     /// The request to send again, if it can still be built.
     fn replay(kept: Self::Replay) -> Option<Self>;
 }
@@ -130,8 +139,13 @@ fn host_of(uri: &http::Uri) -> Option<&str> {
         let colon = has_byte(word, b':');
         if colon != 0 {
             let at = start + colon.trailing_zeros() as usize / 8;
-            // The port holds digits only, but a password could hold '@' after a ':'.
-            if bytes.get(at..).is_some_and(|port| port.contains(&b'@')) {
+            // The port holds digits only, but a password could hold '@' after a ':'. This
+            // word holds none, so only the bytes after it are looked at (none, when it is the
+            // authority's last word, as it is for a host and port of up to 15 bytes).
+            if bytes
+                .get(start + 8..)
+                .is_some_and(|rest| rest.contains(&b'@'))
+            {
                 return Some(host_with_userinfo_or_brackets(authority));
             }
             return authority.get(..at);
@@ -229,6 +243,18 @@ impl<B: 'static> AuthRequest for Request<B> {
     #[inline]
     fn prepare_replay(&mut self, limit: usize) -> Option<Self::Replay> {
         ReplayRequest::prepare(self, limit)
+    }
+
+    /// A gRPC or gRPC-Web call says so in its `content-type` (`application/grpc`,
+    /// `application/grpc+proto`, `application/grpc-web`, ...), which tonic and every gRPC client
+    /// set. A request without headers, the common plain request, is decided without a lookup.
+    #[inline(always)]
+    fn may_be_grpc(&self) -> bool {
+        let headers = Request::headers(self);
+        !headers.is_empty()
+            && headers
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
     }
 
     fn replay(kept: Self::Replay) -> Option<Self> {

@@ -250,6 +250,7 @@ where
     R: AuthRequest,
     S: Service<R> + Clone,
 {
+    let grpc = request.may_be_grpc();
     if layer.retry {
         if let Some(replay) = request.prepare_replay(layer.replay_limit) {
             let proof = match layer.attach(&mut request, header, generation) {
@@ -259,14 +260,15 @@ where
             // A resend goes through a clone of the service's spare, made only if it happens.
             let resender = Resender::Spare(spare.of(inner));
             let fut = inner.call(request);
-            return ResponseFuture::sent(fut, layer, generation, proof, Some((resender, replay)));
+            let replay = Some((resender, replay));
+            return ResponseFuture::sent(fut, layer, generation, proof, grpc, replay);
         }
     }
     let proof = match layer.attach(&mut request, header, generation) {
         Ok(proof) => mark.on(proof),
         Err(err) => return ResponseFuture::refused(grpc::token_error(&request, err)),
     };
-    ResponseFuture::sent(inner.call(request), layer, generation, proof, None)
+    ResponseFuture::sent(inner.call(request), layer, generation, proof, grpc, None)
 }
 
 impl<S: Clone> AuthService<S> {
