@@ -20,7 +20,10 @@ use std::{
 
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
-use tokio::{sync::Semaphore, time::Instant};
+use tokio::{
+    sync::{Semaphore, oneshot},
+    time::Instant,
+};
 
 use crate::{
     grpc::GrpcTarget,
@@ -265,23 +268,23 @@ async fn closed(
     let mut here = WorkerGroup::default();
     let mut elsewhere = Vec::new();
     for index in 0..shares {
-        match (threads > 0).then(|| run.on_a_thread_of_its_own(index, share(index))) {
-            Some(Ok(recorded)) => elsewhere.push((index, recorded)),
-            Some(Err(_)) | None => here.start(&run, share(index)),
+        let started = match (threads > 0).then(|| run.on_a_thread_of_its_own(index, share(index))) {
+            Some(Ok(started)) => started.await.ok(),
+            Some(Err(_)) | None => None,
+        };
+        match started {
+            Some(Some(recorded)) => elsewhere.push(recorded),
+            // No thread, or it could not make its runtime (the system is out of them): its
+            // workers run here instead, starting now.
+            Some(None) | None => here.start(&run, share(index)),
         }
     }
     let mut all = Recorded::default();
-    for (index, recorded) in elsewhere {
-        match recorded.await {
-            Ok(Some(recorded)) => {
-                all.merge(&recorded);
-                all.threads += 1;
-            }
-            // That thread could not make a runtime (the system is out of them): its workers
-            // run here instead.
-            Ok(None) => here.start(&run, share(index)),
-            // The thread panicked: its requests are lost.
-            Err(_) => {}
+    for recorded in elsewhere {
+        // A thread only fails to answer if it panicked; its requests are then lost.
+        if let Ok(recorded) = recorded.await {
+            all.merge(&recorded);
+            all.threads += 1;
         }
     }
     all.merge(&here.finished().await);
@@ -300,34 +303,37 @@ struct ClosedLoop {
 }
 
 impl ClosedLoop {
-    /// Runs `workers` on a new thread with a single-threaded runtime of its own. What they
-    /// recorded comes back through the receiver, or `None` if the thread could not make its
-    /// runtime (no worker ran then).
+    /// Runs `workers` on a new thread with a single-threaded runtime of its own. The first
+    /// receiver answers once the thread has made its runtime, with the receiver of what the
+    /// workers recorded, or `None` if it could not (no worker ran then).
     fn on_a_thread_of_its_own(
         &self,
         index: usize,
         workers: impl Iterator<Item = u64> + Send + 'static,
-    ) -> std::io::Result<tokio::sync::oneshot::Receiver<Option<Recorded>>> {
-        let (send, receive) = tokio::sync::oneshot::channel();
+    ) -> std::io::Result<oneshot::Receiver<Option<oneshot::Receiver<Recorded>>>> {
+        let (started, starting) = oneshot::channel();
         let run = self.clone();
         // The runtime is made on its thread: dropping one in the caller's async context
         // would panic.
         std::thread::Builder::new()
             .name(format!("bearer-load-{index}"))
             .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
-                    .build();
-                let recorded = runtime.ok().map(|runtime| {
-                    runtime.block_on(async move {
-                        let mut group = WorkerGroup::default();
-                        group.start(&run, workers);
-                        group.finished().await
-                    })
-                });
-                let _ = send.send(recorded);
+                    .build()
+                else {
+                    let _ = started.send(None);
+                    return;
+                };
+                let (finished, recorded) = oneshot::channel();
+                let _ = started.send(Some(recorded));
+                let _ = finished.send(runtime.block_on(async move {
+                    let mut group = WorkerGroup::default();
+                    group.start(&run, workers);
+                    group.finished().await
+                }));
             })?;
-        Ok(receive)
+        Ok(starting)
     }
 
     /// Closed-loop worker number `worker`: sends until the budget or the deadline is spent,
