@@ -230,17 +230,21 @@ fn an_origin_with_a_path_is_a_config_error_at_build() {
 }
 
 /// A gRPC server that answers an unknown token with a trailers-only response (HTTP 200 and
-/// `grpc-status: 16` in the headers), and `grpc-status: 0` otherwise.
-fn trailers_only_server(
-    source: &CountingSource,
-) -> impl tower::Service<
-    Request<String>,
-    Response = Response<String>,
-    Error = Infallible,
-    Future = impl Send,
-> + Clone {
+/// `grpc-status: 16` in the headers), and `grpc-status: 0` otherwise, behind a layer for its
+/// channel; with the layer's source.
+fn trailers_only_server() -> (
+    CountingSource,
+    AuthLayer,
+    impl tower::Service<
+        Request<String>,
+        Response = Response<String>,
+        Error = tower_bearer::BoxError,
+        Future = impl Send,
+    > + Clone,
+) {
+    let source = CountingSource::new(Duration::from_millis(1), Some(Duration::from_secs(3600)));
     let api = source.api();
-    service_fn(move |req: Request<String>| {
+    let grpc = service_fn(move |req: Request<String>| {
         let api = api.clone();
         async move {
             let response = api.oneshot(req).await.unwrap();
@@ -254,7 +258,22 @@ fn trailers_only_server(
                 .insert("grpc-status", HeaderValue::from_static(status));
             Ok::<_, Infallible>(out)
         }
-    })
+    });
+    let auth = AuthLayer::builder(source.clone())
+        .channel_origin("http://127.0.0.1:50051")
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new().layer(auth.clone()).service(grpc);
+    (source, auth, svc)
+}
+
+/// A call on the channel with this `content-type`, if any.
+fn call(content_type: Option<&str>) -> Request<String> {
+    let mut request = Request::post("/pkg.Service/Method");
+    if let Some(content_type) = content_type {
+        request = request.header("content-type", content_type);
+    }
+    request.body("message".to_owned()).unwrap()
 }
 
 /// gRPC's `UNAUTHENTICATED` in a trailers-only answer is a 401 to the layer, for every content
@@ -267,27 +286,11 @@ async fn grpc_unauthenticated_refreshes_and_retries_like_a_401() {
         "application/grpc-web",
         "application/grpc-web-text+proto",
     ] {
-        let source = CountingSource::new(Duration::from_millis(1), Some(Duration::from_secs(3600)));
-        let auth = AuthLayer::builder(source.clone())
-            .channel_origin("http://127.0.0.1:50051")
-            .build()
-            .unwrap();
-        let svc = ServiceBuilder::new()
-            .layer(auth.clone())
-            .service(trailers_only_server(&source));
-        let call = || {
-            Request::post("/pkg.Service/Method")
-                .header("content-type", content_type)
-                .body("message".to_owned())
-                .unwrap()
-        };
-
-        assert_eq!(
-            svc.clone().oneshot(call()).await.unwrap().headers()["grpc-status"],
-            "0"
-        );
+        let (source, auth, svc) = trailers_only_server();
+        let first = svc.clone().oneshot(call(Some(content_type))).await.unwrap();
+        assert_eq!(first.headers()["grpc-status"], "0");
         source.api().revoke("tok-1");
-        let response = svc.oneshot(call()).await.unwrap();
+        let response = svc.oneshot(call(Some(content_type))).await.unwrap();
         assert_eq!(
             response.headers()["grpc-status"],
             "0",
@@ -304,25 +307,11 @@ async fn grpc_unauthenticated_refreshes_and_retries_like_a_401() {
 #[tokio::test(start_paused = true)]
 async fn a_200_to_a_request_that_is_not_grpc_keeps_the_token_whatever_its_grpc_status() {
     for content_type in [None, Some("application/json"), Some("text/grpc")] {
-        let source = CountingSource::new(Duration::from_millis(1), Some(Duration::from_secs(3600)));
-        let auth = AuthLayer::builder(source.clone())
-            .channel_origin("http://127.0.0.1:50051")
-            .build()
-            .unwrap();
-        let svc = ServiceBuilder::new()
-            .layer(auth.clone())
-            .service(trailers_only_server(&source));
-        let call = || {
-            let mut request = Request::post("/pkg.Service/Method");
-            if let Some(content_type) = content_type {
-                request = request.header("content-type", content_type);
-            }
-            request.body("message".to_owned()).unwrap()
-        };
-
-        assert_eq!(svc.clone().oneshot(call()).await.unwrap().status(), 200);
+        let (source, auth, svc) = trailers_only_server();
+        let first = svc.clone().oneshot(call(content_type)).await.unwrap();
+        assert_eq!(first.status(), 200);
         source.api().revoke("tok-1");
-        let response = svc.oneshot(call()).await.unwrap();
+        let response = svc.oneshot(call(content_type)).await.unwrap();
         assert_eq!(response.headers()["grpc-status"], "16", "{content_type:?}");
         assert_eq!(source.fetches(), 1, "{content_type:?}: no new token");
         assert_eq!(auth.stats().retries, 0, "{content_type:?}: not resent");

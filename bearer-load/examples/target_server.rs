@@ -4,10 +4,10 @@
 //! tools are what is measured.
 //!
 //! It is its own token endpoint too, at `POST /oauth2/token`: `client_credentials` for the
-//! demo's client (`bearer-load-demo`, its secret in HTTP Basic), answered with the same token
-//! and `expires_in` of `TOKEN_LIFETIME` seconds (default 60). A tool that fetches its token
-//! there, as bearer-load does with `--token-url`, is loaded with the one a tool given the
-//! token by hand sends.
+//! demo's client (`bearer-load-demo` and its secret, in HTTP Basic or the form), answered with
+//! the same token and `expires_in` of `TOKEN_LIFETIME` seconds (default 60). A tool that
+//! fetches its token there, as bearer-load does with `--token-url`, sends the one a tool given
+//! the token by hand sends.
 //!
 //! ```text
 //! cargo run --release -p bearer-load --example target_server -- TOKEN [THREADS] [TOKEN_LIFETIME]
@@ -18,17 +18,14 @@
 
 use std::{env, net::SocketAddr};
 
-use base64::{Engine, engine::general_purpose::STANDARD};
 use bytes::Bytes;
 use http::{
     Method, Request, Response, StatusCode,
     header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue},
 };
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
-
-use bearer_load::demo::{CLIENT_ID, CLIENT_SECRET};
 
 fn main() {
     let mut args = env::args().skip(1);
@@ -77,31 +74,14 @@ fn main() {
     });
 }
 
-/// `issued` to a `client_credentials` request from the demo's client; 400 or 401 otherwise.
+/// `issued` to a `client_credentials` request from the demo's client; 401 otherwise.
 async fn token_endpoint(request: Request<Incoming>, issued: &'static str) -> Response<Full<Bytes>> {
-    let basic = format!(
-        "Basic {}",
-        STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"))
-    );
-    let (parts, body) = request.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let client = parts
-        .headers
-        .get(AUTHORIZATION)
-        .is_some_and(|value| value.as_bytes() == basic.as_bytes());
-    let grant = form_urlencoded::parse(&body)
-        .any(|(name, value)| name == "grant_type" && value == "client_credentials");
-    let (status, body) = match (parts.method == Method::POST, client, grant) {
-        (true, true, true) => (StatusCode::OK, issued),
-        (_, false, _) => (StatusCode::UNAUTHORIZED, r#"{"error":"invalid_client"}"#),
-        _ => (
-            StatusCode::BAD_REQUEST,
-            r#"{"error":"unsupported_grant_type"}"#,
-        ),
+    let (status, body) = if request.method() == Method::POST
+        && bearer_load::demo::is_demo_client_credentials(request).await
+    {
+        (StatusCode::OK, issued)
+    } else {
+        (StatusCode::UNAUTHORIZED, r#"{"error":"invalid_client"}"#)
     };
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;

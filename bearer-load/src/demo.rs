@@ -275,17 +275,9 @@ fn respond(
     response
 }
 
-/// The token endpoint: checks the client (Basic header, or id and secret in the form body),
-/// then issues `demo-<expiry in ms since start>`, which the API checks without a lookup.
-async fn token_endpoint(
-    request: Request<Incoming>,
-    counters: Arc<Counters>,
-    epoch: Instant,
-    lifetime: u64,
-    latency: Duration,
-) -> Response<Full<Bytes>> {
-    counters.token_requests.fetch_add(1, Relaxed);
-    tokio::time::sleep(latency).await;
+/// Whether `request` is a `client_credentials` token request from the demo's client (its id and
+/// secret in HTTP Basic, or both in the form body).
+pub async fn is_demo_client_credentials(request: Request<Incoming>) -> bool {
     let (parts, body) = request.into_parts();
     let body = body
         .collect()
@@ -303,7 +295,21 @@ async fn token_endpoint(
         .get(header::AUTHORIZATION)
         .is_some_and(|v| v == basic.as_str())
         || (param("client_id") == Some(CLIENT_ID) && param("client_secret") == Some(CLIENT_SECRET));
-    if !client_ok || param("grant_type") != Some("client_credentials") {
+    client_ok && param("grant_type") == Some("client_credentials")
+}
+
+/// The token endpoint: checks the client ([`is_demo_client_credentials`]), then issues
+/// `demo-<expiry in ms since start>`, which the API checks without a lookup.
+async fn token_endpoint(
+    request: Request<Incoming>,
+    counters: Arc<Counters>,
+    epoch: Instant,
+    lifetime: u64,
+    latency: Duration,
+) -> Response<Full<Bytes>> {
+    counters.token_requests.fetch_add(1, Relaxed);
+    tokio::time::sleep(latency).await;
+    if !is_demo_client_credentials(request).await {
         return respond(
             StatusCode::UNAUTHORIZED,
             "application/json",
