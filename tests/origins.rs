@@ -277,7 +277,7 @@ fn call(content_type: Option<&str>) -> Request<String> {
 }
 
 /// gRPC's `UNAUTHENTICATED` in a trailers-only answer is a 401 to the layer, for every content
-/// type a gRPC or gRPC-Web client sends.
+/// type a gRPC or gRPC-Web client sends, in any case.
 #[tokio::test(start_paused = true)]
 async fn grpc_unauthenticated_refreshes_and_retries_like_a_401() {
     for content_type in [
@@ -285,6 +285,7 @@ async fn grpc_unauthenticated_refreshes_and_retries_like_a_401() {
         "application/grpc+proto",
         "application/grpc-web",
         "application/grpc-web-text+proto",
+        "Application/GRPC",
     ] {
         let (source, auth, svc) = trailers_only_server();
         let first = svc.clone().oneshot(call(Some(content_type))).await.unwrap();

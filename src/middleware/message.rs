@@ -246,15 +246,19 @@ impl<B: 'static> AuthRequest for Request<B> {
     }
 
     /// A gRPC or gRPC-Web call says so in its `content-type` (`application/grpc`,
-    /// `application/grpc+proto`, `application/grpc-web`, ...), which tonic and every gRPC client
-    /// set. A request without headers, the common plain request, is decided without a lookup.
+    /// `application/grpc+proto`, `application/grpc-web`, ...; a media type's case does not
+    /// matter), which tonic and every gRPC client set. A request without headers, the common
+    /// plain request, is decided without a lookup.
     #[inline(always)]
     fn may_be_grpc(&self) -> bool {
+        const GRPC: &[u8] = b"application/grpc";
         let headers = Request::headers(self);
         !headers.is_empty()
-            && headers
-                .get(http::header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+            && headers.get(http::header::CONTENT_TYPE).is_some_and(|v| {
+                v.as_bytes()
+                    .get(..GRPC.len())
+                    .is_some_and(|prefix| prefix.eq_ignore_ascii_case(GRPC))
+            })
     }
 
     fn replay(kept: Self::Replay) -> Option<Self> {

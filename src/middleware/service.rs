@@ -250,7 +250,7 @@ where
     R: AuthRequest,
     S: Service<R> + Clone,
 {
-    let grpc = request.may_be_grpc();
+    let may_be_grpc = request.may_be_grpc();
     if layer.retry {
         if let Some(replay) = request.prepare_replay(layer.replay_limit) {
             let proof = match layer.attach(&mut request, header, generation) {
@@ -261,14 +261,21 @@ where
             let resender = Resender::Spare(spare.of(inner));
             let fut = inner.call(request);
             let replay = Some((resender, replay));
-            return ResponseFuture::sent(fut, layer, generation, proof, grpc, replay);
+            return ResponseFuture::sent(fut, layer, generation, proof, may_be_grpc, replay);
         }
     }
     let proof = match layer.attach(&mut request, header, generation) {
         Ok(proof) => mark.on(proof),
         Err(err) => return ResponseFuture::refused(grpc::token_error(&request, err)),
     };
-    ResponseFuture::sent(inner.call(request), layer, generation, proof, grpc, None)
+    ResponseFuture::sent(
+        inner.call(request),
+        layer,
+        generation,
+        proof,
+        may_be_grpc,
+        None,
+    )
 }
 
 impl<S: Clone> AuthService<S> {

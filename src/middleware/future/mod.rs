@@ -91,7 +91,7 @@ pin_project! {
             proof: Proof,
             // The request may be a gRPC call (`AuthRequest::may_be_grpc`): a 200 answer is
             // looked at for `grpc-status: 16`.
-            grpc: bool,
+            may_be_grpc: bool,
         },
         // Waiting for the inner service to be ready for the resend.
         Ready {
@@ -126,7 +126,7 @@ where
         layer: LayerHandle,
         generation: u64,
         proof: Proof,
-        grpc: bool,
+        may_be_grpc: bool,
         replay: Option<Replay<S, R>>,
     ) -> Self {
         ResponseFuture {
@@ -135,7 +135,7 @@ where
                 layer,
                 generation,
                 proof,
-                grpc,
+                may_be_grpc,
             },
             replay,
         }
@@ -207,7 +207,7 @@ where
             layer,
             generation,
             proof,
-            grpc,
+            may_be_grpc,
         } = self.as_mut().project().state.project()
         {
             let mut result = ready!(fut.poll(cx));
@@ -215,7 +215,7 @@ where
             // `Future` contract leaves to the inner future to answer. Not setting `Done` saves
             // dropping the state twice on every request.
             if let Ok(response) = &mut result {
-                if !challenge::may_reject(response, *grpc) {
+                if !challenge::may_reject(response, *may_be_grpc) {
                     // A stream's trailers may still reject the token: their watch decides.
                     let watched = response.watch_trailers(|| TrailerWatch::new(layer, *generation));
                     if let Some(sent) = *proof {

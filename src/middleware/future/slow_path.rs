@@ -61,21 +61,21 @@ where
             layer,
             generation,
             proof,
-            grpc,
+            may_be_grpc,
             ..
         } = this.state.project()
         else {
             return Poll::Ready(Err(polled_after_completion()));
         };
-        let (layer, generation, proof, grpc, replay) = (
+        let (layer, generation, proof, may_be_grpc, replay) = (
             Arc::clone(layer),
             *generation,
             *proof,
-            *grpc,
+            *may_be_grpc,
             this.replay.take(),
         );
         let response = match result {
-            Ok(response) if challenge::may_reject(&response, grpc) => response,
+            Ok(response) if challenge::may_reject(&response, may_be_grpc) => response,
             Ok(mut response) => {
                 let watched = response.watch_trailers(|| TrailerWatch::new(&layer, generation));
                 if let Some(sent) = proof {
@@ -180,7 +180,7 @@ where
                             ..
                         } = *pending;
                         let replay = replay_limit.and_then(|limit| request.prepare_replay(limit));
-                        let grpc = request.may_be_grpc();
+                        let may_be_grpc = request.may_be_grpc();
                         let proof = match layer.attach(
                             &mut request,
                             entry.header.clone(),
@@ -201,7 +201,7 @@ where
                             layer,
                             generation: entry.generation,
                             proof,
-                            grpc,
+                            may_be_grpc,
                         }
                     }
                 }
