@@ -59,6 +59,14 @@ pub trait AuthRequest: Sized {
         self.target().map(|t| t.host)
     }
 
+    /// Whether the URL's host is loopback (`localhost` or a loopback address): where plain
+    /// `http` may carry the token.
+    #[doc(hidden)]
+    #[inline]
+    fn goes_to_loopback(&self) -> bool {
+        self.host().is_some_and(super::loopback::is_loopback_host)
+    }
+
     /// Keeps what is needed to send the request again, if it can be (its body allows, and a
     /// streaming body stays within `limit` bytes).
     fn prepare_replay(&mut self, limit: usize) -> Option<Self::Replay>;
@@ -223,6 +231,16 @@ impl<B: 'static> AuthRequest for Request<B> {
     #[inline]
     fn host(&self) -> Option<&str> {
         host_of(self.uri())
+    }
+
+    /// `127.0.0.1:PORT`, nearly every local API's authority, is decided without finding the
+    /// host (see [`is_loopback_ipv4_with_port`](super::loopback::is_loopback_ipv4_with_port)).
+    #[inline]
+    fn goes_to_loopback(&self) -> bool {
+        let uri = self.uri();
+        uri.authority()
+            .is_some_and(|a| super::loopback::is_loopback_ipv4_with_port(a.as_str()))
+            || host_of(uri).is_some_and(super::loopback::is_loopback_host)
     }
 
     #[inline]

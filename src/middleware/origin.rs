@@ -194,7 +194,7 @@ impl OriginPolicy {
             match request.scheme() {
                 Some("https") => return Decision::Attach,
                 None => return self.path_only(),
-                Some("http") if self.allow_http || request.host().is_some_and(is_loopback_host) => {
+                Some("http") if self.allow_http || request.goes_to_loopback() => {
                     return Decision::Attach;
                 }
                 Some(_) => {}
