@@ -7,7 +7,10 @@ use std::sync::{
 };
 
 use indicatif::ProgressBar;
-use tokio::{sync::oneshot, time::Instant};
+use tokio::{
+    sync::{oneshot, watch},
+    time::Instant,
+};
 
 use super::{PROGRESS_BATCH, Recorded, Stop, Target};
 
@@ -39,12 +42,18 @@ pub(super) async fn run(
             .min(concurrency as usize),
         Target::Grpc(_) => 0,
     };
+    // Held until every worker has finished: each thread keeps driving its runtime until then,
+    // so that a token fetch one thread's worker started, which another thread's workers may be
+    // waiting for, is not dropped with a runtime whose own workers are done.
+    let (all_finished, finishing) = watch::channel(());
     let shares = threads.max(1);
     let share = move |index: usize| (index as u64..u64::from(concurrency)).step_by(shares);
     let mut here = WorkerGroup::default();
     let mut elsewhere = Vec::new();
     for index in 0..shares {
-        let started = match (threads > 0).then(|| run.on_a_thread_of_its_own(index, share(index))) {
+        let started = match (threads > 0)
+            .then(|| run.on_a_thread_of_its_own(index, share(index), finishing.clone()))
+        {
             Some(Ok(started)) => started.await.ok(),
             Some(Err(_)) | None => None,
         };
@@ -64,6 +73,7 @@ pub(super) async fn run(
         }
     }
     all.merge(&here.finished().await);
+    drop(all_finished);
     all
 }
 
@@ -81,11 +91,13 @@ struct ClosedLoop {
 impl ClosedLoop {
     /// Runs `workers` on a new thread with a single-threaded runtime of its own. The first
     /// receiver answers once the thread has made its runtime, with the receiver of what the
-    /// workers recorded, or `None` if it could not (no worker ran then).
+    /// workers recorded, or `None` if it could not (no worker ran then). Once its workers are
+    /// done the thread keeps driving its runtime until `finishing`'s sender is dropped.
     fn on_a_thread_of_its_own(
         &self,
         index: usize,
         workers: impl Iterator<Item = u64> + Send + 'static,
+        mut finishing: watch::Receiver<()>,
     ) -> std::io::Result<oneshot::Receiver<Option<oneshot::Receiver<Recorded>>>> {
         let (started, starting) = oneshot::channel();
         let run = self.clone();
@@ -108,6 +120,11 @@ impl ClosedLoop {
                     group.start(&run, workers);
                     group.finished().await
                 }));
+                // Ends when the sender is dropped, which the caller does once every worker of
+                // the run is done (or when it is itself dropped).
+                runtime.block_on(async move {
+                    let _ = finishing.changed().await;
+                });
             })?;
         Ok(starting)
     }
@@ -150,8 +167,9 @@ impl ClosedLoop {
 }
 
 /// Closed-loop workers on one runtime and what they recorded, together: one histogram per
-/// thread, not per worker. 512 workers' histograms took 50 MB, and recording into them missed
-/// the cache on most requests; the group's lock is never contended on its thread.
+/// thread, not per worker. 512 workers' histograms took about 50 MB, and recording into them
+/// missed the cache on most requests. On a thread of its own the group's lock is never
+/// contended; only the fallback group on the caller's runtime may wait on it briefly.
 #[derive(Default)]
 struct WorkerGroup {
     tasks: tokio::task::JoinSet<()>,
