@@ -5,6 +5,7 @@
 //! cargo bench --bench concurrency                    # N = 1,000, 10,000, 100,000
 //! cargo bench --bench concurrency -- --test          # N = 1,000 once, quick (CI)
 //! cargo bench --bench concurrency -- --callers 5000,50000 --threads 4
+//! cargo bench --bench concurrency -- --scenarios 1,5 --callers 100000   # some scenarios only
 //! CONCURRENCY_CALLERS=1000,20000 CONCURRENCY_THREADS=2 cargo bench --bench concurrency
 //! ```
 //!
@@ -154,6 +155,8 @@ struct Settings {
     threads: usize,
     cores: usize,
     test: bool,
+    /// Which scenarios to run (1 to 5, and 6 for the memory line); all by default.
+    scenarios: Vec<u8>,
 }
 
 fn settings() -> Settings {
@@ -161,6 +164,7 @@ fn settings() -> Settings {
     let mut test = false;
     let mut callers = std::env::var("CONCURRENCY_CALLERS").ok();
     let mut threads = std::env::var("CONCURRENCY_THREADS").ok();
+    let mut scenarios = None::<String>;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -171,9 +175,12 @@ fn settings() -> Settings {
             "--test" => test = true,
             "--callers" | "-n" => callers = inline.or_else(|| args.next()),
             "--threads" => threads = inline.or_else(|| args.next()),
+            "--scenarios" => scenarios = inline.or_else(|| args.next()),
             "--help" | "-h" => {
                 println!(
-                    "concurrency [--test] [--callers N[,N...]] [--threads T]\n\
+                    "concurrency [--test] [--callers N[,N...]] [--threads T] [--scenarios S[,S...]]\n\
+                     scenarios: 1 cold start, 2 at expiry, 3 401 storm, 4 across the refresh target, \
+                     5 woken by one fetch, 6 memory per waiter\n\
                      env: CONCURRENCY_CALLERS, CONCURRENCY_THREADS"
                 );
                 std::process::exit(0);
@@ -199,11 +206,20 @@ fn settings() -> Settings {
         )
     };
     let threads = threads.map_or(cores, |t| t.parse().expect("--threads: a number"));
+    let scenarios = scenarios.map_or_else(
+        || (1..=6).collect(),
+        |list| {
+            list.split(',')
+                .map(|s| s.trim().parse().expect("--scenarios: numbers from 1 to 6"))
+                .collect()
+        },
+    );
     Settings {
         callers,
         threads: threads.max(1),
         cores,
         test,
+        scenarios,
     }
 }
 
@@ -1212,70 +1228,84 @@ async fn run(settings: &Settings) -> bool {
         print_table(title, &rows);
     };
 
-    let mut rows = Vec::new();
-    for &n in &settings.callers {
-        rows.push(layer_storm(n, false).await);
-        rows.push(mutex_storm(n, false).await);
-        rows.push(stampede_storm(n, false).await);
-        rows.push(aliri_cold_start(n).await);
+    if settings.scenarios.contains(&1) {
+        let mut rows = Vec::new();
+        for &n in &settings.callers {
+            rows.push(layer_storm(n, false).await);
+            rows.push(mutex_storm(n, false).await);
+            rows.push(stampede_storm(n, false).await);
+            rows.push(aliri_cold_start(n).await);
+        }
+        report(
+            "1. Cold start: N callers of `auth.token()` at once, empty cache",
+            rows,
+        );
     }
-    report(
-        "1. Cold start: N callers of `auth.token()` at once, empty cache",
-        rows,
-    );
 
-    let mut rows = Vec::new();
-    for &n in &settings.callers {
-        rows.push(layer_storm(n, true).await);
-        rows.push(mutex_storm(n, true).await);
-        rows.push(stampede_storm(n, true).await);
-        rows.push(aliri_at_expiry(n, TokenLifetimeConfig::default(), false).await);
-        rows.push(aliri_at_expiry(n, TokenLifetimeConfig::new(0.5, DurationSecs(0)), true).await);
+    if settings.scenarios.contains(&2) {
+        let mut rows = Vec::new();
+        for &n in &settings.callers {
+            rows.push(layer_storm(n, true).await);
+            rows.push(mutex_storm(n, true).await);
+            rows.push(stampede_storm(n, true).await);
+            rows.push(aliri_at_expiry(n, TokenLifetimeConfig::default(), false).await);
+            rows.push(
+                aliri_at_expiry(n, TokenLifetimeConfig::new(0.5, DurationSecs(0)), true).await,
+            );
+        }
+        report(
+            "2. At expiry: N callers at once after the token expired (`AuthLayer`: `refresh_ahead(false)`)",
+            rows,
+        );
     }
-    report(
-        "2. At expiry: N callers at once after the token expired (`AuthLayer`: `refresh_ahead(false)`)",
-        rows,
-    );
 
-    let mut rows = Vec::new();
-    for &n in &settings.callers {
-        rows.push(unauthorized_storm(n).await);
+    if settings.scenarios.contains(&3) {
+        let mut rows = Vec::new();
+        for &n in &settings.callers {
+            rows.push(unauthorized_storm(n).await);
+        }
+        report(
+            "3. 401 storm: N requests in flight with a token the API then revokes",
+            rows,
+        );
     }
-    report(
-        "3. 401 storm: N requests in flight with a token the API then revokes",
-        rows,
-    );
 
-    let mut rows = Vec::new();
-    for &n in &settings.callers {
-        rows.push(steady_traffic(n).await);
+    if settings.scenarios.contains(&4) {
+        let mut rows = Vec::new();
+        for &n in &settings.callers {
+            rows.push(steady_traffic(n).await);
+        }
+        report(
+            "4. Across the refresh target, refresh-ahead on (default): N requests spread over 1 s across it",
+            rows,
+        );
     }
-    report(
-        "4. Across the refresh target, refresh-ahead on (default): N requests spread over 1 s across it",
-        rows,
-    );
 
-    let mut rows = Vec::new();
-    for &n in &settings.callers {
-        rows.push(layer_wake(n).await);
-        rows.push(mutex_wake(n).await);
+    if settings.scenarios.contains(&5) {
+        let mut rows = Vec::new();
+        for &n in &settings.callers {
+            rows.push(layer_wake(n).await);
+            rows.push(mutex_wake(n).await);
+        }
+        report(
+            "5. Woken by one fetch: N callers all waiting on one fetch; latency from its completion to each answer",
+            rows,
+        );
     }
-    report(
-        "5. Woken by one fetch: N callers all waiting on one fetch; latency from its completion to each answer",
-        rows,
-    );
 
-    let n = settings.callers.iter().copied().max().unwrap_or(1_000);
-    match bytes_per_waiter(n).await {
-        Some((per_waiter, per_task, future_size)) => println!(
-            "\nmemory: {} callers waiting on one fetch (all waited, 1 fetch: PASS): \
-             {per_waiter:.0} heap bytes per waiting caller, its Tokio task included (an idle task: {per_task:.0} bytes; the \
-             `token()` future: {future_size} bytes)",
-            thousands(n as u128),
-        ),
-        None => {
-            println!("\nmemory: FAIL: the callers did not all wait on one fetch");
-            failed = true;
+    if settings.scenarios.contains(&6) {
+        let n = settings.callers.iter().copied().max().unwrap_or(1_000);
+        match bytes_per_waiter(n).await {
+            Some((per_waiter, per_task, future_size)) => println!(
+                "\nmemory: {} callers waiting on one fetch (all waited, 1 fetch: PASS): \
+                 {per_waiter:.0} heap bytes per waiting caller, its Tokio task included (an idle task: {per_task:.0} bytes; the \
+                 `token()` future: {future_size} bytes)",
+                thousands(n as u128),
+            ),
+            None => {
+                println!("\nmemory: FAIL: the callers did not all wait on one fetch");
+                failed = true;
+            }
         }
     }
     failed
