@@ -2,7 +2,9 @@
 //!
 //! Every secret ([`AccessToken`], [`RefreshToken`], [`ClientSecret`]) is held in a
 //! [`secrecy::SecretString`]: its `Debug` prints `[redacted]` and its memory is zeroized on drop.
-//! Reading the value takes an explicit call to `secret()`.
+//! Reading the value takes an explicit call to `secret()`. Copies of a secret share that one
+//! buffer, zeroized when the last copy goes: a token handed to many callers is not copied
+//! around the heap, and a copy allocates nothing.
 //!
 //! The `Authorization` header for a token is built once, when the token enters the cache, from a
 //! buffer that is zeroized when the last request using it is gone, and it is marked sensitive so
@@ -21,7 +23,7 @@
 //! assert!(!format!("{token:?}").contains("eyJ"));
 //! ```
 
-use std::{fmt, time::Duration};
+use std::{borrow::Cow, fmt, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::HeaderValue;
@@ -33,12 +35,12 @@ macro_rules! secret_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Clone)]
-        pub struct $name(SecretString);
+        pub struct $name(Arc<SecretString>);
 
         impl $name {
             /// Wraps a secret value.
             pub fn new(value: impl Into<String>) -> Self {
-                $name(SecretString::from(value.into()))
+                $name(Arc::new(SecretString::from(value.into())))
             }
 
             /// The secret value. Keep it out of logs.
@@ -104,11 +106,23 @@ secret_type!(
     SubjectToken
 );
 
+/// A token type as the endpoint wrote it, the usual ones borrowed: with the secret shared, a
+/// copy of a token (one per caller of [`AuthLayer::token`](crate::AuthLayer::token) woken by a
+/// fetch) allocates nothing.
+fn token_type_word(token_type: String) -> Cow<'static, str> {
+    const USUAL: [&str; 4] = ["Bearer", "bearer", "DPoP", "N_A"];
+    match USUAL.iter().find(|word| **word == token_type) {
+        Some(word) => Cow::Borrowed(word),
+        None => Cow::Owned(token_type),
+    }
+}
+
 /// An access token with what the token endpoint said about it.
 #[derive(Clone)]
 pub struct Token {
     access_token: AccessToken,
-    token_type: String,
+    /// As the endpoint wrote it; the usual words without an allocation ([`token_type_word`]).
+    token_type: Cow<'static, str>,
     expires_at: Option<Instant>,
     refresh_token: Option<RefreshToken>,
     scope: Option<String>,
@@ -124,7 +138,7 @@ impl Token {
     pub fn new(access_token: impl Into<String>) -> Self {
         Token {
             access_token: AccessToken::new(access_token),
-            token_type: "Bearer".to_owned(),
+            token_type: Cow::Borrowed("Bearer"),
             expires_at: None,
             refresh_token: None,
             scope: None,
@@ -146,7 +160,7 @@ impl Token {
 
     /// Sets the token type the endpoint reported (`Bearer` unless set).
     pub fn with_token_type(mut self, token_type: impl Into<String>) -> Self {
-        self.token_type = token_type.into();
+        self.token_type = token_type_word(token_type.into());
         self
     }
 
@@ -277,10 +291,10 @@ mod tests {
     fn secrets_and_header_buffers_are_held_in_types_that_wipe_on_drop() {
         // Each secret type holds a `SecretString`, which zeroizes on drop: changing the field to
         // a plain `String` stops this test from compiling.
-        wipes_on_drop(&AccessToken::new("a").0);
-        wipes_on_drop(&RefreshToken::new("r").0);
-        wipes_on_drop(&ClientSecret::new("c").0);
-        wipes_on_drop(&PkceVerifier::new("v").0);
+        wipes_on_drop(&*AccessToken::new("a").0);
+        wipes_on_drop(&*RefreshToken::new("r").0);
+        wipes_on_drop(&*ClientSecret::new("c").0);
+        wipes_on_drop(&*PkceVerifier::new("v").0);
         // A header's bytes are the `Zeroizing` buffer it was built from, not a copy of it: the
         // buffer is wiped when the last handle on the header goes.
         let buf = Zeroizing::new(b"Bearer t".to_vec());
@@ -289,6 +303,21 @@ mod tests {
         let header = Token::new("t").header_value("Bearer").unwrap();
         assert!(header.is_sensitive());
         assert!(copy_header(&header).is_sensitive());
+    }
+
+    #[test]
+    fn a_copy_of_a_token_shares_its_secret_and_its_usual_type() {
+        let token = Token::new("access").with_token_type(String::from("DPoP"));
+        let copy = token.clone();
+        // One buffer, wiped when the last copy goes: the secret is not copied around the heap.
+        assert!(std::ptr::eq(
+            token.access_token().secret(),
+            copy.access_token().secret()
+        ));
+        assert!(matches!(copy.token_type, Cow::Borrowed("DPoP")));
+        let unusual = Token::new("a").with_token_type("MAC");
+        assert!(matches!(unusual.token_type, Cow::Owned(ref t) if t == "MAC"));
+        assert_eq!(unusual.token_type(), "MAC");
     }
 
     #[test]
