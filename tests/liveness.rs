@@ -243,3 +243,91 @@ fn without_a_runtime_the_caller_gets_an_error_not_a_panic() {
     assert!(matches!(result, Err(Error::NoRuntime)), "{result:?}");
     assert_eq!(source.fetches(), 0);
 }
+
+/// A runtime whose only driver is elsewhere: built, entered by a thread that polls its own
+/// future, and never driven.
+fn idle_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A caller's wake-up is relayed by a task on its runtime; a runtime that never runs that task
+/// must not keep its callers waiting once the fetch is done.
+#[test]
+fn callers_on_a_runtime_that_never_runs_its_tasks_are_woken_by_the_fetch_itself() {
+    let fetcher = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let source = CountingSource::new(Duration::from_millis(20), Some(Duration::from_secs(60)));
+    let auth = AuthLayer::builder(source.clone())
+        .runtime(fetcher.handle().clone())
+        .build()
+        .unwrap();
+    let idle = idle_runtime();
+    let caller = auth.clone();
+    let token = within_ten_seconds(move || {
+        // The caller waits from inside `idle`, which is never driven: its relay never runs.
+        // Polled again only when woken, so that only a wake-up can end the wait.
+        let _entered = idle.enter();
+        let (woken, wake_ups) = mpsc::channel();
+        struct ByChannel(Mutex<mpsc::Sender<()>>);
+        impl Wake for ByChannel {
+            fn wake(self: Arc<Self>) {
+                let _ = self.0.lock().unwrap().send(());
+            }
+        }
+        let waker = Waker::from(Arc::new(ByChannel(Mutex::new(woken))));
+        let mut cx = Context::from_waker(&waker);
+        let mut token = pin!(caller.token());
+        loop {
+            if let Poll::Ready(token) = token.as_mut().poll(&mut cx) {
+                return token;
+            }
+            wake_ups.recv().unwrap();
+        }
+    });
+    assert_eq!(token.unwrap().access_token().secret(), "tok-1");
+    assert_eq!((source.fetches(), auth.stats().waiters), (1, 1));
+}
+
+/// The relay of a caller's wake-up goes with its runtime; a caller polled elsewhere gets
+/// [`Error::Aborted`] then, not a wait that nothing will end.
+#[test]
+fn a_caller_whose_runtime_shuts_down_while_it_waits_gets_an_error_not_a_hang() {
+    let fetcher = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    // A fetch that takes a minute: nothing but the runtime's shutdown ends the wait early.
+    let source = CountingSource::new(Duration::from_secs(60), Some(Duration::from_secs(60)));
+    let auth = AuthLayer::builder(source.clone())
+        .runtime(fetcher.handle().clone())
+        .fetch_timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let watched = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let handle = watched.handle().clone();
+    let caller = auth.clone();
+    let waiting = thread::spawn(move || {
+        let _entered = handle.enter();
+        block_on_without_runtime(caller.token())
+    });
+    let result = within_ten_seconds(move || {
+        while auth.stats().waiters == 0 {
+            thread::yield_now();
+        }
+        drop(watched);
+        waiting.join().unwrap()
+    });
+    assert!(matches!(result, Err(Error::Aborted)), "{result:?}");
+    assert_eq!(source.fetches(), 1);
+}

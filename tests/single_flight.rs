@@ -3,7 +3,16 @@
 
 mod support;
 
-use std::time::Duration;
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering::Relaxed},
+    },
+    task::{Context, Poll, Wake, Waker},
+    time::Duration,
+};
 
 use http::{Request, StatusCode};
 use http_body_util::Empty;
@@ -235,6 +244,71 @@ async fn waiters_on_one_runtime_share_one_watchdog_for_their_deadline() {
         );
         assert_eq!(at - start, Duration::from_secs(5));
     }
+}
+
+/// A future whose wake-ups are counted in `woken` before they are passed on.
+struct CountWakes<F> {
+    inner: Pin<Box<F>>,
+    woken: Arc<AtomicUsize>,
+}
+
+struct CountingWaker {
+    inner: Waker,
+    woken: Arc<AtomicUsize>,
+}
+
+impl Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.fetch_add(1, Relaxed);
+        self.inner.wake_by_ref();
+    }
+}
+
+impl<F: Future> Future for CountWakes<F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let waker = Waker::from(Arc::new(CountingWaker {
+            inner: cx.waker().clone(),
+            woken: Arc::clone(&self.woken),
+        }));
+        self.inner.as_mut().poll(&mut Context::from_waker(&waker))
+    }
+}
+
+/// Callers woken by one fetch are woken a batch (128) at a time, each batch running before the
+/// next is woken: a waiter's task is still in the cache when it runs, and the last callers do
+/// not wait behind every other wake-up. Waking all at once would have 1,000 woken and not yet
+/// run.
+#[tokio::test(start_paused = true)]
+async fn callers_woken_by_one_fetch_are_woken_a_batch_at_a_time() {
+    let source = CountingSource::new(Duration::from_secs(1), Some(Duration::from_secs(60)));
+    let auth = AuthLayer::new(source.clone());
+    let (woken, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut set = JoinSet::new();
+    for _ in 0..1_000 {
+        let (woken, done) = (Arc::clone(&woken), Arc::clone(&done));
+        let token = CountWakes {
+            inner: Box::pin(auth.token()),
+            woken: Arc::clone(&woken),
+        };
+        set.spawn(async move {
+            let token = token.await.unwrap();
+            // Woken and not yet done, this one included.
+            let pending = woken.load(Relaxed) - done.fetch_add(1, Relaxed);
+            (token, pending)
+        });
+    }
+    let mut most = 0;
+    for (token, pending) in set.join_all().await {
+        assert_eq!(token.access_token().secret(), "tok-1");
+        most = most.max(pending);
+    }
+    assert_eq!(woken.load(Relaxed), 1_000, "each caller woken once");
+    assert!(most <= 128, "{most} callers woken and not yet run");
+    assert_eq!((source.fetches(), auth.stats().waiters), (1, 1_000));
 }
 
 #[tokio::test(start_paused = true)]

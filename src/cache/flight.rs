@@ -5,22 +5,24 @@
 //! source panicked, the runtime shut down, the task was dropped inside `spawn`), the guard
 //! resolves the flight with [`Error::Aborted`]. Every wait also ends at the flight's deadline,
 //! so a fetch whose runtime is never driven again strands no one either: a watchdog task on
-//! each runtime that has callers waiting ends the flight then ([`TokenCache::watch`]). One
+//! each runtime that has callers waiting ends the flight then ([`TokenCache::watch`]), and
+//! once the flight is over wakes that runtime's callers, a batch at a time (`waiters.rs`). One
 //! timer per flight and runtime, rather than one per waiter, keeps a waiter small and its
 //! wake-up cheap: 100,000 callers waiting on one fetch registered and cancelled 100,000 timers.
 
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
-    sync::{Arc, Mutex, OnceLock, PoisonError},
+    sync::{Arc, OnceLock},
     time::Duration,
 };
 
 use tokio::{
     runtime::{self, Handle},
     sync::Notify,
-    time::Instant,
+    time::{Instant, Sleep},
 };
 
+use super::waiters::{WAKE_BATCH, WaiterGroups, Waiters, behind_the_woken};
 use super::{CacheState, TokenCache};
 use crate::deadline::{first, later};
 use crate::{Error, Token, cache::entry::Entry};
@@ -44,14 +46,12 @@ pub(crate) enum Outcome {
 /// One fetch in progress.
 pub(crate) struct Flight {
     outcome: OnceLock<Outcome>,
+    /// Wakes the watchdogs ([`TokenCache::watch`]); the callers wait in their runtime's group.
     done: Notify,
     /// After this instant waiters stop waiting, and the next caller starts another fetch.
     pub(crate) deadline: Instant,
-    /// The first runtime with a watchdog for this flight ([`TokenCache::watch`]), read
-    /// without a lock: most flights have waiters on one runtime only.
-    watched_first: OnceLock<runtime::Id>,
-    /// Every runtime with a watchdog for this flight.
-    watched: Mutex<Vec<runtime::Id>>,
+    /// The callers waiting, by runtime, each group woken by its runtime's watchdog.
+    waiters: WaiterGroups,
 }
 
 impl Flight {
@@ -60,15 +60,21 @@ impl Flight {
             outcome: OnceLock::new(),
             done: Notify::new(),
             deadline,
-            watched_first: OnceLock::new(),
-            watched: Mutex::new(Vec::new()),
+            waiters: WaiterGroups::default(),
         }
     }
 
-    /// Sets the outcome, if none is set yet, and wakes every waiter.
+    /// Sets the outcome, if none is set yet, and wakes the watchdogs, which wake their
+    /// runtime's callers. The callers of a runtime whose watchdog has not started are woken
+    /// here, all at once: that runtime may never run it.
     pub(crate) fn resolve(&self, outcome: Outcome) {
         if self.outcome.set(outcome).is_ok() {
             self.done.notify_waiters();
+            for group in self.waiters.iter() {
+                if !group.is_relayed() {
+                    drop(group.close());
+                }
+            }
         }
     }
 
@@ -77,12 +83,16 @@ impl Flight {
         self.outcome.get()
     }
 
-    /// Waits for the outcome, without a deadline of its own ([`TokenCache::watch`] keeps it).
-    pub(crate) async fn wait(&self) -> &Outcome {
+    /// Waits for the outcome among `waiters`, this caller's runtime's group
+    /// ([`TokenCache::watch`]), whose watchdog ends the wait at the flight's deadline at the
+    /// latest. [`Error::Aborted`] if the watchdog was dropped first: its runtime shut down.
+    pub(crate) async fn wait<'a>(&'a self, waiters: &'a Waiters) -> Result<&'a Outcome, Error> {
+        waiters.wait(&self.outcome).await.ok_or(Error::Aborted)
+    }
+
+    /// Waits for the outcome, without a deadline of its own: the watchdogs' wait.
+    async fn resolved(&self) -> &Outcome {
         loop {
-            // Looked at first, and again after each wake-up, before registering: a waiter woken
-            // by the outcome then returns without taking the notifier's lock again, which
-            // every one of many waiters woken at once would otherwise queue for.
             if let Some(outcome) = self.outcome.get() {
                 return outcome;
             }
@@ -236,46 +246,43 @@ impl TokenCache {
         Some(overdue)
     }
 
-    /// Makes sure that a wait on `flight` from the caller's runtime (for a caller outside any
-    /// runtime, the runtime set on the builder) ends at the flight's deadline however its fetch
-    /// fares, even on a runtime that is never driven again: a watchdog task on this runtime,
-    /// one per flight and runtime, gives the flight up then. [`Error::NoTimer`] on a runtime
-    /// without timers, as a waiter's own timer would be.
-    pub(super) fn watch(self: &Arc<Self>, flight: &Arc<Flight>) -> Result<(), Error> {
+    /// The group of waiters on `flight` for the caller's runtime (for a caller outside any
+    /// runtime, the runtime set on the builder), whose wait ends at the flight's deadline
+    /// however its fetch fares, even on a runtime that is never driven again: a watchdog task
+    /// on this runtime, one per flight and runtime, gives the flight up then, and wakes the
+    /// group once the flight is over. [`Error::NoTimer`] on a runtime without timers, as a
+    /// waiter's own timer would be.
+    pub(super) fn watch<'f>(
+        self: &Arc<Self>,
+        flight: &'f Arc<Flight>,
+    ) -> Result<&'f Waiters, Error> {
         let runtime = match Handle::try_current() {
             Ok(current) => current,
             Err(_) => self.settings.runtime.clone().ok_or(Error::NoRuntime)?,
         };
         let id = runtime.id();
-        if flight.watched_first.get() == Some(&id) {
-            return Ok(());
+        if let Some(waiters) = flight.waiters.find(id) {
+            return Ok(waiters);
         }
-        let mut watched = flight
-            .watched
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if watched.contains(&id) {
-            return Ok(());
-        }
-        // Made before the runtime counts as watched: on a runtime without timers every waiter
-        // gets the error, not only the first.
+        // Made before the group exists: on a runtime without timers every waiter gets the
+        // error, not only the first.
         let _entered = runtime.enter();
         let deadline = catch_unwind(AssertUnwindSafe(|| {
             tokio::time::sleep_until(flight.deadline)
         }))
         .map_err(|_| Error::NoTimer)?;
-        watched.push(id);
-        let _ = flight.watched_first.set(id);
-        drop(watched);
-        let (cache, flight) = (Arc::clone(self), Arc::clone(flight));
-        // Spawned with no lock held. A runtime shutting down drops the task, and with it every
-        // task that could be waiting on this runtime.
-        runtime.spawn(async move {
-            if first(flight.wait(), deadline).await.is_none() {
-                cache.give_up(&flight, Instant::now());
-            }
-        });
-        Ok(())
+        let (waiters, added) = flight.waiters.find_or_add(id);
+        if added {
+            let watchdog = Watchdog {
+                cache: Arc::clone(self),
+                flight: Arc::clone(flight),
+                runtime: id,
+            };
+            // Spawned with no lock held. A runtime shutting down drops the task, maybe unpolled,
+            // and the watchdog's drop then wakes the group.
+            runtime.spawn(watchdog.run(deadline));
+        }
+        Ok(waiters)
     }
 
     /// The flight's deadline passed: give it up if it is still the current one (the next caller
@@ -297,5 +304,39 @@ impl TokenCache {
         flight.resolve(Outcome::Failed(Error::Timeout(
             self.settings.fetch_timeout.saturating_add(WAITER_SLACK),
         )));
+    }
+}
+
+/// One runtime's watchdog for one flight: it gives the flight up at its deadline, and once the
+/// flight is over wakes the runtime's group of waiters, [`WAKE_BATCH`] at a time, letting each
+/// batch run before it wakes the next. Dropped before that (its runtime shut down), it wakes
+/// every waiter of the group at once, and a caller that comes later gets [`Error::Aborted`].
+struct Watchdog {
+    cache: Arc<TokenCache>,
+    flight: Arc<Flight>,
+    runtime: runtime::Id,
+}
+
+impl Watchdog {
+    async fn run(self, deadline: Sleep) {
+        let Some(waiters) = self.flight.waiters.find(self.runtime) else {
+            return;
+        };
+        waiters.relaying();
+        if first(self.flight.resolved(), deadline).await.is_none() {
+            self.cache.give_up(&self.flight, Instant::now());
+        }
+        let mut wakeup = waiters.close();
+        while wakeup.wake(WAKE_BATCH) {
+            behind_the_woken().await;
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(waiters) = self.flight.waiters.find(self.runtime) {
+            drop(waiters.close());
+        }
     }
 }

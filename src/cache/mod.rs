@@ -36,6 +36,7 @@ mod rejection;
 mod settings;
 #[cfg(feature = "redis")]
 mod shared;
+mod waiters;
 
 use std::{
     fmt,
@@ -205,8 +206,8 @@ impl TokenCache {
                 None => {
                     // The wait ends at the flight's deadline at the latest: the watchdog on
                     // this caller's runtime ends the flight then.
-                    self.watch(&flight)?;
-                    flight.wait().await
+                    let waiters = self.watch(&flight)?;
+                    flight.wait(waiters).await?
                 }
             };
             match outcome {
