@@ -52,7 +52,7 @@
 //! | [`origin`] | where a token may go: https only (http to loopback), origin limits, requests addressed by path alone; whether a host is loopback | `src/middleware/origin.rs`, `src/middleware/loopback.rs` |
 //! | (internal) | reading a 401's `WWW-Authenticate` challenge | `src/middleware/challenge.rs` |
 //! | (internal) | DPoP on requests: a proof per request, nonces per origin (feature `jose`) | `src/middleware/dpop.rs` |
-//! | (internal) | the token cache: one current token, single flight, refresh ahead, backoff, what answers do to the token, and the trait through which it shares tokens with other processes | `src/cache/` (`mod.rs`, `settings.rs`, `entry.rs`, `refresh.rs`, `flight.rs`, `backoff.rs`, `rejection.rs`, `shared.rs`) |
+//! | (internal) | the token cache: one current token, single flight and its waiters woken in batches, refresh ahead, backoff, what answers do to the token, and the trait through which it shares tokens with other processes | `src/cache/` (`mod.rs`, `settings.rs`, `entry.rs`, `refresh.rs`, `flight.rs`, `waiters.rs`, `backoff.rs`, `rejection.rs`, `shared.rs`) |
 //! | (internal) | deadlines that never overflow, racing a future against one, whether the runtime has timers | `src/deadline.rs` |
 //! | (internal) | scope values: their union, and which are valid | `src/scope.rs` |
 //! | (internal) | cutting every secret a request carried out of the text its server answered (in every form it may be echoed) | `src/scrub.rs` |

@@ -165,8 +165,8 @@ pub enum Error {
     #[error("no token key for this request: the keyed layer's key function returned none")]
     NoKey,
 
-    /// The fetch was abandoned before it finished: the token source panicked or the runtime
-    /// shut down.
+    /// The fetch was abandoned before it finished (the token source panicked, or the runtime
+    /// running it shut down), or the runtime a caller waited on shut down under it.
     #[error("token fetch was aborted before it finished")]
     Aborted,
 
