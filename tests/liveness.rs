@@ -179,11 +179,7 @@ fn a_background_refresh_stranded_on_an_idle_runtime_is_replaced_after_its_deadli
 
 #[test]
 fn fetches_run_on_the_runtime_given_to_the_builder() {
-    let background = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let background = one_worker_runtime();
     let ran_on = Arc::new(Mutex::new(Vec::new()));
     let record = Arc::clone(&ran_on);
     let source = from_fn(move || {
@@ -244,6 +240,15 @@ fn without_a_runtime_the_caller_gets_an_error_not_a_panic() {
     assert_eq!(source.fetches(), 0);
 }
 
+/// A runtime that drives itself, on one worker thread.
+fn one_worker_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A runtime whose only driver is elsewhere: built, entered by a thread that polls its own
 /// future, and never driven.
 fn idle_runtime() -> tokio::runtime::Runtime {
@@ -257,11 +262,7 @@ fn idle_runtime() -> tokio::runtime::Runtime {
 /// must not keep its callers waiting once the fetch is done.
 #[test]
 fn callers_on_a_runtime_that_never_runs_its_tasks_are_woken_by_the_fetch_itself() {
-    let fetcher = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let fetcher = one_worker_runtime();
     let source = CountingSource::new(Duration::from_millis(20), Some(Duration::from_secs(60)));
     let auth = AuthLayer::builder(source.clone())
         .runtime(fetcher.handle().clone())
@@ -298,11 +299,7 @@ fn callers_on_a_runtime_that_never_runs_its_tasks_are_woken_by_the_fetch_itself(
 /// [`Error::Aborted`] then, not a wait that nothing will end.
 #[test]
 fn a_caller_whose_runtime_shuts_down_while_it_waits_gets_an_error_not_a_hang() {
-    let fetcher = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let fetcher = one_worker_runtime();
     // A fetch that takes a minute: nothing but the runtime's shutdown ends the wait early.
     let source = CountingSource::new(Duration::from_secs(60), Some(Duration::from_secs(60)));
     let auth = AuthLayer::builder(source.clone())
@@ -310,11 +307,7 @@ fn a_caller_whose_runtime_shuts_down_while_it_waits_gets_an_error_not_a_hang() {
         .fetch_timeout(Duration::from_secs(120))
         .build()
         .unwrap();
-    let watched = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let watched = one_worker_runtime();
     let handle = watched.handle().clone();
     let caller = auth.clone();
     let waiting = thread::spawn(move || {
