@@ -391,6 +391,9 @@ where
         }));
     }
     prepare.await;
+    // Every design's callers go just after a tick of Tokio's timer (one a millisecond), so that
+    // the endpoint's 5 ms sleep, and so the fetch, rounds up alike for every design.
+    tokio::time::sleep(Duration::from_millis(1)).await;
     barrier.wait().await;
     let mut latencies = Vec::with_capacity(n);
     let mut errors = 0;
@@ -456,7 +459,6 @@ async fn layer_storm(n: usize, expired: bool) -> Row {
                         .is_none_or(|left| left.is_zero())
                 })
                 .await;
-                tokio::time::sleep(Duration::from_millis(1)).await;
             }
         },
     )
