@@ -106,9 +106,9 @@ secret_type!(
     SubjectToken
 );
 
-/// A token type as the endpoint wrote it, the usual ones borrowed: with the secret shared, a
-/// copy of a token (one per caller of [`AuthLayer::token`](crate::AuthLayer::token) woken by a
-/// fetch) allocates nothing.
+/// A token type as the endpoint wrote it, the usual ones borrowed: with the secret, the scope
+/// and the issued type shared, a copy of a token (one per caller of
+/// [`AuthLayer::token`](crate::AuthLayer::token) woken by a fetch) allocates nothing.
 fn token_type_word(token_type: String) -> Cow<'static, str> {
     const USUAL: [&str; 4] = ["Bearer", "bearer", "DPoP", "N_A"];
     match USUAL.iter().find(|word| **word == token_type) {
@@ -125,9 +125,10 @@ pub struct Token {
     token_type: Cow<'static, str>,
     expires_at: Option<Instant>,
     refresh_token: Option<RefreshToken>,
-    scope: Option<String>,
+    /// Shared by copies, as the secret is: a copy of a token allocates nothing.
+    scope: Option<Arc<str>>,
     /// RFC 8693's `issued_token_type`, from a token exchange.
-    issued_token_type: Option<String>,
+    issued_token_type: Option<Arc<str>>,
 }
 
 impl Token {
@@ -178,7 +179,7 @@ impl Token {
     /// Records the type of token a token exchange issued (RFC 8693 `issued_token_type`, such
     /// as `urn:ietf:params:oauth:token-type:access_token`).
     pub fn with_issued_token_type(mut self, issued_token_type: impl Into<String>) -> Self {
-        self.issued_token_type = Some(issued_token_type.into());
+        self.issued_token_type = Some(Arc::from(issued_token_type.into()));
         self
     }
 
@@ -190,7 +191,7 @@ impl Token {
 
     /// Sets the scope the token was granted.
     pub fn with_scope(mut self, scope: impl Into<String>) -> Self {
-        self.scope = Some(scope.into());
+        self.scope = Some(Arc::from(scope.into()));
         self
     }
 
@@ -307,13 +308,16 @@ mod tests {
 
     #[test]
     fn a_copy_of_a_token_shares_its_secret_and_its_usual_type() {
-        let token = Token::new("access").with_token_type(String::from("DPoP"));
+        let token = Token::new("access")
+            .with_token_type(String::from("DPoP"))
+            .with_scope("read write");
         let copy = token.clone();
         // One buffer, wiped when the last copy goes: the secret is not copied around the heap.
         assert!(std::ptr::eq(
             token.access_token().secret(),
             copy.access_token().secret()
         ));
+        assert!(std::ptr::eq(token.scope().unwrap(), copy.scope().unwrap()));
         assert!(matches!(copy.token_type, Cow::Borrowed("DPoP")));
         let unusual = Token::new("a").with_token_type("MAC");
         assert!(matches!(unusual.token_type, Cow::Owned(ref t) if t == "MAC"));
