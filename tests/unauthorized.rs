@@ -446,36 +446,53 @@ async fn inner_errors_and_token_errors_are_told_apart() {
     ));
 }
 
+/// The resend's URI is kept as text when short and cloned when not (`replay::uri`): both come
+/// back byte for byte.
 #[tokio::test(start_paused = true)]
 async fn the_resend_keeps_method_uri_and_headers() {
-    let source = source();
-    let api = source.api();
-    let seen_headers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let recorder = {
-        let seen_headers = seen_headers.clone();
-        tower::service_fn(move |req: Request<Full<Bytes>>| {
-            seen_headers.lock().unwrap().push((
-                req.method().clone(),
-                req.uri().clone(),
-                req.headers().get("x-request").cloned(),
-            ));
-            let mut api = api.clone();
-            async move { tower::Service::call(&mut api, req).await }
-        })
-    };
-    let svc = ServiceBuilder::new()
-        .layer(AuthLayer::new(source.clone()))
-        .service(recorder);
-    svc.clone().oneshot(post("a")).await.unwrap();
-    source.api().revoke("tok-1");
-    let response = svc.oneshot(post("b")).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let seen = seen_headers.lock().unwrap().clone();
-    assert_eq!(seen.len(), 3);
-    assert_eq!(seen[1], seen[2]);
-    assert_eq!(seen[2].0, http::Method::POST);
-    assert_eq!(seen[2].1, "https://api.test/items");
-    assert_eq!(seen[2].2.as_ref().unwrap(), "kept");
+    let long = format!(
+        "https://api.test/items/{}?cursor=a%2Fb&limit=10",
+        "x".repeat(80)
+    );
+    for uri in [
+        "https://api.test/items",
+        "https://API.test:443/items?q=%41",
+        &long,
+    ] {
+        let source = source();
+        let api = source.api();
+        let seen_headers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorder = {
+            let seen_headers = seen_headers.clone();
+            tower::service_fn(move |req: Request<Full<Bytes>>| {
+                seen_headers.lock().unwrap().push((
+                    req.method().clone(),
+                    req.uri().to_string(),
+                    req.headers().get("x-request").cloned(),
+                ));
+                let mut api = api.clone();
+                async move { tower::Service::call(&mut api, req).await }
+            })
+        };
+        let svc = ServiceBuilder::new()
+            .layer(AuthLayer::new(source.clone()))
+            .service(recorder);
+        let request = |body: &'static str| {
+            let mut request = post(body);
+            *request.uri_mut() = uri.parse().unwrap();
+            request
+        };
+        svc.clone().oneshot(request("a")).await.unwrap();
+        source.api().revoke("tok-1");
+        let response = svc.oneshot(request("b")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let seen = seen_headers.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3, "{uri}");
+        assert_eq!(seen[1], seen[2]);
+        assert_eq!(seen[2].0, http::Method::POST);
+        assert_eq!(seen[2].1, uri);
+        assert_eq!(seen[2].2.as_ref().unwrap(), "kept");
+    }
 }
 
 #[tokio::test(start_paused = true)]

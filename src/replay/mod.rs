@@ -29,15 +29,17 @@ use std::{
 use bytes::Bytes;
 
 mod body;
+mod uri;
 
 pub use body::{Abandoned, ReplayableBody};
 pub(crate) use body::{EndsWhenAbandoned, ReplayHandle};
-use http::{Extensions, HeaderMap, Method, Request, Uri, Version};
+use http::{Extensions, HeaderMap, Method, Request, Version};
 use http_body::Body as _;
 use http_body_util::{
     BodyExt, Empty, Full,
     combinators::{BoxBody, UnsyncBoxBody},
 };
+use uri::UriCopy;
 
 use crate::BoxError;
 
@@ -175,7 +177,7 @@ impl<B> KeptBody<B> {
 /// What is kept of an `http::Request` to send it again: its head and what its body needs.
 pub struct ReplayRequest<B> {
     method: Method,
-    uri: Uri,
+    uri: UriCopy,
     version: Version,
     /// `None` when the request had no headers: most reach the layer with none, and an empty
     /// map costs a construction and a drop that nothing needs.
@@ -201,7 +203,7 @@ impl<B: 'static> ReplayRequest<B> {
         let body = keep(request.body_mut(), limit)?;
         Some(ReplayRequest {
             method: request.method().clone(),
-            uri: request.uri().clone(),
+            uri: UriCopy::new(request.uri()),
             version: request.version(),
             headers: if request.headers().is_empty() {
                 None
@@ -215,10 +217,11 @@ impl<B: 'static> ReplayRequest<B> {
 
     /// The request to resend, if the body can still be built.
     pub(crate) fn into_request(self) -> Option<Request<B>> {
+        let uri = self.uri.into_uri()?;
         let body = self.body.into_body()?;
         let mut request = Request::new(body);
         *request.method_mut() = self.method;
-        *request.uri_mut() = self.uri;
+        *request.uri_mut() = uri;
         *request.version_mut() = self.version;
         if let Some(headers) = self.headers {
             *request.headers_mut() = headers;
