@@ -127,7 +127,8 @@ where
                     header,
                     generation,
                     mark,
-                    Arc::clone(layer),
+                    layer,
+                    false,
                 );
             }
         }
@@ -170,7 +171,7 @@ impl<S: Clone, K: Clone> Clone for KeyedAuthService<S, K> {
             inner: self.inner.clone(),
             state: Arc::clone(&self.state),
             last: self.last.clone(),
-            spare: self.spare.for_clone(&self.inner),
+            spare: self.spare.for_clone(&self.inner, None),
         }
     }
 }

@@ -152,24 +152,18 @@ impl<S> AuthService<S> {
         self.inner
     }
 
-    /// The header, generation, mark ([`mark_at`]) and layer handle for a request; `None` to
-    /// wait for a token.
+    /// The header, generation and mark ([`mark_at`]) for a request; `None` to wait for a
+    /// token. The request goes with [`handle`](Self::handle) afterwards.
     #[inline]
-    fn token(&mut self) -> Option<(HeaderValue, u64, Mark, LayerHandle)> {
+    fn token(&mut self) -> Option<(HeaderValue, u64, Mark)> {
         if let Some(own) = &mut self.own {
-            let (header, generation, mark) = own.token(&self.layer.cache)?;
-            return Some((header, generation, mark, Arc::clone(&own.layer)));
+            return own.token(&self.layer.cache);
         }
         let cache = &self.layer.cache;
         let current = cache.current().load();
         let entry = current.as_ref()?;
         let mark = mark_at(cache, entry, Instant::now())?;
-        let token = (
-            self.layer.header(entry),
-            entry.generation,
-            mark,
-            Arc::clone(&self.layer),
-        );
+        let token = (self.layer.header(entry), entry.generation, mark);
         drop(current);
         self.sent += 1;
         if self.sent >= OWN_COPIES_AFTER {
@@ -218,8 +212,12 @@ where
                 return ResponseFuture::refused(grpc::token_error(&request, err));
             }
         }
-        let Some((header, generation, mark, layer)) = self.token() else {
+        let Some((header, generation, mark)) = self.token() else {
             return self.acquiring(request);
+        };
+        let layer = match &self.own {
+            Some(own) => &own.layer,
+            None => &self.layer,
         };
         send(
             &mut self.inner,
@@ -229,13 +227,17 @@ where
             generation,
             mark,
             layer,
+            true,
         )
     }
 }
 
 /// Sends `request` with the token of `generation` (its `header`) through `inner`, keeping what
 /// a resend after a 401 needs when the layer resends and the body can be replayed. The hot path
-/// of [`AuthService`] and of the keyed layer's service.
+/// of [`AuthService`] and of the keyed layer's service. With `spare_holds_layer`, the spare a
+/// resend goes through is on `layer`'s state (the service's spare, made by it or the service
+/// it was cloned from) and holds a handle on it, which the response future uses.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(crate) fn send<S, R>(
     inner: &mut S,
@@ -244,7 +246,8 @@ pub(crate) fn send<S, R>(
     header: HeaderValue,
     generation: u64,
     mark: Mark,
-    layer: LayerHandle,
+    layer: &LayerHandle,
+    spare_holds_layer: bool,
 ) -> ResponseFuture<S, R>
 where
     R: AuthRequest,
@@ -258,10 +261,15 @@ where
                 Err(err) => return ResponseFuture::refused(grpc::token_error(&request, err)),
             };
             // A resend goes through a clone of the service's spare, made only if it happens.
-            let resender = Resender::Spare(spare.of(inner));
+            let spare = spare.of(inner, spare_holds_layer.then_some(layer));
+            // The future reaches the layer through the spare when it holds a handle.
+            let handle = match spare.layer {
+                Some(_) => None,
+                None => Some(Arc::clone(layer)),
+            };
             let fut = inner.call(request);
-            let replay = Some((resender, replay));
-            return ResponseFuture::sent(fut, layer, generation, proof, may_be_grpc, replay);
+            let replay = Some((Resender::Spare(spare), replay));
+            return ResponseFuture::sent(fut, handle, generation, proof, may_be_grpc, replay);
         }
     }
     let proof = match layer.attach(&mut request, header, generation) {
@@ -270,7 +278,7 @@ where
     };
     ResponseFuture::sent(
         inner.call(request),
-        layer,
+        Some(Arc::clone(layer)),
         generation,
         proof,
         may_be_grpc,
@@ -318,7 +326,7 @@ impl<S: Clone> Clone for AuthService<S> {
             own: None,
             sent: 0,
             spare: if self.layer.retry {
-                self.spare.for_clone(&self.inner)
+                self.spare.for_clone(&self.inner, Some(&self.layer))
             } else {
                 Spare::new()
             },

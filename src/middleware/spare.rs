@@ -11,6 +11,8 @@
 
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
+use crate::middleware::handle::LayerHandle;
+
 /// A clone of the inner service, kept for resends. In a mutex so that it can be shared by
 /// futures on other threads without asking the service to be `Sync`; it is locked only to be
 /// cloned, after a 401, never across an await.
@@ -18,6 +20,11 @@ pub(crate) struct SpareService<S> {
     service: Mutex<S>,
     /// `S::clone`, kept here so that the response future needs no `S: Clone` bound.
     clone: fn(&S) -> S,
+    /// A handle on the layer of the service that made it, which its clones share: a request
+    /// that may be resent holds its layer through the spare, one reference count where it
+    /// would take two. `None` for a keyed service, whose requests go to the layers of many
+    /// keys.
+    pub(crate) layer: Option<LayerHandle>,
 }
 
 /// A service's spare: made at its first request that may be resent (or its first clone), and
@@ -37,15 +44,17 @@ impl<S> Spare<S> {
 }
 
 impl<S: Clone> Spare<S> {
-    /// The spare, made from `inner` the first time it is asked for.
+    /// The spare, made from `inner` (and holding `layer`, the service's handle) the first time
+    /// it is asked for.
     #[inline]
-    pub(crate) fn of(&self, inner: &S) -> Arc<SpareService<S>> {
+    pub(crate) fn of(&self, inner: &S, layer: Option<&LayerHandle>) -> Arc<SpareService<S>> {
         Arc::clone(match self {
             Spare::Given(spare) => spare,
             Spare::Own(own) => own.get_or_init(|| {
                 Arc::new(SpareService {
                     service: Mutex::new(inner.clone()),
                     clone: S::clone,
+                    layer: layer.cloned(),
                 })
             }),
         })
@@ -54,8 +63,8 @@ impl<S: Clone> Spare<S> {
     /// The spare for a clone of the service: this service's, made now if it has none, so that
     /// a service cloned for each request does not make one per request.
     #[inline]
-    pub(crate) fn for_clone(&self, inner: &S) -> Self {
-        Spare::Given(self.of(inner))
+    pub(crate) fn for_clone(&self, inner: &S, layer: Option<&LayerHandle>) -> Self {
+        Spare::Given(self.of(inner, layer))
     }
 }
 
@@ -70,6 +79,15 @@ pub(crate) enum Resender<S> {
 }
 
 impl<S> Resender<S> {
+    /// The handle on the layer the spare holds, if it is a spare that holds one.
+    #[inline(always)]
+    pub(crate) fn layer(&self) -> Option<&LayerHandle> {
+        match self {
+            Resender::Spare(spare) => spare.layer.as_ref(),
+            Resender::Called(_) => None,
+        }
+    }
+
     /// The service to resend with; it still has to be readied.
     pub(crate) fn into_service(self) -> S {
         match self {

@@ -82,11 +82,12 @@ pin_project! {
         },
         // The request is with the inner service, carrying the token of `generation` (the
         // future's `replay` is kept for a resend after a 401). `layer` keeps the cache alive
-        // for that, even if every service and layer is dropped meanwhile (as `oneshot` does).
+        // for that, even if every service and layer is dropped meanwhile (as `oneshot` does);
+        // `None` when `replay` goes through a spare that holds a handle (`held_layer`).
         Send {
             #[pin]
             fut: F,
-            layer: LayerHandle,
+            layer: Option<LayerHandle>,
             generation: u64,
             proof: Proof,
             // The request may be a gRPC call (`AuthRequest::may_be_grpc`): a 200 answer is
@@ -119,11 +120,12 @@ where
     S: Service<R>,
     R: AuthRequest,
 {
-    /// The request was sent with the token of `generation`.
+    /// The request was sent with the token of `generation`; `layer` is `None` only if
+    /// `replay` goes through a spare that holds a handle on the layer.
     #[inline]
     pub(crate) fn sent(
         fut: S::Future,
-        layer: LayerHandle,
+        layer: Option<LayerHandle>,
         generation: u64,
         proof: Proof,
         may_be_grpc: bool,
@@ -202,20 +204,24 @@ where
     /// anything but a rejection. Everything else is out of line.
     #[inline(always)]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.as_mut().project();
         if let StateProj::Send {
             fut,
             layer,
             generation,
             proof,
             may_be_grpc,
-        } = self.as_mut().project().state.project()
+        } = this.state.project()
         {
             let mut result = ready!(fut.poll(cx));
             // The state stays `Send`: the future is done, and polling it again is a misuse the
             // `Future` contract leaves to the inner future to answer. Not setting `Done` saves
             // dropping the state twice on every request.
             if let Ok(response) = &mut result {
-                if !challenge::may_reject(response, *may_be_grpc) {
+                if let (false, Some(layer)) = (
+                    challenge::may_reject(response, *may_be_grpc),
+                    held_layer(layer, this.replay),
+                ) {
                     // A stream's trailers may still reject the token: their watch decides.
                     let watched = response.watch_trailers(|| TrailerWatch::new(layer, *generation));
                     if let Some(sent) = *proof {
@@ -266,6 +272,18 @@ where
         f.debug_struct("ResponseFuture")
             .field("state", &state)
             .finish_non_exhaustive()
+    }
+}
+
+/// The handle on the layer a request in `Send` holds: its own, or its spare's.
+#[inline(always)]
+fn held_layer<'a, S, Kept>(
+    layer: &'a Option<LayerHandle>,
+    replay: &'a Option<(Resender<S>, Kept)>,
+) -> Option<&'a LayerHandle> {
+    match layer {
+        Some(layer) => Some(layer),
+        None => replay.as_ref().and_then(|(resender, _)| resender.layer()),
     }
 }
 

@@ -10,7 +10,7 @@ use std::{
 
 use tower_service::Service;
 
-use super::{Replay, ResponseFuture, State, StateProj, polled_after_completion};
+use super::{Replay, ResponseFuture, State, StateProj, held_layer, polled_after_completion};
 use crate::{
     BoxError, challenge,
     grpc::{self, TrailerWatch},
@@ -67,13 +67,11 @@ where
         else {
             return Poll::Ready(Err(polled_after_completion()));
         };
-        let (layer, generation, proof, may_be_grpc, replay) = (
-            Arc::clone(layer),
-            *generation,
-            *proof,
-            *may_be_grpc,
-            this.replay.take(),
-        );
+        let Some(layer) = held_layer(layer, this.replay).cloned() else {
+            return Poll::Ready(Err(polled_after_completion()));
+        };
+        let (generation, proof, may_be_grpc, replay) =
+            (*generation, *proof, *may_be_grpc, this.replay.take());
         let response = match result {
             Ok(response) if challenge::may_reject(&response, may_be_grpc) => response,
             Ok(mut response) => {
@@ -198,7 +196,7 @@ where
                             replay.map(|r| (Resender::Called(Box::new(service)), r));
                         State::Send {
                             fut,
-                            layer,
+                            layer: Some(layer),
                             generation: entry.generation,
                             proof,
                             may_be_grpc,
