@@ -78,6 +78,29 @@ async fn a_thousand_requests_rejected_together_cause_one_refresh_and_all_succeed
     assert_eq!(stats.retries, 1_000);
 }
 
+/// A request in flight holds its layer through the spare it would be resent through: with the
+/// service and every clone of the layer gone, its 401 still refreshes the token and resends.
+#[tokio::test(start_paused = true)]
+async fn a_401_after_the_service_and_the_layer_are_dropped_still_refreshes_and_resends() {
+    let source = source();
+    let api = source.api();
+    let auth = AuthLayer::new(source.clone());
+    let svc = ServiceBuilder::new()
+        .layer(auth.clone())
+        .service(api.clone());
+    assert_eq!(auth.token().await.unwrap().access_token().secret(), "tok-1");
+    api.set_latency(Duration::from_millis(50));
+    let in_flight = tokio::spawn(svc.oneshot(post("payload")));
+    drop(auth);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    api.revoke("tok-1");
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.body(), "payload");
+    assert_eq!(api.seen(), ["tok-1", "tok-2"]);
+    assert_eq!(source.fetches(), 2);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_second_401_goes_back_to_the_caller_unchanged() {
     let source = source();

@@ -42,14 +42,16 @@ use crate::{
 /// monotonic clock once and compares it with the token's refresh point, clones the pre-built
 /// header into the request and calls the inner service. No lock, no boxed future, and no
 /// allocation by the layer for bodies of shared bytes. When the body can be resent (see
-/// [`crate::replay`]), the request head is copied so that a 401 can be retried (and a `String`
-/// or `Vec<u8>` body within the replay limit copied once); turn that off with
-/// [`retry_unauthorized(false)`](crate::AuthLayerBuilder::retry_unauthorized).
+/// [`crate::replay`]), the request head is copied so that a 401 can be retried (a URI of up to
+/// 80 bytes as its text, parsed again only for a resend, so that its shared buffers are not
+/// counted; a `String` or `Vec<u8>` body within the replay limit copied once); turn that off
+/// with [`retry_unauthorized(false)`](crate::AuthLayerBuilder::retry_unauthorized).
 ///
 /// The inner service is not cloned per request for a resend, as tower's `Retry` does: a service
 /// keeps one clone of its inner service, made at its first resendable request (or its first
-/// clone) and shared with its clones, each request's future takes a reference to it, and the
-/// service a resend goes through is cloned from it only when a resend happens
+/// clone) and shared with its clones, each request's future takes a reference to it (and
+/// reaches the layer through it, taking no handle of its own), and the service a resend goes
+/// through is cloned from it only when a resend happens
 /// (`unauthorized::the_inner_service_is_cloned_for_a_resend_only_when_one_happens`). For
 /// hyper-util's `Client`, whose clone counts references that every caller shares, that is
 /// several contended atomic operations a request saved.
