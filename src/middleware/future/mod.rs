@@ -20,7 +20,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
 };
 
 use pin_project_lite::pin_project;
@@ -213,11 +213,16 @@ where
             may_be_grpc,
         } = this.state.project()
         {
-            let mut result = ready!(fut.poll(cx));
+            // The answer is looked at where the inner future left it, and moved once, into
+            // this future's output.
+            let mut polled = fut.poll(cx);
+            let Poll::Ready(result) = &mut polled else {
+                return Poll::Pending;
+            };
             // The state stays `Send`: the future is done, and polling it again is a misuse the
             // `Future` contract leaves to the inner future to answer. Not setting `Done` saves
             // dropping the state twice on every request.
-            if let Ok(response) = &mut result {
+            if let Ok(response) = result {
                 if let (false, Some(layer)) = (
                     challenge::may_reject(response, *may_be_grpc),
                     held_layer(layer, this.replay),
@@ -227,12 +232,12 @@ where
                     if let Some(sent) = *proof {
                         layer.answered(sent, response, *generation, watched);
                     }
-                    return match result {
-                        Ok(response) => Poll::Ready(Ok(response)),
-                        Err(err) => Poll::Ready(Err(err.into())),
-                    };
+                    return polled.map_err(Into::into);
                 }
             }
+            let Poll::Ready(result) = polled else {
+                return Poll::Pending;
+            };
             return self.answered(result, cx);
         }
         self.poll_slow(cx)
