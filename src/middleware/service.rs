@@ -43,7 +43,7 @@ use crate::{
 /// header into the request and calls the inner service. No lock, no boxed future, and no
 /// allocation by the layer for bodies of shared bytes. When the body can be resent (see
 /// [`crate::replay`]), the request head is copied so that a 401 can be retried (a URI of up to
-/// 80 bytes as its text, parsed again only for a resend, so that its shared buffers are not
+/// 80 bytes past its scheme as its text, parsed again only for a resend, so that its shared buffers are not
 /// counted; a `String` or `Vec<u8>` body within the replay limit copied once); turn that off
 /// with [`retry_unauthorized(false)`](crate::AuthLayerBuilder::retry_unauthorized).
 ///

@@ -43,12 +43,14 @@ impl UriCopy {
         let authority = uri.authority().map_or("", |a| a.as_str()).as_bytes();
         let path = uri.path_and_query().map_or("", |p| p.as_str()).as_bytes();
         let len = authority.len() + path.len();
-        // Only the forms that parse back to the same URI: an absolute URI, whose authority is
-        // never empty, or a path alone, which starts with `/` (or is `*`).
+        // Only the forms that parse back to the same URI: an absolute URI with an authority and
+        // a path that starts with `/` or `?`, or a path alone that starts with `/` (or is `*`).
+        // A URI built from parts can be neither (`https` with the path `*`, a path `x`).
+        let rooted = path.first() == Some(&b'/');
         let parses_back = match https {
-            Some(_) => !authority.is_empty(),
+            Some(_) => !authority.is_empty() && (rooted || path.first() == Some(&b'?')),
             // (`path_and_query` reads an empty path as `/`; `path` does not.)
-            None => authority.is_empty() && !uri.path().is_empty(),
+            None => authority.is_empty() && !uri.path().is_empty() && (rooted || path == b"*"),
         };
         if !parses_back || len > TEXT_CAPACITY {
             return UriCopy::Shared(uri.clone());
@@ -167,6 +169,22 @@ mod tests {
         let copy = UriCopy::new(&empty);
         assert!(matches!(copy, UriCopy::Shared(_)), "an empty URI is cloned");
         assert_eq!(copy.into_uri().unwrap(), empty);
+        // Parts whose text would parse as another URI are cloned too.
+        let parts = |scheme: Option<&str>, authority: Option<&str>, path: &str| {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = scheme.map(|s| s.parse().unwrap());
+            parts.authority = authority.map(|a| a.parse().unwrap());
+            parts.path_and_query = Some(path.parse().unwrap());
+            Uri::from_parts(parts).unwrap()
+        };
+        for uri in [
+            parts(Some("https"), Some("example.com"), "*"),
+            parts(None, None, "?q"),
+        ] {
+            let copy = UriCopy::new(&uri);
+            assert!(matches!(copy, UriCopy::Shared(_)), "{uri:?} is cloned");
+            assert_eq!(copy.into_uri().unwrap(), uri);
+        }
     }
 
     #[test]
